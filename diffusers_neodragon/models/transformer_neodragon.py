@@ -1,0 +1,387 @@
+"""The pyramidal MMDiT of Neodragon / Pyramid-Flow (SD3-style joint blocks over a causal clip history).
+
+One forward denoises one *noisy clip* (the last latent frame(s) at the current pyramid stage) given a
+chronological list of clean *history clips* that may sit at lower resolutions. All clips are patchified into one
+token sequence; attention is bidirectional inside a frame, causal across frames, and every image token sees all
+valid text. Only the noisy clip's velocity is returned.
+
+Parameter names follow the official checkpoints (``attn.norm_add_q`` etc.) so conversion is a key-for-key copy.
+Computationally the forward differs from the reference only where results are provably identical:
+padded text tokens may be dropped, queries of the last frame attend without a mask (fused kernels), and the
+final block computes only the noisy clip's tokens (the rest is discarded by the reference anyway).
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import FeedForward
+from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings, get_1d_sincos_pos_embed_from_grid
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, RMSNorm
+from torch import nn
+
+
+def sincos_2d_crop(dim: int, grid_size: int, base_size: int, top: int, left: int, height: int, width: int):
+    """Rows ``top:top+height`` x cols ``left:left+width`` of SD3's 2-D sincos table, computed directly.
+
+    Equal to slicing the full ``grid_size``² table (positions are float32 ``k / (grid_size / base_size)``,
+    frequencies float64, as the reference builds it) without materialising it. Returns float32 [h*w, dim];
+    channels ``[:dim/2]`` encode the column, ``[dim/2:]`` the row.
+    """
+    step = grid_size / base_size
+    rows = torch.arange(grid_size, dtype=torch.float32)[top : top + height] / step
+    cols = torch.arange(grid_size, dtype=torch.float32)[left : left + width] / step
+    grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")
+    emb_col = get_1d_sincos_pos_embed_from_grid(dim // 2, grid_cols.double(), dtype=torch.float64)
+    emb_row = get_1d_sincos_pos_embed_from_grid(dim // 2, grid_rows.double(), dtype=torch.float64)
+    return torch.cat([emb_col, emb_row], dim=1).float()
+
+
+class PyramidPatchEmbed(nn.Module):
+    """Per-frame 2-D patchify plus the stage-dependent spatial sincos embedding.
+
+    The crop is centred on the grid of the *noisy* clip; lower-resolution history clips get that same crop
+    bilinearly resized to their own grid, so a history frame covers the same spatial extent as the frame it
+    conditions. Crops are cached (float32) because each generation reuses a handful of shapes.
+    """
+
+    def __init__(self, patch_size: int, in_channels: int, embed_dim: int, pos_embed_max_size: int, base_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.pos_embed_max_size = pos_embed_max_size
+        self.base_size = base_size
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self._pos_cache = {}
+
+    def spatial_embedding(self, grid: Tuple[int, int], target_grid: Tuple[int, int], device) -> torch.Tensor:
+        key = (grid, target_grid, str(device))
+        if key not in self._pos_cache:
+            th, tw = target_grid
+            if th > self.pos_embed_max_size or tw > self.pos_embed_max_size:
+                raise ValueError(
+                    f"A {th}x{tw} token grid exceeds pos_embed_max_size={self.pos_embed_max_size}; "
+                    "use a smaller height/width."
+                )
+            top, left = (self.pos_embed_max_size - th) // 2, (self.pos_embed_max_size - tw) // 2
+            crop = sincos_2d_crop(self.embed_dim, self.pos_embed_max_size, self.base_size, top, left, th, tw)
+            if grid != target_grid:
+                crop = crop.reshape(1, th, tw, -1).permute(0, 3, 1, 2)
+                crop = F.interpolate(crop, size=grid, mode="bilinear").permute(0, 2, 3, 1).reshape(-1, self.embed_dim)
+            self._pos_cache[key] = crop.to(device)
+        return self._pos_cache[key]
+
+    def forward(self, clips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """clips: chronological [B, C, T, H, W] latents; returns [B, sum(T*h*w), D] tokens (frame-major)."""
+        target_grid = (clips[-1].shape[-2] // self.patch_size, clips[-1].shape[-1] // self.patch_size)
+        tokens = []
+        for clip in clips:
+            b, _, t, h, w = clip.shape
+            x = self.proj(clip.transpose(1, 2).reshape(b * t, -1, h, w))
+            x = x.flatten(2).transpose(1, 2)
+            pos = self.spatial_embedding((h // self.patch_size, w // self.patch_size), target_grid, x.device)
+            tokens.append((x + pos.to(x.dtype)).reshape(b, -1, self.embed_dim))
+        return torch.cat(tokens, dim=1)
+
+
+@dataclass
+class JointAttentionLayout:
+    """Everything the joint attention needs that depends only on the token layout, built once per forward.
+
+    Queries are split in two groups. *Free* queries (the tokens of the last frame, and text when there is a
+    single frame) may attend to every valid key, so they run unmasked (or with key padding only) and PyTorch
+    can use a fused kernel. The remaining *prefix* queries use the reference's exact boolean rule
+    ``same_group(i, j) and frame(i) >= frame(j)``, where padded text tokens form their own group.
+    """
+
+    num_free: int  # trailing query tokens (in [text; image] order) with unrestricted attention
+    prefix_mask: Optional[torch.Tensor]  # [B|1, 1, S - num_free, S] bool, None when num_free == S
+    key_padding: Optional[torch.Tensor]  # [B, 1, 1, S] bool, None when all text is valid
+    rope: Optional[Tuple[torch.Tensor, torch.Tensor]]  # cos, sin [N_img, 1, D_head/2] fp32 (None: 1 frame)
+    num_text: int
+    num_last: int  # image tokens of the noisy clip
+
+
+def apply_temporal_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2j], x[2j+1]) in fp32, as the reference does; x is [B, N, H, D]."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], dim=-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+class NeodragonJointAttention(nn.Module):
+    """Joint text/image attention with qk RMSNorm and temporal RoPE; names match the official checkpoints."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm_eps: float, context_pre_only: bool):
+        super().__init__()
+        self.heads = num_heads
+        self.head_dim = dim // num_heads
+        self.context_pre_only = context_pre_only
+        self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.add_q_proj, self.add_k_proj, self.add_v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(self.head_dim, eps=qk_norm_eps)
+        self.norm_k = RMSNorm(self.head_dim, eps=qk_norm_eps)
+        self.norm_add_q = RMSNorm(self.head_dim, eps=qk_norm_eps)
+        self.norm_add_k = RMSNorm(self.head_dim, eps=qk_norm_eps)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        if not context_pre_only:
+            self.to_add_out = nn.Linear(dim, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, self.head_dim))
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, layout: JointAttentionLayout, last_only: bool = False):
+        """img [B, N, D], txt [B, L, D] -> (img_out, txt_out).
+
+        ``last_only`` (final block): queries only for the noisy clip's tokens, whose outputs are all that the
+        model returns; keys and values still cover the whole sequence.
+        """
+        q_img = img[:, -layout.num_last :] if last_only else img
+        q = self.norm_q(self._heads(self.to_q(q_img)))
+        k = self.norm_k(self._heads(self.to_k(img)))
+        v = self._heads(self.to_v(img))
+        if layout.rope is not None:
+            cos, sin = layout.rope
+            k = apply_temporal_rope(k, cos, sin)
+            q = apply_temporal_rope(q, cos[-q.shape[1] :], sin[-q.shape[1] :])
+        ck = self.norm_add_k(self._heads(self.add_k_proj(txt)))
+        cv = self._heads(self.add_v_proj(txt))
+        keys = torch.cat([ck, k], dim=1).transpose(1, 2)
+        values = torch.cat([cv, v], dim=1).transpose(1, 2)
+        num_text = txt.shape[1]
+
+        if last_only:
+            out = self._attend(q, keys, values, layout, first_query=keys.shape[2] - q.shape[1])
+            return self.to_out[0](out), None
+
+        cq = self.norm_add_q(self._heads(self.add_q_proj(txt)))
+        out = self._attend(torch.cat([cq, q], dim=1), keys, values, layout, first_query=0)
+        img_out = self.to_out[0](out[:, num_text:])
+        txt_out = None if self.context_pre_only else self.to_add_out(out[:, :num_text])
+        return img_out, txt_out
+
+    @staticmethod
+    def _attend(queries, keys, values, layout: JointAttentionLayout, first_query: int) -> torch.Tensor:
+        """Queries [B, Q, H, d] are the sequence positions ``first_query:`` of the full [text; image] order."""
+        seq_len = keys.shape[2]
+        split = seq_len - layout.num_free  # positions >= split are free queries
+        q = queries.transpose(1, 2)
+        outs = []
+        if first_query < split:
+            mask = layout.prefix_mask[:, :, first_query:split]
+            outs.append(F.scaled_dot_product_attention(q[:, :, : split - first_query], keys, values, attn_mask=mask))
+        free_q = q[:, :, max(split - first_query, 0) :]
+        if free_q.shape[2] > 0:
+            outs.append(F.scaled_dot_product_attention(free_q, keys, values, attn_mask=layout.key_padding))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        return out.transpose(1, 2).flatten(2)
+
+
+class NeodragonTransformerBlock(nn.Module):
+    """SD3 joint block (adaLN-Zero on both streams); the last block is context-pre-only (text is only read)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm_eps: float, context_pre_only: bool):
+        super().__init__()
+        self.context_pre_only = context_pre_only
+        self.norm1 = AdaLayerNormZero(dim)
+        if context_pre_only:
+            self.norm1_context = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)
+        else:
+            self.norm1_context = AdaLayerNormZero(dim)
+        self.attn = NeodragonJointAttention(dim, num_heads, qk_norm_eps, context_pre_only)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(dim=dim, dim_out=dim, activation_fn="gelu-approximate")
+        if not context_pre_only:
+            self.norm2_context = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+            self.ff_context = FeedForward(dim=dim, dim_out=dim, activation_fn="gelu-approximate")
+
+    def forward(self, img, txt, temb, layout: JointAttentionLayout, last_only: bool = False):
+        """Returns (img, txt); with ``last_only`` img holds only the noisy clip's tokens and txt is None."""
+        if last_only and not self.context_pre_only:
+            raise ValueError("last_only is only meaningful for the context-pre-only final block")
+        norm_img, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(img, emb=temb)
+        if self.context_pre_only:
+            norm_txt = self.norm1_context(txt, temb)
+        else:
+            norm_txt, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(txt, emb=temb)
+
+        attn_img, attn_txt = self.attn(norm_img, norm_txt, layout, last_only=last_only)
+        if last_only:
+            img = img[:, -layout.num_last :]
+        img = img + gate_msa.unsqueeze(1) * attn_img
+        norm_img = self.norm2(img) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        img = img + gate_mlp.unsqueeze(1) * self.ff(norm_img)
+
+        if self.context_pre_only:
+            return img, None
+        txt = txt + c_gate_msa.unsqueeze(1) * attn_txt
+        norm_txt = self.norm2_context(txt) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+        txt = txt + c_gate_mlp.unsqueeze(1) * self.ff_context(norm_txt)
+        return img, txt
+
+
+def temporal_rope_frequencies(frame_ids: torch.Tensor, head_dim: int, theta: float):
+    """cos/sin [N, 1, head_dim/2] (fp32) for per-token frame indices: 1-D RoPE over the whole head dim."""
+    omega = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=frame_ids.device) / head_dim)
+    angles = frame_ids.double()[:, None] * omega
+    return angles.cos().float()[:, None], angles.sin().float()[:, None]
+
+
+class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    r"""The pyramidal, temporally causal MMDiT denoiser of Neodragon (18 blocks; 24 for Pyramid-Flow).
+
+    Args:
+        patch_size: spatial patch size (per frame).
+        in_channels: latent channels (also the output channels).
+        num_layers: number of joint blocks kept (the last one is context-pre-only).
+        attention_head_dim, num_attention_heads: width = heads x head dim (64 x 24 = 1536).
+        pooled_projection_dim: size of the pooled text vector (CLIP-L 768 + CLIP-G 1280).
+        context_embedder_dim: when set, a ``context_embedder`` Linear(context_embedder_dim -> width) projects the
+            text tokens inside the model (unpruned Pyramid-Flow, fed by T5-XXL); Neodragon leaves it ``None``
+            because its ContextAdapter already outputs the width.
+        sample_size: sets the sincos ``base_size`` = sample_size // patch_size, as in SD3.
+        pos_embed_max_size: side of the sincos grid the per-stage crops are taken from.
+        qk_norm_eps: epsilon of the q/k RMSNorms (1e-5 in the reference).
+        rope_theta: base of the temporal RoPE.
+        block_origin: for each kept block, its index in the model it was pruned from (provenance for pruning).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["NeodragonTransformerBlock"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: int = 2,
+        in_channels: int = 16,
+        num_layers: int = 18,
+        attention_head_dim: int = 64,
+        num_attention_heads: int = 24,
+        pooled_projection_dim: int = 2048,
+        context_embedder_dim: Optional[int] = None,
+        sample_size: int = 128,
+        pos_embed_max_size: int = 192,
+        qk_norm_eps: float = 1e-5,
+        rope_theta: float = 10000.0,
+        block_origin: Optional[List[int]] = None,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if block_origin is not None and len(block_origin) != num_layers:
+            raise ValueError(f"block_origin has {len(block_origin)} entries but num_layers is {num_layers}")
+        dim = attention_head_dim * num_attention_heads
+        self.inner_dim = dim
+        self.pos_embed = PyramidPatchEmbed(patch_size, in_channels, dim, pos_embed_max_size, sample_size // patch_size)
+        self.time_text_embed = CombinedTimestepTextProjEmbeddings(dim, pooled_projection_dim)
+        self.context_embedder = nn.Linear(context_embedder_dim, dim) if context_embedder_dim else None
+        self.transformer_blocks = nn.ModuleList(
+            [
+                NeodragonTransformerBlock(dim, num_attention_heads, qk_norm_eps, context_pre_only=i == num_layers - 1)
+                for i in range(num_layers)
+            ]
+        )
+        self.norm_out = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(dim, patch_size * patch_size * in_channels)
+        self.gradient_checkpointing = False
+
+    def _layout(self, clips, text_mask: Optional[torch.Tensor], num_text: int, device) -> JointAttentionLayout:
+        p = self.config.patch_size
+        frame_tokens = []  # tokens per frame, chronological
+        for clip in clips:
+            frame_tokens += [(clip.shape[-2] // p) * (clip.shape[-1] // p)] * clip.shape[2]
+        num_frames = len(frame_tokens)
+        num_last = clips[-1].shape[2] * frame_tokens[-1]
+        seq_len = num_text + sum(frame_tokens)
+
+        counts = torch.tensor(frame_tokens, device=device)
+        frame_ids = torch.repeat_interleave(torch.arange(num_frames, device=device), counts)
+        rope = None
+        if num_frames > 1:
+            rope = temporal_rope_frequencies(frame_ids, self.config.attention_head_dim, self.config.rope_theta)
+
+        key_padding = None
+        if text_mask is not None:
+            valid = torch.cat([text_mask.bool(), text_mask.new_ones(text_mask.shape[0], seq_len - num_text).bool()], 1)
+            key_padding = valid[:, None, None, :]
+
+        num_free = seq_len if num_frames == 1 else frame_tokens[-1]
+        prefix_mask = None
+        if num_free < seq_len:
+            tpos = torch.cat([torch.zeros(num_text, dtype=frame_ids.dtype, device=device), frame_ids])
+            rows = seq_len - num_free
+            prefix_mask = (tpos[:rows, None] >= tpos[None, :])[None, None]
+            if key_padding is not None:
+                # Reference rule: padded text tokens form a group of their own (they only see each other).
+                group = key_padding[:, 0, 0, :]
+                prefix_mask = prefix_mask & (group[:, None, :rows, None] == group[:, None, None, :])
+        return JointAttentionLayout(num_free, prefix_mask, key_padding, rope, num_text, num_last)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+        history: Optional[Sequence[torch.Tensor]] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ):
+        r"""Predict the velocity (noisier minus cleaner endpoint) of the noisy clip.
+
+        Args:
+            hidden_states: the noisy clip [B, C, T, H, W] at the current stage's resolution.
+            encoder_hidden_states: text tokens [B, L, width] (already through the ContextAdapter), or
+                [B, L, context_embedder_dim] when the model has a ``context_embedder``.
+            pooled_projections: pooled text vector [B, pooled_projection_dim].
+            timestep: raw timestep in (0, 1000], scalar or [B].
+            history: chronological clean clips [B, C, T_i, H_i, W_i] (any resolution whose grid fits) that the
+                noisy clip is conditioned on; ``None`` or empty for the first frame.
+            encoder_attention_mask: [B, L] with 1 for real tokens, 0 for padding; ``None`` = all real.
+        """
+        clips = [*(history or []), hidden_states]
+        for clip in clips:
+            if clip.ndim != 5 or clip.shape[1] != self.config.in_channels or clip.shape[0] != hidden_states.shape[0]:
+                raise ValueError(
+                    f"Every clip must be [B={hidden_states.shape[0]}, {self.config.in_channels}, T, H, W]; "
+                    f"got {tuple(clip.shape)}"
+                )
+            if clip.shape[-1] % self.config.patch_size or clip.shape[-2] % self.config.patch_size:
+                raise ValueError(f"Clip H and W must be multiples of patch_size; got {tuple(clip.shape)}")
+        batch_size = hidden_states.shape[0]
+        if encoder_attention_mask is not None and encoder_attention_mask.shape != encoder_hidden_states.shape[:2]:
+            raise ValueError(
+                f"encoder_attention_mask {tuple(encoder_attention_mask.shape)} must match the text tokens "
+                f"{tuple(encoder_hidden_states.shape[:2])}"
+            )
+
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch_size)
+        temb = self.time_text_embed(timestep, pooled_projections)
+        txt = encoder_hidden_states
+        if self.context_embedder is not None:
+            txt = self.context_embedder(txt)
+        img = self.pos_embed(clips)
+        layout = self._layout(clips, encoder_attention_mask, txt.shape[1], img.device)
+
+        last = len(self.transformer_blocks) - 1
+        for index, block in enumerate(self.transformer_blocks):
+            args = (img, txt, temb, layout, index == last)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                img, txt = self._gradient_checkpointing_func(block, *args)
+            else:
+                img, txt = block(*args)
+
+        img = self.proj_out(self.norm_out(img, temb))
+        b, c, t, h, w = hidden_states.shape
+        p = self.config.patch_size
+        out = img.reshape(b, t, h // p, w // p, p, p, c).permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, t, h, w)
+        if not return_dict:
+            return (out,)
+        return Transformer2DModelOutput(sample=out)
