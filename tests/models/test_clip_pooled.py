@@ -1,0 +1,35 @@
+"""A tiny CLIPTextModelWithProjection fed by our offline word-level tokenizer pools at the EOS, as the real CLIPs do,
+so pipeline tests can use tiny random CLIPs for the pooled prompt embedding."""
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
+
+WORDS = "a red blue green circle square triangle moving left right up down on background".split()
+
+
+def test_text_embeds_are_projection_of_eos_hidden_state():
+    tok = build_word_level_tokenizer(WORDS, 16, bos_token="<|startoftext|>", eos_token="<|endoftext|>")
+    # CLIP pools at argmax(input_ids) when eos_token_id == 2 (legacy configs); ours must not take that path.
+    assert tok.eos_token_id != 2
+    config = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=37, projection_dim=16, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = CLIPTextModelWithProjection(config).eval()
+    prompts = ["a red circle moving left", "square", "a green triangle moving down on a blue background"]
+    enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=enc.input_ids)  # the pipeline passes ids only, as SD3 / Neodragon do
+        masked = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+    eos = enc.attention_mask.sum(1) - 1
+    assert (enc.input_ids[torch.arange(3), eos] == tok.eos_token_id).all()
+    expected = model.text_projection(out.last_hidden_state[torch.arange(3), eos])
+    assert out.text_embeds.shape == (3, 16)
+    torch.testing.assert_close(out.text_embeds, expected)
+    # Causal attention: padding after the EOS cannot change the pooled vector, with or without the mask.
+    torch.testing.assert_close(masked.text_embeds, out.text_embeds, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out.text_embeds[0], out.text_embeds[1])
