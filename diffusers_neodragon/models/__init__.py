@@ -1,0 +1,1 @@
+"""Model classes; import them from the package root (``diffusers_neodragon``) or their modules."""

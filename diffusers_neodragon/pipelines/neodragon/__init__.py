@@ -1,0 +1,2 @@
+from .pipeline_neodragon import NeodragonPipeline
+from .pipeline_output import NeodragonPipelineOutput

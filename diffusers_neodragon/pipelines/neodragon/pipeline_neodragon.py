@@ -1,0 +1,463 @@
+"""NeodragonPipeline: text/image-to-video with a pyramidal, autoregressive MMDiT.
+
+Generation runs latent frame by latent frame (1 latent frame = 8 video frames). Each latent frame is denoised
+through the pyramid stages (¼, ½, full resolution) conditioned on the clean frames generated before it. The
+first latent frame comes from a user image, from a text-to-image pipeline (``hybrid``), or from the DiT itself
+(``monolithic``).
+"""
+
+import inspect
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+
+from .pipeline_output import NeodragonPipelineOutput
+
+
+logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers.utils import export_to_video
+        >>> from diffusers_neodragon import NeodragonPipeline
+
+        >>> pipe = NeodragonPipeline.from_pretrained("path/to/neodragon-hybrid", torch_dtype=torch.bfloat16).to("cuda")
+        >>> video = pipe("A drone flying over a snowy forest", generator=torch.Generator().manual_seed(0)).frames[0]
+        >>> export_to_video(video, "drone.mp4", fps=24)
+        ```
+"""
+
+MODES = ("hybrid", "monolithic")
+# Per-mode defaults of the official release: hybrid = T2I first frame + step-distilled 1-1-1 without CFG;
+# monolithic = DiT first frame 20-20-20 with CFG 7, then 10-10-10 with CFG 5.
+MODE_DEFAULTS = {
+    "hybrid": dict(num_inference_steps=(20, 20, 20), video_num_inference_steps=(1, 1, 1), guidance_scale=0.0,
+                   video_guidance_scale=0.0),
+    "monolithic": dict(num_inference_steps=(20, 20, 20), video_num_inference_steps=(10, 10, 10), guidance_scale=7.0,
+                       video_guidance_scale=5.0),
+}
+# The release's first-frame generator: SSD-1B with LCM, 4 steps at fixed timesteps, no CFG.
+FIRST_FRAME_DEFAULTS = dict(num_inference_steps=4, timesteps=[999, 749, 499, 249], guidance_scale=0.0)
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class NeodragonPipeline(DiffusionPipeline):
+    r"""Text-to-video and image-to-video generation with Neodragon.
+
+    Components:
+        transformer ([`NeodragonTransformer3DModel`]): the pyramidal MMDiT denoiser.
+        scheduler ([`PyramidalDMDScheduler`]): pyramid sigmas/timesteps, Euler steps and stage re-noising.
+        vae ([`AsymmetricVAE`] or any VAE with the same API): causal encoder + (tiny) decoder, latent normalisation.
+        text_encoder_3 (DT5, transformers model) + tokenizer_3: the token-level text features.
+        context_adapter ([`ContextAdapter`], optional): maps text_encoder_3 features to the transformer width;
+            absent when the transformer has its own ``context_embedder`` (Pyramid-Flow checkpoints).
+        text_encoder / text_encoder_2 (CLIPTextModelWithProjection) + tokenizers: the pooled text vector (their
+            ``text_embeds`` concatenated); either may be absent if the other one fills ``pooled_projection_dim``.
+        first_frame_pipeline (a diffusers text-to-image pipeline, optional): the ``hybrid`` first frame (SSD-1B).
+        super_resolution ([`QuickSRNet`], optional): 2x per-frame super-resolution of the decoded video.
+
+    Config:
+        mode: default generation mode, ``"hybrid"`` or ``"monolithic"``.
+        prompt_suffix: appended to every prompt (the release uses ", cinematic, realistic textures, ...").
+        default_negative_prompt: used for classifier-free guidance when no negative prompt is given.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->context_adapter->transformer->vae->super_resolution"
+    _optional_components = [
+        "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "context_adapter", "first_frame_pipeline",
+        "super_resolution",
+    ]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "pooled_prompt_embeds"]
+
+    def __init__(
+        self,
+        transformer,
+        scheduler,
+        vae,
+        text_encoder_3,
+        tokenizer_3,
+        context_adapter=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        first_frame_pipeline=None,
+        super_resolution=None,
+        mode: str = "hybrid",
+        prompt_suffix: str = "",
+        default_negative_prompt: str = "",
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder_3=text_encoder_3,
+            tokenizer_3=tokenizer_3, context_adapter=context_adapter, text_encoder=text_encoder, tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, first_frame_pipeline=first_frame_pipeline,
+            super_resolution=super_resolution,
+        )
+        self.register_to_config(mode=mode, prompt_suffix=prompt_suffix, default_negative_prompt=default_negative_prompt)
+        self.vae_spatial_scale = getattr(vae.config, "spatial_downsample_scale", 8) if vae is not None else 8
+        self.vae_temporal_scale = getattr(vae.config, "temporal_downsample_scale", 8) if vae is not None else 8
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_spatial_scale, resample="lanczos")
+
+    # ------------------------------------------------------------------ devices
+    def to(self, *args, **kwargs):
+        """Also moves the nested first-frame pipeline (diffusers only moves ``nn.Module`` components)."""
+        super().to(*args, **kwargs)
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.to(*args, **kwargs)
+        return self
+
+    def enable_model_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[torch.device, str] = None):
+        super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def size_multiple(self) -> int:
+        """Height/width must be multiples of this: VAE scale x 2^(stages-1) x patch size (64 for Neodragon)."""
+        return self.vae_spatial_scale * 2 ** (self.scheduler.config.stages - 1) * self.transformer.config.patch_size
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ------------------------------------------------------------------ inputs
+    def check_inputs(
+        self, prompt, negative_prompt, image, mode, height, width, num_frames, num_inference_steps,
+        video_num_inference_steps, guidance_scale, video_guidance_scale, num_videos_per_prompt, output_type,
+        generator, latents, callback_on_step_end_tensor_inputs, max_sequence_length, super_resolution=None,
+    ):
+        """Reject bad input with a ValueError that says what is allowed, before any model runs."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"`prompt` must be a non-empty string or a non-empty list of strings, got {prompt!r}")
+        if any(not p.strip() for p in prompts):
+            raise ValueError("`prompt` must not be empty or whitespace only")
+        if negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negatives, (list, tuple)) or not all(isinstance(p, str) for p in negatives):
+                raise ValueError("`negative_prompt` must be a string or a list of strings")
+            if len(negatives) not in (1, len(prompts)):
+                raise ValueError(
+                    f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompts)}; give one or as many"
+                )
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
+        multiple = self.size_multiple
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % multiple:
+                raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value!r}")
+        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % self.vae_temporal_scale:
+            raise ValueError(
+                f"`num_frames` must be {self.vae_temporal_scale}k+1 (1, 9, 17, ..., 49), got {num_frames!r}"
+            )
+        stages = self.scheduler.config.stages
+        for name, steps in (("num_inference_steps", num_inference_steps),
+                            ("video_num_inference_steps", video_num_inference_steps)):
+            if not (
+                isinstance(steps, (list, tuple)) and len(steps) == stages
+                and all(isinstance(s, int) and s >= 1 for s in steps)
+            ):
+                raise ValueError(f"`{name}` must be a positive int or a list of {stages} positive ints, got {steps!r}")
+        for name, scale in (("guidance_scale", guidance_scale), ("video_guidance_scale", video_guidance_scale)):
+            if not isinstance(scale, (int, float)) or scale < 0:
+                raise ValueError(f"`{name}` must be a number >= 0, got {scale!r}")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"`num_videos_per_prompt` must be a positive int, got {num_videos_per_prompt!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if not isinstance(max_sequence_length, int) or max_sequence_length < 1:
+            raise ValueError(f"`max_sequence_length` must be a positive int, got {max_sequence_length!r}")
+        batch = len(prompts) * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"Got {len(generator)} generators for a batch of {batch} videos; give one or {batch}")
+        if image is not None:
+            self._check_image(image, len(prompts))
+        elif mode == "hybrid" and self.first_frame_pipeline is None:
+            raise ValueError(
+                "`mode='hybrid'` takes its first frame from `image` or from the `first_frame_pipeline` component; "
+                "this pipeline has no first_frame_pipeline, so pass `image=` or use `mode='monolithic'`"
+            )
+        if latents is not None:
+            expected = (
+                batch, self.transformer.config.in_channels, (num_frames - 1) // self.vae_temporal_scale + 1,
+                height // self.vae_spatial_scale, width // self.vae_spatial_scale,
+            )
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"`latents` (full-resolution noise) must have shape {expected}, got {tuple(latents.shape)}")
+        if super_resolution and self.super_resolution is None:
+            raise ValueError("super_resolution=True but the pipeline has no super_resolution component")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+            if unknown:
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not among {self._callback_tensor_inputs}"
+                )
+
+    @staticmethod
+    def _check_image(image, num_prompts: int):
+        images = image if isinstance(image, list) else [image]
+        for item in images:
+            if isinstance(item, PIL.Image.Image):
+                continue
+            if isinstance(item, (torch.Tensor, np.ndarray)):
+                ndim, channels = item.ndim, None
+                if ndim == 3:
+                    channels = item.shape[0] if isinstance(item, torch.Tensor) else item.shape[-1]
+                elif ndim == 4:
+                    channels = item.shape[1] if isinstance(item, torch.Tensor) else item.shape[-1]
+                if channels != 3:
+                    raise ValueError(
+                        f"`image` arrays must be RGB: tensors [3, H, W] / [B, 3, H, W] in [0, 1], numpy [H, W, 3] / "
+                        f"[B, H, W, 3] in [0, 1]; got shape {tuple(item.shape)}"
+                    )
+                continue
+            raise ValueError(f"`image` must be a PIL image, a tensor, a numpy array or a list of them, got {type(item)}")
+        count = sum(i.shape[0] if getattr(i, "ndim", 0) == 4 else 1 for i in images)
+        if count not in (1, num_prompts):
+            raise ValueError(f"Got {count} images for {num_prompts} prompts; give one image or one per prompt")
+
+    # ------------------------------------------------------------------ text
+    def _pooled_embeddings(self, texts: List[str], device) -> torch.Tensor:
+        pooled = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            if encoder is None:
+                continue
+            ids = tokenizer(
+                texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            pooled.append(encoder(ids.to(device)).text_embeds)
+        if not pooled:
+            raise ValueError("The pipeline needs at least one of text_encoder / text_encoder_2 for the pooled vector")
+        return torch.cat(pooled, dim=-1)
+
+    def encode_prompt(self, texts: List[str], device, dtype, max_sequence_length: int = 128):
+        """Token features (through the ContextAdapter), their mask and the pooled vector for a list of texts.
+
+        Trailing padding common to all texts is cut off: padded tokens influence nothing (the reference masks
+        them out), so dropping them gives identical results with shorter attention. The mask is returned as
+        ``None`` when no padding remains, which lets the transformer run unmasked fused attention.
+        """
+        tokens = self.tokenizer_3(
+            texts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
+        )
+        ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+        embeds = self.text_encoder_3(ids, attention_mask=mask).last_hidden_state
+        if self.context_adapter is not None:
+            embeds = self.context_adapter(embeds.to(self.context_adapter.dtype))
+        lengths = tokens.attention_mask.sum(1)
+        keep = max(int(lengths.max()), 1)
+        embeds, mask = embeds[:, :keep], mask[:, :keep]
+        if bool((lengths == keep).all()):
+            mask = None
+        pooled = self._pooled_embeddings(texts, device)
+        return embeds.to(dtype), mask, pooled.to(dtype)
+
+    # ------------------------------------------------------------------ first frame
+    def _first_frame_images(self, prompts: List[str], height, width, generator, first_frame_kwargs):
+        kwargs = {**FIRST_FRAME_DEFAULTS, "height": 2 * height, "width": 2 * width, **(first_frame_kwargs or {})}
+        accepted = inspect.signature(self.first_frame_pipeline.__call__).parameters
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        return self.first_frame_pipeline(prompt=prompts, generator=generator, output_type="pil", **kwargs).images
+
+    def _encode_first_frame(self, image, batch: int, height: int, width: int, generator, device, dtype):
+        pixels = self.video_processor.preprocess(image, height=height, width=width)  # [N, 3, H, W] in [-1, 1]
+        if pixels.shape[0] != batch:
+            pixels = pixels.repeat_interleave(batch // pixels.shape[0], dim=0)
+        pixels = pixels.to(device=device, dtype=self.vae.dtype)[:, :, None]
+        latent = self.vae.encode(pixels).latent_dist.sample(generator=generator)
+        return self.vae.normalize_latents(latent).to(dtype)
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: Union[str, List[str]],
+        image: Optional[Any] = None,
+        negative_prompt: Optional[Union[str, List[str]]] = None,
+        mode: Optional[str] = None,
+        height: int = 320,
+        width: int = 512,
+        num_frames: int = 49,
+        num_inference_steps: Optional[Union[int, Sequence[int]]] = None,
+        video_num_inference_steps: Optional[Union[int, Sequence[int]]] = None,
+        guidance_scale: Optional[float] = None,
+        video_guidance_scale: Optional[float] = None,
+        num_videos_per_prompt: int = 1,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        super_resolution: Optional[bool] = None,
+        first_frame_kwargs: Optional[Dict[str, Any]] = None,
+        max_sequence_length: int = 128,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+    ):
+        r"""Generate videos.
+
+        Args:
+            prompt: the text(s) to generate from.
+            image: first frame(s) (PIL, numpy [H, W, 3] in [0, 1], or tensor [3, H, W] in [0, 1]) for image-to-video;
+                resized (Lanczos) to ``height`` x ``width``.
+            negative_prompt: used when a guidance scale is > 1 (default: the pipeline's ``default_negative_prompt``).
+            mode: ``"hybrid"`` (first frame from ``first_frame_pipeline`` unless ``image``) or ``"monolithic"`` (first
+                frame from the DiT unless ``image``); default: the pipeline's configured mode.
+            height, width: output size before super-resolution (multiples of ``size_multiple``, 64).
+            num_frames: 8k+1 frames (49 = 7 latent frames).
+            num_inference_steps: DiT steps per stage for a DiT-generated first frame (int or one per stage).
+            video_num_inference_steps: DiT steps per stage for every later latent frame.
+            guidance_scale, video_guidance_scale: classifier-free guidance for the first / later frames (off at <= 1).
+            num_videos_per_prompt: videos per prompt.
+            generator: torch generator(s) for all randomness (noise, stage re-noising, first-frame sampling).
+            latents: full-resolution initial noise [B, C, T, h, w] (drawn from ``generator`` when omitted).
+            super_resolution: apply the ``super_resolution`` component (default: when present).
+            first_frame_kwargs: overrides for the first-frame pipeline call (default 4 LCM steps at 999/749/499/249,
+                no CFG, at twice the video resolution).
+            max_sequence_length: text tokens for ``tokenizer_3``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            callback_on_step_end: called after every denoising step as ``fn(pipe, step, timestep, kwargs)``; may
+                return a dict replacing any of ``callback_on_step_end_tensor_inputs``.
+
+        Examples:
+
+        Returns:
+            [`NeodragonPipelineOutput`] or a tuple ``(frames,)``.
+        """
+        mode = mode or self.config.mode
+        defaults = MODE_DEFAULTS.get(mode, MODE_DEFAULTS["hybrid"])
+        stages = self.scheduler.config.stages
+
+        def per_stage(steps, default):
+            steps = default if steps is None else steps
+            return [steps] * stages if isinstance(steps, int) else list(steps) if isinstance(steps, (list, tuple)) else steps
+
+        num_inference_steps = per_stage(num_inference_steps, defaults["num_inference_steps"])
+        video_num_inference_steps = per_stage(video_num_inference_steps, defaults["video_num_inference_steps"])
+        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        video_guidance_scale = defaults["video_guidance_scale"] if video_guidance_scale is None else video_guidance_scale
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        self.check_inputs(
+            prompt, negative_prompt, image, mode, height, width, num_frames, num_inference_steps,
+            video_num_inference_steps, guidance_scale, video_guidance_scale, num_videos_per_prompt, output_type,
+            generator, latents, callback_on_step_end_tensor_inputs, max_sequence_length, super_resolution,
+        )
+        self._interrupt = False
+
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [p + self.config.prompt_suffix for p in prompts]
+        batch = len(prompts) * num_videos_per_prompt
+        first_from_dit = image is None and mode == "monolithic"
+        cfg_first = first_from_dit and guidance_scale > 1.0
+        cfg_video = num_frames > 1 and video_guidance_scale > 1.0
+
+        # 1. Text: positive (and negative) prompts in one batch so they share one trimmed length.
+        texts = [p for p in prompts for _ in range(num_videos_per_prompt)]
+        if cfg_first or cfg_video:
+            negatives = negative_prompt if negative_prompt is not None else self.config.default_negative_prompt
+            negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
+            if len(negatives) == 1:
+                negatives = negatives * len(prompts)
+            texts = [n for n in negatives for _ in range(num_videos_per_prompt)] + texts
+        embeds, mask, pooled = self.encode_prompt(texts, device, dtype, max_sequence_length)
+
+        # 2. Noise: full resolution, then down to stage 0 (variance preserving), one slice per latent frame.
+        latent_frames = (num_frames - 1) // self.vae_temporal_scale + 1
+        shape = (batch, self.transformer.config.in_channels, latent_frames, height // self.vae_spatial_scale,
+                 width // self.vae_spatial_scale)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        noise = self.scheduler.downsample_noise(latents.to(device=device, dtype=torch.float32), times=stages - 1)
+        noise = noise.to(dtype)
+
+        # 3. First frame from an image or the text-to-image pipeline.
+        generated = []
+        if not first_from_dit:
+            if image is None:
+                image = self._first_frame_images(prompts, height, width, generator, first_frame_kwargs)
+            generated.append(self._encode_first_frame(image, batch, height, width, generator, device, dtype))
+
+        # 4. Autoregressive pyramid denoising, one latent frame at a time.
+        first_steps = sum(num_inference_steps) if first_from_dit else 0
+        self._num_timesteps = first_steps + sum(video_num_inference_steps) * (latent_frames - 1)
+        step_index = 0
+        with self.progress_bar(total=self._num_timesteps) as progress_bar:
+            for unit in range(len(generated), latent_frames):
+                is_first = unit == 0
+                steps = num_inference_steps if is_first else video_num_inference_steps
+                scale = guidance_scale if is_first else video_guidance_scale
+                use_cfg = cfg_first if is_first else cfg_video
+                text = (embeds, mask, pooled) if use_cfg or not (cfg_first or cfg_video) else (
+                    embeds[batch:], None if mask is None else mask[batch:], pooled[batch:]
+                )
+                history = self.scheduler.pyramid(torch.cat(generated, dim=2)) if generated else None
+                self.scheduler.set_timesteps(steps, device=device)
+                x = noise[:, :, unit : unit + 1]
+                for stage in range(stages):
+                    if stage > 0:
+                        x = self.scheduler.renoise(x, stage, generator=generator)
+                    conditions = self.scheduler.history_conditions(history, stage)
+                    if use_cfg:
+                        conditions = [torch.cat([c, c]) for c in conditions]
+                    timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
+                    for i in range(len(timesteps)):
+                        if self.interrupt:
+                            continue
+                        model_input = torch.cat([x, x]) if use_cfg else x
+                        # The reference casts timestep and sigma to the model dtype (bf16 rounding included).
+                        t = timesteps[i].to(dtype)
+                        velocity = self.transformer(
+                            hidden_states=model_input, encoder_hidden_states=text[0], pooled_projections=text[2],
+                            timestep=t.float(), history=conditions, encoder_attention_mask=text[1],
+                        ).sample
+                        if use_cfg:
+                            uncond, cond = velocity.chunk(2)
+                            velocity = uncond + scale * (cond - uncond)
+                        x = self.scheduler.step(velocity, x, sigmas[i].to(dtype), sigmas[i + 1].to(dtype)).prev_sample
+                        if callback_on_step_end is not None:
+                            local = {"latents": x, "prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+                            callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                            outputs = callback_on_step_end(self, step_index, t, callback_kwargs) or {}
+                            x = outputs.get("latents", x)
+                            embeds = outputs.get("prompt_embeds", embeds)
+                            pooled = outputs.get("pooled_prompt_embeds", pooled)
+                        step_index += 1
+                        progress_bar.update()
+                generated.append(x)
+        latents = torch.cat(generated, dim=2)
+
+        # 5. Decode, optional super-resolution, post-process.
+        if output_type == "latent":
+            video = latents
+        else:
+            raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
+            video = self.vae.decode(raw).sample
+            if self.super_resolution is not None if super_resolution is None else super_resolution:
+                video = self.super_resolution.upscale_video(video.to(self.super_resolution.dtype))
+            video = self.video_processor.postprocess_video(video.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video,)
+        return NeodragonPipelineOutput(frames=video)

@@ -1,0 +1,20 @@
+from dataclasses import dataclass
+from typing import List, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class NeodragonPipelineOutput(BaseOutput):
+    r"""Output of [`NeodragonPipeline`].
+
+    Args:
+        frames: per video a list of PIL frames (``output_type="pil"``), an array [B, F, H, W, 3] in [0, 1]
+            (``"np"``), a tensor [B, F, 3, H, W] in [0, 1] (``"pt"``), or the normalised latents
+            [B, C, T, h, w] (``"latent"``).
+    """
+
+    frames: Union[List[List[PIL.Image.Image]], np.ndarray, torch.Tensor]

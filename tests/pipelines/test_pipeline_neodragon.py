@@ -1,0 +1,188 @@
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from diffusers_neodragon import NeodragonPipeline, NeodragonPipelineOutput
+from tests.tiny_components import pipeline
+
+
+SIZE = dict(height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return pipeline()
+
+
+def run(pipe, seed=0, **kwargs):
+    kwargs = {**SIZE, "num_frames": 9, "output_type": "np", **kwargs}
+    return pipe("a red circle moving left", generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+def first_frame_image(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("num_frames", [9, 17])
+@pytest.mark.parametrize("mode", ["hybrid", "monolithic"])
+def test_text_to_video_is_deterministic_per_seed(pipe, mode, num_frames):
+    kwargs = dict(mode=mode, num_frames=num_frames, num_inference_steps=2, super_resolution=False)
+    video = run(pipe, **kwargs)
+    assert video.shape == (1, num_frames, 64, 64, 3)
+    assert np.isfinite(video).all() and 0 <= video.min() and video.max() <= 1
+    np.testing.assert_array_equal(run(pipe, **kwargs), video)
+    assert np.abs(run(pipe, seed=1, **kwargs) - video).max() > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "monolithic"])
+def test_image_to_video(pipe, mode):
+    image = first_frame_image()
+    kwargs = dict(mode=mode, image=image, video_num_inference_steps=[1, 2, 1], super_resolution=False)
+    video = run(pipe, num_frames=17, **kwargs)
+    assert video.shape == (1, 17, 64, 64, 3)
+    np.testing.assert_array_equal(run(pipe, num_frames=17, **kwargs), video)
+    latents = run(pipe, num_frames=17, output_type="latent", **kwargs)
+    other = run(pipe, num_frames=17, output_type="latent", **dict(kwargs, image=first_frame_image(seed=3)))
+    assert not torch.allclose(other, latents)
+
+
+def test_the_first_frame_comes_from_the_image(pipe):
+    """Frame 0 is the VAE round trip of the (resized) image; the latent frame 0 equals its encoding."""
+    image = first_frame_image(size=96)
+    latents = run(pipe, image=image, output_type="latent", num_frames=9, mode="hybrid")
+    generator = torch.Generator().manual_seed(0)
+    expected = pipe._encode_first_frame(image, 1, 64, 64, generator, "cpu", torch.float32)
+    # The noise is drawn before the image is encoded: replay that draw so the posterior sample matches.
+    generator = torch.Generator().manual_seed(0)
+    torch.randn((1, 4, 2, 8, 8), generator=generator)
+    expected = pipe._encode_first_frame(image, 1, 64, 64, generator, "cpu", torch.float32)
+    torch.testing.assert_close(latents[:, :, :1], expected)
+
+
+def test_output_types_super_resolution_and_tuple(pipe):
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1)
+    pil = run(pipe, output_type="pil", **kwargs)
+    assert len(pil) == 1 and len(pil[0]) == 9 and pil[0][0].size == (128, 128)  # QuickSRNet 2x by default
+    pt = run(pipe, output_type="pt", super_resolution=False, **kwargs)
+    assert pt.shape == (1, 9, 3, 64, 64)
+    latent = run(pipe, output_type="latent", **kwargs)
+    assert latent.shape == (1, 4, 2, 8, 8)
+    out = pipe("a cat", num_frames=1, return_dict=False, output_type="np", **SIZE, **kwargs)
+    assert isinstance(out, tuple) and out[0].shape == (1, 1, 128, 128, 3)
+    assert isinstance(pipe("a cat", num_frames=1, output_type="np", **SIZE, **kwargs), NeodragonPipelineOutput)
+
+
+def test_batches_of_prompts_and_videos_per_prompt(pipe):
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, super_resolution=False,
+                  num_frames=9, output_type="np", **SIZE)
+    generators = [torch.Generator().manual_seed(s) for s in range(4)]
+    video = pipe(["a red circle", "a blue square"], num_videos_per_prompt=2, generator=generators, **kwargs).frames
+    assert video.shape == (4, 9, 64, 64, 3)
+    # Each video follows its own generator: video 2 alone with generator 2 and the same prompt is identical.
+    single = pipe("a blue square", generator=torch.Generator().manual_seed(2), **kwargs).frames
+    np.testing.assert_allclose(video[2], single[0], atol=1e-5)
+
+
+def test_classifier_free_guidance_uses_the_negative_prompt(pipe):
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, super_resolution=False)
+    a = run(pipe, guidance_scale=7.0, video_guidance_scale=5.0, negative_prompt="a dog", **kwargs)
+    b = run(pipe, guidance_scale=7.0, video_guidance_scale=5.0, negative_prompt="a green square", **kwargs)
+    c = run(pipe, guidance_scale=1.0, video_guidance_scale=1.0, **kwargs)
+    assert np.abs(a - b).max() > 1e-3 and np.abs(a - c).max() > 1e-3
+
+
+def test_callback_on_step_end_sees_and_replaces_latents(pipe):
+    seen = []
+
+    def callback(p, step, timestep, tensors):
+        seen.append((step, float(timestep), tuple(tensors["latents"].shape)))
+        return {"latents": torch.zeros_like(tensors["latents"])} if step == len(seen) - 1 else {}
+
+    latents = run(pipe, mode="monolithic", num_inference_steps=[2, 1, 1], video_num_inference_steps=[1, 1, 1],
+                  output_type="latent", callback_on_step_end=callback)
+    assert [s[0] for s in seen] == list(range(7))
+    assert seen[0][1] == 1000.0 and seen[0][2] == (1, 4, 1, 2, 2) and seen[-1][2] == (1, 4, 1, 8, 8)
+    assert torch.count_nonzero(latents) == 0  # the last replacement is what the pipeline returns
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=""), "must not be empty"),
+        (dict(prompt=["a cat", 3]), "non-empty string or a non-empty list of strings"),
+        (dict(num_frames=10), r"8k\+1"),
+        (dict(num_frames=0), r"8k\+1"),
+        (dict(height=96), "`height` must be a positive multiple of 64"),
+        (dict(width=0), "`width` must be a positive multiple of 64"),
+        (dict(video_num_inference_steps=[1, 1]), "list of 3 positive ints"),
+        (dict(video_num_inference_steps=0), "list of 3 positive ints"),
+        (dict(num_inference_steps=[1, -1, 1], mode="monolithic"), "`num_inference_steps` must be"),
+        (dict(guidance_scale=-1.0), "`guidance_scale` must be a number >= 0"),
+        (dict(mode="fast"), "`mode` must be one of"),
+        (dict(output_type="gif"), "`output_type` must be one of"),
+        (dict(num_videos_per_prompt=0), "`num_videos_per_prompt` must be a positive int"),
+        (dict(image="frame.png"), "must be a PIL image, a tensor, a numpy array"),
+        (dict(image=torch.rand(1, 4, 64, 64)), "must be RGB"),
+        (dict(image=[first_frame_image(), first_frame_image()]), "Got 2 images for 1 prompts"),
+        (dict(negative_prompt=["a", "b"]), "`negative_prompt` has 2 entries"),
+        (dict(generator=[torch.Generator(), torch.Generator()]), "Got 2 generators for a batch of 1"),
+        (dict(latents=torch.randn(1, 4, 1, 8, 8)), "`latents` .* must have shape"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), "are not among"),
+        (dict(max_sequence_length=0), "`max_sequence_length` must be a positive int"),
+        (dict(super_resolution=True, _no_sr=True), "has no super_resolution component"),
+        (dict(mode="hybrid", _no_first_frame=True), "has no first_frame_pipeline"),
+    ],
+)
+def test_check_inputs_rejects_bad_input_before_any_model_runs(kwargs, message):
+    no_sr, no_first = kwargs.pop("_no_sr", False), kwargs.pop("_no_first_frame", False)
+    pipe = pipeline(with_super_resolution=not no_sr, with_first_frame=not no_first)
+
+    def forbid(*args, **kw):
+        raise AssertionError("a model ran before the input was validated")
+
+    for module in (pipe.transformer, pipe.vae, pipe.text_encoder_3, pipe.text_encoder):
+        module.forward = forbid
+    call = dict(prompt="a red circle", num_frames=9, **SIZE)
+    call.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        pipe(**call)
+
+
+def _same_output(a, b, **kwargs):
+    va = run(a, **kwargs)
+    vb = run(b, **kwargs)
+    np.testing.assert_array_equal(va, vb)
+
+
+def test_save_and_load_round_trip_bit_exact(tmp_path, pipe):
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "model_index.json").exists()
+    assert (tmp_path / "first_frame_pipeline" / "model_index.json").exists()
+    assert not list(tmp_path.rglob("*.bin")) and list(tmp_path.rglob("*.safetensors"))
+    for loader in (NeodragonPipeline, DiffusionPipeline):
+        loaded = loader.from_pretrained(tmp_path)
+        assert type(loaded) is NeodragonPipeline
+        loaded.set_progress_bar_config(disable=True)
+        loaded.first_frame_pipeline.set_progress_bar_config(disable=True)
+        _same_output(pipe, loaded, mode="hybrid", num_frames=17)
+        _same_output(pipe, loaded, mode="monolithic", num_inference_steps=1, guidance_scale=3.0)
+
+
+def test_configured_mode_prompt_suffix_and_negative_default(tmp_path):
+    pipe = pipeline(with_first_frame=False)
+    pipe.register_to_config(mode="monolithic", prompt_suffix=", red", default_negative_prompt="a dog")
+    pipe.save_pretrained(tmp_path)
+    loaded = NeodragonPipeline.from_pretrained(tmp_path)
+    assert loaded.config.mode == "monolithic" and loaded.config.prompt_suffix == ", red"
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=1, video_num_inference_steps=1, super_resolution=False)
+    # Without a first-frame pipeline the configured monolithic mode is what makes a call without image work.
+    suffixed = run(loaded, **kwargs)
+    texts = []
+    original = loaded.encode_prompt
+    loaded.encode_prompt = lambda t, *a, **k: texts.append(list(t)) or original(t, *a, **k)
+    np.testing.assert_array_equal(run(loaded, **kwargs), suffixed)
+    assert texts[-1] == ["a dog", "a red circle moving left, red"]

@@ -1,0 +1,45 @@
+import PIL.Image
+import pytest
+
+from diffusers_neodragon.cli import build_parser, frame_strip, main
+from tests.tiny_components import pipeline
+
+
+def test_generate_writes_mp4_and_strip(tmp_path):
+    model = tmp_path / "model"
+    pipeline(with_first_frame=False).save_pretrained(model)
+    out = tmp_path / "videos" / "cat.mp4"
+    code = main([
+        "generate", "a red circle moving left", "--model", str(model), "--mode", "monolithic", "--frames", "9",
+        "--height", "64", "--width", "64", "--steps", "1,2,1", "--first-frame-steps", "1", "--seed", "3",
+        "--output", str(out),
+    ])
+    assert code == 0 and out.stat().st_size > 0
+    strip = PIL.Image.open(tmp_path / "videos" / "cat_frames.png")
+    assert strip.size == (8 * 128, 128)  # 8 frames of the 2x super-resolved 128x128 video
+
+
+def test_generate_from_an_image(tmp_path):
+    model = tmp_path / "model"
+    pipeline(with_first_frame=False, with_super_resolution=False).save_pretrained(model)
+    image = tmp_path / "first.png"
+    PIL.Image.new("RGB", (80, 80), (200, 30, 30)).save(image)
+    out = tmp_path / "i2v.mp4"
+    assert main(["generate", "a red circle", "--model", str(model), "--image", str(image), "--frames", "9",
+                 "--height", "64", "--width", "64", "--output", str(out)]) == 0
+    assert out.exists()
+
+
+def test_bad_arguments_are_rejected():
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "a cat", "--model", "m", "--steps", "one"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "a cat", "--model", "m", "--mode", "fast"])
+
+
+def test_frame_strip_picks_evenly_spaced_frames():
+    frames = [PIL.Image.new("RGB", (20, 10), (i * 10, 0, 0)) for i in range(25)]
+    strip = frame_strip(frames, count=5, height=10)
+    assert strip.size == (100, 10)
+    assert [strip.getpixel((x * 20 + 5, 5))[0] for x in range(5)] == [0, 60, 120, 180, 240]
