@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="pipeline folder or Hub id saved by NeodragonPipeline")
     gen.add_argument("--image", help="first frame (image-to-video)")
     gen.add_argument("--mode", choices=["hybrid", "monolithic"], help="default: the pipeline's configured mode")
-    gen.add_argument("--frames", type=int, default=49, help="8k+1 frames (default 49)")
-    gen.add_argument("--height", type=int, default=320)
-    gen.add_argument("--width", type=int, default=512)
+    gen.add_argument("--frames", type=int, help="8k+1 frames (default: the model's, 49 for Neodragon)")
+    gen.add_argument("--height", type=int, help="multiple of 64 (default: the model's, 320 for Neodragon)")
+    gen.add_argument("--width", type=int, help="multiple of 64 (default: the model's, 512 for Neodragon)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=_steps, help="video DiT steps per stage, e.g. 1,1,1 (default: the mode's)")
     gen.add_argument("--first-frame-steps", type=_steps, help="DiT steps per stage for a DiT-made first frame")
@@ -61,7 +61,7 @@ def generate(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    pipe = NeodragonPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe = NeodragonPipeline.from_pretrained(args.model, dtype=dtype).to(device)
     result = pipe(
         args.prompt,
         image=load_image(args.image) if args.image else None,

@@ -186,3 +186,10 @@ def test_configured_mode_prompt_suffix_and_negative_default(tmp_path):
     loaded.encode_prompt = lambda t, *a, **k: texts.append(list(t)) or original(t, *a, **k)
     np.testing.assert_array_equal(run(loaded, **kwargs), suffixed)
     assert texts[-1] == ["a dog", "a red circle moving left, red"]
+
+
+def test_default_size_comes_from_the_config():
+    pipe = pipeline(with_first_frame=False, with_super_resolution=False)
+    pipe.register_to_config(default_height=64, default_width=128, default_num_frames=9, mode="monolithic")
+    video = pipe("a cat", num_inference_steps=1, video_num_inference_steps=1, output_type="np").frames
+    assert video.shape == (1, 9, 64, 128, 3)

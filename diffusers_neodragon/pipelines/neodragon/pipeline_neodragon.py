@@ -69,6 +69,8 @@ class NeodragonPipeline(DiffusionPipeline):
         mode: default generation mode, ``"hybrid"`` or ``"monolithic"``.
         prompt_suffix: appended to every prompt (the release uses ", cinematic, realistic textures, ...").
         default_negative_prompt: used for classifier-free guidance when no negative prompt is given.
+        default_height, default_width, default_num_frames: the size a call without them generates (the size the
+            transformer was trained at).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->context_adapter->transformer->vae->super_resolution"
@@ -95,6 +97,9 @@ class NeodragonPipeline(DiffusionPipeline):
         mode: str = "hybrid",
         prompt_suffix: str = "",
         default_negative_prompt: str = "",
+        default_height: int = 320,
+        default_width: int = 512,
+        default_num_frames: int = 49,
     ):
         super().__init__()
         if mode not in MODES:
@@ -105,7 +110,10 @@ class NeodragonPipeline(DiffusionPipeline):
             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, first_frame_pipeline=first_frame_pipeline,
             super_resolution=super_resolution,
         )
-        self.register_to_config(mode=mode, prompt_suffix=prompt_suffix, default_negative_prompt=default_negative_prompt)
+        self.register_to_config(
+            mode=mode, prompt_suffix=prompt_suffix, default_negative_prompt=default_negative_prompt,
+            default_height=default_height, default_width=default_width, default_num_frames=default_num_frames,
+        )
         self.vae_spatial_scale = getattr(vae.config, "spatial_downsample_scale", 8) if vae is not None else 8
         self.vae_temporal_scale = getattr(vae.config, "temporal_downsample_scale", 8) if vae is not None else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_spatial_scale, resample="lanczos")
@@ -294,9 +302,9 @@ class NeodragonPipeline(DiffusionPipeline):
         image: Optional[Any] = None,
         negative_prompt: Optional[Union[str, List[str]]] = None,
         mode: Optional[str] = None,
-        height: int = 320,
-        width: int = 512,
-        num_frames: int = 49,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_frames: Optional[int] = None,
         num_inference_steps: Optional[Union[int, Sequence[int]]] = None,
         video_num_inference_steps: Optional[Union[int, Sequence[int]]] = None,
         guidance_scale: Optional[float] = None,
@@ -321,8 +329,9 @@ class NeodragonPipeline(DiffusionPipeline):
             negative_prompt: used when a guidance scale is > 1 (default: the pipeline's ``default_negative_prompt``).
             mode: ``"hybrid"`` (first frame from ``first_frame_pipeline`` unless ``image``) or ``"monolithic"`` (first
                 frame from the DiT unless ``image``); default: the pipeline's configured mode.
-            height, width: output size before super-resolution (multiples of ``size_multiple``, 64).
-            num_frames: 8k+1 frames (49 = 7 latent frames).
+            height, width: output size before super-resolution (multiples of ``size_multiple``, 64); default: the
+                pipeline's ``default_height`` / ``default_width`` (320 x 512 for Neodragon).
+            num_frames: 8k+1 frames (49 = 7 latent frames); default: ``default_num_frames``.
             num_inference_steps: DiT steps per stage for a DiT-generated first frame (int or one per stage).
             video_num_inference_steps: DiT steps per stage for every later latent frame.
             guidance_scale, video_guidance_scale: classifier-free guidance for the first / later frames (off at <= 1).
@@ -343,6 +352,9 @@ class NeodragonPipeline(DiffusionPipeline):
             [`NeodragonPipelineOutput`] or a tuple ``(frames,)``.
         """
         mode = mode or self.config.mode
+        height = self.config.default_height if height is None else height
+        width = self.config.default_width if width is None else width
+        num_frames = self.config.default_num_frames if num_frames is None else num_frames
         defaults = MODE_DEFAULTS.get(mode, MODE_DEFAULTS["hybrid"])
         stages = self.scheduler.config.stages
 
