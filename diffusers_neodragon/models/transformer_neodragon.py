@@ -11,7 +11,7 @@ padded text tokens may be dropped, queries of the last frame attend without a ma
 final block computes only the noisy clip's tokens (the rest is discarded by the reference anyway).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -255,6 +255,7 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["NeodragonTransformerBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
+    _repeated_blocks = ["NeodragonTransformerBlock"]  # for ModelMixin.compile_repeated_blocks()
 
     @register_to_config
     def __init__(
@@ -291,38 +292,60 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.norm_out = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(dim, patch_size * patch_size * in_channels)
         self.gradient_checkpointing = False
+        self._layout_cache = {}
+        self._cuda_graphs = None
 
     def _layout(self, clips, text_mask: Optional[torch.Tensor], num_text: int, device) -> JointAttentionLayout:
+        """The attention layout of this token sequence.
+
+        Everything that depends only on the shapes is cached, so repeated calls do no host work and CUDA-graph
+        capture never copies from the host; only a text padding mask (batches of prompts of different lengths)
+        adds per-call device work.
+        """
         p = self.config.patch_size
         frame_tokens = []  # tokens per frame, chronological
         for clip in clips:
             frame_tokens += [(clip.shape[-2] // p) * (clip.shape[-1] // p)] * clip.shape[2]
-        num_frames = len(frame_tokens)
-        num_last = clips[-1].shape[2] * frame_tokens[-1]
-        seq_len = num_text + sum(frame_tokens)
+        key = (tuple(frame_tokens), clips[-1].shape[2], num_text, str(device))
+        if key not in self._layout_cache:
+            num_frames = len(frame_tokens)
+            seq_len = num_text + sum(frame_tokens)
+            frame_ids = torch.repeat_interleave(torch.arange(num_frames), torch.tensor(frame_tokens)).to(device)
+            rope = None
+            if num_frames > 1:
+                rope = temporal_rope_frequencies(frame_ids, self.config.attention_head_dim, self.config.rope_theta)
+            num_free = seq_len if num_frames == 1 else frame_tokens[-1]
+            prefix_mask = None
+            if num_free < seq_len:
+                tpos = torch.cat([torch.zeros(num_text, dtype=frame_ids.dtype, device=device), frame_ids])
+                prefix_mask = (tpos[: seq_len - num_free, None] >= tpos[None, :])[None, None]
+            num_last = clips[-1].shape[2] * frame_tokens[-1]
+            self._layout_cache[key] = JointAttentionLayout(num_free, prefix_mask, None, rope, num_text, num_last)
+        layout = self._layout_cache[key]
+        if text_mask is None:
+            return layout
 
-        counts = torch.tensor(frame_tokens, device=device)
-        frame_ids = torch.repeat_interleave(torch.arange(num_frames, device=device), counts)
-        rope = None
-        if num_frames > 1:
-            rope = temporal_rope_frequencies(frame_ids, self.config.attention_head_dim, self.config.rope_theta)
+        seq_len = layout.num_text + sum(frame_tokens)
+        valid = torch.cat([text_mask.bool(), text_mask.new_ones(text_mask.shape[0], seq_len - num_text).bool()], 1)
+        key_padding = valid[:, None, None, :]
+        prefix_mask = layout.prefix_mask
+        if prefix_mask is not None:
+            # Reference rule: padded text tokens form a group of their own (they only see each other).
+            rows = prefix_mask.shape[2]
+            prefix_mask = prefix_mask & (valid[:, None, :rows, None] == valid[:, None, None, :])
+        return replace(layout, prefix_mask=prefix_mask, key_padding=key_padding)
 
-        key_padding = None
-        if text_mask is not None:
-            valid = torch.cat([text_mask.bool(), text_mask.new_ones(text_mask.shape[0], seq_len - num_text).bool()], 1)
-            key_padding = valid[:, None, None, :]
+    def enable_cuda_graphs(self, enabled: bool = True):
+        """Replay each input shape's forward from a captured CUDA graph (inference on CUDA only).
 
-        num_free = seq_len if num_frames == 1 else frame_tokens[-1]
-        prefix_mask = None
-        if num_free < seq_len:
-            tpos = torch.cat([torch.zeros(num_text, dtype=frame_ids.dtype, device=device), frame_ids])
-            rows = seq_len - num_free
-            prefix_mask = (tpos[:rows, None] >= tpos[None, :])[None, None]
-            if key_padding is not None:
-                # Reference rule: padded text tokens form a group of their own (they only see each other).
-                group = key_padding[:, 0, 0, :]
-                prefix_mask = prefix_mask & (group[:, None, :rows, None] == group[:, None, None, :])
-        return JointAttentionLayout(num_free, prefix_mask, key_padding, rope, num_text, num_last)
+        A generation calls the model with a handful of fixed shapes (one per stage and history length), and at
+        batch 1 each call is bound by kernel-launch overhead, not by the GPU. The first call of a shape runs
+        eagerly (filling the caches), the second captures a graph, later ones copy their inputs into the
+        graph's static buffers and replay it. Outputs are cloned, so callers never see a buffer that a later
+        replay overwrites. Disabled for autograd, on the CPU, and after any weight change (call again).
+        """
+        self._cuda_graphs = {} if enabled else None
+        return self
 
     def forward(
         self,
@@ -361,8 +384,48 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 f"encoder_attention_mask {tuple(encoder_attention_mask.shape)} must match the text tokens "
                 f"{tuple(encoder_hidden_states.shape[:2])}"
             )
-
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch_size)
+        inputs = (hidden_states, encoder_hidden_states, pooled_projections, timestep, encoder_attention_mask, *clips[:-1])
+        if self._cuda_graphs is not None and hidden_states.is_cuda and not torch.is_grad_enabled():
+            out = self._graphed_forward(inputs)
+        else:
+            out = self._forward_impl(*inputs)
+        if not return_dict:
+            return (out,)
+        return Transformer2DModelOutput(sample=out)
+
+    def _graphed_forward(self, inputs) -> torch.Tensor:
+        key = tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs)
+        entry = self._cuda_graphs.get(key)
+        if entry is None:  # first sight of this shape: run eagerly (fills the layout and position caches)
+            self._cuda_graphs[key] = "seen"
+            return self._forward_impl(*inputs)
+        if entry == "seen":
+            static = [None if t is None else t.clone() for t in inputs]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._forward_impl(*static)  # warm-up on a side stream, as capture requires
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._cuda_graph_pool()):
+                output = self._forward_impl(*static)
+            entry = self._cuda_graphs[key] = (graph, static, output)
+        graph, static, output = entry
+        for buffer, value in zip(static, inputs):
+            if buffer is not None:
+                buffer.copy_(value)
+        graph.replay()
+        return output.clone()
+
+    def _cuda_graph_pool(self):
+        if getattr(self, "_graph_pool", None) is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        return self._graph_pool
+
+    def _forward_impl(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, encoder_attention_mask,
+                      *history) -> torch.Tensor:
+        clips = [*history, hidden_states]
         temb = self.time_text_embed(timestep, pooled_projections)
         txt = encoder_hidden_states
         if self.context_embedder is not None:
@@ -381,7 +444,4 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         img = self.proj_out(self.norm_out(img, temb))
         b, c, t, h, w = hidden_states.shape
         p = self.config.patch_size
-        out = img.reshape(b, t, h // p, w // p, p, p, c).permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, t, h, w)
-        if not return_dict:
-            return (out,)
-        return Transformer2DModelOutput(sample=out)
+        return img.reshape(b, t, h // p, w // p, p, p, c).permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, t, h, w)

@@ -1,0 +1,440 @@
+"""Speed and memory of the full-size Neodragon pipeline on one GPU, optionally beside the official code.
+
+Builds every component at full size with random weights from configs (no download): 18-block width-1536 DiT,
+DT5 + ContextAdapter, CLIP-L/G, AsymmetricVAE, an SSD-1B-sized SDXL first-frame pipeline (LCM, 4 steps) and
+QuickSRNet. Times each component with CUDA events after warm-up, for hybrid 1-1-1 (49x320x512, then 2x SR to
+640x1024) and monolithic, at batch 1 and 4, and reports peak memory and the DiT's achieved TFLOP/s.
+
+With ``--reference PATH`` (a local checkout of Qualcomm-AI-research/neodragon, never part of this repository) it
+runs the same work through the official ``generate()`` on the same weights in the same process and prints the
+speed-ups. Output: a table on stdout and a JSON file.
+
+    python benchmarks/benchmark_pipeline.py --reference /path/to/neodragon --json bench.json
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+import types
+from collections import defaultdict
+
+import torch
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+# ----------------------------------------------------------------------------- components
+def word_vocabulary():
+    path = os.path.join(HERE, "..", "..", "shared", "data", "vbench_prompts.txt")
+    text = open(path).read() if os.path.exists(path) else "a drone flying over a snowy forest at dawn"
+    words = dict.fromkeys(re.findall(r"[a-z0-9]+", text.lower()))
+    return list(words)
+
+
+def build_pipeline(device, dtype, with_first_frame=True):
+    from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from diffusers_neodragon import (
+        AsymmetricVAE, ContextAdapter, DT5Config, DT5EncoderModel, NeodragonPipeline, NeodragonTransformer3DModel,
+        PyramidalDMDScheduler, QuickSRNet,
+    )
+    from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
+
+    words = word_vocabulary()
+
+    def clip_tok():
+        return build_word_level_tokenizer(words, 77, bos_token="<|startoftext|>", eos_token="<|endoftext|>")
+
+    def clip(cls, hidden, layers, heads, projection, tok):
+        config = CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, projection_dim=projection, max_position_embeddings=77, hidden_act="gelu",
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+        return cls(config)
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        tok_l, tok_g = clip_tok(), clip_tok()
+        components = dict(
+            transformer=NeodragonTransformer3DModel(),
+            scheduler=PyramidalDMDScheduler(),
+            vae=AsymmetricVAE(),
+            text_encoder_3=DT5EncoderModel(DT5Config(vocab_size=len(words) + 3)),
+            tokenizer_3=build_word_level_tokenizer(words, 128),
+            context_adapter=ContextAdapter(),
+            text_encoder=clip(CLIPTextModelWithProjection, 768, 12, 12, 768, tok_l),
+            tokenizer=tok_l,
+            text_encoder_2=clip(CLIPTextModelWithProjection, 1280, 32, 20, 1280, tok_g),
+            tokenizer_2=tok_g,
+            super_resolution=QuickSRNet(),
+        )
+        if with_first_frame:
+            # SDXL layout with SSD-1B's reduced transformer depth (an approximation of SSD-1B's config).
+            unet = UNet2DConditionModel(
+                sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                block_out_channels=(320, 640, 1280), down_block_types=(
+                    "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 4), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+                cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            )
+            vae = AutoencoderKL(
+                in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, sample_size=1024, scaling_factor=0.13025, force_upcast=False,
+            )
+            tok_1, tok_2 = clip_tok(), clip_tok()
+            components["first_frame_pipeline"] = StableDiffusionXLPipeline(
+                vae=vae, unet=unet, tokenizer=tok_1, tokenizer_2=tok_2,
+                text_encoder=clip(CLIPTextModel, 768, 12, 12, 768, tok_1),
+                text_encoder_2=clip(CLIPTextModelWithProjection, 1280, 32, 20, 1280, tok_2),
+                scheduler=LCMScheduler(set_alpha_to_one=False, original_inference_steps=4, steps_offset=1),
+            )
+    # Random weights: the SD3-style init of the reference would zero adaLN and output layers; keep them random
+    # so no GEMM runs on zeros (as the official perf notes did).
+    pipe = NeodragonPipeline(**components).to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if pipe.first_frame_pipeline is not None:
+        pipe.first_frame_pipeline.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def count_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------- timing
+class EventLog:
+    """Wraps callables to record CUDA events per label; resolved after one synchronize (no syncs in between)."""
+
+    def __init__(self):
+        self.events = []
+        self.active = True
+
+    def wrap(self, obj, name, label):
+        original = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            if not self.active:
+                return original(*args, **kwargs)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = original(*args, **kwargs)
+            end.record()
+            self.events.append((label(*args, **kwargs) if callable(label) else label, start, end))
+            return out
+
+        setattr(obj, name, timed)
+        return original
+
+    def totals(self):
+        torch.cuda.synchronize()
+        sums = defaultdict(float)
+        for label, start, end in self.events:
+            sums[label] += start.elapsed_time(end)
+        self.events.clear()
+        return dict(sums)
+
+
+def dit_flops(layout_tokens, num_text, num_last, dim=1536, blocks=18):
+    """Useful FLOPs of one forward: linear layers per stream plus attention as executed (dense per query group)."""
+    n, s = layout_tokens, layout_tokens + num_text
+    per_block = 2 * 12 * dim * dim * (n + num_text) + 4 * s * s * dim
+    last = 2 * dim * dim * (num_last + 2 * n + 9 * num_last + 2 * num_text) + 4 * num_last * s * dim
+    return per_block * (blocks - 1) + last
+
+
+def instrument(pipe, log, full_width):
+    stages = pipe.scheduler.config.stages
+    flops = defaultdict(float)
+
+    def dit_label(*args, **kwargs):
+        x = kwargs["hidden_states"]
+        history = kwargs.get("history") or []
+        stage = stages - 1 - int(round(math.log2(full_width / x.shape[-1])))
+        p = pipe.transformer.config.patch_size
+        tokens = sum(c.shape[2] * (c.shape[3] // p) * (c.shape[4] // p) for c in [*history, x])
+        last = x.shape[2] * (x.shape[3] // p) * (x.shape[4] // p)
+        flops[f"dit_stage{stage}"] += x.shape[0] * dit_flops(tokens, kwargs["encoder_hidden_states"].shape[1], last)
+        return f"dit_stage{stage}"
+
+    log.wrap(pipe.transformer, "forward", dit_label)
+    log.wrap(pipe, "encode_prompt", "text_encoding")
+    log.wrap(pipe, "_first_frame_images", "first_frame_t2i")
+    log.wrap(pipe, "_encode_first_frame", "first_frame_encode")
+    log.wrap(pipe.scheduler, "renoise", "renoise")
+    log.wrap(pipe.vae, "decode", "decode")
+    log.wrap(pipe.super_resolution, "upscale_video", "super_resolution")
+    return flops
+
+
+def run_case(pipe, log, flops, name, repeats, **kwargs):
+    """Median over ``repeats`` timed runs after one warm-up; per-component times from the median run."""
+    log.active = True
+    pipe(**kwargs)  # warm-up (and CUDA-graph capture when enabled)
+    pipe(**kwargs)
+    log.totals()
+    flops.clear()
+    runs = []
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        pipe(**kwargs)
+        end.record()
+        parts = log.totals()
+        parts["end_to_end"] = start.elapsed_time(end)
+        runs.append(parts)
+    runs.sort(key=lambda r: r["end_to_end"])
+    median = runs[len(runs) // 2]
+    dit_ms = sum(v for k, v in median.items() if k.startswith("dit_"))
+    result = {
+        "case": name, "ms": median, "end_to_end_ms_all": [r["end_to_end"] for r in runs],
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "dit_ms": dit_ms, "dit_tflop_per_run": sum(flops.values()) / repeats / 1e12,
+    }
+    stage_ms = median.get("dit_stage2", 0.0)
+    if stage_ms:
+        result["dit_stage2_tflops"] = flops["dit_stage2"] / repeats / (stage_ms / 1e3) / 1e12
+    result["dit_tflops"] = sum(flops.values()) / repeats / (dit_ms / 1e3) / 1e12 if dit_ms else 0.0
+    print(json.dumps({k: result[k] for k in ("case", "ms", "peak_memory_gib", "dit_tflops")}), flush=True)
+    return result
+
+
+# ----------------------------------------------------------------------------- official code
+def import_official(path):
+    """Import the official modules without its top-level __init__ (which loads the SSD-1B and hub code)."""
+    sys.path.insert(0, path)
+    package = types.ModuleType("neodragon")
+    package.__path__ = [os.path.join(path, "neodragon")]
+    sys.modules["neodragon"] = package
+    stub = types.ModuleType("neodragon.first_frame_gen")
+    stub.SSD1B_FirstFrameGeneratorPipeline = object
+    sys.modules["neodragon.first_frame_gen"] = stub
+    from neodragon.asymmetric_causal_video_vae import AsymmetricCausalVideoVAE
+    from neodragon.context_adapter import ContextAdapter as OfficialAdapter
+    from neodragon.pyramid_mmdit import PyramidMMDiT
+    from neodragon.pyramid_scheduler import PyramidFlowMatchEulerDiscreteScheduler
+    from neodragon.utils import generation_utils
+
+    return dict(dit=PyramidMMDiT, vae=AsymmetricCausalVideoVAE, adapter=OfficialAdapter,
+                scheduler=PyramidFlowMatchEulerDiscreteScheduler, gen=generation_utils)
+
+
+def official_components(official, pipe, device, dtype):
+    """The official classes holding exactly our weights."""
+    with torch.device(device):
+        dit = official["dit"]()
+    missing, unexpected = dit.load_state_dict(pipe.transformer.state_dict(), strict=False)
+    assert set(missing) == {"pos_embed.pos_embed"} and not unexpected, (missing, unexpected)
+    with torch.device(device):
+        vae = official["vae"]()
+    vae.load_state_dict(pipe.vae.state_dict(), strict=True)
+    with torch.device(device):
+        adapter = official["adapter"]()
+    ours = pipe.context_adapter.state_dict()
+    mapped = {}
+    layers = len(pipe.context_adapter.layers)
+    for k, v in ours.items():
+        head, _, rest = k.partition(".")
+        if head == "layers":
+            index, _, param = rest.partition(".")
+            mapped[f"network_layers.{index}.1.{param}"] = v
+        else:
+            mapped[f"network_layers.{layers}.0.{rest}"] = v
+    adapter.load_state_dict(mapped, strict=True)
+    return [m.to(device=device, dtype=dtype).eval() for m in (dit, vae, adapter)] + [official["scheduler"]()]
+
+
+def time_official(official, pipe, image, device, dtype, height, width, repeats, prompt):
+    dit, vae, adapter, scheduler = official_components(official, pipe, device, dtype)
+    with torch.no_grad():
+        embeds, mask, pooled = encode_unadapted(pipe, prompt, device)
+
+    def bundle(_prompt, _device):
+        return embeds, mask, pooled
+
+    gen = official["gen"]
+    block_noise = gen._sample_block_noise
+    try:
+        block_noise(1 / 3, 1, 1, 1, 2, 2)
+    except Exception:  # torch versions whose Cholesky rejects the singular covariance (see the facts sheet)
+        def block_noise(gamma, bs, ch, temp, height, width, _dist=[]):
+            if not _dist:
+                cov = torch.eye(4) * (1 + gamma) - torch.ones(4, 4) * gamma + 1e-6 * torch.eye(4)
+                _dist.append(torch.distributions.MultivariateNormal(torch.zeros(4), cov))
+            noise = torch.stack([_dist[0].sample() for _ in range(bs * ch * temp * (height // 2) * (width // 2))])
+            return noise.reshape(bs, ch, temp, height // 2, width // 2, 2, 2).permute(0, 1, 2, 3, 5, 4, 6).reshape(
+                bs, ch, temp, height, width)
+        gen._sample_block_noise = block_noise
+    kwargs = dict(
+        text_encoder_bundle=bundle, dit=dit, context_adapter=adapter, vae=vae, scheduler=scheduler, prompt=prompt,
+        image=image, height=height, width=width, num_frames=49, num_inference_steps=[1, 1, 1],
+        video_num_inference_steps=[1, 1, 1], do_classifier_free_guidance=False, guidance_scale=0.0,
+        video_guidance_scale=0.0, output_type="latent", device=torch.device(device), dtype=dtype,
+    )
+    times, decode_times = [], []
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype), contextlib.redirect_stdout(open(os.devnull, "w")):
+        gen.generate(**kwargs)
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            latents = gen.generate(**kwargs)
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()
+            gen._decode_latent(vae, latents.clone(), return_tensor=True)
+            torch.cuda.synchronize()
+            decode_times.append((time.perf_counter() - t0) * 1e3)
+    del dit, vae, adapter
+    torch.cuda.empty_cache()
+    return {"generate_ms": statistics.median(times), "decode_ms": statistics.median(decode_times),
+            "generate_ms_all": times}
+
+
+def encode_unadapted(pipe, prompt, device):
+    tokens = pipe.tokenizer_3([prompt], padding="max_length", max_length=128, truncation=True, return_tensors="pt")
+    embeds = pipe.text_encoder_3(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+    pooled = pipe._pooled_embeddings([prompt], device)
+    return embeds.last_hidden_state, tokens.attention_mask.to(device), pooled
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", help="local checkout of the official Neodragon code")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    parser.add_argument("--compile-first-frame", action="store_true", help="torch.compile the first-frame UNet")
+    parser.add_argument("--skip-monolithic", action="store_true")
+    parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--json", default="benchmark_pipeline.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("This benchmark needs a CUDA GPU.")
+    device, dtype = "cuda", getattr(torch, args.dtype)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # diffusers 0.42 warns on every .to(dtype) ("kept in float32: []")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    gpu = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+
+    t0 = time.perf_counter()
+    pipe = build_pipeline(device, dtype)
+    info = {"gpu": gpu, "torch": torch.__version__, "dtype": args.dtype, "peak_bf16_tflops": peak,
+            "params": {k: count_params(v) for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)},
+            "build_s": time.perf_counter() - t0, "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile}
+    info["params"]["first_frame_unet"] = count_params(pipe.first_frame_pipeline.unet)
+    if not args.no_cuda_graphs:
+        pipe.transformer.enable_cuda_graphs()
+    if args.compile:
+        pipe.transformer.compile_repeated_blocks(dynamic=True)
+    if args.compile_first_frame:
+        unet = pipe.first_frame_pipeline.unet
+        unet.forward = torch.compile(unet.forward, mode="max-autotune-no-cudagraphs")
+
+    # Eager vs graphed equality on one real call shape (u=6 stage 2).
+    g = torch.Generator(device).manual_seed(0)
+    probe = dict(
+        hidden_states=torch.randn(1, 16, 1, 40, 64, generator=g, device=device, dtype=dtype),
+        history=[torch.randn(1, 16, 4, 10, 16, generator=g, device=device, dtype=dtype),
+                 torch.randn(1, 16, 1, 20, 32, generator=g, device=device, dtype=dtype),
+                 torch.randn(1, 16, 1, 40, 64, generator=g, device=device, dtype=dtype)],
+        encoder_hidden_states=torch.randn(1, 24, 1536, generator=g, device=device, dtype=dtype),
+        pooled_projections=torch.randn(1, 2048, generator=g, device=device, dtype=dtype),
+        timestep=torch.tensor([386.0], device=device),
+    )
+    with torch.no_grad():
+        outs = [pipe.transformer(**probe).sample for _ in range(4)]
+        graphs = pipe.transformer._cuda_graphs
+        pipe.transformer._cuda_graphs = None
+        eager = pipe.transformer(**probe).sample
+        pipe.transformer._cuda_graphs = graphs
+    info["graph_vs_eager_max_abs_diff"] = max(float((o - eager).abs().max()) for o in outs)
+
+    log = EventLog()
+    flops = instrument(pipe, log, full_width=64)
+    results = []
+    prompt = "A drone flying over a snowy forest at dawn, cinematic"
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        prompts = [prompt] * batch
+        results.append(run_case(pipe, log, flops, f"hybrid 49x320x512 +SR (640x1024) batch {batch}", args.repeats,
+                                prompt=prompts, mode="hybrid", output_type="pt",
+                                generator=torch.Generator(device).manual_seed(0)))
+        results.append(run_case(pipe, log, flops, f"hybrid 49x320x512 no SR batch {batch}", args.repeats,
+                                prompt=prompts, mode="hybrid", output_type="pt", super_resolution=False,
+                                generator=torch.Generator(device).manual_seed(0)))
+        if not args.skip_monolithic:
+            results.append(run_case(pipe, log, flops, f"monolithic 49x320x512 batch {batch}", max(1, args.repeats // 2),
+                                    prompt=prompts, mode="monolithic", output_type="pt", super_resolution=False,
+                                    generator=torch.Generator(device).manual_seed(0)))
+
+    reference = None
+    if args.reference:
+        official = import_official(args.reference)
+        from PIL import Image
+        import numpy as np
+
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (640, 1024, 3), dtype=np.uint8))
+        log.active = False
+        reference = {}
+        for height, width in ((320, 512), (640, 1024)):
+            ours_ms = []
+            for _ in range(args.repeats + 1):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                pipe(prompt, image=image, height=height, width=width, mode="hybrid", output_type="latent",
+                     generator=torch.Generator(device).manual_seed(0))
+                torch.cuda.synchronize()
+                ours_ms.append((time.perf_counter() - t0) * 1e3)
+            ref = time_official(official, pipe, image, device, dtype, height, width, max(2, args.repeats // 2), prompt)
+            reference[f"{height}x{width}"] = {
+                "official_generate_ms": ref["generate_ms"], "official_decode_ms": ref["decode_ms"],
+                "official_generate_ms_all": ref["generate_ms_all"],
+                "ours_generate_ms": statistics.median(ours_ms[1:]),
+                "speedup_generate": ref["generate_ms"] / statistics.median(ours_ms[1:]),
+            }
+            print(json.dumps(reference), flush=True)
+
+    report = {"info": info, "results": results, "reference": reference}
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print_table(report)
+
+
+def print_table(report):
+    info = report["info"]
+    print(f"\n{info['gpu']} | torch {info['torch']} | {info['dtype']} | cuda graphs {info['cuda_graphs']} | "
+          f"compile {info['compile']} | graph-vs-eager max|diff| {info['graph_vs_eager_max_abs_diff']:.2e}")
+    keys = ["text_encoding", "first_frame_t2i", "first_frame_encode", "dit_stage0", "dit_stage1", "dit_stage2",
+            "renoise", "decode", "super_resolution", "end_to_end"]
+    print("case".ljust(46) + "".join(k[:12].rjust(13) for k in keys) + "  peakGiB  DiT TF/s  s2 TF/s")
+    for r in report["results"]:
+        row = r["case"].ljust(46) + "".join(f"{r['ms'].get(k, 0.0):13.1f}" for k in keys)
+        row += f"  {r['peak_memory_gib']:7.2f}  {r['dit_tflops']:8.1f}  {r.get('dit_stage2_tflops', 0):7.1f}"
+        print(row)
+    if report["reference"]:
+        print("\nofficial generate() (hybrid, DiT loop + first-frame encode) vs ours, same weights, ms:")
+        for size, ref in report["reference"].items():
+            print(f"  {size}: official {ref['official_generate_ms']:.1f} (+decode {ref['official_decode_ms']:.1f}) "
+                  f"| ours {ref['ours_generate_ms']:.1f} | speed-up x{ref['speedup_generate']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
