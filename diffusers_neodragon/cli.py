@@ -1,4 +1,5 @@
-"""The ``neodragon`` command: ``neodragon generate PROMPT ...`` writes an mp4 and a PNG strip of frames."""
+"""The ``neodragon`` command: ``neodragon generate PROMPT ...`` writes an mp4 and a PNG strip of frames;
+``neodragon export PIPELINE_FOLDER --output DIR ...`` exports it for Snapdragon NPUs (see ``export/cli.py``)."""
 
 import argparse
 import os
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: bfloat16 on cuda, float32 on cpu")
     gen.add_argument("--fps", type=int, default=24)
     gen.add_argument("--output", default="out.mp4", help="mp4 path; the PNG strip goes next to it")
+    from .export.cli import add_export_arguments  # argparse only: the export dependencies load when it runs
+
+    add_export_arguments(commands.add_parser(
+        "export", help="export a pipeline to static-shape ONNX graphs for Snapdragon NPUs (QNN HTP check, AI Hub)"))
     return parser
 
 
@@ -90,6 +95,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return generate(args)
+    if args.command == "export":
+        from .export.cli import run_export
+
+        return run_export(args)
     return 2
 
 

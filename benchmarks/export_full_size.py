@@ -1,0 +1,163 @@
+"""Export full-size Neodragon components (random weights) and check them on the QNN HTP simulator.
+
+    python benchmarks/export_full_size.py --output /tmp/neodragon_full [--components transformer_stage_2 decoder_step]
+        [--run]   # also execute on the HTP simulator (very slow at full size on x86: hours for the DiT)
+
+Architecture: the released shapes: 18-block width-1536 MMDiT (24 heads x 64, pooled 2048) at the 320x512 stage
+shapes with a 7-latent-frame (49-frame) history, DT5 (T5-v1.1-base encoder + 768→4096 head) + the 4096-wide
+ContextAdapter, the TAEHV-style decoder (256/128/64/64) streaming one latent frame, QuickSRNet-small at 320x512,
+the causal VAE encoder (128/256/512/512) on the first frame. Memory is the limit on a 24 GB machine: components
+are built, exported and checked one at a time. Prints one table with export time, ONNX size, HTP placement,
+context-binary size, compile time and the memory estimate against the paper's 3.5 GB budget.
+"""
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(name):
+    from diffusers_neodragon import AsymmetricVAE, ContextAdapter, DT5Config, DT5EncoderModel, NeodragonTransformer3DModel
+    from diffusers_neodragon import QuickSRNet
+
+    torch.manual_seed(0)
+    if name.startswith("transformer"):
+        return NeodragonTransformer3DModel().eval()
+    if name == "text_encoder":
+        return (DT5EncoderModel(DT5Config(vocab_size=32128, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval(),
+                ContextAdapter().eval())
+    if name in ("decoder_step", "vae_encoder"):
+        return AsymmetricVAE().eval()
+    if name == "super_resolution":
+        model = QuickSRNet().eval()
+        torch.nn.init.normal_(model.conv_out.weight, std=0.05)  # not the zero init: a non-trivial function to check
+        return model
+    raise ValueError(name)
+
+
+def spec_for(name, model, size):
+    from diffusers_neodragon.export import specs
+
+    if name.startswith("transformer_stage_"):
+        stage = int(name.rsplit("_", 1)[1])
+        return specs.transformer_stage_specs(model, 3, size)[stage]
+    if name == "text_encoder":
+        return specs.text_encoder_spec(model[0], model[1], size)
+    if name == "decoder_step":
+        return specs.decoder_step_spec(model, size)
+    if name == "vae_encoder":
+        return specs.vae_encoder_spec(model, size)
+    if name == "super_resolution":
+        return specs.super_resolution_spec(model, size)
+    raise ValueError(name)
+
+
+def peak_rss_gib():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def budget_summary(rows, budget_bytes):
+    """Memory of the exported components (all weights resident + the largest activation peak) vs the budget."""
+    lines = []
+    for precision in ("fp16", "w8a16"):
+        key = f"memory_{precision}"
+        have = [r for r in rows if key in r]
+        if not have:
+            continue
+        weights = sum(r[key]["weights_mib"] for r in have)
+        peak = max(r[key]["peak_activations_mib"] for r in have)
+        lines.append(f"{precision}: {len(have)} components ({', '.join(r['component'] for r in have)}): weights "
+                     f"{weights:.0f} MiB + largest activation peak {peak:.0f} MiB = {weights + peak:.0f} MiB, "
+                     f"{(weights + peak) * 2**20 / budget_bytes:.0%} of the 3.5 GB budget")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="/tmp/neodragon_full_size")
+    parser.add_argument("--components", nargs="+",
+                        default=["text_encoder", "transformer_stage_2", "decoder_step", "super_resolution"])
+    parser.add_argument("--height", type=int, default=320)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--frames", type=int, default=49)
+    parser.add_argument("--run", action="store_true", help="also run each graph on the HTP simulator")
+    parser.add_argument("--no-validate", action="store_true", help="skip the ORT-CPU vs torch check")
+    parser.add_argument("--no-htp", action="store_true")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from diffusers_neodragon.export.exporter import export_component
+    from diffusers_neodragon.export.graph_passes import fold_static_shapes
+    from diffusers_neodragon.export.htp_check import PAPER_BUDGET_BYTES, check_graph, env_info, format_report, graph_memory
+    from diffusers_neodragon.export.specs import ExportSize
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    size = ExportSize(args.height, args.width, args.frames)
+    report_path = out / "full_size_report.json"
+    rows = json.loads(report_path.read_text())["rows"] if report_path.exists() else []
+    rows = [r for r in rows if r["component"] not in args.components]
+    reports = []
+    for name in args.components:
+        t0 = time.perf_counter()
+        model = build(name)
+        spec = spec_for(name, model, size)
+        params = sum(p.numel() for p in spec.module.parameters())
+        print(f"[{name}] {params / 1e6:.1f} M parameters; torch reference ...", flush=True)
+        # The torch outputs first, then the model is freed before ONNX Runtime loads the graph (the 1.5 B DiT is
+        # 6 GB in fp32: torch model, exporter and ORT sessions must not coexist on a 24 GB machine).
+        feeds = {k: v.numpy() for k, v in spec.inputs.items()}
+        with torch.no_grad():
+            reference = spec.module(**spec.inputs)
+        reference = [r.numpy() for r in (reference if isinstance(reference, (tuple, list)) else (reference,))]
+        print(f"[{name}] exporting ...", flush=True)
+        entry = export_component(spec, out, backend="torch", validate=False, fold_shapes=False)
+        export_s = time.perf_counter() - t0
+        del spec, model
+        gc.collect()
+        fold_static_shapes(out / entry["file"])
+        onnx_bytes = sum(p.stat().st_size for p in out.glob(f"{name}.onnx*"))
+        row = {"component": name, "parameters_m": round(params / 1e6, 1), "export_s": round(export_s, 1),
+               "onnx_gib": round(onnx_bytes / 2**30, 3),
+               "inputs": {k: v["shape"] for k, v in entry["inputs"].items()}}
+        if not args.no_validate:
+            session = ort.InferenceSession(str(out / entry["file"]), providers=["CPUExecutionProvider"])
+            t1 = time.perf_counter()
+            got = session.run(None, feeds)
+            row["ort_cpu_run_s"] = round(time.perf_counter() - t1, 2)
+            row["ort_vs_torch"] = max(float(np.abs(g - r).max()) for g, r in zip(got, reference))
+            del session, got
+            gc.collect()
+        row["memory_fp16"] = graph_memory(out / entry["file"], "fp16")
+        row["memory_w8a16"] = graph_memory(out / entry["file"], "w8a16")  # weights as they would be quantised
+        row["peak_rss_gib"] = round(peak_rss_gib(), 1)
+        print(json.dumps(row), flush=True)
+        if not args.no_htp:
+            report = check_graph(out / entry["file"], feeds, reference, "fp16", name, out / "htp", run=args.run)
+            reports.append(report)
+            row["htp"] = report.to_dict()
+            row["peak_rss_gib"] = round(peak_rss_gib(), 1)
+            print(format_report([report]), flush=True)
+        rows.append(row)
+        report_path.write_text(json.dumps({"env": env_info(), "size": vars(size), "rows": rows}, indent=2))
+        del feeds, reference
+        gc.collect()
+    if reports:
+        print(format_report(reports))
+    print(json.dumps(rows, indent=1))
+    print(f"rows of all runs so far: {report_path}")
+    print(budget_summary(rows, PAPER_BUDGET_BYTES))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

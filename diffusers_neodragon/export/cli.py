@@ -1,0 +1,120 @@
+"""``neodragon export PIPELINE_FOLDER --output DIR ...``: ONNX export, optional w8a16, HTP check and AI Hub jobs.
+
+``export_main(argv)`` takes the arguments after ``export``; ``add_export_arguments(parser)`` fills a (sub)parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("pipeline", help="NeodragonPipeline folder (save_pretrained output)")
+    parser.add_argument("--output", required=True, help="folder for the ONNX graphs, manifest.json and reports")
+    parser.add_argument("--precision", choices=["fp16", "w8a16"], default="fp16",
+                        help="NPU precision: fp16 (fp32 graphs compiled in fp16) or w8a16 (adds QDQ graphs "
+                             "calibrated with the ONNX pipeline)")
+    parser.add_argument("--check-htp", action="store_true",
+                        help="compile and run every graph on the QNN HTP simulator with CPU fallback disabled")
+    parser.add_argument("--aihub-device", metavar="NAME",
+                        help='submit Qualcomm AI Hub compile/link/profile/inference jobs, e.g. "Snapdragon 8 Elite QRD"')
+    parser.add_argument("--height", type=int, help="video height (default: the pipeline's)")
+    parser.add_argument("--width", type=int, help="video width (default: the pipeline's)")
+    parser.add_argument("--frames", type=int, help="number of frames, 8k+1 (default: the pipeline's)")
+    parser.add_argument("--components", nargs="+", help="export only these graphs (names or kinds)")
+    parser.add_argument("--backend", choices=["auto", "optimum", "torch"], default="auto",
+                        help="exporter: optimum's export_models with our OnnxConfigs, or torch.onnx (auto: optimum "
+                             "when it imports)")
+    parser.add_argument("--opset", type=int, default=17)
+    return parser
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    return add_export_arguments(argparse.ArgumentParser(
+        prog="neodragon export", description="Export a Neodragon pipeline for Snapdragon NPUs (ONNX, QNN HTP, AI Hub)"))
+
+
+def export_main(argv: Optional[List[str]] = None) -> int:
+    args = build_export_parser().parse_args(argv)
+    return run_export(args)
+
+
+def run_export(args) -> int:
+    def say(message: str) -> None:
+        print(message, flush=True)
+
+    # AI Hub: fail before any work when no token is configured.
+    if args.aihub_device:
+        from .aihub import AIHubConfigurationError, require_token
+
+        try:
+            require_token()
+        except AIHubConfigurationError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    import torch
+
+    from .. import NeodragonPipeline
+    from .exporter import export_pipeline, write_manifest
+    from .specs import ExportSize
+
+    output = Path(args.output)
+    start = time.perf_counter()
+    say(f"loading {args.pipeline} ...")
+    pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
+    size = ExportSize(
+        args.height or pipe.config.default_height, args.width or pipe.config.default_width,
+        args.frames or pipe.config.default_num_frames,
+    )
+    multiple = pipe.size_multiple
+    if size.height % multiple or size.width % multiple or (size.num_frames - 1) % pipe.vae_temporal_scale:
+        print(f"error: height/width must be multiples of {multiple} and frames {pipe.vae_temporal_scale}k+1; got "
+              f"{size.height}x{size.width}, {size.num_frames} frames", file=sys.stderr)
+        return 2
+    say(f"exporting for {size.height}x{size.width}, {size.num_frames} frames to {output}")
+    manifest = export_pipeline(pipe, output, size, components=args.components, backend=args.backend,
+                               opset=args.opset, progress=say)
+    del pipe
+    manifest["precision"] = args.precision
+    write_manifest(output, manifest)
+
+    calibration = None
+    if args.precision == "w8a16":
+        from .quantize import collect_calibration_data, quantize_export
+
+        say("w8a16: collecting calibration data with the ONNX pipeline ...")
+        calibration = collect_calibration_data(output)
+        quantize_export(output, calibration=calibration, progress=say)
+
+    if args.check_htp:
+        from .htp_check import check_export, env_info, format_report, qnn_available
+
+        if not qnn_available():
+            print("error: --check-htp needs onnxruntime-qnn (pip install onnxruntime-qnn)", file=sys.stderr)
+            return 2
+        feeds = {name: samples[0] for name, samples in (calibration or {}).items() if samples}
+        reports = check_export(output, args.precision, feeds_by_component=feeds, progress=say)
+        say(format_report(reports))
+        report_path = output / f"htp_report_{args.precision}.json"
+        report_path.write_text(json.dumps({"env": env_info(), "reports": [r.to_dict() for r in reports]}, indent=2))
+        say(f"wrote {report_path}")
+        if not all(r.on_htp for r in reports):
+            say("some graphs did not place fully on the HTP (see above)")
+
+    if args.aihub_device:
+        from .aihub import submit_jobs
+
+        plan = submit_jobs(output, args.aihub_device, args.precision, progress=say)
+        say(f"submitted {len(plan)} AI Hub jobs")
+    say(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(export_main())

@@ -1,0 +1,352 @@
+"""Check exported graphs on Qualcomm's HTP (Hexagon NPU) backend, offline, with ``onnxruntime-qnn``.
+
+``onnxruntime-qnn`` ships the QNN HTP backend with its x86 simulator, so a graph can be compiled for a Snapdragon
+HTP and executed on this CPU. With ``session.disable_cpu_ep_fallback=1`` session creation fails if *any* node would
+be left to ONNX Runtime's CPU provider, so a session that opens means every node runs on the HTP. Per component the
+check reports:
+
+* ``on_htp``: session creation succeeded with CPU fallback disabled (else ``error`` says what failed);
+* ``max_abs_error`` / ``rel_error``: HTP (fp16, or the w8a16 QDQ graph) vs the torch reference outputs;
+* ``context_binary_bytes``: size of the compiled QNN context binary (``<name>_ctx.onnx`` + ``_qnn.bin``), the
+  artefact a device loads;
+* ``memory``: weights at the target precision + a liveness-based estimate of peak activation memory, next to the
+  paper's 3.5 GB end-to-end budget.
+
+``soc_model=69`` / ``htp_arch=79`` is a Snapdragon 8 Elite class HTP (verified to compile and run here).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+PAPER_BUDGET_BYTES = int(3.5 * 1024**3)
+DEFAULT_SOC_MODEL = "69"
+DEFAULT_HTP_ARCH = "79"
+_BYTES = {"fp32": 4, "fp16": 2, "w8a16": 1}
+_ACT_BYTES = {"fp32": 4, "fp16": 2, "w8a16": 2}
+
+
+@dataclass
+class HTPReport:
+    component: str
+    precision: str
+    on_htp: bool
+    error: Optional[str] = None
+    max_abs_error: Optional[float] = None
+    rel_error: Optional[float] = None
+    reference_max_abs: Optional[float] = None
+    context_binary_bytes: Optional[int] = None
+    compile_seconds: Optional[float] = None
+    run_seconds: Optional[float] = None
+    num_nodes: int = 0
+    op_types: List[str] = field(default_factory=list)
+    memory: Dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def qnn_available() -> bool:
+    try:
+        import onnxruntime_qnn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_REGISTERED = False
+
+
+def _qnn_devices():
+    global _REGISTERED
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    if not _REGISTERED:
+        try:
+            ort.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())
+        except Exception as error:  # noqa: BLE001 - already registered in this process
+            if "already" not in str(error).lower():
+                raise
+        _REGISTERED = True
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    if not devices:
+        raise RuntimeError("onnxruntime-qnn registered no QNNExecutionProvider device")
+    return devices
+
+
+def htp_session_options(
+    precision: str = "fp16", context_path: Optional[Path] = None, soc_model: str = DEFAULT_SOC_MODEL,
+    htp_arch: str = DEFAULT_HTP_ARCH,
+):
+    """Session options for the HTP backend with CPU fallback disabled (optionally writing a context binary)."""
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if context_path is not None:
+        options.add_session_config_entry("ep.context_enable", "1")
+        options.add_session_config_entry("ep.context_file_path", str(context_path))
+        options.add_session_config_entry("ep.context_embed_mode", "0")
+    provider = {
+        "backend_path": onnxruntime_qnn.get_qnn_htp_path(), "soc_model": soc_model, "htp_arch": htp_arch,
+        "htp_graph_finalization_optimization_mode": "3",
+    }
+    if precision in ("fp16", "fp32"):
+        provider["enable_htp_fp16_precision"] = "1"
+    options.add_provider_for_devices(_qnn_devices(), provider)
+    return options
+
+
+# --------------------------------------------------------------------------------------------- memory estimate
+
+
+def graph_memory(path, precision: str = "fp16") -> Dict[str, float]:
+    """Weights at ``precision`` and a liveness estimate of peak activation bytes (topological order, each tensor
+    freed after its last consumer), in MiB. Shapes come from ONNX shape inference on the static graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    from .graph_passes import static_shapes
+
+    model = onnx.load(str(path), load_external_data=False)
+    weight_elems = 0
+    initializers = set()
+    for init in model.graph.initializer:
+        initializers.add(init.name)
+        count = int(np.prod(init.dims)) if len(init.dims) else 1
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            weight_elems += count
+    # QDQ graphs: their weights are already integer initializers; count them at their own width.
+    int_weight_bytes = sum(
+        (int(np.prod(i.dims)) if len(i.dims) else 1) * numpy_helper.helper.tensor_dtype_to_np_dtype(i.data_type).itemsize
+        for i in model.graph.initializer
+        if i.data_type in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
+                           onnx.TensorProto.INT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+    )
+    sizes = {name: int(np.prod(shape)) if shape else 1 for name, shape in static_shapes(model).items()}
+    act_bytes = _ACT_BYTES[precision]
+    last_use = {}
+    nodes = list(model.graph.node)
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            last_use[name] = index
+    outputs = {o.name for o in model.graph.output}
+    live = {i.name: sizes.get(i.name, 0) for i in model.graph.input if i.name not in initializers}
+    peak = sum(live.values())
+    for index, node in enumerate(nodes):
+        for name in node.output:
+            if node.op_type not in ("Constant",):
+                live[name] = sizes.get(name, 0)
+        peak = max(peak, sum(live.values()))
+        for name in list(live):
+            if last_use.get(name, -1) <= index and name not in outputs:
+                del live[name]
+    weight_bytes = weight_elems * _BYTES[precision] + int_weight_bytes
+    activation = peak * act_bytes
+    mib = 1024**2
+    return {
+        "weights_mib": round(weight_bytes / mib, 3),
+        "peak_activations_mib": round(activation / mib, 3),
+        "total_mib": round((weight_bytes + activation) / mib, 3),
+        "budget_fraction": round((weight_bytes + activation) / PAPER_BUDGET_BYTES, 5),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ check
+
+
+def _op_types(path) -> List[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({n.op_type for n in model.graph.node}), len(model.graph.node)
+
+
+def _context_size(context_path: Path) -> Optional[int]:
+    if not context_path.exists():
+        return None
+    total = context_path.stat().st_size
+    for candidate in context_path.parent.glob(context_path.stem + "*.bin"):
+        total += candidate.stat().st_size
+    return total
+
+
+def check_graph(
+    path,
+    feeds: Dict[str, np.ndarray],
+    reference: Optional[List[np.ndarray]] = None,
+    precision: str = "fp16",
+    component: Optional[str] = None,
+    work_dir=None,
+    run: bool = True,
+    soc_model: str = DEFAULT_SOC_MODEL,
+    htp_arch: str = DEFAULT_HTP_ARCH,
+) -> HTPReport:
+    """Compile ``path`` for the HTP with CPU fallback disabled, write its context binary, run it on ``feeds`` and
+    compare with ``reference`` (the torch outputs)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    name = component or path.stem
+    work_dir = Path(work_dir or path.parent / "htp")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    context_path = work_dir / f"{path.stem}_{precision}_ctx.onnx"
+    for stale in work_dir.glob(f"{path.stem}_{precision}_ctx*"):
+        stale.unlink()
+    ops, count = _op_types(path)
+    report = HTPReport(name, precision, on_htp=False, op_types=ops, num_nodes=count)
+    report.memory = graph_memory(path, "w8a16" if precision == "w8a16" else "fp16")
+    start = time.perf_counter()
+    try:
+        options = htp_session_options(precision, context_path, soc_model, htp_arch)
+        session = ort.InferenceSession(str(path), options)
+    except Exception as error:  # noqa: BLE001 - the failure is the finding
+        report.error = str(error).strip().splitlines()[0][:500] if str(error).strip() else repr(error)
+        report.compile_seconds = round(time.perf_counter() - start, 2)
+        return report
+    report.compile_seconds = round(time.perf_counter() - start, 2)
+    report.on_htp = True
+    report.context_binary_bytes = _context_size(context_path)
+    if run:
+        names = [i.name for i in session.get_inputs()]
+        start = time.perf_counter()
+        outputs = session.run(None, {k: feeds[k] for k in names})
+        report.run_seconds = round(time.perf_counter() - start, 2)
+        if reference is not None:
+            errors = [float(np.abs(o.astype(np.float32) - r).max()) for o, r in zip(outputs, reference)]
+            scale = max(float(np.abs(r).max()) for r in reference)
+            report.max_abs_error = max(errors)
+            report.reference_max_abs = scale
+            report.rel_error = report.max_abs_error / max(scale, 1e-12)
+    del session
+    return report
+
+
+def check_spec(spec, onnx_path, precision: str = "fp16", work_dir=None, run: bool = True, **kwargs) -> HTPReport:
+    """:func:`check_graph` on a :class:`~.specs.ComponentSpec`'s example inputs, with its torch outputs as reference."""
+    import torch
+
+    feeds = {k: v.numpy() for k, v in spec.inputs.items()}
+    with torch.no_grad():
+        out = spec.module(**spec.inputs)
+    reference = [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+    return check_graph(onnx_path, feeds, reference, precision, spec.name, work_dir, run, **kwargs)
+
+
+def format_report(reports: List[HTPReport]) -> str:
+    """A fixed-width table of HTP reports, with the end-to-end memory sum against the paper's budget."""
+    lines = [
+        f"{'component':24} {'prec':6} {'on HTP':7} {'nodes':>6} {'max|err|':>10} {'rel':>9} {'ctx MiB':>9} "
+        f"{'weights MiB':>12} {'peak act MiB':>13} {'compile s':>10} {'run s':>8}"
+    ]
+    for r in reports:
+        def fmt(value, spec):
+            return format(value, spec) if value is not None else "-"
+
+        lines.append(
+            f"{r.component:24} {r.precision:6} {'yes' if r.on_htp else 'NO':7} {r.num_nodes:>6} "
+            f"{fmt(r.max_abs_error, '.2e'):>10} {fmt(r.rel_error, '.2e'):>9} "
+            f"{fmt(None if r.context_binary_bytes is None else r.context_binary_bytes / 2**20, '.2f'):>9} "
+            f"{r.memory.get('weights_mib', 0):>12.2f} {r.memory.get('peak_activations_mib', 0):>13.2f} "
+            f"{fmt(r.compile_seconds, '.1f'):>10} {fmt(r.run_seconds, '.1f'):>8}"
+        )
+        if r.error:
+            lines.append(f"    error: {r.error}")
+    weights = sum(r.memory.get("weights_mib", 0) for r in reports)
+    peak = max((r.memory.get("peak_activations_mib", 0) for r in reports), default=0)
+    lines.append(
+        f"all weights resident + largest activation peak: {weights + peak:.1f} MiB = "
+        f"{(weights + peak) * 2**20 / PAPER_BUDGET_BYTES:.1%} of the paper's 3.5 GB budget"
+    )
+    return "\n".join(lines)
+
+
+def check_export(
+    export_dir, precision: str = "fp16", components: Optional[List[str]] = None, feeds_by_component=None,
+    references_by_component=None, run: bool = True, progress=None, cpu_reference: bool = True,
+) -> List[HTPReport]:
+    """HTP-check the graphs of an export folder (``precision`` "fp16": the fp32 graphs compiled in fp16;
+    "w8a16": the ``<name>.w8a16.onnx`` QDQ graphs, text graphs kept in fp16). Inputs default to random data of the
+    right shapes; errors are measured against ``references_by_component`` or, with ``cpu_reference``, against the
+    fp32 graph on ONNX Runtime's CPU provider (equal to torch to ~1e-6, see the manifest)."""
+    from .exporter import read_manifest
+
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    progress = progress or (lambda message: None)
+    reports = []
+    names = [n for n in manifest["components"] if not components or n in components
+             or manifest["components"][n]["kind"] in components]
+    for name in names:
+        entry = manifest["components"][name]
+        path = export_dir / entry["file"]
+        graph_precision = precision
+        if precision == "w8a16":
+            quantised = export_dir / entry["file"].replace(".onnx", ".w8a16.onnx")
+            if quantised.exists():
+                path = quantised
+            elif "w8a16_file" in entry and entry["w8a16_file"] is None:
+                graph_precision = "fp16"  # kept in fp16 by the quantiser (mixed precision)
+            else:
+                reports.append(HTPReport(name, precision, False, error=f"{quantised.name} missing (quantise first)"))
+                continue
+        feeds = (feeds_by_component or {}).get(name) or random_feeds(entry["inputs"])
+        reference = (references_by_component or {}).get(name)
+        if reference is None and cpu_reference and run:
+            import onnxruntime as ort
+
+            cpu = ort.InferenceSession(str(export_dir / entry["file"]), providers=["CPUExecutionProvider"])
+            reference = cpu.run(None, {i.name: feeds[i.name] for i in cpu.get_inputs()})
+            del cpu
+        progress(f"HTP {graph_precision}: {name} ...")
+        report = check_graph(path, feeds, reference, graph_precision, name, export_dir / "htp", run)
+        progress(f"      {'on HTP' if report.on_htp else 'NOT on HTP: ' + str(report.error)}")
+        reports.append(report)
+    return reports
+
+
+def random_feeds(inputs: Dict[str, dict], seed: int = 0) -> Dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, info in inputs.items():
+        shape, dtype = info["shape"], np.dtype(info["dtype"])
+        if np.issubdtype(dtype, np.integer):
+            feeds[name] = np.ones(shape, dtype=dtype) if "mask" in name else rng.integers(0, 8, shape).astype(dtype)
+        elif name == "timestep":
+            feeds[name] = np.full(shape, 500.0, dtype=dtype)
+        elif name == "timestep_proj":
+            half = shape[-1] // 2
+            angles = 500.0 * np.exp(-np.log(10000.0) * np.arange(half) / half)
+            feeds[name] = np.concatenate([np.cos(angles), np.sin(angles)])[None].astype(dtype)
+        elif name == "attention_bias":
+            feeds[name] = np.zeros(shape, dtype=dtype)
+        elif name == "rope_cos":
+            feeds[name] = np.ones(shape, dtype=dtype)
+        elif name == "rope_sin":
+            feeds[name] = np.zeros(shape, dtype=dtype)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def env_info() -> Dict[str, str]:
+    info = {}
+    try:
+        import onnxruntime
+        import onnxruntime_qnn
+
+        info = {"onnxruntime": onnxruntime.__version__, "onnxruntime_qnn": getattr(onnxruntime_qnn, "__version__", "?"),
+                "qnn_htp": os.path.basename(onnxruntime_qnn.get_qnn_htp_path())}
+    except ImportError:
+        pass
+    return info

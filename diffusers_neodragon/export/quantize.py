@@ -1,0 +1,144 @@
+"""w8a16 quantisation of exported graphs for the HTP: ONNX Runtime static quantisation to a QDQ graph.
+
+Weights uint8, activations uint16 (w8a16, the precision ai-hub-models ships its diffusion models in), min-max
+calibration on the inputs each graph really sees in a generation: :func:`collect_calibration_data` runs the
+ONNX pipeline (fp32) on calibration prompts with a recorder attached. The QDQ graph is written next to the fp32
+one as ``<name>.w8a16.onnx``; the HTP runs it as integer kernels.
+
+The recipe is ONNX Runtime's for QNN (``qnn_preprocess_model`` + ``get_qnn_qdq_config`` +
+``quantize``), i.e. ``quantize_static`` with QDQ format and the QNN EP's tensor-level overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+# Text encoders stay fp16 in a w8a16 deployment: their attention masks are large-negative constants/activations
+# (T5's finfo.min extended mask, CLIP's causal mask) that wreck a 16-bit activation range (DT5 w8a16: relative
+# error ~1.0 on the HTP simulator) or that QNN refuses to quantise (CLIP: ElementWiseAdd error 6007). They run
+# once per video, so fp16 costs nothing that matters.
+KEEP_FP16_KINDS = ("text_encoder", "pooled_text", "t2i_text_encoder")
+
+DEFAULT_CALIBRATION_PROMPTS = (
+    "a red circle moving left on a blue background",
+    "a cat walking on the beach at sunset, cinematic",
+    "a drone flying over a snowy forest",
+)
+
+
+class ListDataReader:
+    """``CalibrationDataReader`` over a list of feed dicts."""
+
+    def __init__(self, feeds: Sequence[Dict[str, np.ndarray]]):
+        self._feeds = list(feeds)
+        self._index = 0
+
+    def get_next(self):
+        if self._index >= len(self._feeds):
+            return None
+        self._index += 1
+        return self._feeds[self._index - 1]
+
+    def rewind(self):
+        self._index = 0
+
+
+def collect_calibration_data(
+    export_dir, prompts: Sequence[str] = DEFAULT_CALIBRATION_PROMPTS, seeds: Sequence[int] = (0,),
+    max_per_component: int = 16, modes: Sequence[str] = ("monolithic", "hybrid"), **call_kwargs,
+) -> Dict[str, List[Dict[str, np.ndarray]]]:
+    """Feeds of every graph during ONNX-pipeline generations (fp32, CPU) of ``prompts`` x ``seeds``.
+
+    By default each prompt runs twice: with a DiT-made first frame (monolithic, 1 step per stage, no CFG) and with
+    its text-to-image first frame (hybrid) where the export has one, so every graph sees data (``modes`` picks).
+    """
+    import torch
+
+    from .ort_pipeline import ORTNeodragonPipeline
+
+    recorder: Dict[str, List[Dict[str, np.ndarray]]] = {}
+    pipe = ORTNeodragonPipeline(export_dir, recorder=recorder)
+    runs = []
+    if "monolithic" in modes:
+        runs.append(dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, guidance_scale=0.0,
+                         video_guidance_scale=0.0))
+    if "hybrid" in modes and pipe.has("t2i_unet"):
+        runs.append(dict(mode="hybrid"))
+    for prompt in prompts:
+        for seed in seeds:
+            for run in runs:
+                pipe(prompt, generator=torch.Generator().manual_seed(seed), **{**run, **call_kwargs})
+    rng = np.random.default_rng(0)
+    for name, feeds in recorder.items():
+        if len(feeds) > max_per_component:
+            picks = sorted(rng.choice(len(feeds), max_per_component, replace=False))
+            recorder[name] = [feeds[i] for i in picks]
+    return recorder
+
+
+def quantize_w8a16(
+    onnx_path, calibration: Sequence[Dict[str, np.ndarray]], output_path=None, per_channel: bool = False,
+) -> Path:
+    """Write the w8a16 QDQ version of ``onnx_path`` (default ``<name>.w8a16.onnx``), calibrated on ``calibration``."""
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    onnx_path = Path(onnx_path)
+    output_path = Path(output_path) if output_path else onnx_path.with_suffix(".w8a16.onnx")
+    if not calibration:
+        raise ValueError(f"no calibration data for {onnx_path.name}")
+    large = onnx_path.stat().st_size > 2**30 or (onnx_path.parent / (onnx_path.name + "_data")).exists()
+    preprocessed = onnx_path.with_suffix(".preproc.onnx")
+    changed = qnn_preprocess_model(onnx_path, preprocessed, fuse_layernorm=True, save_as_external_data=large,
+                                   all_tensors_to_one_file=True)
+    source = preprocessed if changed else onnx_path
+    config = get_qnn_qdq_config(
+        str(source), ListDataReader(calibration), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
+        per_channel=per_channel,
+    )
+    config.use_external_data_format = large
+    quantize(str(source), str(output_path), config)
+    if changed and preprocessed.exists():
+        preprocessed.unlink()
+        data = preprocessed.parent / (preprocessed.name + ".data")
+        if data.exists():
+            data.unlink()
+    return output_path
+
+
+def quantize_export(
+    export_dir, components: Optional[Sequence[str]] = None, calibration=None, progress=None,
+    keep_fp16_kinds: Sequence[str] = KEEP_FP16_KINDS, **collect_kwargs,
+) -> Dict[str, Path]:
+    """Quantise the graphs of an export folder to w8a16 (all, or those named, except ``keep_fp16_kinds``);
+    records them in the manifest."""
+    from .exporter import read_manifest, write_manifest
+
+    export_dir = Path(export_dir)
+    progress = progress or (lambda message: None)
+    manifest = read_manifest(export_dir)
+    if calibration is None:
+        progress("collecting calibration data with the ONNX pipeline ...")
+        calibration = collect_calibration_data(export_dir, **collect_kwargs)
+    written = {}
+    for name, entry in manifest["components"].items():
+        if components and name not in components and entry["kind"] not in components:
+            continue
+        if entry["kind"] in keep_fp16_kinds:
+            progress(f"      {name}: kept in fp16 (mixed precision, see KEEP_FP16_KINDS)")
+            entry["w8a16_file"] = None
+            continue
+        feeds = calibration.get(name)
+        if not feeds:
+            progress(f"      {name}: no calibration data (not used by the calibration runs); skipped")
+            continue
+        progress(f"quantising {name} to w8a16 on {len(feeds)} calibration samples ...")
+        path = quantize_w8a16(export_dir / entry["file"], feeds)
+        entry["w8a16_file"] = path.name
+        written[name] = path
+    write_manifest(export_dir, manifest)
+    return written

@@ -1,0 +1,212 @@
+"""What gets exported: one :class:`ComponentSpec` per ONNX graph, with its wrapper, example inputs and shapes.
+
+Specs are independent of the exporter backend (optimum or ``torch.onnx``); ``onnx_configs`` turns them into
+optimum ``OnnxConfig`` objects. Every shape is static: the size of a generation (height, width, frames) is fixed
+at export time, as an NPU context binary requires.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from . import wrappers as W
+
+
+@dataclass
+class ComponentSpec:
+    """One graph to export.
+
+    Attributes:
+        name: file stem and manifest key (``transformer_stage_2``, ``decoder_step``, ...).
+        kind: what it is (``text_encoder``, ``pooled_text``, ``transformer_stage``, ``decoder_step``, ``vae_encoder``,
+            ``super_resolution``, ``t2i_text_encoder``, ``t2i_unet``, ``t2i_vae_decoder``); picks the OnnxConfig class.
+        module: the wrapper to trace.
+        inputs: example inputs in graph order (their shapes and dtypes are the graph's).
+        output_names: graph output names, in the wrapper's output order.
+        metadata: anything the runtime needs to drive the graph (layouts, memory shapes, constants).
+    """
+
+    name: str
+    kind: str
+    module: nn.Module
+    inputs: "OrderedDict[str, torch.Tensor]"
+    output_names: List[str]
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+    def input_shapes(self) -> Dict[str, List[int]]:
+        return {k: list(v.shape) for k, v in self.inputs.items()}
+
+    def input_dtypes(self) -> Dict[str, str]:
+        return {k: str(v.dtype).replace("torch.", "") for k, v in self.inputs.items()}
+
+
+@dataclass
+class ExportSize:
+    """The generation size the graphs are built for (video before super-resolution)."""
+
+    height: int = 320
+    width: int = 512
+    num_frames: int = 49
+    max_sequence_length: int = 128
+
+    def latent(self, vae_spatial: int = 8, vae_temporal: int = 8):
+        if (self.num_frames - 1) % vae_temporal:
+            raise ValueError(f"num_frames must be {vae_temporal}k+1, got {self.num_frames}")
+        return (self.num_frames - 1) // vae_temporal + 1, self.height // vae_spatial, self.width // vae_spatial
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _ids(length: int, vocab: int, seed=0):
+    return torch.randint(0, max(vocab, 2), (1, length), generator=torch.Generator().manual_seed(seed), dtype=torch.int32)
+
+
+def text_encoder_spec(text_encoder, context_adapter, size: ExportSize) -> ComponentSpec:
+    length = size.max_sequence_length
+    mask = torch.zeros(1, length, dtype=torch.int32)
+    mask[:, : max(1, length // 4)] = 1
+    module = W.TextEncoderWrapper(text_encoder, context_adapter).eval()
+    return ComponentSpec(
+        "text_encoder", "text_encoder", module,
+        OrderedDict(input_ids=_ids(length, text_encoder.config.vocab_size), attention_mask=mask),
+        ["text_embeds"], {"max_sequence_length": length},
+    )
+
+
+def pooled_text_spec(text_encoder, text_encoder_2, tokenizer=None, tokenizer_2=None) -> ComponentSpec:
+    inputs = OrderedDict()
+    lengths = {}
+    for key, encoder, tok in (("input_ids", text_encoder, tokenizer), ("input_ids_2", text_encoder_2, tokenizer_2)):
+        if encoder is not None:
+            length = tok.model_max_length if tok is not None else encoder.config.max_position_embeddings
+            inputs[key] = _ids(length, encoder.config.vocab_size, seed=len(inputs))
+            lengths[key] = length
+    module = W.PooledTextWrapper(text_encoder, text_encoder_2).eval()
+    return ComponentSpec("pooled_text", "pooled_text", module, inputs, ["pooled_projections"], {"lengths": lengths})
+
+
+def transformer_stage_specs(
+    transformer, num_stages: int, size: ExportSize, mask_value: float = W.DEFAULT_MASK_VALUE,
+    vae_spatial: int = 8, vae_temporal: int = 8,
+) -> List[ComponentSpec]:
+    cfg = transformer.config
+    frames, lh, lw = size.latent(vae_spatial, vae_temporal)
+    width = cfg.attention_head_dim * cfg.num_attention_heads
+    text_width = cfg.context_embedder_dim or width
+    specs = []
+    for stage in range(num_stages):
+        layout = W.stage_layout(stage, num_stages, frames, lh, lw, size.max_sequence_length, cfg.patch_size,
+                                cfg.in_channels)
+        inputs = OrderedDict(hidden_states=_randn(1, cfg.in_channels, 1, layout.noisy_height, layout.noisy_width))
+        for slot in layout.slots:
+            inputs[slot.name] = _randn(1, cfg.in_channels, slot.frames, slot.height, slot.width, seed=slot.level + 1)
+        inputs["encoder_hidden_states"] = _randn(1, size.max_sequence_length, text_width, seed=7)
+        inputs["pooled_projections"] = _randn(1, cfg.pooled_projection_dim, seed=8)
+        proj_params = W.timestep_projection_params(transformer)
+        inputs["timestep_proj"] = W.timestep_projection(torch.tensor([500.0]), proj_params)
+        text_mask = torch.zeros(size.max_sequence_length, dtype=torch.bool)
+        text_mask[: max(1, size.max_sequence_length // 4)] = True
+        valid = {slot.name: slot.frames for slot in layout.slots}
+        inputs.update(W.stage_attention_inputs(layout, valid, text_mask, cfg.attention_head_dim, cfg.rope_theta,
+                                               mask_value))
+        module = W.TransformerStageWrapper(transformer, layout).eval()
+        specs.append(ComponentSpec(
+            f"transformer_stage_{stage}", "transformer_stage", module, inputs, ["sample"],
+            {"layout": layout.to_dict(), "attention_mask_value": mask_value,
+             "head_dim": cfg.attention_head_dim, "rope_theta": cfg.rope_theta, "timestep_projection": proj_params},
+        ))
+    return specs
+
+
+def decoder_step_spec(vae, size: ExportSize) -> ComponentSpec:
+    _, lh, lw = size.latent(vae.config.spatial_downsample_scale, vae.config.temporal_downsample_scale)
+    shapes = W.decoder_memory_shapes(vae, lh, lw)
+    module = W.decoder_step_wrapper(vae).eval()
+    inputs = OrderedDict(latents=_randn(1, vae.config.latent_channels, 1, lh, lw))
+    for k, shape in enumerate(shapes):
+        inputs[f"memory_{k}"] = _randn(*shape, seed=k + 1).relu()
+    return ComponentSpec(
+        "decoder_step", "decoder_step", module, inputs, module.output_names,
+        {"memory_shapes": [list(s) for s in shapes], "frames_per_step": vae.config.temporal_downsample_scale,
+         "frames_to_trim": vae.decoder.frames_to_trim},
+    )
+
+
+def vae_encoder_spec(vae, size: ExportSize) -> ComponentSpec:
+    module = W.VaeEncoderWrapper(vae).eval()
+    sample = _randn(1, vae.config.in_channels, 1, size.height, size.width).clamp(-1, 1)
+    return ComponentSpec("vae_encoder", "vae_encoder", module, OrderedDict(sample=sample), ["moments"])
+
+
+def super_resolution_spec(model, size: ExportSize) -> ComponentSpec:
+    module = W.SuperResolutionWrapper(model).eval()
+    sample = _randn(1, model.config.in_channels, size.height, size.width).clamp(-1, 1)
+    return ComponentSpec("super_resolution", "super_resolution", module, OrderedDict(sample=sample), ["sample_out"],
+                         {"scale_factor": model.config.scale_factor})
+
+
+def first_frame_specs(first_frame_pipeline, size: ExportSize) -> List[ComponentSpec]:
+    """SDXL-style text-to-image parts (SSD-1B in the release), at twice the video size as the pipeline runs it."""
+    pipe = first_frame_pipeline
+    height, width = 2 * size.height, 2 * size.width
+    scale = pipe.vae_scale_factor
+    specs = []
+    hidden = []
+    for index, (name, encoder, tok) in enumerate((
+        ("t2i_text_encoder", pipe.text_encoder, pipe.tokenizer),
+        ("t2i_text_encoder_2", pipe.text_encoder_2, pipe.tokenizer_2),
+    )):
+        if encoder is None:
+            continue
+        ids = _ids(tok.model_max_length, encoder.config.vocab_size, seed=index)
+        specs.append(ComponentSpec(name, "t2i_text_encoder", W.ClipHiddenWrapper(encoder).eval(),
+                                   OrderedDict(input_ids=ids), ["hidden_states", "pooled"],
+                                   {"max_length": tok.model_max_length}))
+        hidden.append(encoder.config.hidden_size)
+    unet = pipe.unet
+    lh, lw = height // scale, width // scale
+    length = pipe.tokenizer_2.model_max_length if pipe.tokenizer_2 is not None else pipe.tokenizer.model_max_length
+    pooled_dim = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else hidden[0]
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+    specs.append(ComponentSpec(
+        "t2i_unet", "t2i_unet", W.UNetWrapper(unet).eval(),
+        OrderedDict(sample=_randn(1, unet.config.in_channels, lh, lw), timestep=torch.tensor([999.0]),
+                    encoder_hidden_states=_randn(1, length, unet.config.cross_attention_dim, seed=3),
+                    text_embeds=_randn(1, pooled_dim, seed=4), time_ids=time_ids),
+        ["out_sample"], {"height": height, "width": width},
+    ))
+    specs.append(ComponentSpec(
+        "t2i_vae_decoder", "t2i_vae_decoder", W.ImageVaeDecoderWrapper(pipe.vae).eval(),
+        OrderedDict(latent_sample=_randn(1, pipe.vae.config.latent_channels, lh, lw)), ["sample"],
+        {"scaling_factor": pipe.vae.config.scaling_factor},
+    ))
+    return specs
+
+
+def pipeline_specs(pipe, size: ExportSize, components: Optional[List[str]] = None,
+                   mask_value: float = W.DEFAULT_MASK_VALUE) -> List[ComponentSpec]:
+    """Specs for every exportable component of a ``NeodragonPipeline`` (optionally only those named)."""
+    vae_s, vae_t = pipe.vae_spatial_scale, pipe.vae_temporal_scale
+    specs = [text_encoder_spec(pipe.text_encoder_3, pipe.context_adapter, size)]
+    if pipe.text_encoder is not None or pipe.text_encoder_2 is not None:
+        specs.append(pooled_text_spec(pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2))
+    specs += transformer_stage_specs(pipe.transformer, pipe.scheduler.config.stages, size, mask_value, vae_s, vae_t)
+    specs.append(decoder_step_spec(pipe.vae, size))
+    specs.append(vae_encoder_spec(pipe.vae, size))
+    if pipe.super_resolution is not None:
+        specs.append(super_resolution_spec(pipe.super_resolution, size))
+    if pipe.first_frame_pipeline is not None:
+        specs += first_frame_specs(pipe.first_frame_pipeline, size)
+    if components:
+        unknown = set(components) - {s.name for s in specs} - {s.kind for s in specs}
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; available: {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in components or s.kind in components]
+    return specs
