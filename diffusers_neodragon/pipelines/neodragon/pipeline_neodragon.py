@@ -18,6 +18,7 @@ from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
+from ...conversion import OfficialLayoutLoaderMixin
 from .pipeline_output import NeodragonPipelineOutput
 
 
@@ -50,7 +51,7 @@ FIRST_FRAME_DEFAULTS = dict(num_inference_steps=4, timesteps=[999, 749, 499, 249
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-class NeodragonPipeline(DiffusionPipeline):
+class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     r"""Text-to-video and image-to-video generation with Neodragon.
 
     Components:
@@ -64,6 +65,9 @@ class NeodragonPipeline(DiffusionPipeline):
             ``text_embeds`` concatenated); either may be absent if the other one fills ``pooled_projection_dim``.
         first_frame_pipeline (a diffusers text-to-image pipeline, optional): the ``hybrid`` first frame (SSD-1B).
         super_resolution ([`QuickSRNet`], optional): 2x per-frame super-resolution of the decoded video.
+
+    ``from_pretrained`` also takes the published releases as they are (the official Neodragon snapshot, Pyramid-Flow
+    SD3) and converts them on the fly; see [`~diffusers_neodragon.conversion.OfficialLayoutLoaderMixin`].
 
     Config:
         mode: default generation mode, ``"hybrid"`` or ``"monolithic"``.
