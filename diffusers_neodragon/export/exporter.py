@@ -61,7 +61,11 @@ def _consolidate_external_data(path: Path) -> None:
     )
     if not uses_external:
         return
-    stale = {entry.value for init in model.graph.initializer for entry in init.external_data if entry.key == "location"}
+    # Initializers and Constant-node tensors (the legacy exporter stores large ones of both as their own files).
+    tensors = list(model.graph.initializer) + [
+        attr.t for node in model.graph.node for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR
+    ]
+    stale = {entry.value for tensor in tensors for entry in tensor.external_data if entry.key == "location"}
     model = onnx.load(str(path), load_external_data=True)
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location=path.name + "_data", size_threshold=1024, convert_attribute=True)

@@ -93,3 +93,28 @@ def test_optimum_backend_exports_the_same_graph(tiny_pipe, tmp_path):
     assert isinstance(onnx_config_for(spec), TransformerStageOnnxConfig)
     entry = export_component(spec, tmp_path, backend="optimum")
     assert entry["backend"] == "optimum" and entry["max_abs_error_vs_torch"] < 1e-4
+
+
+def test_external_data_of_initializers_and_constants_is_consolidated_into_one_file(tmp_path):
+    """A > 2 GB graph from the legacy exporter has one file per large tensor, Constant-node values included: they
+    end up in a single ``<file>_data`` and no stale file is left."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from diffusers_neodragon.export.exporter import _consolidate_external_data
+
+    ones = np.ones((64, 64), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(ones, "c_value")),
+         helper.make_node("Add", ["x", "c"], ["y"]), helper.make_node("Mul", ["y", "w"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [64, 64])], [numpy_helper.from_array(2 * ones, "w")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True, all_tensors_to_one_file=False,
+              size_threshold=0, convert_attribute=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c_value", "m.onnx", "w"]
+    _consolidate_external_data(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx_data"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": ones})[0], 4 * ones)
