@@ -1,0 +1,145 @@
+"""ShapesBench: generate the fixed seen and held-out Shapes prompt sets with a NeodragonPipeline and score them.
+
+    python benchmarks/shapesbench.py PIPELINE_FOLDER [--num-prompts 32] [--frames F] [--height H --width W]
+                                     [--seed 0] [--steps 1,1,1] [--mode monolithic] [--device cuda]
+                                     [--dtype float32] [--no-super-resolution] [--json out.json]
+    python benchmarks/shapesbench.py --ground-truth [--frames 49 --height 128 --width 128] [--json out.json]
+
+"seen" prompts use attribute combinations of the training split, "held-out" prompts each contain a combination the
+training split never shows (``HELDOUT_COMBINATIONS`` in ``diffusers_neodragon.data.shapes``), so the gap between the
+two columns measures compositional generalisation. Size and length default to the pipeline's own
+(``default_height`` / ``default_width`` / ``default_num_frames`` of its config); steps and mode to the pipeline's.
+Every prompt is generated from ``torch.Generator().manual_seed(seed)``, so a run is reproducible on one device.
+``--ground-truth`` scores rendered videos instead of generated ones: the evaluator's ceiling.
+"""
+
+import argparse
+import json
+import time
+from typing import Callable, List, Optional, Union
+
+import numpy as np
+import torch
+
+from diffusers_neodragon.data.shapes import fixed_prompt_set, render_scene, scene_from_caption
+from diffusers_neodragon.evaluation import evaluate_video, format_table, summarize
+
+
+SPLITS = {"seen": "seen", "held-out": "heldout"}
+
+
+def _steps(text: str) -> Union[int, List[int]]:
+    """``"2"`` -> 2 (every stage); ``"1,2,1"`` -> [1, 2, 1] (one per stage)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"steps must be an int or comma-separated ints, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"steps must be >= 1, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pipeline", nargs="?", help="a folder written by NeodragonPipeline.save_pretrained")
+    parser.add_argument("--ground-truth", action="store_true", help="score rendered ground truth (no model)")
+    parser.add_argument("--num-prompts", type=_positive, default=32, help="prompts per split (default 32, at most 200)")
+    parser.add_argument("--frames", "--num-frames", dest="frames", type=_positive,
+                        help="video length (default: the pipeline's default_num_frames; ground truth: 49)")
+    parser.add_argument("--height", type=_positive, help="default: the pipeline's default_height (ground truth: 128)")
+    parser.add_argument("--width", type=_positive, help="default: the pipeline's default_width (ground truth: 128)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=_steps, help="video DiT steps per stage, e.g. 1,1,1 (default: the mode's)")
+    parser.add_argument("--first-frame-steps", type=_steps, help="DiT steps per stage for a DiT-made first frame")
+    parser.add_argument("--mode", choices=["hybrid", "monolithic"], help="default: the pipeline's configured mode")
+    parser.add_argument("--no-super-resolution", action="store_true", help="skip the 2x super-resolution stage")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--json", help="write the settings, per-video results and summaries here")
+    return parser
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.ground_truth == (args.pipeline is not None):
+        parser.error("give either PIPELINE_FOLDER or --ground-truth")
+    if args.num_prompts > 200:
+        parser.error("--num-prompts is at most 200")
+    return args
+
+
+def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
+    """A function prompt -> ``[F, H, W, 3]`` video, from the pipeline or from the renderer."""
+    if args.ground_truth:
+        size = (args.frames or 49, args.height or 128, args.width or 128)
+        # Unstated speed and position come from the seed, like a model's noise.
+        return lambda prompt: render_scene(scene_from_caption(prompt, np.random.default_rng(args.seed)), *size)
+
+    from diffusers_neodragon import NeodragonPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if getattr(pipe, "first_frame_pipeline", None) is not None:
+        pipe.first_frame_pipeline.set_progress_bar_config(disable=True)
+    overrides = {
+        "height": args.height, "width": args.width, "num_frames": args.frames, "mode": args.mode,
+        "video_num_inference_steps": args.steps, "num_inference_steps": args.first_frame_steps,
+        "super_resolution": False if args.no_super_resolution else None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+
+    @torch.no_grad()
+    def generate(prompt: str) -> np.ndarray:
+        generator = torch.Generator().manual_seed(args.seed)
+        return np.asarray(pipe(prompt, generator=generator, output_type="np", **overrides).frames[0], dtype=np.float32)
+
+    return generate
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    """Run the benchmark; prints the table and returns the report (also written to ``--json``)."""
+    args = _parse_args(argv)
+    make_video = _video_maker(args)
+    results, generation_seconds, evaluation_seconds, size = {}, 0.0, 0.0, None
+    for name, split in SPLITS.items():
+        results[name] = []
+        for prompt in fixed_prompt_set(split, args.num_prompts):
+            start = time.perf_counter()
+            video = make_video(prompt)
+            generation_seconds += time.perf_counter() - start
+            size = [int(v) for v in np.shape(video)[:3]]
+            start = time.perf_counter()
+            results[name].append(evaluate_video(video, prompt))
+            evaluation_seconds += time.perf_counter() - start
+    summaries = {name: summarize(r) for name, r in results.items()}
+    source = "ground truth" if args.ground_truth else args.pipeline
+    num_videos = sum(len(r) for r in results.values())
+    print(f"ShapesBench: {source}, {num_videos} videos of {size[0]}x{size[1]}x{size[2]} (FxHxW), seed {args.seed}, "
+          f"{generation_seconds / num_videos:.2f} s to make and {evaluation_seconds / num_videos:.2f} s to score a video")
+    print(format_table(summaries))
+    report = {
+        "source": source,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json",)},
+        "video_size_fhw": size,
+        "seconds_per_video": generation_seconds / num_videos,
+        "evaluation_seconds_per_video": evaluation_seconds / num_videos,
+        "summary": summaries,
+        "results": results,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+import dataclasses
+import importlib.util
+import json
+import io
+import pathlib
+import time
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from diffusers_neodragon.data.shapes import COLORS, SHAPES, ShapeScene, fixed_prompt_set, render_scene, sample_scene
+from diffusers_neodragon.evaluation import evaluate_video, format_table, summarize
+from diffusers_neodragon.evaluation.shapesbench import ATTRIBUTES
+
+
+SPLITS = {"seen": "seen", "held-out": "heldout"}
+
+
+def _scenes(n, seed=0, moving=False):
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng, "train" if i % 2 else "heldout") for i in range(n)]
+    if moving:  # reversing or shuffling a still clip changes nothing
+        scenes = [dataclasses.replace(s, direction="right", speed=0.3, start=(0.3, s.start[1])) if s.direction == "still" else s for s in scenes]
+    return scenes
+
+
+def _blur(video, sigma):
+    """Separable Gaussian blur of every frame (replicated borders)."""
+    x = torch.from_numpy(video).float().permute(0, 3, 1, 2).reshape(-1, 1, *video.shape[1:3])
+    r = int(3 * sigma) + 1
+    k = torch.exp(-torch.arange(-r, r + 1).float() ** 2 / (2 * sigma**2))
+    k = k / k.sum()
+    x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return x.reshape(video.shape[0], 3, *video.shape[1:3]).permute(0, 2, 3, 1).round().clamp(0, 255).byte().numpy()
+
+
+@pytest.mark.parametrize("size, n", [((49, 128, 128), 12), ((9, 64, 64), 60), ((5, 48, 48), 30)])
+def test_ground_truth_scores_near_100(size, n):
+    results = [evaluate_video(render_scene(s, *size), s.caption) for s in _scenes(n, seed=sum(size))]
+    temporal_floor = 95 if size[1] >= 64 else 88  # the area of a 5 px object wobbles with its sub-pixel position
+    for r in results:
+        assert all(r["correct"].values()), (r["prompt"], r["predicted"])
+        assert r["score"] >= 98 and r["semantic"] == 100 and r["quality"] >= 99 and r["temporal"] >= temporal_floor, r
+    summary = summarize(results)
+    assert summary["accuracy"]["all_correct"] == 1.0 and summary["score"] >= 99
+
+
+def test_a_49x128x128_video_is_scored_fast():
+    scene = ShapeScene("triangle", "red", "large", "left", "blue", 0.4, (0.7, 0.5))
+    video = render_scene(scene, 49, 128, 128)
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        evaluate_video(video, scene.caption)
+        timings.append(time.perf_counter() - start)
+    assert min(timings) < 0.5, timings
+
+
+def test_input_forms_agree_and_bad_inputs_are_rejected():
+    scene = _scenes(1)[0]
+    video = render_scene(scene, 9, 64, 80)
+    reference = evaluate_video(video, scene.caption)
+    for frames in (video.astype(np.float32) / 255, [PIL.Image.fromarray(f) for f in video], torch.from_numpy(video)):
+        result = evaluate_video(frames, scene.caption)
+        assert result["predicted"] == reference["predicted"] and result["score"] == pytest.approx(reference["score"], abs=1e-3)
+    two = "a small red circle moving left and a large blue square standing still on a white background"
+    for frames, prompt in [
+        (video, two),  # two objects: unsupported
+        (video, "a red thing"),
+        (video[0], scene.caption),
+        (video[:2], scene.caption),
+        (video[:, :32, :32], scene.caption),
+        (video.astype(np.float32), scene.caption),  # float beyond [0, 1]
+        (video.astype(np.int32), scene.caption),
+        ([], scene.caption),
+    ]:
+        with pytest.raises(ValueError):
+            evaluate_video(frames, prompt)
+
+
+def _corruptions(scene, video):
+    num_frames, height, width, _ = video.shape
+    other_color = next(c for c in COLORS if c not in (scene.color, scene.background))
+    other_shape = SHAPES[(SHAPES.index(scene.shape) + 1) % len(SHAPES)]
+    half_blank = video.copy()
+    half_blank[1::2] = COLORS[scene.background]
+    rng = np.random.default_rng(0)
+    return {
+        "noise": rng.integers(0, 256, video.shape, dtype=np.uint8),
+        "blur": _blur(video, 2.0),
+        "recolor": render_scene(dataclasses.replace(scene, color=other_color), num_frames, height, width),
+        "reversed": video[::-1],
+        "shuffled": video[rng.permutation(num_frames)],
+        "blank": np.broadcast_to(np.asarray(COLORS[scene.background], np.uint8), video.shape),
+        "half_blank": half_blank,
+        "shape": render_scene(dataclasses.replace(scene, shape=other_shape), num_frames, height, width),
+    }
+
+
+def test_corruptions_score_low_in_the_right_part():
+    scenes = _scenes(6, seed=5, moving=True)
+    by_case = {}
+    for scene in scenes:
+        video = render_scene(scene, 17, 96, 96)
+        by_case.setdefault("clean", []).append(evaluate_video(video, scene.caption))
+        for name, corrupted in _corruptions(scene, video).items():
+            by_case.setdefault(name, []).append(evaluate_video(corrupted, scene.caption))
+    s = {name: summarize(results) for name, results in by_case.items()}
+    clean = s["clean"]
+    assert clean["score"] > 99
+
+    def others_right(name, wrong):
+        return all(s[name]["accuracy"][k] == 1.0 for k in ATTRIBUTES if k != wrong)
+
+    # Pure noise: nothing is found, nothing is clean.
+    assert s["noise"]["score"] < 10 and s["noise"]["subscores"]["cleanliness"] < 0.3
+    assert s["noise"]["accuracy"]["shape"] == 0 and s["noise"]["accuracy"]["color"] == 0
+    # Heavy blur: sharpness collapses while every attribute is still read correctly.
+    assert s["blur"]["subscores"]["sharpness"] < 0.3 and clean["subscores"]["sharpness"] == 1.0
+    assert s["blur"]["subscores"]["cleanliness"] > 0.99 and others_right("blur", None) and s["blur"]["quality"] < 60
+    # Wrong colour / shape / reversed motion: exactly that attribute is wrong, quality untouched, and the prompt is not
+    # followed, so the semantic part halves (partial credit 4/5, adherence 0).
+    for name, attribute in (("recolor", "color"), ("shape", "shape"), ("reversed", "direction")):
+        assert s[name]["accuracy"][attribute] == 0 and others_right(name, attribute), name
+        assert s[name]["quality"] > 99 and s[name]["semantic"] == pytest.approx(40)
+        assert s[name]["score"] == pytest.approx(clean["score"] - 30, abs=1)
+    # Shuffled frames: the path jerks, temporal collapses; identity stays.
+    assert s["shuffled"]["subscores"]["smoothness"] < 0.1 and s["shuffled"]["temporal"] < 60 and s["shuffled"]["score"] < 75
+    assert s["shuffled"]["subscores"]["identity"] > 0.95
+    # Blank frames: only the background is right; half blank: the object flickers in and out.
+    assert s["blank"]["accuracy"] == {**{k: 0.0 for k in ATTRIBUTES}, "background": 1.0, "all_correct": 0.0}
+    assert s["blank"]["score"] < 20 and s["blank"]["subscores"]["identity"] == 0
+    assert s["half_blank"]["subscores"]["identity"] < 0.6 and s["half_blank"]["semantic"] == 100
+    for result in by_case["shape"]:
+        assert result["predicted"]["shape"] == SHAPES[(SHAPES.index(result["expected"]["shape"]) + 1) % len(SHAPES)]
+
+
+def _noise(video, sigma, seed=0):
+    return np.clip(video + np.random.default_rng(seed).normal(0, sigma, video.shape), 0, 255).astype(np.uint8)
+
+
+def _jpeg(video, quality):
+    frames = []
+    for frame in video:
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(frame).save(buffer, "JPEG", quality=quality)
+        frames.append(np.asarray(PIL.Image.open(buffer).convert("RGB")))
+    return np.stack(frames)
+
+
+def _down_up(video, factor):
+    x = torch.from_numpy(video).float().permute(0, 3, 1, 2)
+    x = torch.nn.functional.interpolate(x, scale_factor=1 / factor, mode="area")
+    x = torch.nn.functional.interpolate(x, size=video.shape[1:3], mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1).round().clamp(0, 255).byte().numpy()
+
+
+def _dark_border(video, width=3, gain=0.4):
+    out = video.astype(np.float32)
+    for index in ((slice(None), slice(0, width)), (slice(None), slice(-width, None))):
+        out[index] *= gain  # top and bottom rows
+        out[(index[0], slice(None), index[1])] *= gain  # left and right columns
+    return out.astype(np.uint8)
+
+
+DEGRADATIONS = {
+    "blur": lambda v: _blur(v, 1.5),
+    "noise": lambda v: _noise(v, 15),
+    "jpeg": lambda v: _jpeg(v, 40),
+    "low_res": lambda v: _down_up(v, 2),
+    "color_cast": lambda v: np.clip(v.astype(np.int16) + np.array([25, -20, 15]), 0, 255).astype(np.uint8),
+    "dark_border": _dark_border,
+    "soft_noisy_jpeg": lambda v: _jpeg(_noise(_blur(v, 1.0), 8), 60),
+}
+
+
+def test_decisions_survive_the_softness_of_generated_video_at_128():
+    """A small trained model's output is blurry, noisy and compressed: every attribute must still be read at 128x128,
+    while the matching quality sub-score drops; a wrong direction or colour stays wrong under the same damage."""
+    scenes = _scenes(8, seed=11, moving=True)
+    by_case = {}
+    for i, scene in enumerate(scenes):
+        video = render_scene(scene, 9, 128, 128)
+        wrong = dataclasses.replace(scene, color=next(c for c in COLORS if c not in (scene.color, scene.background)))
+        for name, degrade in DEGRADATIONS.items():
+            by_case.setdefault(name, []).append(evaluate_video(degrade(video), scene.caption))
+            if i < 2:
+                by_case.setdefault(f"{name}+reversed", []).append(evaluate_video(degrade(video[::-1].copy()), scene.caption))
+                by_case.setdefault(f"{name}+recolor", []).append(
+                    evaluate_video(degrade(render_scene(wrong, 9, 128, 128)), scene.caption)
+                )
+    s = {name: summarize(results) for name, results in by_case.items()}
+    for name in DEGRADATIONS:
+        accuracy = s[name]["accuracy"]
+        assert all(accuracy[k] == 1.0 for k in ("color", "size", "direction", "background")), (name, accuracy)
+        assert accuracy["shape"] >= 0.9, (name, accuracy)
+        assert s[name]["score"] > 80, (name, s[name]["score"])
+        assert s[f"{name}+reversed"]["accuracy"]["direction"] == 0, name
+        assert s[f"{name}+recolor"]["accuracy"]["color"] == 0, name
+    assert s["blur"]["subscores"]["sharpness"] < 0.5 and s["soft_noisy_jpeg"]["subscores"]["sharpness"] < 0.5
+    assert s["noise"]["subscores"]["cleanliness"] < 0.95 and s["color_cast"]["subscores"]["cleanliness"] < 0.8
+
+
+def test_blank_video_predictions_are_none_and_measurements_json_safe():
+    scene = ShapeScene("circle", "red", "small", "left", "blue", 0.3, (0.6, 0.5))
+    blank = np.broadcast_to(np.asarray(COLORS["blue"], np.uint8), (9, 64, 64, 3))
+    result = evaluate_video(blank, scene.caption)
+    assert result["predicted"] == {"background": "blue", "color": None, "shape": None, "size": None, "direction": None}
+    json.loads(json.dumps(result, allow_nan=False))
+    for key in ("semantic", "quality", "temporal", "score"):
+        assert 0 <= result[key] <= 100
+    assert all(0 <= v <= 1 for v in result["subscores"].values())
+
+
+def test_summarize_and_format_table():
+    scenes = _scenes(4)
+    results = [evaluate_video(render_scene(s, 9, 64, 64), s.caption) for s in scenes]
+    results.append(evaluate_video(render_scene(scenes[0], 9, 64, 64)[::-1], scenes[0].caption))
+    summary = summarize(results)
+    assert summary["n"] == 5
+    assert set(summary["accuracy"]) == {*ATTRIBUTES, "all_correct"}
+    assert summary["accuracy"]["color"] == 1.0
+    assert summary["accuracy"]["all_correct"] == (0.8 if scenes[0].direction != "still" else 1.0)
+    assert summary["score"] == pytest.approx(np.mean([r["score"] for r in results]))
+    table = format_table(summary)
+    assert "total" in table and "shape acc" in table and f"{summary['score']:.1f}" in table
+    both = format_table({"seen": summary, "held-out": summary})
+    assert both.splitlines()[0].split() == ["seen", "held-out"]
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def _benchmark_script():
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "shapesbench.py"
+    spec = importlib.util.spec_from_file_location("shapesbench_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_benchmark_script_ground_truth(tmp_path, capsys):
+    script = _benchmark_script()
+    out = tmp_path / "gt.json"
+    argv = ["--ground-truth", "--num-prompts", "3", "--height", "64", "--width", "64", "--frames", "9", "--json", str(out)]
+    report = script.main(argv)
+    printed = capsys.readouterr().out
+    assert "seen" in printed and "held-out" in printed and "total" in printed
+    saved = json.loads(out.read_text())
+    assert saved["summary"]["seen"]["n"] == saved["summary"]["held-out"]["n"] == 3
+    assert saved["summary"]["held-out"]["accuracy"]["all_correct"] == 1.0 and report["video_size_fhw"] == [9, 64, 64]
+    assert [r["prompt"] for r in saved["results"]["held-out"]] == fixed_prompt_set("heldout", 3)
+    for argv in ([], ["--ground-truth", "some/folder"], ["--ground-truth", "--steps", "x"], ["--ground-truth", "--num-prompts", "0"]):
+        with pytest.raises(SystemExit):
+            script.main(argv)
+    assert script._steps("2") == 2 and script._steps("1,2,1") == [1, 2, 1]
+
+
+def test_benchmark_script_on_a_tiny_random_pipeline(tmp_path, capsys):
+    """The whole path on CPU: load a saved pipeline folder, generate at its configured default size, score, print."""
+    from diffusers_neodragon import NeodragonPipeline
+    from tests.tiny_components import components
+
+    folder = tmp_path / "tiny"
+    pipe = NeodragonPipeline(
+        **components(0, with_first_frame=False), mode="monolithic", default_height=64, default_width=64,
+        default_num_frames=9,
+    )
+    pipe.save_pretrained(folder)
+    out = tmp_path / "tiny.json"
+    report = _benchmark_script().main([str(folder), "--num-prompts", "1", "--steps", "1", "--first-frame-steps", "1",
+                                       "--seed", "3", "--device", "cpu", "--json", str(out)])
+    printed = capsys.readouterr().out
+    header, *rows = printed.strip().splitlines()[-16:]
+    assert header.split() == ["seen", "held-out"] and rows[-1].split()[0] == "total" and len(rows) == 15
+    assert "ShapesBench: " + str(folder) in printed
+    # 64x64x9 from the config, doubled by the super-resolution component.
+    assert report["video_size_fhw"] == [9, 128, 128]
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["steps"] == 1 and saved["settings"]["seed"] == 3
+    for name in ("seen", "held-out"):
+        summary = saved["summary"][name]
+        assert summary["n"] == 1 and 0 <= summary["score"] <= 100
+        assert [r["prompt"] for r in saved["results"][name]] == fixed_prompt_set(SPLITS[name], 1)
