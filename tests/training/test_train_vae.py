@@ -1,0 +1,86 @@
+"""CPU smoke tests of training/train_vae.py: outputs, latent constants, model card, and exact resume."""
+
+import importlib.util
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusers_neodragon import CausalVideoVAE
+
+
+SCRIPT = Path(__file__).resolve().parents[2] / "training" / "train_vae.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_vae_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_vae = load_script()
+
+TINY = [
+    "--resolution", "16", "--num_frames", "9", "--block_out_channels", "8,8,8,8", "--layers_per_block", "1,1,1,1",
+    "--norm_num_groups", "4", "--latent_channels", "4", "--train_samples", "6", "--train_batch_size", "2",
+    "--report_to", "none", "--lr_warmup_steps", "1", "--learning_rate", "1e-3", "--seed", "0",
+]
+
+
+def run(output_dir, *extra):
+    args = train_vae.parse_args([*TINY, "--output_dir", str(output_dir), *extra])
+    return train_vae.main(args)
+
+
+def weights(folder):
+    return load_file(str(Path(folder) / "vae" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_train_vae_writes_a_loadable_vae_with_constants_and_card(tmp_path):
+    result = run(tmp_path, "--max_train_steps", "2", "--validation_steps", "1", "--num_validation_clips", "1",
+                 "--normalization_samples", "2", "--checkpointing_steps", "0")
+    assert result["global_step"] == 2 and result["loss"] > 0 and result["psnr"] is not None
+    vae = CausalVideoVAE.from_pretrained(tmp_path / "vae")
+    assert vae.config.latent_channels == 4 and list(vae.config.encoder_block_out_channels) == [8, 8, 8, 8]
+    defaults = inspect.signature(CausalVideoVAE.__init__).parameters
+    for name in ("image_latent_shift", "image_latent_scale", "video_latent_shift", "video_latent_scale"):
+        assert getattr(vae.config, name) != defaults[name].default
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert vae(video).sample.shape == video.shape
+    assert sorted(p.name for p in (tmp_path / "validation").glob("*.png")) == [
+        "vae-step-000001.png", "vae-step-000002.png"
+    ]
+    card = (tmp_path / "README.md").read_text()
+    assert "accelerate launch training/train_vae.py" in card and "--max_train_steps 2" in card
+    assert f"{result['psnr']:.4g}" in card and "{{" not in card
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_train_vae_resume_reaches_the_uninterrupted_weights(tmp_path):
+    """2 steps (checkpoint at 2) + resume to 4 == 4 uninterrupted steps, to float tolerance."""
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    # 3 samples, batch 1: 3 steps per epoch, so the resumed run starts mid-epoch and crosses into the next one.
+    common = ("--resolution", "8", "--train_batch_size", "1", "--train_samples", "3", "--checkpointing_steps", "2",
+              "--num_validation_clips", "0", "--normalization_samples", "1")
+    run(full, "--max_train_steps", "4", *common)
+    (parts / "checkpoint-1").mkdir(parents=True)  # rotated away by the limit below
+    run(parts, "--max_train_steps", "2", "--checkpoints_total_limit", "1", *common)
+    assert [p.name for p in parts.glob("checkpoint-*")] == ["checkpoint-2"]
+    interrupted = weights(parts)
+    result = run(parts, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", *common)
+    assert result["global_step"] == 4
+    reference, resumed = weights(full), weights(parts)
+    assert any(not torch.equal(interrupted[k], reference[k]) for k in reference)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def test_train_vae_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="num_frames"):
+        train_vae.parse_args(["--num_frames", "10"])
+    with pytest.raises(ValueError, match="resolution"):
+        train_vae.parse_args(["--resolution", "30"])

@@ -1,0 +1,314 @@
+"""Unit tests of the training helpers: pyramidal batches, losses, stage mix, text stand-ins, checkpoints."""
+
+import math
+
+import pytest
+import torch
+
+from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel, PyramidalDMDScheduler
+from diffusers_neodragon.training_utils import (
+    EpochShuffleSampler,
+    build_shapes_text_encoders,
+    caption_dropout_mask,
+    checkpoint_step,
+    compute_latent_statistics,
+    drop_captions,
+    encode_prompts,
+    fill_template,
+    flow_matching_loss,
+    flow_matching_loss_per_sample,
+    initialize_transformer_weights,
+    list_checkpoints,
+    parse_resolution,
+    pooled_projection_dim,
+    prune_checkpoints,
+    psnr,
+    pyramid_training_batch,
+    resolve_resume_checkpoint,
+    sample_stage,
+    stage_columns,
+    step_generator,
+    vae_reconstruction_loss,
+    video_strip,
+    write_model_card,
+)
+
+
+WORDS = "a small large red blue green circle square moving left right on background".split()
+CAPTIONS = ["a small red circle moving left on a blue background", "a large green square moving right on a red background"]
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    return PyramidalDMDScheduler()
+
+
+@pytest.fixture(scope="module")
+def text_components():
+    return build_shapes_text_encoders(WORDS, seed=3, t5_dim=32, t5_heads=2, t5_layers=1, clip_dim=16, clip_heads=2,
+                                      clip_projection_dim=8, t5_max_length=24, clip_max_length=16)
+
+
+def latents(batch=2, frames=4, size=8, seed=0):
+    return torch.randn(batch, 4, frames, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------ pyramid training batch
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_target_is_start_minus_end_from_the_scheduler(scheduler, stage):
+    clean = latents()
+    noise = torch.randn(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    batch = pyramid_training_batch(scheduler, clean, stage, num_history=2, generator=torch.Generator().manual_seed(2),
+                                   noise=noise)
+    levels = scheduler.pyramid(clean[:, :, :3])
+    stage_noise = scheduler.downsample_noise(noise, 2 - stage)
+    lower = levels[stage - 1][:, :, 2:3] if stage else None
+    start, end = scheduler.stage_endpoints(levels[stage][:, :, 2:3], stage_noise, stage, lower)
+    torch.testing.assert_close(batch.target, scheduler.velocity_target(start, end))
+    torch.testing.assert_close(batch.target, start - end)
+    torch.testing.assert_close(batch.hidden_states, scheduler.interpolate(start, end, batch.ratio))
+    assert batch.hidden_states.shape == (2, 4, 1, 8 >> (2 - stage), 8 >> (2 - stage))
+    # The (ratio, timestep) pair is a point of the stage's training grid.
+    for r, t in zip(batch.ratio, batch.timestep):
+        index = torch.nonzero(scheduler.sigmas_per_stage[stage] == r).flatten()
+        assert len(index) == 1 and scheduler.timesteps_per_stage[stage][index[0]] == t
+    assert batch.stage == stage and batch.num_history == 2
+
+
+def test_history_layout_is_the_inference_layout_and_uncorrupted_at_ratio_zero(scheduler):
+    clean = latents(frames=5)
+    batch = pyramid_training_batch(scheduler, clean, 2, num_history=4, corrupt_ratio=0.0,
+                                   generator=torch.Generator().manual_seed(0))
+    expected = scheduler.history_conditions(clean[:, :, :4], 2)
+    assert [c.shape for c in batch.history] == [c.shape for c in expected]
+    for got, want in zip(batch.history, expected):
+        torch.testing.assert_close(got, want)
+    assert torch.equal(batch.corruption_sigma, torch.zeros(2))
+
+
+def test_history_corruption_statistics(scheduler):
+    """One sigma_c ~ U(0, 1/3) per sample, shared by all clips; cond = sigma·noise + (1 - sigma)·clean."""
+    batch_size = 4000
+    clean = torch.full((batch_size, 4, 3, 8, 8), 2.0)
+    batch = pyramid_training_batch(scheduler, clean, 2, num_history=2, generator=torch.Generator().manual_seed(0))
+    sigma = batch.corruption_sigma
+    assert sigma.shape == (batch_size,)
+    assert 0 <= sigma.min() and sigma.max() < 1 / 3
+    assert abs(sigma.mean().item() - 1 / 6) < 0.01
+    assert abs(sigma.var().item() - (1 / 3) ** 2 / 12) < 0.002
+    assert len(batch.history) == 2  # frame 0 at half resolution, frame 1 at full resolution
+    for clip in batch.history:
+        s = sigma.reshape(-1, 1, 1, 1, 1)
+        noise = (clip - (1 - s) * 2.0) / s
+        assert abs(noise.mean().item()) < 0.01 and abs(noise.std().item() - 1.0) < 0.01
+        # Fresh noise per clip and per sample: no correlation between samples' noise.
+    n0 = (batch.history[0] - (1 - sigma.reshape(-1, 1, 1, 1, 1)) * 2.0) / sigma.reshape(-1, 1, 1, 1, 1)
+    n1 = (batch.history[1][..., ::2, ::2] - (1 - sigma.reshape(-1, 1, 1, 1, 1)) * 2.0) / sigma.reshape(-1, 1, 1, 1, 1)
+    assert abs(torch.corrcoef(torch.stack([n0.flatten(), n1.flatten()]))[0, 1].item()) < 0.02
+
+
+def test_first_frame_units_have_no_history(scheduler):
+    clean = latents(frames=3)
+    for stage in range(3):
+        batch = pyramid_training_batch(scheduler, clean, stage, num_history=0, generator=torch.Generator().manual_seed(0))
+        assert batch.history == [] and batch.num_history == 0
+        assert torch.equal(batch.corruption_sigma, torch.zeros(2))
+    # Unit counts drawn uniformly over 0..T-1; u = 0 appears and gives no history.
+    counts = torch.zeros(3)
+    for step in range(300):
+        batch = pyramid_training_batch(scheduler, clean, 1, generator=step_generator(0, step))
+        counts[batch.num_history] += 1
+        assert (batch.num_history == 0) == (batch.history == [])
+    assert (counts > 60).all()
+
+
+def test_batch_is_deterministic_per_generator_and_validates_inputs(scheduler):
+    clean = latents()
+    a = pyramid_training_batch(scheduler, clean, 1, generator=step_generator(5, 7))
+    b = pyramid_training_batch(scheduler, clean, 1, generator=step_generator(5, 7))
+    assert torch.equal(a.hidden_states, b.hidden_states) and a.num_history == b.num_history
+    c = pyramid_training_batch(scheduler, clean, 1, generator=step_generator(5, 8))
+    assert not torch.equal(a.hidden_states, c.hidden_states)
+    with pytest.raises(ValueError, match="num_history"):
+        pyramid_training_batch(scheduler, clean, 1, num_history=4)
+    with pytest.raises(ValueError, match="divisible"):
+        pyramid_training_batch(scheduler, torch.zeros(1, 4, 2, 6, 6), 1)
+    with pytest.raises(ValueError, match="stage"):
+        pyramid_training_batch(scheduler, clean, 3)
+
+
+# ------------------------------------------------------------------------------------------- stage mix, CFG
+
+
+def test_stage_mix():
+    assert [(s, i.tolist()) for s, i in stage_columns(8)] == [(0, [0, 4]), (1, [1, 2, 5, 6]), (2, [3, 7])]
+    draws = torch.tensor([sample_stage((1, 2, 1), step_generator(0, i)) for i in range(4000)])
+    frequencies = torch.bincount(draws, minlength=3).float() / len(draws)
+    torch.testing.assert_close(frequencies, torch.tensor([0.25, 0.5, 0.25]), atol=0.03, rtol=0)
+    assert all(sample_stage((0, 1, 0), step_generator(1, i)) == 1 for i in range(50))
+    with pytest.raises(ValueError):
+        sample_stage((0, 0, 0))
+
+
+def test_caption_dropout_is_ten_percent_to_the_empty_string():
+    dropped = caption_dropout_mask(20000, generator=torch.Generator().manual_seed(0))
+    assert abs(dropped.float().mean().item() - 0.1) < 0.01
+    captions, mask = drop_captions(CAPTIONS * 50, 0.5, torch.Generator().manual_seed(1))
+    assert all((c == "") == m for c, m in zip(captions, mask.tolist()))
+    assert set(captions) - {""} <= set(CAPTIONS)
+
+
+def test_step_generator_is_a_pure_function_of_seed_step_and_rank():
+    draw = lambda g: torch.rand(4, generator=g)  # noqa: E731
+    assert torch.equal(draw(step_generator(0, 3)), draw(step_generator(0, 3)))
+    assert not torch.equal(draw(step_generator(0, 3)), draw(step_generator(0, 4)))
+    assert not torch.equal(draw(step_generator(0, 3)), draw(step_generator(0, 3, process_index=1)))
+    assert not torch.equal(draw(step_generator(0, 3)), draw(step_generator(1, 3)))
+
+
+def test_epoch_shuffle_sampler():
+    sampler = EpochShuffleSampler(10, seed=1)
+    first = list(sampler)
+    assert sorted(first) == list(range(10)) and first == list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+
+
+def test_flow_matching_loss_is_per_sample_mse_then_mean():
+    pred, target = torch.zeros(2, 4, 1, 2, 2), torch.ones(2, 4, 1, 2, 2)
+    target[1] = 3.0
+    torch.testing.assert_close(flow_matching_loss_per_sample(pred, target), torch.tensor([1.0, 9.0]))
+    # Groups of different resolutions: every sample counts once.
+    small = (torch.zeros(1, 4, 1, 1, 1), torch.full((1, 4, 1, 1, 1), 2.0))
+    torch.testing.assert_close(flow_matching_loss([pred, small[0]], [target, small[1]]), torch.tensor(14.0 / 3))
+    with pytest.raises(ValueError):
+        flow_matching_loss(pred, target[:, :2])
+
+
+def test_vae_reconstruction_loss():
+    target = torch.zeros(1, 3, 9, 8, 8)
+    recon = torch.full_like(target, 0.5)
+    loss, logs = vae_reconstruction_loss(recon, target)
+    assert logs == {"mse": 0.25, "l1": 0.5} and loss.item() == pytest.approx(0.75)
+    posterior = type("P", (), {"mean": torch.zeros(1, 4, 2, 1, 1), "logvar": torch.zeros(1, 4, 2, 1, 1)})()
+    loss, logs = vae_reconstruction_loss(recon, target, posterior, kl_weight=0.1)
+    assert logs["kl"] == 0.0
+    posterior.mean = torch.ones(1, 4, 2, 1, 1)
+    _, logs = vae_reconstruction_loss(recon, target, posterior, kl_weight=0.1)
+    assert logs["kl"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="posterior"):
+        vae_reconstruction_loss(recon, target, kl_weight=0.1)
+    with pytest.raises(ValueError, match="perceptual_fn"):  # LPIPS is off by default (weights need a download)
+        vae_reconstruction_loss(recon, target, perceptual_weight=0.1)
+    _, logs = vae_reconstruction_loss(recon, target, perceptual_weight=1.0,
+                                      perceptual_fn=lambda x, y: (x - y).abs().flatten(1).mean(1))
+    assert logs["perceptual"] == pytest.approx(0.5)
+    assert psnr(recon, target) == pytest.approx(10 * math.log10(4 / 0.25))
+
+
+def test_latent_statistics_normalise_image_and_video_frames():
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                         encoder_layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1), norm_num_groups=4)
+    for module in vae.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)):
+            module.reset_parameters()
+    videos = torch.rand(3, 3, 9, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    stats = compute_latent_statistics(vae, videos.split(2))
+    vae.register_to_config(**stats)
+    z = vae.normalize_latents(vae.encode(videos).latent_dist.mode())
+    for part in (z[:, :, :1], z[:, :, 1:]):
+        assert abs(part.mean().item()) < 1e-4 and abs(part.std(unbiased=False).item() - 1) < 1e-3
+    with pytest.raises(ValueError, match="single latent frame"):
+        compute_latent_statistics(vae, [videos[:, :, :1]])
+
+
+# ------------------------------------------------------------------------------------------ model and text
+
+
+def test_transformer_init_predicts_zero(text_components):
+    model = NeodragonTransformer3DModel(in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+                                        pooled_projection_dim=16, context_embedder_dim=32, sample_size=8,
+                                        pos_embed_max_size=16)
+    initialize_transformer_weights(model)
+    embeds, mask, pooled = encode_prompts(text_components, CAPTIONS, max_sequence_length=16)
+    out = model(torch.randn(2, 4, 1, 8, 8), embeds, pooled, torch.tensor([500.0, 10.0]),
+                history=[torch.randn(2, 4, 1, 4, 4)], encoder_attention_mask=mask).sample
+    assert torch.equal(out, torch.zeros_like(out))
+    assert model.transformer_blocks[0].attn.to_q.weight.std() > 0
+
+
+def test_shapes_text_encoders_are_frozen_deterministic_and_distinct(text_components):
+    again = build_shapes_text_encoders(WORDS, seed=3, t5_dim=32, t5_heads=2, t5_layers=1, clip_dim=16, clip_heads=2,
+                                       clip_projection_dim=8, t5_max_length=24, clip_max_length=16)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        assert not any(p.requires_grad for p in text_components[name].parameters())
+        assert not text_components[name].training
+    assert text_components["tokenizer"].bos_token == "<|startoftext|>"
+    assert text_components["tokenizer"].eos_token == "<|endoftext|>"
+    assert text_components["text_encoder_3"].config.d_model == 32 and pooled_projection_dim(text_components) == 16
+    texts = CAPTIONS + [""]
+    e1, m1, p1 = encode_prompts(text_components, texts, max_sequence_length=16)
+    e2, m2, p2 = encode_prompts(again, texts, max_sequence_length=16)
+    assert torch.equal(e1, e2) and torch.equal(p1, p2) and torch.equal(m1, m2)
+    assert (p1[0] - p1[1]).abs().max() > 1e-3 and (p1[0] - p1[2]).abs().max() > 1e-3
+    assert (e1[0, :3] - e1[1, :3]).abs().max() > 1e-3
+    other = build_shapes_text_encoders(WORDS, seed=4, t5_dim=32, t5_heads=2, t5_layers=1, clip_dim=16, clip_heads=2,
+                                       clip_projection_dim=8)
+    assert not torch.equal(encode_prompts(other, texts, max_sequence_length=16)[2], p1)
+
+
+def test_encode_prompts_matches_the_pipeline(text_components):
+    transformer = NeodragonTransformer3DModel(in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                              pooled_projection_dim=16, context_embedder_dim=32, sample_size=8,
+                                              pos_embed_max_size=16)
+    vae = CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                         encoder_layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1), norm_num_groups=4)
+    pipe = NeodragonPipeline(transformer=transformer, scheduler=PyramidalDMDScheduler(), vae=vae, mode="monolithic",
+                             **text_components)
+    texts = CAPTIONS + [""]
+    ours = encode_prompts(text_components, texts, max_sequence_length=20)
+    theirs = pipe.encode_prompt(texts, "cpu", torch.float32, max_sequence_length=20)
+    keep = theirs[0].shape[1]
+    torch.testing.assert_close(ours[0][:, :keep], theirs[0])
+    torch.testing.assert_close(ours[1][:, :keep], theirs[1])
+    assert ours[1][:, keep:].sum() == 0
+    torch.testing.assert_close(ours[2], theirs[2])
+
+
+# ------------------------------------------------------------------------------------ checkpoints and cards
+
+
+def test_checkpoint_rotation_and_resolution(tmp_path):
+    assert resolve_resume_checkpoint(tmp_path, "latest") is None
+    assert resolve_resume_checkpoint(tmp_path, None) is None
+    for step in (2, 10, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-x").mkdir()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4, 10]
+    assert resolve_resume_checkpoint(tmp_path, "latest").name == "checkpoint-10"
+    assert resolve_resume_checkpoint(tmp_path, "checkpoint-4") == tmp_path / "checkpoint-4"
+    with pytest.raises(ValueError):
+        resolve_resume_checkpoint(tmp_path, "checkpoint-7")
+    assert checkpoint_step(tmp_path / "checkpoint-10") == 10
+    removed = prune_checkpoints(tmp_path, total_limit=2)  # keeps room for the next one
+    assert [p.name for p in removed] == ["checkpoint-2", "checkpoint-4"]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10]
+    assert prune_checkpoints(tmp_path, None) == []
+
+
+def test_model_card_and_small_utilities(tmp_path):
+    assert fill_template("a {{ x }} b {{y}} {{ missing }}", {"x": 1, "y": "two"}) == "a 1 b two n/a"
+    path = write_model_card(tmp_path, "vae.md", {"title": "T", "psnr": "30.1", "command": "accelerate launch x"},
+                            tags=["shapes", "neodragon"])
+    text = path.read_text()
+    assert "# T" in text and "30.1" in text and "accelerate launch x" in text and "{{" not in text
+    assert text.count("- neodragon") == 1 and "- shapes" in text
+    assert parse_resolution("64x128") == (64, 128) and parse_resolution(96) == (96, 96)
+    strip = video_strip([torch.zeros(3, 9, 8, 8), torch.ones(3, 2, 8, 8)], max_frames=4)
+    assert strip.size == (32, 16)

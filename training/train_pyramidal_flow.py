@@ -1,0 +1,768 @@
+#!/usr/bin/env python
+# SPDX-License-Identifier: Apache-2.0
+"""Train a pyramidal flow-matching text-to-video model (Pyramid-Flow's base objective) on the Shapes world.
+
+The model has Pyramid-Flow's layout, scaled down: a ``NeodragonTransformer3DModel`` with its own
+``context_embedder`` reading a frozen "teacher" T5 (here a small, randomly initialised stand-in, see
+``build_shapes_text_encoders``), two frozen CLIP text encoders for the pooled vector, and a frozen causal video VAE
+trained by ``train_vae.py``. Objective (``diffusers_neodragon.training_utils.pyramid_training_batch``): per forward
+one pyramid stage (mix ``--sample_ratios``), a random number u of clean history frames (the unit trained is latent
+frame u; u = 0 is the first frame, without history), history corrupted with sigma_c ~ U(0, 1/3) per sample,
+uniform stage-local timesteps, target = start - end, per-sample MSE; 10% caption dropout for CFG.
+
+The output folder is a complete ``NeodragonPipeline`` (mode "monolithic", default size = the training size):
+
+    pipe = NeodragonPipeline.from_pretrained(output_dir)
+
+Example (one GPU, ~10 minutes on an H100):
+
+    accelerate launch training/train_pyramidal_flow.py --vae_path runs/shapes-vae/vae --output_dir runs/shapes-base \\
+        --resolution 128 --num_frames 49 --train_samples 8192 --cache_latents --train_batch_size 64 \\
+        --max_train_steps 20000 --mixed_precision bf16 --allow_tf32
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel, PyramidalDMDScheduler
+from diffusers_neodragon.training_utils import (
+    CAPTION_DROPOUT_PROBABILITY,
+    DEFAULT_SAMPLE_RATIOS,
+    HISTORY_CORRUPTION_RATIO,
+    EpochShuffleSampler,
+    build_shapes_text_encoders,
+    caption_dropout_mask,
+    checkpoint_step,
+    count_parameters,
+    create_hub_repo,
+    encode_prompts,
+    flow_matching_loss,
+    format_float,
+    initialize_transformer_weights,
+    parse_int_list,
+    parse_resolution,
+    pooled_projection_dim,
+    push_folder_to_hub,
+    pyramid_training_batch,
+    resolve_resume_checkpoint,
+    sample_stage,
+    save_checkpoint,
+    stage_columns,
+    step_generator,
+    training_command,
+    video_strip,
+    write_model_card,
+)
+
+
+logger = get_logger(__name__)
+SCRIPT = "training/train_pyramidal_flow.py"
+TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Pyramidal flow-matching training of a Shapes text-to-video model.")
+    # Components
+    parser.add_argument("--vae_path", type=str, default=None,
+                        help="Trained CausalVideoVAE: a `vae` folder, or a folder holding one (train_vae.py output).")
+    parser.add_argument("--pretrained_model_name_or_path", type=str, default=None,
+                        help="A pipeline folder from an earlier run: continue from its transformer and text encoders "
+                             "(and VAE, when --vae_path is not given).")
+    parser.add_argument("--transformer_path", type=str, default=None, help="Start from this transformer folder.")
+    parser.add_argument("--text_encoders_path", type=str, default=None,
+                        help="Folder with text_encoder(_2,_3) + tokenizer(_2,_3) subfolders; default: build new ones.")
+    # Transformer size (new model)
+    parser.add_argument("--num_layers", type=int, default=10)
+    parser.add_argument("--num_attention_heads", type=int, default=4)
+    parser.add_argument("--attention_head_dim", type=int, default=32)
+    parser.add_argument("--patch_size", type=int, default=2)
+    parser.add_argument("--sample_size", type=int, default=None, help="sincos base size x patch; default: latent height.")
+    parser.add_argument("--pos_embed_max_size", type=int, default=None, help="Default: 2x the largest token grid side.")
+    # Text encoders (new stand-ins)
+    parser.add_argument("--t5_dim", type=int, default=256, help="Width of the teacher T5 = context_embedder_dim.")
+    parser.add_argument("--t5_layers", type=int, default=2)
+    parser.add_argument("--t5_heads", type=int, default=4)
+    parser.add_argument("--clip_dim", type=int, default=64)
+    parser.add_argument("--clip_layers", type=int, default=1)
+    parser.add_argument("--clip_heads", type=int, default=2)
+    parser.add_argument("--clip_projection_dim", type=int, default=64, help="Pooled vector = 2x this.")
+    parser.add_argument("--text_encoder_seed", type=int, default=0)
+    parser.add_argument("--max_sequence_length", type=int, default=64, help="T5 tokens (captions are shorter).")
+    # Data
+    parser.add_argument("--resolution", type=str, default="128", help="`N` or `HxW`, multiples of 64.")
+    parser.add_argument("--num_frames", type=int, default=49, help="1 + 8k frames.")
+    parser.add_argument("--train_samples", type=int, default=4096)
+    parser.add_argument("--two_objects_prob", type=float, default=0.0)
+    parser.add_argument("--cache_latents", action="store_true",
+                        help="Encode the (synthetic, deterministic) training set once and train from device memory.")
+    parser.add_argument("--latent_cache_path", type=str, default=None,
+                        help="With --cache_latents: load the cache from / save it to this file (.safetensors).")
+    parser.add_argument("--encode_batch_size", type=int, default=16)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    # Objective
+    parser.add_argument("--sample_ratios", type=str, default=",".join(map(str, DEFAULT_SAMPLE_RATIOS)),
+                        help="Relative frequency of stages 0,1,2.")
+    parser.add_argument("--stage_sampling", type=str, default="random", choices=["random", "columns"],
+                        help="random: one stage per step drawn by --sample_ratios (one forward); columns: "
+                             "Pyramid-Flow's split of each batch over stages (one forward per stage; single GPU).")
+    parser.add_argument("--corrupt_ratio", type=float, default=HISTORY_CORRUPTION_RATIO)
+    parser.add_argument("--caption_dropout", type=float, default=CAPTION_DROPOUT_PROBABILITY)
+    # Optimisation
+    parser.add_argument("--train_batch_size", type=int, default=16, help="Per device.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--max_train_seconds", type=float, default=None,
+                        help="Also stop (and finish normally) once training has run this long.")
+    parser.add_argument("--max_train_steps", type=int, default=10_000)
+    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--lr_scheduler", type=str, default="constant_with_warmup")
+    parser.add_argument("--lr_warmup_steps", type=int, default=500)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.95)
+    parser.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--use_ema", action="store_true")
+    parser.add_argument("--ema_decay", type=float, default=0.999)
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--allow_tf32", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    # Validation
+    parser.add_argument("--validation_steps", type=int, default=0, help="Every N steps (0: only at the end).")
+    parser.add_argument("--validation_prompts", type=str, nargs="*", default=None)
+    parser.add_argument("--num_validation_prompts", type=int, default=2, help="From fixed_prompt_set('seen').")
+    parser.add_argument("--validation_num_inference_steps", type=str, default="20", help="First frame, per stage.")
+    parser.add_argument("--validation_video_num_inference_steps", type=str, default="10", help="Later frames.")
+    parser.add_argument("--validation_guidance_scale", type=float, default=7.0)
+    parser.add_argument("--validation_video_guidance_scale", type=float, default=5.0)
+    parser.add_argument("--validation_fps", type=int, default=8)
+    # Output
+    parser.add_argument("--output_dir", type=str, default="shapes-pyramidal-flow")
+    parser.add_argument("--checkpointing_steps", type=int, default=1000)
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
+    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder or "latest".')
+    parser.add_argument("--report_to", type=str, default="tensorboard")
+    parser.add_argument("--logging_dir", type=str, default="logs")
+    parser.add_argument("--tracker_project_name", type=str, default="neodragon-train-pyramidal-flow")
+    parser.add_argument("--save_dtype", type=str, default="fp32", choices=list(DTYPES))
+    parser.add_argument("--eval_shapesbench", action="store_true",
+                        help="Score the final pipeline on ShapesBench (diffusers_neodragon.evaluation).")
+    parser.add_argument("--shapesbench_num_prompts", type=int, default=16, help="Per split (seen, heldout).")
+    parser.add_argument("--shapesbench_num_inference_steps", type=int, default=None,
+                        help="Steps per stage for ShapesBench videos (first frame and later ones); default: the "
+                             "pipeline's monolithic defaults (20 / 10).")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", type=str, default=None)
+    parser.add_argument("--hub_token", type=str, default=None)
+
+    args = parser.parse_args(input_args)
+    args.command_args = list(sys.argv[1:] if input_args is None else input_args)
+    args.height, args.width = parse_resolution(args.resolution)
+    args.sample_ratios = parse_int_list(args.sample_ratios)
+    args.validation_num_inference_steps = _steps(args.validation_num_inference_steps)
+    args.validation_video_num_inference_steps = _steps(args.validation_video_num_inference_steps)
+    if args.vae_path is None and args.pretrained_model_name_or_path is None:
+        raise ValueError("Give --vae_path (a trained CausalVideoVAE) or --pretrained_model_name_or_path.")
+    if args.num_frames < 1 or (args.num_frames - 1) % 8:
+        raise ValueError(f"--num_frames must be 1 + 8k, got {args.num_frames}.")
+    if args.latent_cache_path and not args.cache_latents:
+        raise ValueError("--latent_cache_path needs --cache_latents.")
+    return args
+
+
+def _steps(value: str):
+    steps = parse_int_list(value)
+    return steps[0] if len(steps) == 1 else list(steps)
+
+
+# ---------------------------------------------------------------------------------------------- components
+
+
+def shapes_dataset(num_samples, num_frames, height, width, seed, split="train", two_objects_prob=0.0):
+    from diffusers_neodragon.data.shapes import ShapesVideoDataset  # noqa: PLC0415
+
+    return ShapesVideoDataset(
+        num_samples, num_frames=num_frames, height=height, width=width, seed=seed, split=split,
+        two_objects_prob=two_objects_prob,
+    )
+
+
+def default_validation_prompts(n: int) -> list[str]:
+    from diffusers_neodragon.data.shapes import fixed_prompt_set  # noqa: PLC0415
+
+    return fixed_prompt_set("seen", n) if n > 0 else []
+
+
+def shapes_vocabulary() -> list[str]:
+    from diffusers_neodragon.data.shapes import shapes_vocabulary as vocabulary  # noqa: PLC0415
+
+    return vocabulary()
+
+
+def load_vae(args) -> CausalVideoVAE:
+    path = Path(args.vae_path or args.pretrained_model_name_or_path)
+    subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
+    return CausalVideoVAE.from_pretrained(str(path), subfolder=subfolder, torch_dtype=torch.float32)
+
+
+def load_text_encoders(path: str) -> dict:
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel  # noqa: PLC0415
+
+    components = {}
+    for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
+                      ("text_encoder_3", T5EncoderModel)):
+        if (Path(path) / name).is_dir():
+            components[name] = cls.from_pretrained(path, subfolder=name, dtype=torch.float32).eval().requires_grad_(False)
+            tokenizer = name.replace("text_encoder", "tokenizer")
+            components[tokenizer] = AutoTokenizer.from_pretrained(path, subfolder=tokenizer)
+    if "text_encoder_3" not in components:
+        raise ValueError(f"{path} has no text_encoder_3 / tokenizer_3.")
+    return components
+
+
+def build_text_encoders(args) -> dict:
+    path = args.text_encoders_path or args.pretrained_model_name_or_path
+    if path:
+        return load_text_encoders(path)
+    return build_shapes_text_encoders(
+        shapes_vocabulary(), seed=args.text_encoder_seed, t5_dim=args.t5_dim, t5_layers=args.t5_layers,
+        t5_heads=args.t5_heads, clip_dim=args.clip_dim, clip_layers=args.clip_layers, clip_heads=args.clip_heads,
+        clip_projection_dim=args.clip_projection_dim, t5_max_length=args.max_sequence_length,
+    )
+
+
+def build_transformer(args, vae, text_components) -> NeodragonTransformer3DModel:
+    path = args.transformer_path
+    if path is None and args.pretrained_model_name_or_path:
+        path = os.path.join(args.pretrained_model_name_or_path, "transformer")
+    if path is not None:
+        return NeodragonTransformer3DModel.from_pretrained(path, torch_dtype=torch.float32)
+    spatial = vae.config.spatial_downsample_scale
+    latent_h, latent_w = args.height // spatial, args.width // spatial
+    grid = max(latent_h, latent_w) // args.patch_size
+    transformer = NeodragonTransformer3DModel(
+        patch_size=args.patch_size,
+        in_channels=vae.config.latent_channels,
+        num_layers=args.num_layers,
+        attention_head_dim=args.attention_head_dim,
+        num_attention_heads=args.num_attention_heads,
+        pooled_projection_dim=pooled_projection_dim(text_components),
+        context_embedder_dim=text_components["text_encoder_3"].config.d_model,
+        sample_size=args.sample_size or latent_h,
+        pos_embed_max_size=args.pos_embed_max_size or 2 * grid,
+    )
+    return initialize_transformer_weights(transformer)
+
+
+def make_pipeline(transformer, vae, text_components, scheduler, args) -> NeodragonPipeline:
+    pipe = NeodragonPipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, context_adapter=None, mode="monolithic",
+        prompt_suffix="", default_negative_prompt="", default_height=args.height, default_width=args.width,
+        default_num_frames=args.num_frames, **{k: text_components.get(k) for k in TEXT_COMPONENTS},
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+class CachedLatents:
+    """Normalised latents of the whole training set plus a table of text features per distinct caption.
+
+    ``latents`` [N, C, T, h, w]; ``caption_ids`` [N] index ``embeds`` [K, L, D] / ``mask`` [K, L] / ``pooled``
+    [K, P], whose row 0 is the empty caption (the CFG-dropout replacement).
+    """
+
+    def __init__(self, latents, captions, caption_ids, embeds, mask, pooled):
+        self.latents, self.captions, self.caption_ids = latents, captions, caption_ids
+        self.embeds, self.mask, self.pooled = embeds, mask, pooled
+
+    def to(self, device):
+        for name in ("latents", "caption_ids", "embeds", "mask", "pooled"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def cache_metadata(args, vae_config) -> dict:
+    return dict(
+        train_samples=args.train_samples, num_frames=args.num_frames, height=args.height, width=args.width,
+        seed=args.seed, two_objects_prob=args.two_objects_prob, max_sequence_length=args.max_sequence_length,
+        vae=json.dumps(dict(vae_config), sort_keys=True, default=str),
+    )
+
+
+@torch.no_grad()
+def encode_videos(vae, videos: torch.Tensor) -> torch.Tensor:
+    """Clean normalised latents (posterior mean) of videos [B, 3, F, H, W] in [-1, 1]."""
+    raw = vae.encode(videos.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+    return vae.normalize_latents(raw.float())
+
+
+@torch.no_grad()
+def text_table(text_components, captions, device, max_sequence_length):
+    """Distinct captions -> (ids per caption, embeds, mask, pooled), row 0 = "", trimmed to the longest caption."""
+    distinct = [""] + sorted(set(captions) - {""})
+    index = {c: i for i, c in enumerate(distinct)}
+    embeds, mask, pooled = [], [], []
+    for start in range(0, len(distinct), 256):
+        e, m, p = encode_prompts(text_components, distinct[start : start + 256], device, max_sequence_length)
+        embeds.append(e), mask.append(m), pooled.append(p)
+    embeds, mask, pooled = torch.cat(embeds), torch.cat(mask), torch.cat(pooled)
+    keep = max(int(mask.sum(1).max()), 1)
+    ids = torch.tensor([index[c] for c in captions], dtype=torch.long)
+    return ids, embeds[:, :keep].contiguous(), mask[:, :keep].contiguous(), pooled
+
+
+def build_latent_cache(args, vae, text_components, accelerator) -> CachedLatents:
+    metadata = cache_metadata(args, vae.config)
+    path = Path(args.latent_cache_path) if args.latent_cache_path else None
+    if path is not None and path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if json.loads(header.get("settings", "null")) == metadata:
+                accelerator.print(f"Loaded the latent cache {path}")
+                captions = json.loads(header["captions"])
+                return CachedLatents(f.get_tensor("latents"), captions, *text_table(
+                    text_components, captions, accelerator.device, args.max_sequence_length)).to(accelerator.device)
+        accelerator.print(f"{path} was made with other settings: rebuilding it.")
+    dataset = shapes_dataset(
+        args.train_samples, args.num_frames, args.height, args.width, args.seed, "train", args.two_objects_prob
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.encode_batch_size, shuffle=False, num_workers=args.dataloader_num_workers,
+        collate_fn=dataset.collate_fn,
+    )
+    latents, captions = [], []
+    for batch in tqdm(loader, desc="Caching latents", disable=not accelerator.is_local_main_process):
+        latents.append(encode_videos(vae, batch["video"]).cpu())
+        captions += batch["caption"]
+    latents = torch.cat(latents)
+    if path is not None and accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"settings": json.dumps(metadata), "captions": json.dumps(captions)}
+        save_file({"latents": latents.contiguous()}, str(path), metadata=header)
+    ids, embeds, mask, pooled = text_table(text_components, captions, accelerator.device, args.max_sequence_length)
+    return CachedLatents(latents, captions, ids, embeds, mask, pooled).to(accelerator.device)
+
+
+class IndexedShapes(torch.utils.data.Dataset):
+    """The training set as indices (latents cached) or as rendered clips with their index (encoded on the fly)."""
+
+    def __init__(self, args, cached: bool):
+        self.cached = cached
+        self.num_samples = args.train_samples
+        self.dataset = None if cached else shapes_dataset(
+            args.train_samples, args.num_frames, args.height, args.width, args.seed, "train", args.two_objects_prob
+        )
+
+    def __len__(self):
+        return self.num_samples
+
+    def __getitem__(self, index):
+        if self.cached:
+            return {"index": index}
+        item = self.dataset[index]
+        return {"index": index, "video": item["video"], "caption": item["caption"]}
+
+
+def collate(items):
+    batch = {"index": torch.tensor([item["index"] for item in items])}
+    if "video" in items[0]:
+        batch["video"] = torch.stack([item["video"] for item in items])
+        batch["caption"] = [item["caption"] for item in items]
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _to_video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """[F, H, W, 3] in [0, 1] -> [3, F, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.asarray(frames)).permute(3, 0, 1, 2).float() * 2 - 1
+
+
+@torch.no_grad()
+def log_validation(pipe, prompts, accelerator, args, step, tag="validation"):
+    """Generate one video per prompt with the monolithic sampler; save mp4s + a PNG strip; log to the trackers."""
+    from diffusers.utils import export_to_video  # noqa: PLC0415
+
+    if not prompts:
+        return []
+    folder = Path(args.output_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for i, prompt in enumerate(prompts):
+        generator = torch.Generator(device="cpu").manual_seed(args.seed + i)
+        with accelerator.autocast():
+            frames = pipe(
+                prompt, generator=generator, output_type="np",
+                num_inference_steps=args.validation_num_inference_steps,
+                video_num_inference_steps=args.validation_video_num_inference_steps,
+                guidance_scale=args.validation_guidance_scale,
+                video_guidance_scale=args.validation_video_guidance_scale,
+            ).frames[0]
+        videos.append(frames)
+        try:
+            export_to_video(list(frames), str(folder / f"{tag}-step-{step:06d}-{i}.mp4"), fps=args.validation_fps)
+        except Exception as error:  # noqa: BLE001 - an mp4 encoder problem must not stop training
+            logger.warning(f"Could not write an mp4 ({error}); the PNG strip is still saved.")
+    strip = video_strip([_to_video_tensor(v) for v in videos])
+    strip_path = folder / f"{tag}-step-{step:06d}.png"
+    strip.save(strip_path)
+    print(f"[train_pyramidal_flow] step {step}: validation videos -> {strip_path}")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(tag, np.asarray(strip), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb  # noqa: PLC0415
+
+            tracker.log({tag: [wandb.Video(np.transpose((v * 255).astype(np.uint8), (0, 3, 1, 2)),
+                                            caption=p, fps=args.validation_fps) for v, p in zip(videos, prompts)]},
+                        step=step)
+    return videos
+
+
+@torch.no_grad()
+def run_shapesbench(pipe, args, accelerator) -> dict | None:
+    """Score the pipeline on ShapesBench's fixed "seen" and "heldout" prompt sets (``--shapesbench_num_prompts``
+    each), as ``benchmarks/shapesbench.py`` does: every prompt generated at the pipeline's default size and steps with
+    ``torch.Generator().manual_seed(seed)`` (prompts are batched, one generator each, which draws the same noise).
+    Returns ``{"seen": summary, "heldout": summary, "table": str}`` or None when the evaluator is unavailable."""
+    try:
+        from diffusers_neodragon.data.shapes import fixed_prompt_set  # noqa: PLC0415
+        from diffusers_neodragon.evaluation import evaluate_video, format_table, summarize  # noqa: PLC0415
+    except ImportError as error:
+        logger.warning(f"ShapesBench is not available ({error}): no scores.")
+        return None
+    summaries = {}
+    batch = 8
+    for split in ("seen", "heldout"):
+        prompts = fixed_prompt_set(split, args.shapesbench_num_prompts)
+        results = []
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start : start + batch]
+            generators = [torch.Generator().manual_seed(args.seed) for _ in chunk]
+            steps = {}
+            if args.shapesbench_num_inference_steps:
+                steps = dict(num_inference_steps=args.shapesbench_num_inference_steps,
+                             video_num_inference_steps=args.shapesbench_num_inference_steps)
+            with accelerator.autocast():
+                videos = pipe(chunk, generator=generators, output_type="np", **steps).frames
+            results += [evaluate_video(video, prompt) for video, prompt in zip(videos, chunk)]
+        summaries[split] = summarize(results)
+    table = format_table(summaries)
+    print(f"[train_pyramidal_flow] ShapesBench ({args.shapesbench_num_prompts} prompts per split):\n{table}")
+    sampler = (f"{args.shapesbench_num_inference_steps} steps per stage" if args.shapesbench_num_inference_steps
+               else "the pipeline's default sampler (20 / 10 steps per stage, CFG 7 / 5)")
+    return {**summaries, "table": table, "sampler": sampler}
+
+
+def _shapesbench_markdown(scores: dict | None) -> str:
+    if not scores:
+        return "Not evaluated (run with `--eval_shapesbench`)."
+    n = scores["seen"]["n"]
+    return (
+        f"ShapesBench (`diffusers_neodragon.evaluation`), {n} fixed prompts per split, seed as in training, "
+        f"{scores['sampler']}; accuracies and sub-scores in %, totals 0-100:\n\n```\n{scores['table']}\n```"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def _trackers(report_to):
+    if report_to in (None, "", "none"):
+        return None
+    if report_to == "tensorboard":
+        from accelerate.utils import is_tensorboard_available  # noqa: PLC0415
+
+        if not is_tensorboard_available():
+            logging.getLogger(__name__).warning("tensorboard is not installed: tracker logging is off.")
+            return None
+    return report_to
+
+
+def _out_of_time(args, start_time: float, accelerator) -> bool:
+    if args.max_train_seconds is None:
+        return False
+    # Every process must agree, or a distributed run would hang.
+    flag = torch.tensor(float(time.perf_counter() - start_time > args.max_train_seconds), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="max").item())
+
+
+def main(args):
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=_trackers(args.report_to),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if args.stage_sampling == "columns" and accelerator.num_processes > 1:
+        raise ValueError("--stage_sampling columns runs one forward per stage; use `random` with several processes.")
+    set_seed(args.seed)
+    repo_id = None
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        repo_id = create_hub_repo(args)
+
+    # Frozen components.
+    vae = load_vae(args).to(accelerator.device).eval().requires_grad_(False)
+    text_components = build_text_encoders(args)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        if text_components.get(name) is not None:
+            text_components[name].to(accelerator.device)
+    scheduler = PyramidalDMDScheduler()
+    stages = scheduler.config.stages
+    if len(args.sample_ratios) != stages:
+        raise ValueError(f"--sample_ratios needs {stages} entries, got {args.sample_ratios}.")
+    multiple = vae.config.spatial_downsample_scale * 2 ** (stages - 1) * args.patch_size
+    if args.height % multiple or args.width % multiple:
+        raise ValueError(f"--resolution must be a multiple of {multiple}, got {args.height}x{args.width}.")
+
+    # The trained model.
+    transformer = build_transformer(args, vae, text_components)
+    if transformer.config.in_channels != vae.config.latent_channels:
+        raise ValueError("The transformer's in_channels must equal the VAE's latent_channels.")
+    if args.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(transformer.parameters(), decay=args.ema_decay, model_cls=NeodragonTransformer3DModel,
+                       model_config=transformer.config, foreach=True)
+        ema.to(accelerator.device)
+
+    def save_model_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(os.path.join(folder, "transformer"))
+                if weights:
+                    weights.pop()
+
+    def load_model_hook(models, folder):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            loaded = NeodragonTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=torch.float32)
+            model.register_to_config(**loaded.config)
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    optimizer_kwargs = {"fused": True} if accelerator.device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(
+        transformer.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, **optimizer_kwargs,
+    )
+
+    cache = build_latent_cache(args, vae, text_components, accelerator) if args.cache_latents else None
+    dataset = IndexedShapes(args, cached=cache is not None)
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.train_batch_size, sampler=EpochShuffleSampler(len(dataset), seed=args.seed),
+        collate_fn=collate, num_workers=0 if cache is not None else args.dataloader_num_workers, drop_last=True,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(transformer, optimizer, dataloader, lr_scheduler)
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError("--train_samples is smaller than one batch.")
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+
+    validation_prompts = args.validation_prompts
+    if validation_prompts is None:
+        validation_prompts = default_validation_prompts(args.num_validation_prompts)
+    if accelerator.is_main_process:
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+
+    unwrapped = accelerator.unwrap_model(transformer)
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"***** Pyramidal flow training: transformer {count_parameters(unwrapped) / 1e6:.2f}M params *****\n"
+        f"  {args.num_frames}x{args.height}x{args.width} clips, total batch {total_batch}, steps {args.max_train_steps}"
+    )
+
+    global_step, first_epoch, resume_batches = 0, 0, 0
+    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+    if resume_path is not None:
+        accelerator.print(f"Resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+        global_step = checkpoint_step(resume_path)
+        first_epoch = global_step // steps_per_epoch
+        resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    def validation_pipeline():
+        model = unwrapped
+        if ema is not None:
+            model = copy.deepcopy(unwrapped)
+            ema.copy_to(model.parameters())
+        return make_pipeline(model.eval(), vae, text_components, scheduler, args)
+
+    def text_inputs(batch, generator):
+        """(embeds, mask or None, pooled) of the batch, captions dropped to "" with --caption_dropout."""
+        dropped = caption_dropout_mask(len(batch["index"]), args.caption_dropout, generator)
+        if cache is not None:
+            ids = cache.caption_ids[batch["index"].to(cache.caption_ids.device)]
+            ids = torch.where(dropped.to(ids.device), torch.zeros_like(ids), ids)
+            embeds, mask, pooled = cache.embeds[ids], cache.mask[ids], cache.pooled[ids]
+        else:
+            captions = ["" if d else c for c, d in zip(batch["caption"], dropped.tolist())]
+            embeds, mask, pooled = encode_prompts(text_components, captions, accelerator.device, args.max_sequence_length)
+        keep = max(int(mask.sum(1).max()), 1)
+        embeds, mask = embeds[:, :keep], mask[:, :keep]
+        return embeds, (None if bool(mask.all()) else mask), pooled
+
+    start_step, start_time = global_step, time.perf_counter()
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    recent_losses = collections.deque(maxlen=50)
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= args.max_train_steps:
+            break
+        dataloader.set_epoch(epoch)
+        active, offset = dataloader, 0
+        if epoch == first_epoch and resume_batches:
+            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
+        for batch_index, batch in enumerate(active, start=offset):
+            micro_step = epoch * len(dataloader) + batch_index
+            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+            with accelerator.accumulate(transformer):
+                if cache is not None:
+                    latents = cache.latents[batch["index"].to(cache.latents.device)]
+                else:
+                    latents = encode_videos(vae, batch["video"])
+                embeds, mask, pooled = text_inputs(batch, generator)
+                if args.stage_sampling == "random":
+                    groups = [(sample_stage(args.sample_ratios, generator), None)]
+                else:
+                    groups = stage_columns(latents.shape[0], args.sample_ratios)
+                preds, targets = [], []
+                for stage, rows in groups:
+                    select = (lambda x: x) if rows is None else (lambda x, r=rows.to(latents.device): None if x is None else x[r])
+                    example = pyramid_training_batch(
+                        scheduler, select(latents), stage, generator=generator, corrupt_ratio=args.corrupt_ratio
+                    )
+                    with accelerator.autocast():
+                        pred = transformer(
+                            hidden_states=example.hidden_states, encoder_hidden_states=select(embeds),
+                            pooled_projections=select(pooled), timestep=example.timestep, history=example.history,
+                            encoder_attention_mask=select(mask),
+                        ).sample
+                    preds.append(pred)
+                    targets.append(example.target)
+                loss = flow_matching_loss(preds, targets)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if accelerator.sync_gradients:
+                if ema is not None:
+                    ema.step(transformer.parameters())
+                global_step += 1
+                progress.update(1)
+                step_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
+                recent_losses.append(step_loss)
+                progress.set_postfix(loss=f"{step_loss:.4f}")
+                accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
+                    log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
+                    unwrapped.train()
+            if global_step >= args.max_train_steps or _out_of_time(args, start_time, accelerator):
+                break
+        if _out_of_time(args, start_time, accelerator):
+            break
+    progress.close()
+    train_seconds = time.perf_counter() - start_time
+    accelerator.print(
+        f"[train_pyramidal_flow] trained steps {start_step}..{global_step} in {train_seconds:.1f} s "
+        f"({(global_step - start_step) / max(train_seconds, 1e-9):.2f} steps/s)"
+    )
+
+    accelerator.wait_for_everyone()
+    result = {"global_step": global_step, "loss": float(np.mean(recent_losses)) if recent_losses else None}
+    if accelerator.is_main_process:
+        pipe = validation_pipeline()
+        log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
+        scores = run_shapesbench(pipe, args, accelerator) if args.eval_shapesbench else None
+        result["shapesbench"] = scores
+        save_dtype = DTYPES[args.save_dtype]
+        to_save = pipe if save_dtype == torch.float32 else make_pipeline(
+            copy.deepcopy(pipe.transformer).to(save_dtype), copy.deepcopy(vae).to(save_dtype),
+            {k: (copy.deepcopy(v).to(save_dtype) if isinstance(v, torch.nn.Module) else v)
+             for k, v in text_components.items()}, scheduler, args)
+        to_save.save_pretrained(str(output_dir), safe_serialization=True)
+        model = pipe.transformer
+        t5 = text_components["text_encoder_3"]
+        clips = [text_components.get(n) for n in ("text_encoder", "text_encoder_2") if text_components.get(n) is not None]
+        latent_shape = (vae.config.latent_channels, (args.num_frames - 1) // vae.config.temporal_downsample_scale + 1,
+                        args.height // vae.config.spatial_downsample_scale, args.width // vae.config.spatial_downsample_scale)
+        values = dict(
+            title=args.hub_model_id or f"Shapes pyramidal-flow base model ({output_dir.name})",
+            command=training_command(SCRIPT, args.command_args),
+            steps=global_step, final_loss=format_float(result["loss"]), loss_window=len(recent_losses),
+            example_prompt=(validation_prompts or ["a large red circle moving left on a blue background"])[0],
+            height=args.height, width=args.width, num_frames=args.num_frames,
+            first_frame_steps=args.validation_num_inference_steps, video_steps=args.validation_video_num_inference_steps,
+            guidance_scale=args.validation_guidance_scale, video_guidance_scale=args.validation_video_guidance_scale,
+            transformer_parameters=f"{count_parameters(model) / 1e6:.2f}M", num_layers=model.config.num_layers,
+            num_attention_heads=model.config.num_attention_heads, attention_head_dim=model.config.attention_head_dim,
+            patch_size=model.config.patch_size, context_embedder_dim=model.config.context_embedder_dim,
+            t5_parameters=f"{count_parameters(t5) / 1e6:.2f}M",
+            clip_parameters=f"{sum(count_parameters(c) for c in clips) / 1e6:.2f}M",
+            pooled_projection_dim=model.config.pooled_projection_dim,
+            vae_parameters=f"{count_parameters(vae) / 1e6:.2f}M", vae_path=args.vae_path or args.pretrained_model_name_or_path,
+            save_dtype=args.save_dtype, sample_ratios=list(args.sample_ratios), stage_sampling=args.stage_sampling,
+            corrupt_ratio=f"{args.corrupt_ratio:.4g}", caption_dropout=f"{args.caption_dropout:.0%}",
+            train_samples=args.train_samples, latent_shape="x".join(map(str, latent_shape)),
+            learning_rate=args.learning_rate, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+            ema=f"decay {args.ema_decay}" if args.use_ema else "off", batch_size=total_batch,
+            mixed_precision=args.mixed_precision or "no", shapesbench=_shapesbench_markdown(scores),
+        )
+        write_model_card(output_dir, "pyramidal_flow.md", values, tags=["text-to-video", "neodragon", "shapes"])
+        if args.push_to_hub:
+            push_folder_to_hub(repo_id, output_dir, token=args.hub_token)
+    accelerator.end_training()
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,463 @@
+#!/usr/bin/env python
+# SPDX-License-Identifier: Apache-2.0
+"""Train a small causal video VAE (``CausalVideoVAE``: causal 3-D encoder + full causal decoder, 8x8x8) on the
+synthetic Shapes world, and store its latent normalisation constants.
+
+The result, ``<output_dir>/vae``, is the VAE of the Shapes base model trained by ``train_pyramidal_flow.py`` (and
+the teacher decoder of ``distill_decoder.py``). Loss: MSE + L1 on the reconstruction (+ an optional, tiny KL to
+N(0, I); + an optional LPIPS term, off by default because its weights must be downloaded).
+
+After training, the latents of ``--normalization_samples`` training clips give the constants written into the
+saved config: the first latent frame (image) and the later frames (video) each get shift = mean, scale = 1/std.
+
+Example (one GPU, ~5 minutes on an H100):
+
+    accelerate launch training/train_vae.py --output_dir runs/shapes-vae --resolution 128 --num_frames 17 \\
+        --train_batch_size 8 --max_train_steps 6000 --mixed_precision bf16 --learning_rate 5e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from diffusers_neodragon import CausalVideoVAE
+from diffusers_neodragon.training_utils import (
+    EpochShuffleSampler,
+    checkpoint_step,
+    compute_latent_statistics,
+    count_parameters,
+    create_hub_repo,
+    format_float,
+    parse_int_list,
+    parse_resolution,
+    psnr,
+    push_folder_to_hub,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    step_generator,
+    training_command,
+    vae_reconstruction_loss,
+    video_strip,
+    write_model_card,
+)
+
+
+logger = get_logger(__name__)
+SCRIPT = "training/train_vae.py"
+# Validation and normalisation clips come from other seeds than the training set (the Shapes world is infinite).
+VALIDATION_SEED_OFFSET = 1000
+STATISTICS_SEED_OFFSET = 2000
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Train a small causal video VAE on the Shapes world.")
+    # Data
+    parser.add_argument("--resolution", type=str, default="128", help="`N` or `HxW` (multiples of 8).")
+    parser.add_argument("--num_frames", type=int, default=17, help="Frames per training clip (1 + 8k).")
+    parser.add_argument("--train_samples", type=int, default=100_000, help="Size of the synthetic training set.")
+    parser.add_argument("--two_objects_prob", type=float, default=0.0)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    # Model
+    parser.add_argument("--latent_channels", type=int, default=16)
+    parser.add_argument("--block_out_channels", type=str, default="32,64,64,64", help="Encoder widths per block.")
+    parser.add_argument("--layers_per_block", type=str, default="1,1,1,1", help="Encoder resnets per block.")
+    parser.add_argument("--decoder_block_out_channels", type=str, default=None, help="Default: the encoder's.")
+    parser.add_argument("--decoder_layers_per_block", type=str, default=None, help="Default: the encoder's.")
+    parser.add_argument("--norm_num_groups", type=int, default=16)
+    parser.add_argument("--pretrained_vae", type=str, default=None, help="Start from this CausalVideoVAE folder.")
+    parser.add_argument("--vae_init", type=str, default="reference", choices=["reference", "pytorch"],
+                        help="reference: Pyramid-Flow's truncated-normal(0.02); pytorch: PyTorch's default init.")
+    parser.add_argument("--init_logvar", type=float, default=-10.0,
+                        help="Initial posterior log-variance (quant_conv bias) of a new VAE: sampling noise starts "
+                             "small instead of swamping the untrained latents (std exp(logvar/2)).")
+    # Loss
+    parser.add_argument("--mse_weight", type=float, default=1.0)
+    parser.add_argument("--l1_weight", type=float, default=1.0)
+    parser.add_argument("--kl_weight", type=float, default=1e-6, help="Per-element-mean KL weight (0 = off).")
+    parser.add_argument(
+        "--lpips_weight", type=float, default=0.0,
+        help="LPIPS weight; needs `lpips` and a network connection for its weights (off by default).",
+    )
+    # Optimisation
+    parser.add_argument("--train_batch_size", type=int, default=4, help="Per device.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--max_train_seconds", type=float, default=None,
+                        help="Also stop (and finish normally) once training has run this long.")
+    parser.add_argument("--max_train_steps", type=int, default=2000)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--lr_scheduler", type=str, default="constant_with_warmup")
+    parser.add_argument("--lr_warmup_steps", type=int, default=200)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.99)
+    parser.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls/convolutions on Ampere+.")
+    parser.add_argument("--seed", type=int, default=0)
+    # Checkpoints, logging, validation, output
+    parser.add_argument("--output_dir", type=str, default="shapes-vae")
+    parser.add_argument("--checkpointing_steps", type=int, default=500)
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
+    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder or "latest".')
+    parser.add_argument("--validation_steps", type=int, default=500, help="Validate every N steps (0 = only at the end).")
+    parser.add_argument("--num_validation_clips", type=int, default=2)
+    parser.add_argument("--normalization_samples", type=int, default=64, help="Clips used for the latent constants.")
+    parser.add_argument("--normalization_num_frames", type=int, default=None, help="Default: --num_frames.")
+    parser.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    parser.add_argument("--logging_dir", type=str, default="logs")
+    parser.add_argument("--tracker_project_name", type=str, default="neodragon-train-vae")
+    parser.add_argument("--save_dtype", type=str, default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", type=str, default=None)
+    parser.add_argument("--hub_token", type=str, default=None)
+
+    args = parser.parse_args(input_args)
+    args.command_args = list(sys.argv[1:] if input_args is None else input_args)
+    args.height, args.width = parse_resolution(args.resolution)
+    if args.height % 8 or args.width % 8:
+        raise ValueError(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    if args.num_frames < 9 or (args.num_frames - 1) % 8:
+        raise ValueError(f"--num_frames must be 1 + 8k with k >= 1, got {args.num_frames}.")
+    args.normalization_num_frames = args.normalization_num_frames or args.num_frames
+    if (args.normalization_num_frames - 1) % 8 or args.normalization_num_frames < 9:
+        raise ValueError("--normalization_num_frames must be 1 + 8k with k >= 1.")
+    return args
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def shapes_dataset(num_samples, num_frames, height, width, seed, split, two_objects_prob=0.0):
+    from diffusers_neodragon.data.shapes import ShapesVideoDataset  # noqa: PLC0415
+
+    return ShapesVideoDataset(
+        num_samples, num_frames=num_frames, height=height, width=width, seed=seed, split=split,
+        two_objects_prob=two_objects_prob,
+    )
+
+
+def collate_videos(items):
+    return {"video": torch.stack([item["video"] for item in items]), "caption": [item["caption"] for item in items]}
+
+
+def build_vae(args) -> CausalVideoVAE:
+    if args.pretrained_vae:
+        return CausalVideoVAE.from_pretrained(args.pretrained_vae)
+    encoder_channels = parse_int_list(args.block_out_channels)
+    encoder_layers = parse_int_list(args.layers_per_block)
+    if len(encoder_channels) != 4 or len(encoder_layers) != 4:
+        raise ValueError("--block_out_channels and --layers_per_block need 4 entries (three 2x downsamplings).")
+    vae = CausalVideoVAE(
+        latent_channels=args.latent_channels,
+        encoder_block_out_channels=encoder_channels,
+        encoder_layers_per_block=encoder_layers,
+        decoder_block_out_channels=parse_int_list(args.decoder_block_out_channels or args.block_out_channels),
+        decoder_layers_per_block=parse_int_list(args.decoder_layers_per_block or args.layers_per_block),
+        norm_num_groups=args.norm_num_groups,
+    )
+    if args.vae_init == "pytorch":
+        for module in vae.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)):
+                module.reset_parameters()
+    with torch.no_grad():
+        vae.quant_conv.conv.bias[args.latent_channels :] = args.init_logvar
+    return vae
+
+
+class VAEReconstruction(torch.nn.Module):
+    """The training forward (encode, sample the posterior, decode) as one module, so that a distributed wrapper
+    sees every parameter used: returns (reconstruction, posterior mean, posterior logvar)."""
+
+    def __init__(self, vae: CausalVideoVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, videos: torch.Tensor, generator: torch.Generator | None = None):
+        posterior = self.vae.encode(videos).latent_dist
+        recon = self.vae.decode(posterior.sample(generator=generator)).sample
+        return recon, posterior.mean, posterior.logvar
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def log_validation(vae, videos, accelerator, args, step: int) -> float:
+    """Reconstruct the validation clips (posterior mean), print PSNR, save a PNG strip (originals over
+    reconstructions), log both to the trackers. Returns the PSNR in dB."""
+    was_training = vae.training
+    vae.eval()
+    videos = videos.to(accelerator.device)
+    with accelerator.autocast():
+        recon = vae.decode(vae.encode(videos).latent_dist.mode()).sample.float()
+    value = psnr(recon, videos)
+    strip = video_strip([v for pair in zip(videos, recon) for v in pair])
+    folder = Path(args.output_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"vae-step-{step:06d}.png"
+    strip.save(path)
+    logger.info(f"step {step}: validation PSNR {value:.2f} dB ({path})", main_process_only=True)
+    print(f"[train_vae] step {step}: validation PSNR {value:.2f} dB -> {path}")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np  # noqa: PLC0415
+
+            tracker.writer.add_image("validation", np.asarray(strip), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb  # noqa: PLC0415
+
+            tracker.log({"validation": wandb.Image(strip)}, step=step)
+    accelerator.log({"val/psnr": value}, step=step)
+    vae.train(was_training)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def _trackers(report_to: str):
+    if report_to in (None, "", "none"):
+        return None
+    if report_to == "tensorboard":
+        from accelerate.utils import is_tensorboard_available  # noqa: PLC0415
+
+        if not is_tensorboard_available():
+            logging.getLogger(__name__).warning("tensorboard is not installed: tracker logging is off.")
+            return None
+    return report_to
+
+
+def _out_of_time(args, start_time: float, accelerator) -> bool:
+    if args.max_train_seconds is None:
+        return False
+    # Every process must agree, or a distributed run would hang.
+    flag = torch.tensor(float(time.perf_counter() - start_time > args.max_train_seconds), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="max").item())
+
+
+def main(args):
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=_trackers(args.report_to),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    set_seed(args.seed)
+    repo_id = None
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        repo_id = create_hub_repo(args)
+
+    vae = build_vae(args)
+    if args.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    vae.train()
+    model = VAEReconstruction(vae)
+
+    # Checkpoints hold the VAE in diffusers format (loadable with from_pretrained) next to the optimiser state.
+    def save_model_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            for wrapped in models:
+                accelerator.unwrap_model(wrapped).vae.save_pretrained(os.path.join(folder, "vae"))
+                if weights:
+                    weights.pop()
+
+    def load_model_hook(models, folder):
+        while models:
+            target = accelerator.unwrap_model(models.pop()).vae
+            loaded = CausalVideoVAE.from_pretrained(folder, subfolder="vae")
+            target.register_to_config(**loaded.config)
+            target.load_state_dict(loaded.state_dict())
+            del loaded
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    optimizer = torch.optim.AdamW(
+        vae.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    perceptual_fn = None
+    if args.lpips_weight > 0:
+        from diffusers_neodragon.training_utils import build_lpips  # noqa: PLC0415
+
+        perceptual_fn = build_lpips(device=accelerator.device)
+
+    dataset = shapes_dataset(
+        args.train_samples, args.num_frames, args.height, args.width, args.seed, "train", args.two_objects_prob
+    )
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.train_batch_size, sampler=EpochShuffleSampler(len(dataset), seed=args.seed),
+        collate_fn=collate_videos, num_workers=args.dataloader_num_workers, drop_last=True,
+        persistent_workers=args.dataloader_num_workers > 0,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError("--train_samples is smaller than one batch.")
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    validation_clips = None
+    if args.num_validation_clips > 0:
+        validation_set = shapes_dataset(
+            args.num_validation_clips, args.num_frames, args.height, args.width, args.seed + VALIDATION_SEED_OFFSET,
+            "train", args.two_objects_prob,
+        )
+        validation_clips = collate_videos([validation_set[i] for i in range(len(validation_set))])["video"]
+
+    if accelerator.is_main_process:
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"***** Training a CausalVideoVAE ({count_parameters(vae) / 1e6:.2f}M params) *****\n"
+        f"  clips {args.num_frames}x{args.height}x{args.width}, total batch {total_batch}, "
+        f"steps {args.max_train_steps}, epochs {num_epochs}"
+    )
+
+    global_step, first_epoch, resume_batches = 0, 0, 0
+    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+    if resume_path is not None:
+        accelerator.print(f"Resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+        global_step = checkpoint_step(resume_path)
+        first_epoch = global_step // steps_per_epoch
+        resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    start_step, start_time = global_step, time.perf_counter()
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    last_loss = None
+    last_psnr = None
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= args.max_train_steps:
+            break
+        dataloader.set_epoch(epoch)
+        active, offset = dataloader, 0
+        if epoch == first_epoch and resume_batches:
+            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
+        for batch_index, batch in enumerate(active, start=offset):
+            micro_step = epoch * len(dataloader) + batch_index
+            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+            with accelerator.accumulate(model):
+                videos = batch["video"].to(accelerator.device)
+                with accelerator.autocast():
+                    recon, mean, logvar = model(videos, generator)
+                posterior = argparse.Namespace(mean=mean, logvar=logvar)
+                loss, terms = vae_reconstruction_loss(
+                    recon, videos, posterior, mse_weight=args.mse_weight, l1_weight=args.l1_weight,
+                    kl_weight=args.kl_weight, perceptual_weight=args.lpips_weight, perceptual_fn=perceptual_fn,
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if accelerator.sync_gradients:
+                global_step += 1
+                progress.update(1)
+                last_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
+                logs = {"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0], **{f"loss/{k}": v for k, v in terms.items()}}
+                progress.set_postfix(loss=f"{last_loss:.4f}")
+                accelerator.log(logs, step=global_step)
+                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                if (
+                    accelerator.is_main_process and validation_clips is not None and args.validation_steps
+                    and global_step % args.validation_steps == 0
+                ):
+                    last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
+            if global_step >= args.max_train_steps or _out_of_time(args, start_time, accelerator):
+                break
+        if _out_of_time(args, start_time, accelerator):
+            break
+    progress.close()
+    train_seconds = time.perf_counter() - start_time
+    accelerator.print(
+        f"[train_vae] trained steps {start_step}..{global_step} in {train_seconds:.1f} s "
+        f"({(global_step - start_step) / max(train_seconds, 1e-9):.2f} steps/s)"
+    )
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        vae = accelerator.unwrap_model(model).vae.eval()
+        if validation_clips is not None and not (args.validation_steps and global_step % args.validation_steps == 0):
+            last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
+        stats_dataset = shapes_dataset(
+            args.normalization_samples, args.normalization_num_frames, args.height, args.width,
+            args.seed + STATISTICS_SEED_OFFSET,
+            "train", args.two_objects_prob,
+        )
+        stats_loader = torch.utils.data.DataLoader(
+            stats_dataset, batch_size=max(1, args.train_batch_size), collate_fn=collate_videos,
+            num_workers=args.dataloader_num_workers,
+        )
+        stats = compute_latent_statistics(vae, (b["video"] for b in stats_loader), device=accelerator.device)
+        vae.register_to_config(**stats)
+        logger.info(f"latent constants: {stats}")
+        save_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.save_dtype]
+        if save_dtype == torch.float32:
+            vae.save_pretrained(output_dir / "vae")
+        else:
+            copy.deepcopy(vae).to(save_dtype).save_pretrained(output_dir / "vae")
+        values = dict(
+            title=args.hub_model_id or f"Shapes causal video VAE ({output_dir.name})",
+            command=training_command(SCRIPT, args.command_args),
+            steps=global_step,
+            final_loss=format_float(last_loss),
+            psnr=format_float(last_psnr),
+            resolution=f"{args.height}x{args.width}",
+            num_frames=args.num_frames,
+            parameters=f"{count_parameters(vae) / 1e6:.2f}M",
+            encoder_parameters=f"{count_parameters(vae.encoder) / 1e6:.2f}M",
+            decoder_parameters=f"{count_parameters(vae.decoder) / 1e6:.2f}M",
+            latent_channels=vae.config.latent_channels,
+            block_out_channels=list(vae.config.encoder_block_out_channels),
+            decoder_block_out_channels=list(vae.config.decoder_block_out_channels),
+            layers_per_block=list(vae.config.encoder_layers_per_block),
+            decoder_layers_per_block=list(vae.config.decoder_layers_per_block),
+            loss=f"{args.mse_weight}·MSE + {args.l1_weight}·L1 + {args.kl_weight}·KL + {args.lpips_weight}·LPIPS",
+            batch_size=total_batch,
+            learning_rate=args.learning_rate,
+            save_dtype=args.save_dtype,
+            **{k: f"{v:.6f}" for k, v in stats.items()},
+        )
+        write_model_card(output_dir, "vae.md", values, tags=["video-vae", "neodragon", "shapes"])
+        if args.push_to_hub:
+            push_folder_to_hub(repo_id, output_dir, token=args.hub_token)
+    accelerator.end_training()
+    return {"global_step": global_step, "loss": last_loss, "psnr": last_psnr}
+
+
+if __name__ == "__main__":
+    main(parse_args())
