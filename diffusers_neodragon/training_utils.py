@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -806,3 +807,29 @@ def push_folder_to_hub(repo_id: str, folder: str | os.PathLike, token: str | Non
 
 def format_float(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+# ------------------------------------------------------------------------------------------- run control
+
+
+def resolve_trackers(report_to: str | None):
+    """``--report_to`` for ``Accelerator(log_with=...)``: None for "none", and None (with a warning) for
+    tensorboard when it is not installed, so that a missing optional logger never stops a training run."""
+    if report_to in (None, "", "none"):
+        return None
+    if report_to == "tensorboard":
+        from accelerate.utils import is_tensorboard_available  # noqa: PLC0415
+
+        if not is_tensorboard_available():
+            logger.warning("tensorboard is not installed: tracker logging is off.")
+            return None
+    return report_to
+
+
+def training_time_is_up(max_seconds: float | None, start_time: float, accelerator) -> bool:
+    """True once ``max_seconds`` have passed since ``start_time`` (``time.perf_counter()``) on any process."""
+    if max_seconds is None:
+        return False
+    # Every process must agree, or a distributed run would hang.
+    flag = torch.tensor(float(time.perf_counter() - start_time > max_seconds), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="max").item())

@@ -66,11 +66,13 @@ from diffusers_neodragon.training_utils import (
     push_folder_to_hub,
     pyramid_training_batch,
     resolve_resume_checkpoint,
+    resolve_trackers,
     sample_stage,
     save_checkpoint,
     stage_columns,
     step_generator,
     training_command,
+    training_time_is_up,
     video_strip,
     write_model_card,
 )
@@ -493,32 +495,12 @@ def _shapesbench_markdown(scores: dict | None) -> str:
 # ---------------------------------------------------------------------------------------------------- main
 
 
-def _trackers(report_to):
-    if report_to in (None, "", "none"):
-        return None
-    if report_to == "tensorboard":
-        from accelerate.utils import is_tensorboard_available  # noqa: PLC0415
-
-        if not is_tensorboard_available():
-            logging.getLogger(__name__).warning("tensorboard is not installed: tracker logging is off.")
-            return None
-    return report_to
-
-
-def _out_of_time(args, start_time: float, accelerator) -> bool:
-    if args.max_train_seconds is None:
-        return False
-    # Every process must agree, or a distributed run would hang.
-    flag = torch.tensor(float(time.perf_counter() - start_time > args.max_train_seconds), device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="max").item())
-
-
 def main(args):
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with=_trackers(args.report_to),
+        log_with=resolve_trackers(args.report_to),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
@@ -706,9 +688,9 @@ def main(args):
                 if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
                     log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
                     unwrapped.train()
-            if global_step >= args.max_train_steps or _out_of_time(args, start_time, accelerator):
+            if global_step >= args.max_train_steps or training_time_is_up(args.max_train_seconds, start_time, accelerator):
                 break
-        if _out_of_time(args, start_time, accelerator):
+        if training_time_is_up(args.max_train_seconds, start_time, accelerator):
             break
     progress.close()
     train_seconds = time.perf_counter() - start_time

@@ -192,6 +192,8 @@ def _frame_object(coverage: np.ndarray, hard: np.ndarray, min_area: float, max_a
         return None
     c = coverage[r0:r1, c0:c1]
     mass = float(c.sum())
+    if mass <= 0:  # soft, generated pixels can give a net-negative signed coverage: no measurable object
+        return None
     row_mass, col_mass = c.sum(1), c.sum(0)
     ys, xs = np.arange(r0, r1) + 0.5, np.arange(c0, c1) + 0.5
     cy, cx = float(row_mass @ ys) / mass, float(col_mass @ xs) / mass

@@ -1,6 +1,7 @@
 """Unit tests of the training helpers: pyramidal batches, losses, stage mix, text stand-ins, checkpoints."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -312,3 +313,17 @@ def test_model_card_and_small_utilities(tmp_path):
     assert parse_resolution("64x128") == (64, 128) and parse_resolution(96) == (96, 96)
     strip = video_strip([torch.zeros(3, 9, 8, 8), torch.ones(3, 2, 8, 8)], max_frames=4)
     assert strip.size == (32, 16)
+
+
+def test_resolve_trackers_and_training_time_is_up():
+    from accelerate import Accelerator
+
+    from diffusers_neodragon.training_utils import resolve_trackers, training_time_is_up
+
+    assert resolve_trackers("none") is None and resolve_trackers(None) is None
+    assert resolve_trackers("wandb") == "wandb"
+    accelerator = Accelerator(cpu=True)
+    now = time.perf_counter()
+    assert not training_time_is_up(None, now - 1e6, accelerator)
+    assert not training_time_is_up(60.0, now, accelerator)
+    assert training_time_is_up(60.0, now - 61.0, accelerator)
