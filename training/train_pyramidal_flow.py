@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -308,11 +309,17 @@ class CachedLatents:
         return self
 
 
-def cache_metadata(args, vae_config) -> dict:
+def cache_metadata(args, vae) -> dict:
+    """What the cached latents depend on: the data settings and the VAE (its config and a hash of its weights, so
+    that a retrained VAE with the same config never reuses stale latents)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return dict(
         train_samples=args.train_samples, num_frames=args.num_frames, height=args.height, width=args.width,
         seed=args.seed, two_objects_prob=args.two_objects_prob, max_sequence_length=args.max_sequence_length,
-        vae=json.dumps(dict(vae_config), sort_keys=True, default=str),
+        vae=json.dumps(dict(vae.config), sort_keys=True, default=str), vae_weights_sha256=digest.hexdigest(),
     )
 
 
@@ -339,8 +346,18 @@ def text_table(text_components, captions, device, max_sequence_length):
 
 
 def build_latent_cache(args, vae, text_components, accelerator) -> CachedLatents:
-    metadata = cache_metadata(args, vae.config)
+    """Encode the training set once (or load it from ``--latent_cache_path``). With a cache file, the main process
+    builds and writes it first and the others then read it, so no process reads a half-written file."""
     path = Path(args.latent_cache_path) if args.latent_cache_path else None
+    if path is not None and accelerator.num_processes > 1:
+        if accelerator.is_main_process:
+            _build_latent_cache(args, vae, text_components, accelerator, path)
+        accelerator.wait_for_everyone()
+    return _build_latent_cache(args, vae, text_components, accelerator, path)
+
+
+def _build_latent_cache(args, vae, text_components, accelerator, path) -> CachedLatents:
+    metadata = cache_metadata(args, vae)
     if path is not None and path.is_file():
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -450,8 +467,9 @@ def log_validation(pipe, prompts, accelerator, args, step, tag="validation"):
 @torch.no_grad()
 def run_shapesbench(pipe, args, accelerator) -> dict | None:
     """Score the pipeline on ShapesBench's fixed "seen" and "heldout" prompt sets (``--shapesbench_num_prompts``
-    each), as ``benchmarks/shapesbench.py`` does: every prompt generated at the pipeline's default size and steps with
-    ``torch.Generator().manual_seed(seed)`` (prompts are batched, one generator each, which draws the same noise).
+    each) at the pipeline's default size: every prompt gets its own ``torch.Generator().manual_seed(seed)``, like
+    ``benchmarks/shapesbench.py``, but prompts are generated in batches of 8 (with CFG batched too), so the
+    numbers can differ from the benchmark script's by floating-point rounding.
     Returns ``{"seen": summary, "heldout": summary, "table": str}`` or None when the evaluator is unavailable."""
     try:
         from diffusers_neodragon.data.shapes import fixed_prompt_set  # noqa: PLC0415
@@ -632,6 +650,7 @@ def main(args):
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
     recent_losses = collections.deque(maxlen=50)
+    window_losses, stop = [], False
     for epoch in range(first_epoch, num_epochs):
         if global_step >= args.max_train_steps:
             break
@@ -667,6 +686,7 @@ def main(args):
                     preds.append(pred)
                     targets.append(example.target)
                 loss = flow_matching_loss(preds, targets)
+                window_losses.append(loss.detach())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
@@ -679,7 +699,9 @@ def main(args):
                     ema.step(transformer.parameters())
                 global_step += 1
                 progress.update(1)
-                step_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
+                # the mean over the accumulation window (all micro-batches of this optimiser step)
+                step_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
+                window_losses.clear()
                 recent_losses.append(step_loss)
                 progress.set_postfix(loss=f"{step_loss:.4f}")
                 accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
@@ -688,11 +710,18 @@ def main(args):
                 if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
                     log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
                     unwrapped.train()
-            if global_step >= args.max_train_steps or training_time_is_up(args.max_train_seconds, start_time, accelerator):
+            # Stop only between optimiser steps, so that no accumulated gradient is dropped.
+            if accelerator.sync_gradients and (
+                global_step >= args.max_train_steps
+                or training_time_is_up(args.max_train_seconds, start_time, accelerator)
+            ):
+                stop = True
                 break
-        if training_time_is_up(args.max_train_seconds, start_time, accelerator):
+        if stop:
             break
     progress.close()
+    if args.checkpointing_steps and global_step > start_step and global_step % args.checkpointing_steps:
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # resumable after a stop
     train_seconds = time.perf_counter() - start_time
     accelerator.print(
         f"[train_pyramidal_flow] trained steps {start_step}..{global_step} in {train_seconds:.1f} s "

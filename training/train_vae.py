@@ -309,7 +309,7 @@ def main(args):
     if args.num_validation_clips > 0:
         validation_set = shapes_dataset(
             args.num_validation_clips, args.num_frames, args.height, args.width, args.seed + VALIDATION_SEED_OFFSET,
-            "train", args.two_objects_prob,
+            "heldout", args.two_objects_prob,  # attribute combinations the training clips never show
         )
         validation_clips = collate_videos([validation_set[i] for i in range(len(validation_set))])["video"]
 
@@ -339,6 +339,7 @@ def main(args):
     )
     last_loss = None
     last_psnr = None
+    window_losses, stop = [], False
     for epoch in range(first_epoch, num_epochs):
         if global_step >= args.max_train_steps:
             break
@@ -358,6 +359,7 @@ def main(args):
                     recon, videos, posterior, mse_weight=args.mse_weight, l1_weight=args.l1_weight,
                     kl_weight=args.kl_weight, perceptual_weight=args.lpips_weight, perceptual_fn=perceptual_fn,
                 )
+                window_losses.append(loss.detach())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -368,7 +370,9 @@ def main(args):
             if accelerator.sync_gradients:
                 global_step += 1
                 progress.update(1)
-                last_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
+                # the mean over the accumulation window (all micro-batches of this optimiser step)
+                last_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
+                window_losses.clear()
                 logs = {"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0], **{f"loss/{k}": v for k, v in terms.items()}}
                 progress.set_postfix(loss=f"{last_loss:.4f}")
                 accelerator.log(logs, step=global_step)
@@ -379,11 +383,18 @@ def main(args):
                     and global_step % args.validation_steps == 0
                 ):
                     last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
-            if global_step >= args.max_train_steps or training_time_is_up(args.max_train_seconds, start_time, accelerator):
+            # Stop only between optimiser steps, so that no accumulated gradient is dropped.
+            if accelerator.sync_gradients and (
+                global_step >= args.max_train_steps
+                or training_time_is_up(args.max_train_seconds, start_time, accelerator)
+            ):
+                stop = True
                 break
-        if training_time_is_up(args.max_train_seconds, start_time, accelerator):
+        if stop:
             break
     progress.close()
+    if args.checkpointing_steps and global_step > start_step and global_step % args.checkpointing_steps:
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # resumable after a stop
     train_seconds = time.perf_counter() - start_time
     accelerator.print(
         f"[train_vae] trained steps {start_step}..{global_step} in {train_seconds:.1f} s "

@@ -3,7 +3,6 @@ import importlib.util
 import json
 import io
 import pathlib
-import time
 
 import numpy as np
 import PIL.Image
@@ -46,17 +45,6 @@ def test_ground_truth_scores_near_100(size, n):
         assert r["score"] >= 98 and r["semantic"] == 100 and r["quality"] >= 99 and r["temporal"] >= temporal_floor, r
     summary = summarize(results)
     assert summary["accuracy"]["all_correct"] == 1.0 and summary["score"] >= 99
-
-
-def test_a_49x128x128_video_is_scored_fast():
-    scene = ShapeScene("triangle", "red", "large", "left", "blue", 0.4, (0.7, 0.5))
-    video = render_scene(scene, 49, 128, 128)
-    timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        evaluate_video(video, scene.caption)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 0.5, timings
 
 
 def test_input_forms_agree_and_bad_inputs_are_rejected():

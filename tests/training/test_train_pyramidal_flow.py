@@ -122,3 +122,13 @@ def test_bad_arguments():
         train.parse_args(["--output_dir", "x"])
     with pytest.raises(ValueError, match="num_frames"):
         train.parse_args(["--vae_path", "v", "--num_frames", "12"])
+
+
+def test_latent_cache_key_follows_the_vae_weights(vae_dir, tmp_path):
+    args = train.parse_args([*TINY, "--vae_path", str(vae_dir), "--output_dir", str(tmp_path)])
+    vae = CausalVideoVAE.from_pretrained(vae_dir / "vae")
+    key = train.cache_metadata(args, vae)
+    assert train.cache_metadata(args, vae) == key
+    with torch.no_grad():
+        next(vae.parameters()).view(-1)[0] += 1e-3  # a retrained VAE with the same config
+    assert train.cache_metadata(args, vae) != key
