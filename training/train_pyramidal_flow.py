@@ -560,12 +560,16 @@ def main(args):
                        model_config=transformer.config, foreach=True)
         ema.to(accelerator.device)
 
+    # Checkpoints hold the transformer (and its EMA) as safetensors folders loadable with from_pretrained; only
+    # accelerate's own optimiser/scheduler/RNG state stays in its format (local training state, never published).
     def save_model_hook(models, weights, folder):
         if accelerator.is_main_process:
             for model in models:
                 accelerator.unwrap_model(model).save_pretrained(os.path.join(folder, "transformer"))
                 if weights:
                     weights.pop()
+            if ema is not None:
+                ema.save_pretrained(os.path.join(folder, "transformer_ema"))
 
     def load_model_hook(models, folder):
         while models:
@@ -574,11 +578,16 @@ def main(args):
             model.register_to_config(**loaded.config)
             model.load_state_dict(loaded.state_dict())
             del loaded
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(
+                os.path.join(folder, "transformer_ema"), NeodragonTransformer3DModel, foreach=True
+            )
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+            del loaded
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
     optimizer_kwargs = {"fused": True} if accelerator.device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(
