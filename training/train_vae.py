@@ -35,6 +35,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from diffusers_neodragon import CausalVideoVAE
+from diffusers_neodragon.models.causal_video_blocks import CausalResnetBlock3D
 from diffusers_neodragon.training_utils import (
     EpochShuffleSampler,
     checkpoint_step,
@@ -81,8 +82,11 @@ def parse_args(input_args=None):
     parser.add_argument("--decoder_layers_per_block", type=str, default=None, help="Default: the encoder's.")
     parser.add_argument("--norm_num_groups", type=int, default=16)
     parser.add_argument("--pretrained_vae", type=str, default=None, help="Start from this CausalVideoVAE folder.")
-    parser.add_argument("--vae_init", type=str, default="reference", choices=["reference", "pytorch"],
-                        help="reference: Pyramid-Flow's truncated-normal(0.02); pytorch: PyTorch's default init.")
+    parser.add_argument("--vae_init", type=str, default="scaled", choices=["scaled", "reference", "pytorch"],
+                        help="scaled: fan-in scaled normal (unit gain) with zero-initialised residual branches, the "
+                             "one that trains small VAEs from scratch; reference: Pyramid-Flow's truncated-normal(0.02), "
+                             "calibrated for its 128-512-wide VAE (on narrow ones the latent path shrinks to ~1e-4 and "
+                             "colour is never learned); pytorch: PyTorch's default init.")
     parser.add_argument("--init_logvar", type=float, default=-10.0,
                         help="Initial posterior log-variance (quant_conv bias) of a new VAE: sampling noise starts "
                              "small instead of swamping the untrained latents (std exp(logvar/2)).")
@@ -100,7 +104,7 @@ def parse_args(input_args=None):
     parser.add_argument("--max_train_seconds", type=float, default=None,
                         help="Also stop (and finish normally) once training has run this long.")
     parser.add_argument("--max_train_steps", type=int, default=2000)
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--lr_scheduler", type=str, default="constant_with_warmup")
     parser.add_argument("--lr_warmup_steps", type=int, default=200)
     parser.add_argument("--adam_beta1", type=float, default=0.9)
@@ -158,6 +162,29 @@ def collate_videos(items):
     return {"video": torch.stack([item["video"] for item in items]), "caption": [item["caption"] for item in items]}
 
 
+@torch.no_grad()
+def scaled_init_(vae: CausalVideoVAE) -> None:
+    """Unit-gain init for training a narrow CausalVideoVAE from scratch (same architecture and keys).
+
+    Weights ~ N(0, 1 / fan_in), fan_in counting one temporal tap (an image, or frame 0, sees only the last tap of
+    a causal 3x3x3 kernel), zero biases; then each residual branch's last layer (ResBlock conv2, mid-block
+    attention to_out) starts at zero, so every block starts as the identity and the latent reaches the decoder
+    output at O(1) scale.
+    """
+    for module in vae.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)):
+            weight = module.weight
+            fan_in = weight.shape[1] * (weight[0, 0].numel() // (weight.shape[2] if weight.ndim == 5 else 1))
+            torch.nn.init.normal_(weight, std=fan_in**-0.5)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    for module in vae.modules():
+        if isinstance(module, CausalResnetBlock3D):
+            torch.nn.init.zeros_(module.conv2.conv.weight)
+    for mid_block in (vae.encoder.mid_block, vae.decoder.mid_block):
+        torch.nn.init.zeros_(mid_block.attentions[0].to_out[0].weight)
+
+
 def build_vae(args) -> CausalVideoVAE:
     if args.pretrained_vae:
         return CausalVideoVAE.from_pretrained(args.pretrained_vae)
@@ -177,6 +204,8 @@ def build_vae(args) -> CausalVideoVAE:
         for module in vae.modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)):
                 module.reset_parameters()
+    elif args.vae_init == "scaled":
+        scaled_init_(vae)
     with torch.no_grad():
         vae.quant_conv.conv.bias[args.latent_channels :] = args.init_logvar
     return vae

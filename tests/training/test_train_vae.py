@@ -84,3 +84,33 @@ def test_train_vae_rejects_bad_arguments(tmp_path):
         train_vae.parse_args(["--num_frames", "10"])
     with pytest.raises(ValueError, match="resolution"):
         train_vae.parse_args(["--resolution", "30"])
+
+
+def _colour_gain(vae):
+    """How much the decoded mean colour moves when the latent's first channel changes (spatially flat codes)."""
+    z = torch.zeros(2, vae.config.latent_channels, 1, 2, 2)
+    z[0, 0], z[1, 0] = 1.0, -1.0
+    with torch.no_grad():
+        out = vae.decode(z).sample
+    return (out[0].mean((1, 2, 3)) - out[1].mean((1, 2, 3))).abs().max().item()
+
+
+def _latent_std(vae):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return vae.encode(torch.rand(2, 3, 1, 16, 16) * 2 - 1).latent_dist.mean.std().item()
+
+
+def test_scaled_init_passes_latents_and_colours_at_unit_scale():
+    """The reference init (std 0.02) shrinks a narrow VAE's latent path to ~1e-4, and such a VAE never learns
+    colours; the scaled init starts every residual block as the identity with O(1) latents and colour gain."""
+    torch.manual_seed(0)
+    scaled = train_vae.build_vae(train_vae.parse_args([*TINY, "--vae_init", "scaled"]))
+    torch.manual_seed(0)
+    reference = train_vae.build_vae(train_vae.parse_args([*TINY, "--vae_init", "reference"]))
+    for module in scaled.modules():
+        if isinstance(module, train_vae.CausalResnetBlock3D):
+            assert not module.conv2.conv.weight.any()
+    assert not scaled.decoder.mid_block.attentions[0].to_out[0].weight.any()
+    assert _latent_std(scaled) > 0.05 > 0.01 > _latent_std(reference)
+    assert _colour_gain(scaled) > 0.05 > 0.01 > _colour_gain(reference)
