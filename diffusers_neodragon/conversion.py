@@ -503,6 +503,20 @@ _OFFICIAL_VAE_KEYS = (
 )
 
 
+def _encoder_kwargs(c: Mapping[str, Any]) -> Dict[str, Any]:
+    """Our config entries for the causal 3-D encoder, shared by both VAE layouts (official and Pyramid-Flow)."""
+    return dict(
+        in_channels=int(c["encoder_in_channels"]),
+        latent_channels=int(c["encoder_out_channels"]),
+        encoder_block_out_channels=tuple(int(x) for x in c["encoder_block_out_channels"]),
+        encoder_layers_per_block=tuple(int(x) for x in c["encoder_layers_per_block"]),
+        encoder_spatial_downsample=_flags(c["encoder_spatial_down_sample"]),
+        encoder_temporal_downsample=_flags(c["encoder_temporal_down_sample"]),
+        norm_num_groups=int(c["encoder_norm_num_groups"]),
+        act_fn=str(c["encoder_act_fn"]),
+    )
+
+
 def convert_official_vae_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     """Official ``AsymmetricCausalVideoVAE`` config → :class:`AsymmetricVAE` arguments, with Neodragon's latent
     constants (which live in the official generation code, not in the VAE config).
@@ -520,14 +534,7 @@ def convert_official_vae_config(config: Mapping[str, Any]) -> Dict[str, Any]:
                 decoder_time_upscale=(True, True, True), decoder_space_upscale=(True, True, True),
                 temporal_downsample_scale=8, spatial_downsample_scale=8), **_config_keys(config)}
     return dict(
-        in_channels=int(c["encoder_in_channels"]),
-        latent_channels=int(c["encoder_out_channels"]),
-        encoder_block_out_channels=tuple(int(x) for x in c["encoder_block_out_channels"]),
-        encoder_layers_per_block=tuple(int(x) for x in c["encoder_layers_per_block"]),
-        encoder_spatial_downsample=_flags(c["encoder_spatial_down_sample"]),
-        encoder_temporal_downsample=_flags(c["encoder_temporal_down_sample"]),
-        norm_num_groups=int(c["encoder_norm_num_groups"]),
-        act_fn=str(c["encoder_act_fn"]),
+        **_encoder_kwargs(c),
         dropout=float(_same_value(what, c["encoder_block_dropout"], "encoder_block_dropout")),
         decoder_num_features=tuple(int(x) for x in c["decoder_num_features"]),
         decoder_time_upscale=_flags(c["decoder_time_upscale"]),
@@ -599,18 +606,11 @@ def convert_pyramid_flow_vae_config(config: Mapping[str, Any]) -> Dict[str, Any]
     t_scale = 2 ** sum(bool(x) for x in c["encoder_temporal_down_sample"])
     s_scale = 2 ** sum(bool(x) for x in c["encoder_spatial_down_sample"])
     return dict(
-        in_channels=int(c["encoder_in_channels"]),
-        latent_channels=int(c["encoder_out_channels"]),
-        encoder_block_out_channels=tuple(int(x) for x in c["encoder_block_out_channels"]),
-        encoder_layers_per_block=tuple(int(x) for x in c["encoder_layers_per_block"]),
-        encoder_spatial_downsample=_flags(c["encoder_spatial_down_sample"]),
-        encoder_temporal_downsample=_flags(c["encoder_temporal_down_sample"]),
+        **_encoder_kwargs(c),
         decoder_block_out_channels=tuple(int(x) for x in c["decoder_block_out_channels"]),
         decoder_layers_per_block=tuple(int(x) for x in c["decoder_layers_per_block"]),
         decoder_spatial_upsample=_flags(c["decoder_spatial_up_sample"]),
         decoder_temporal_upsample=_flags(c["decoder_temporal_up_sample"]),
-        norm_num_groups=int(c["encoder_norm_num_groups"]),
-        act_fn=str(c["encoder_act_fn"]),
         dropout=dropout.pop(),
         temporal_downsample_scale=t_scale,
         spatial_downsample_scale=s_scale,
