@@ -5,14 +5,22 @@ DT5 + ContextAdapter, CLIP-L/G, AsymmetricVAE, an SSD-1B-sized SDXL first-frame 
 QuickSRNet. Times each component with CUDA events after warm-up, for hybrid 1-1-1 (49x320x512, then 2x SR to
 640x1024) and monolithic, at batch 1 and 4, and reports peak memory and the DiT's achieved TFLOP/s.
 
+CUDA graphs (``pipe.enable_cuda_graphs()``: the DiT and the first-frame UNet, both launch-bound at batch 1) are on
+unless ``--no-cuda-graphs``; the max |graphed - eager| of each on one real call shape goes into ``info``.
+
 With ``--reference PATH`` (a local checkout of Qualcomm-AI-research/neodragon, never part of this repository) it
 runs the same work through the official ``generate()`` on the same weights in the same process and prints the
-speed-ups. Output: a table on stdout and a JSON file.
+speed-ups. ``--profile DIR`` runs torch.profiler over one hybrid batch-1 +SR generation (eagerly, and again with
+CUDA graphs when they are on) and writes the top-40 kernel table and the CUDA kernels launched per component to
+``DIR/profile.txt``. ``--offload`` finally moves the pipeline to the CPU, enables model CPU offload (graphs off) and
+times hybrid batch 1 +SR again (end to end and peak GPU memory). Output: a table on stdout and a JSON file.
 
     python benchmarks/benchmark_pipeline.py --reference /path/to/neodragon --json bench.json
+    python benchmarks/benchmark_pipeline.py --batch-sizes 1 --skip-monolithic --profile prof --offload
 """
 
 import argparse
+import bisect
 import contextlib
 import json
 import math
@@ -157,14 +165,18 @@ def dit_flops(layout_tokens, num_text, num_last, dim=1536, blocks=18):
     return per_block * (blocks - 1) + last
 
 
+def dit_stage(pipe, hidden_states, full_width):
+    """Pyramid stage of a DiT call, from the width of its noisy clip (``full_width`` latents at the last stage)."""
+    return pipe.scheduler.config.stages - 1 - int(round(math.log2(full_width / hidden_states.shape[-1])))
+
+
 def instrument(pipe, log, full_width):
-    stages = pipe.scheduler.config.stages
     flops = defaultdict(float)
 
     def dit_label(*args, **kwargs):
         x = kwargs["hidden_states"]
         history = kwargs.get("history") or []
-        stage = stages - 1 - int(round(math.log2(full_width / x.shape[-1])))
+        stage = dit_stage(pipe, x, full_width)
         p = pipe.transformer.config.patch_size
         tokens = sum(c.shape[2] * (c.shape[3] // p) * (c.shape[4] // p) for c in [*history, x])
         last = x.shape[2] * (x.shape[3] // p) * (x.shape[4] // p)
@@ -212,6 +224,184 @@ def run_case(pipe, log, flops, name, repeats, **kwargs):
     result["dit_tflops"] = sum(flops.values()) / repeats / (dit_ms / 1e3) / 1e12 if dit_ms else 0.0
     print(json.dumps({k: result[k] for k in ("case", "ms", "peak_memory_gib", "dit_tflops")}), flush=True)
     return result
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+def graph_vs_eager(module, runner, args, kwargs, calls=4):
+    """Max |output - eager output| over ``calls`` calls of ``module`` (eager, capture, replays) on the same inputs."""
+    with torch.no_grad():
+        # Clone: replayed outputs are static buffers that the next replay overwrites.
+        outs = [first_tensor(module(*args, **kwargs)).float().clone() for _ in range(calls)]
+        with runner.paused() if runner is not None else contextlib.nullcontext():
+            eager = first_tensor(module(*args, **kwargs)).float()
+    return max(float((o - eager).abs().max()) for o in outs)
+
+
+def first_tensor(output):
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def dit_probe_call(device, dtype):
+    """One real DiT call shape: latent frame 6 at stage 2 (full 40x64 grid, pyramid history)."""
+    g = torch.Generator(device).manual_seed(0)
+    return (), dict(
+        hidden_states=torch.randn(1, 16, 1, 40, 64, generator=g, device=device, dtype=dtype),
+        history=[torch.randn(1, 16, 4, 10, 16, generator=g, device=device, dtype=dtype),
+                 torch.randn(1, 16, 1, 20, 32, generator=g, device=device, dtype=dtype),
+                 torch.randn(1, 16, 1, 40, 64, generator=g, device=device, dtype=dtype)],
+        encoder_hidden_states=torch.randn(1, 24, 1536, generator=g, device=device, dtype=dtype),
+        pooled_projections=torch.randn(1, 2048, generator=g, device=device, dtype=dtype),
+        timestep=torch.tensor([386.0], device=device),
+    )
+
+
+def unet_probe_call(pipe, device, dtype, height=320, width=512):
+    """One first-frame UNet call as StableDiffusionXLPipeline makes it in hybrid mode (batch 1, no CFG, LCM
+    timestep, the image at twice the video size)."""
+    t2i = pipe.first_frame_pipeline
+    unet = t2i.unet
+    g = torch.Generator(device).manual_seed(0)
+    h, w = 2 * height // t2i.vae_scale_factor, 2 * width // t2i.vae_scale_factor
+    args = (torch.randn(1, unet.config.in_channels, h, w, generator=g, device=device, dtype=dtype),
+            torch.tensor(749, device=device))
+    time_ids = torch.tensor([[2 * height, 2 * width, 0, 0, 2 * height, 2 * width]], device=device, dtype=dtype)
+    kwargs = dict(
+        encoder_hidden_states=torch.randn(1, 77, unet.config.cross_attention_dim, generator=g, device=device,
+                                          dtype=dtype),
+        timestep_cond=None, cross_attention_kwargs=None,
+        added_cond_kwargs={"text_embeds": torch.randn(1, t2i.text_encoder_2.config.projection_dim, generator=g,
+                                                      device=device, dtype=dtype), "time_ids": time_ids},
+        return_dict=False,
+    )
+    return args, kwargs
+
+
+# ----------------------------------------------------------------------------- profiling
+@contextlib.contextmanager
+def profile_labels(pipe, full_width):
+    """Wrap each component call in a ``record_function`` range named after it (undone on exit)."""
+    patched = []
+
+    def wrap(obj, name, label):
+        previous = obj.__dict__.get(name)  # an instance attribute (a timing or graph wrapper) or None
+        original = getattr(obj, name)
+
+        def labelled(*args, **kwargs):
+            with torch.profiler.record_function(label(*args, **kwargs) if callable(label) else label):
+                return original(*args, **kwargs)
+
+        setattr(obj, name, labelled)
+        patched.append((obj, name, previous))
+
+    wrap(pipe, "encode_prompt", "text_encoding")
+    wrap(pipe, "_first_frame_images", "first_frame_t2i")
+    if pipe.first_frame_pipeline is not None:
+        wrap(pipe.first_frame_pipeline.unet, "forward", "first_frame_unet")
+    wrap(pipe, "_encode_first_frame", "first_frame_encode")
+    wrap(pipe.transformer, "forward",
+         lambda *args, **kw: f"dit_stage{dit_stage(pipe, kw['hidden_states'], full_width)}")
+    wrap(pipe.scheduler, "renoise", "renoise")
+    wrap(pipe.vae, "decode", "decode")
+    wrap(pipe.super_resolution, "upscale_video", "super_resolution")
+    try:
+        yield
+    finally:
+        for obj, name, previous in reversed(patched):
+            if previous is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, previous)
+
+
+PROFILE_LABELS = ("text_encoding", "first_frame_t2i", "first_frame_unet", "first_frame_encode", "dit_stage0",
+                  "dit_stage1", "dit_stage2", "renoise", "decode", "super_resolution")
+
+
+def kernels_per_label(events):
+    """Per labelled range: calls, GPU kernels (incl. memcpy/memset) launched from inside it, their summed time,
+    the CUDA launch API calls (cudaLaunchKernel & co.) and graph launches made inside it, and its CPU time."""
+    from torch.autograd import DeviceType
+
+    cpu = [e for e in events if e.device_type == DeviceType.CPU]
+    launches, graph_launches = defaultdict(list), defaultdict(list)
+    for e in cpu:
+        if "GraphLaunch" in e.name:
+            graph_launches[e.thread].append(e.time_range.start)
+        elif "LaunchKernel" in e.name or "LaunchCooperativeKernel" in e.name:
+            launches[e.thread].append(e.time_range.start)
+    for starts in (*launches.values(), *graph_launches.values()):
+        starts.sort()
+
+    def count(starts, lo, hi):
+        return bisect.bisect_right(starts, hi) - bisect.bisect_left(starts, lo)
+
+    stats = {}
+    for e in cpu:
+        if e.name not in PROFILE_LABELS:
+            continue
+        s = stats.setdefault(e.name, dict(calls=0, kernels=0, kernel_ms=0.0, launch_api_calls=0, graph_launches=0,
+                                          cpu_ms=0.0))
+        lo, hi = e.time_range.start, e.time_range.end
+        s["calls"] += 1
+        s["cpu_ms"] += (hi - lo) / 1e3
+        s["launch_api_calls"] += count(launches[e.thread], lo, hi)
+        s["graph_launches"] += count(graph_launches[e.thread], lo, hi)
+        stack = [e]
+        while stack:  # kernels hang on the innermost op that launched them
+            node = stack.pop()
+            stack.extend(node.cpu_children)
+            kernels = [k for k in node.kernels if k.name not in PROFILE_LABELS]  # not the GPU-side annotations
+            s["kernels"] += len(kernels)
+            s["kernel_ms"] += sum(k.duration for k in kernels) / 1e3
+    for s in stats.values():
+        s["kernels_per_call"] = s["kernels"] / s["calls"]
+    return {label: stats[label] for label in PROFILE_LABELS if label in stats}
+
+
+def profile_run(pipe, log, out_dir, full_width, **kwargs):
+    """torch.profiler over one generation, eagerly and (when enabled) with CUDA graphs; writes DIR/profile.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from diffusers_neodragon.utils.cuda_graphs import module_cuda_graph_runner
+
+    os.makedirs(out_dir, exist_ok=True)
+    log.active = False
+    unet = pipe.first_frame_pipeline.unet if pipe.first_frame_pipeline is not None else None
+    runners = [r for r in (pipe.transformer._cuda_graphs, unet and module_cuda_graph_runner(unet)) if r is not None]
+    modes = [("eager", True)] + ([("cuda_graphs", False)] if runners else [])
+    report, text = {}, []
+    for mode, pause in modes:
+        with contextlib.ExitStack() as stack:
+            for runner in runners if pause else ():
+                stack.enter_context(runner.paused())
+            stack.enter_context(profile_labels(pipe, full_width))
+            pipe(**kwargs)  # warm-up in this mode
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                pipe(**kwargs)
+                torch.cuda.synchronize()
+        per_label = kernels_per_label(prof.events())
+        report[mode] = per_label
+        text.append(f"==== {mode}: hybrid 49x320x512 +SR batch 1 ====\n")
+        text.append("per component (kernels = GPU kernels incl. memcpy/memset launched inside the range; nested "
+                    "ranges such as first_frame_unet inside first_frame_t2i count in both; cpu ms = the range's "
+                    "host time under the profiler, kernel ms = summed GPU time of its kernels)\n")
+        text.append("label".ljust(20) + "calls".rjust(7) + "kernels".rjust(10) + "per call".rjust(10)
+                    + "launch API".rjust(12) + "graph launch".rjust(14) + "cpu ms".rjust(10) + "kernel ms".rjust(11)
+                    + "\n")
+        for label, st in per_label.items():
+            text.append(f"{label:20s}{st['calls']:7d}{st['kernels']:10d}{st['kernels_per_call']:10.0f}"
+                        f"{st['launch_api_calls']:12d}{st['graph_launches']:14d}{st['cpu_ms']:10.1f}"
+                        f"{st['kernel_ms']:11.1f}\n")
+        text.append("\ntop 40 by CUDA time:\n")
+        text.append(prof.key_averages().table(sort_by="device_time_total", row_limit=40) + "\n\n")
+        print(json.dumps({"profile": mode, "kernels_per_call": {k: round(v["kernels_per_call"])
+                                                                 for k, v in per_label.items()}}), flush=True)
+    path = os.path.join(out_dir, "profile.txt")
+    with open(path, "w") as f:
+        f.writelines(text)
+    log.active = True
+    return {"path": path, **report}
 
 
 # ----------------------------------------------------------------------------- official code
@@ -324,6 +514,10 @@ def main(argv=None):
     parser.add_argument("--skip-monolithic", action="store_true")
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--json", default="benchmark_pipeline.json")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="torch.profiler over one hybrid batch-1 +SR run; writes DIR/profile.txt")
+    parser.add_argument("--offload", action="store_true",
+                        help="finally time hybrid batch-1 +SR with enable_model_cpu_offload() (graphs off)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("This benchmark needs a CUDA GPU.")
@@ -341,32 +535,25 @@ def main(argv=None):
             "params": {k: count_params(v) for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)},
             "build_s": time.perf_counter() - t0, "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile}
     info["params"]["first_frame_unet"] = count_params(pipe.first_frame_pipeline.unet)
-    if not args.no_cuda_graphs:
-        pipe.transformer.enable_cuda_graphs()
     if args.compile:
         pipe.transformer.compile_repeated_blocks(dynamic=True)
     if args.compile_first_frame:
         unet = pipe.first_frame_pipeline.unet
         unet.forward = torch.compile(unet.forward, mode="max-autotune-no-cudagraphs")
+    if not args.no_cuda_graphs:
+        pipe.enable_cuda_graphs()  # the DiT and the first-frame UNet (wrapping a compiled forward, if any)
 
-    # Eager vs graphed equality on one real call shape (u=6 stage 2).
-    g = torch.Generator(device).manual_seed(0)
-    probe = dict(
-        hidden_states=torch.randn(1, 16, 1, 40, 64, generator=g, device=device, dtype=dtype),
-        history=[torch.randn(1, 16, 4, 10, 16, generator=g, device=device, dtype=dtype),
-                 torch.randn(1, 16, 1, 20, 32, generator=g, device=device, dtype=dtype),
-                 torch.randn(1, 16, 1, 40, 64, generator=g, device=device, dtype=dtype)],
-        encoder_hidden_states=torch.randn(1, 24, 1536, generator=g, device=device, dtype=dtype),
-        pooled_projections=torch.randn(1, 2048, generator=g, device=device, dtype=dtype),
-        timestep=torch.tensor([386.0], device=device),
-    )
-    with torch.no_grad():
-        outs = [pipe.transformer(**probe).sample for _ in range(4)]
-        graphs = pipe.transformer._cuda_graphs
-        pipe.transformer._cuda_graphs = None
-        eager = pipe.transformer(**probe).sample
-        pipe.transformer._cuda_graphs = graphs
-    info["graph_vs_eager_max_abs_diff"] = max(float((o - eager).abs().max()) for o in outs)
+    # Eager vs graphed equality on one real call shape of each (DiT: u=6 stage 2; UNet: a 640x1024 LCM step).
+    from diffusers_neodragon.utils.cuda_graphs import module_cuda_graph_runner
+
+    probe_args, probe_kwargs = dit_probe_call(device, dtype)
+    info["graph_vs_eager_max_abs_diff"] = graph_vs_eager(
+        pipe.transformer, pipe.transformer._cuda_graphs, probe_args, probe_kwargs)
+    unet = pipe.first_frame_pipeline.unet
+    probe_args, probe_kwargs = unet_probe_call(pipe, device, dtype)
+    info["first_frame_unet_graph_vs_eager_max_abs_diff"] = graph_vs_eager(
+        unet, module_cuda_graph_runner(unet), probe_args, probe_kwargs)
+    del probe_args, probe_kwargs, unet
 
     log = EventLog()
     flops = instrument(pipe, log, full_width=64)
@@ -412,7 +599,25 @@ def main(argv=None):
             }
             print(json.dumps(reference), flush=True)
 
-    report = {"info": info, "results": results, "reference": reference}
+    generation = dict(prompt=[prompt], mode="hybrid", output_type="pt")
+    profile = None
+    if args.profile:
+        profile = profile_run(pipe, log, args.profile, full_width=64,
+                              generator=torch.Generator(device).manual_seed(0), **generation)
+
+    if args.offload:
+        # Last, so that no other case sees offload hooks: graphs off (offload moves their weights), everything
+        # back to the CPU, then diffusers' model offload (the first-frame pipeline included).
+        pipe.enable_cuda_graphs(False)
+        pipe.to("cpu")
+        torch.cuda.empty_cache()
+        pipe.enable_model_cpu_offload()
+        result = run_case(pipe, log, flops, "hybrid 49x320x512 +SR batch 1 offload", args.repeats,
+                          generator=torch.Generator(device).manual_seed(0), **generation)
+        result["offload"] = True
+        results.append(result)
+
+    report = {"info": info, "results": results, "reference": reference, "profile": profile}
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
     print_table(report)
@@ -421,7 +626,8 @@ def main(argv=None):
 def print_table(report):
     info = report["info"]
     print(f"\n{info['gpu']} | torch {info['torch']} | {info['dtype']} | cuda graphs {info['cuda_graphs']} | "
-          f"compile {info['compile']} | graph-vs-eager max|diff| {info['graph_vs_eager_max_abs_diff']:.2e}")
+          f"compile {info['compile']} | graph-vs-eager max|diff| DiT {info['graph_vs_eager_max_abs_diff']:.2e}, "
+          f"first-frame UNet {info.get('first_frame_unet_graph_vs_eager_max_abs_diff', 0.0):.2e}")
     keys = ["text_encoding", "first_frame_t2i", "first_frame_encode", "dit_stage0", "dit_stage1", "dit_stage2",
             "renoise", "decode", "super_resolution", "end_to_end"]
     print("case".ljust(46) + "".join(k[:12].rjust(13) for k in keys) + "  peakGiB  DiT TF/s  s2 TF/s")
@@ -429,6 +635,12 @@ def print_table(report):
         row = r["case"].ljust(46) + "".join(f"{r['ms'].get(k, 0.0):13.1f}" for k in keys)
         row += f"  {r['peak_memory_gib']:7.2f}  {r['dit_tflops']:8.1f}  {r.get('dit_stage2_tflops', 0):7.1f}"
         print(row)
+    if report.get("profile"):
+        print(f"\nprofile: {report['profile']['path']}; CUDA kernels per call:")
+        for mode in ("eager", "cuda_graphs"):
+            if mode in report["profile"]:
+                per_call = ", ".join(f"{k} {v['kernels_per_call']:.0f}" for k, v in report["profile"][mode].items())
+                print(f"  {mode}: {per_call}")
     if report["reference"]:
         print("\nofficial generate() (hybrid, DiT loop + first-frame encode) vs ours, same weights, ms:")
         for size, ref in report["reference"].items():

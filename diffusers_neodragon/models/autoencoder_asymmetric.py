@@ -16,6 +16,7 @@ from diffusers.models.activations import get_activation
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from diffusers_neodragon.models.causal_video_blocks import (
@@ -238,6 +239,7 @@ class CausalVideoAutoencoderMixin(AutoencoderMixin):
                 f"{tuple(z.shape)}"
             )
 
+    @apply_forward_hook  # model CPU offload loads the VAE on these entry points, not only on forward
     def encode(
         self, x: torch.Tensor, return_dict: bool = True, encode_chunk_size: int | None = None
     ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
@@ -264,6 +266,7 @@ class CausalVideoAutoencoderMixin(AutoencoderMixin):
         chunks = [x[:, :, :1], *x[:, :, 1:].split(chunk_size, dim=2)]
         return self.quant_conv(torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2))
 
+    @apply_forward_hook
     def decode(
         self, z: torch.Tensor, return_dict: bool = True, decode_chunk_size: int | None = None
     ) -> DecoderOutput | tuple[torch.Tensor]:
@@ -285,6 +288,7 @@ class CausalVideoAutoencoderMixin(AutoencoderMixin):
             return self.decoder(self.post_quant_conv(z))
         return torch.cat(list(self._iter_decode(z, chunk_size)), dim=2)
 
+    @apply_forward_hook
     def iter_decode(self, z: torch.Tensor, decode_chunk_size: int = 1) -> Iterator[torch.Tensor]:
         """Stream the decoding: yield the pixel frames [B, 3, n, H, W] of each chunk of ``decode_chunk_size``
         latent frames in order (latent frame 0 gives 1 frame, every later one 8), carrying the decoder's state

@@ -25,6 +25,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, RMSNorm
 from torch import nn
 
+from ..utils.cuda_graphs import CUDAGraphRunner
+
 
 def sincos_2d_crop(dim: int, grid_size: int, base_size: int, top: int, left: int, height: int, width: int):
     """Rows ``top:top+height`` x cols ``left:left+width`` of SD3's 2-D sincos table, computed directly.
@@ -342,9 +344,10 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         batch 1 each call is bound by kernel-launch overhead, not by the GPU. The first call of a shape runs
         eagerly (filling the caches), the second captures a graph, later ones copy their inputs into the
         graph's static buffers and replay it. Outputs are cloned, so callers never see a buffer that a later
-        replay overwrites. Disabled for autograd, on the CPU, and after any weight change (call again).
+        replay overwrites. Disabled for autograd, on the CPU, and after the weights moved (``.to()``, offload:
+        call again, which drops the captured graphs). See :mod:`diffusers_neodragon.utils.cuda_graphs`.
         """
-        self._cuda_graphs = {} if enabled else None
+        self._cuda_graphs = CUDAGraphRunner(self._forward_impl, clone_outputs=True) if enabled else None
         return self
 
     def forward(
@@ -386,42 +389,11 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             )
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch_size)
         inputs = (hidden_states, encoder_hidden_states, pooled_projections, timestep, encoder_attention_mask, *clips[:-1])
-        if self._cuda_graphs is not None and hidden_states.is_cuda and not torch.is_grad_enabled():
-            out = self._graphed_forward(inputs)
-        else:
-            out = self._forward_impl(*inputs)
+        # The runner replays a captured graph on CUDA without autograd and runs eagerly otherwise.
+        out = (self._forward_impl if self._cuda_graphs is None else self._cuda_graphs)(*inputs)
         if not return_dict:
             return (out,)
         return Transformer2DModelOutput(sample=out)
-
-    def _graphed_forward(self, inputs) -> torch.Tensor:
-        key = tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs)
-        entry = self._cuda_graphs.get(key)
-        if entry is None:  # first sight of this shape: run eagerly (fills the layout and position caches)
-            self._cuda_graphs[key] = "seen"
-            return self._forward_impl(*inputs)
-        if entry == "seen":
-            static = [None if t is None else t.clone() for t in inputs]
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._forward_impl(*static)  # warm-up on a side stream, as capture requires
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._cuda_graph_pool()):
-                output = self._forward_impl(*static)
-            entry = self._cuda_graphs[key] = (graph, static, output)
-        graph, static, output = entry
-        for buffer, value in zip(static, inputs):
-            if buffer is not None:
-                buffer.copy_(value)
-        graph.replay()
-        return output.clone()
-
-    def _cuda_graph_pool(self):
-        if getattr(self, "_graph_pool", None) is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()
-        return self._graph_pool
 
     def _forward_impl(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, encoder_attention_mask,
                       *history) -> torch.Tensor:

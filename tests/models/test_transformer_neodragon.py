@@ -217,3 +217,15 @@ def test_matches_official_pyramid_mmdit(with_padding):
     )[0]
     got = ours(**kw, encoder_attention_mask=mask if with_padding else None).sample
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_graphs_are_a_passthrough_off_the_gpu():
+    model = tiny_model()
+    with torch.no_grad():
+        expected = model(**inputs()).sample
+        assert model.enable_cuda_graphs() is model
+        for _ in range(3):  # eager, capture, replay on CUDA; always eager here
+            torch.testing.assert_close(model(**inputs()).sample, expected, rtol=0, atol=0)
+    assert model._cuda_graphs.graphs == {}
+    model.enable_cuda_graphs(False)
+    assert model._cuda_graphs is None

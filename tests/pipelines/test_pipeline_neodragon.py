@@ -5,6 +5,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from diffusers_neodragon import NeodragonPipeline, NeodragonPipelineOutput
+from diffusers_neodragon.utils.cuda_graphs import CUDAGraphRunner, module_cuda_graph_runner
 from tests.tiny_components import pipeline
 
 
@@ -193,3 +194,72 @@ def test_default_size_comes_from_the_config():
     pipe.register_to_config(default_height=64, default_width=128, default_num_frames=9, mode="monolithic")
     video = pipe("a cat", num_inference_steps=1, video_num_inference_steps=1, output_type="np").frames
     assert video.shape == (1, 9, 64, 128, 3)
+
+
+def test_enable_cuda_graphs_wraps_and_restores_the_first_frame_unet():
+    pipe = pipeline()
+    unet = pipe.first_frame_pipeline.unet
+    kwargs = dict(mode="hybrid", num_frames=9, output_type="latent")
+    eager = run(pipe, **kwargs)
+    assert pipe.enable_cuda_graphs() is pipe
+    runner = module_cuda_graph_runner(unet)
+    assert isinstance(runner, CUDAGraphRunner) and unet.forward is runner
+    assert isinstance(pipe.transformer._cuda_graphs, CUDAGraphRunner)
+    assert runner._pool is pipe.transformer._cuda_graphs and runner.clone_outputs  # one pool; outputs are copies
+    torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=0)  # CPU: a pure passthrough
+    assert runner.graphs == {} and pipe.transformer._cuda_graphs.graphs == {}
+
+    pipe.to("cpu")  # moving weights drops the graphs but keeps them enabled
+    assert module_cuda_graph_runner(unet) not in (None, runner) and unet.forward is module_cuda_graph_runner(unet)
+
+    pipe.enable_cuda_graphs(False)
+    assert "forward" not in unet.__dict__ and unet.forward.__func__ is type(unet).forward
+    assert pipe.transformer._cuda_graphs is None
+    torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=0)
+
+
+def test_enable_cuda_graphs_without_a_first_frame_pipeline():
+    pipe = pipeline(with_first_frame=False)
+    pipe.enable_cuda_graphs()
+    assert isinstance(pipe.transformer._cuda_graphs, CUDAGraphRunner)
+    pipe.enable_cuda_graphs(False)
+    assert pipe.transformer._cuda_graphs is None
+
+
+def test_model_cpu_offload_turns_cuda_graphs_off_and_hooks_the_vae_entry_points():
+    pipe = pipeline()
+    kwargs = dict(mode="hybrid", num_frames=9, output_type="np")
+    expected = run(pipe, **kwargs)
+    pipe.enable_cuda_graphs()
+    pipe.enable_model_cpu_offload(device="cpu")  # the hooks' mechanics, without an accelerator
+    unet = pipe.first_frame_pipeline.unet
+    assert pipe.transformer._cuda_graphs is None and module_cuda_graph_runner(unet) is None
+    assert hasattr(unet, "_hf_hook") and hasattr(pipe.vae, "_hf_hook")
+    loads = []
+    pre_forward = pipe.vae._hf_hook.pre_forward
+    pipe.vae._hf_hook.pre_forward = lambda module, *a, **k: loads.append(module) or pre_forward(module, *a, **k)
+    np.testing.assert_array_equal(run(pipe, **kwargs), expected)
+    assert len(loads) == 2  # encode (first frame) and decode load the VAE: neither goes through forward()
+    with pytest.raises(ValueError, match="offload/device-map hooks"):
+        pipe.enable_cuda_graphs()
+    pipe.remove_all_hooks()
+    assert not hasattr(unet, "_hf_hook") and not hasattr(pipe.transformer, "_hf_hook")
+    pipe.enable_cuda_graphs()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_match_eager_on_cuda():
+    pipe = pipeline().to("cuda")
+
+    def generate():
+        return pipe("a red circle moving left", generator=torch.Generator("cuda").manual_seed(0), num_frames=17,
+                    output_type="latent", mode="hybrid", **SIZE).frames
+
+    eager = generate()
+    pipe.enable_cuda_graphs()
+    for _ in range(3):  # eager, capture, replay
+        # Loose: a kernel picked differently under capture may flip a uint8 pixel of the PIL first frame.
+        torch.testing.assert_close(generate(), eager, rtol=1e-3, atol=5e-3)
+    unet_runner = module_cuda_graph_runner(pipe.first_frame_pipeline.unet)
+    assert unet_runner.num_graphs == 1 and pipe.transformer._cuda_graphs.num_graphs > 0
+    assert unet_runner.pool == pipe.transformer._cuda_graphs.pool

@@ -19,6 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from ...conversion import OfficialLayoutLoaderMixin
+from ...utils.cuda_graphs import enable_module_cuda_graphs
 from .pipeline_output import NeodragonPipelineOutput
 
 
@@ -124,16 +125,83 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ devices
     def to(self, *args, **kwargs):
-        """Also moves the nested first-frame pipeline (diffusers only moves ``nn.Module`` components)."""
+        """Also moves the nested first-frame pipeline (diffusers only moves ``nn.Module`` components).
+
+        Captured CUDA graphs point at the old weights, so they are dropped (and recaptured as calls come in).
+        """
         super().to(*args, **kwargs)
         if self.first_frame_pipeline is not None:
             self.first_frame_pipeline.to(*args, **kwargs)
+        if getattr(self, "_cuda_graphs_enabled", False):
+            self.enable_cuda_graphs(True)
         return self
 
     def enable_model_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[torch.device, str] = None):
+        """diffusers' model offload, also for the first-frame pipeline; turns CUDA graphs off (weights move)."""
+        self._disable_cuda_graphs_for_offload()
         super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
         if self.first_frame_pipeline is not None:
             self.first_frame_pipeline.enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+
+    def remove_all_hooks(self):
+        """Removes the offload hooks of the components and of the first-frame pipeline."""
+        super().remove_all_hooks()
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.remove_all_hooks()
+
+    def enable_sequential_cpu_offload(self, *args, **kwargs):
+        """diffusers' sequential offload; turns CUDA graphs off (weights move)."""
+        self._disable_cuda_graphs_for_offload()
+        super().enable_sequential_cpu_offload(*args, **kwargs)
+
+    def _disable_cuda_graphs_for_offload(self):
+        if getattr(self, "_cuda_graphs_enabled", False):
+            logger.info("CPU offload moves the weights that CUDA graphs replay from: turning CUDA graphs off")
+            self.enable_cuda_graphs(False)
+
+    def _first_frame_unet(self) -> Optional[torch.nn.Module]:
+        unet = getattr(self.first_frame_pipeline, "unet", None) if self.first_frame_pipeline is not None else None
+        return unet if isinstance(unet, torch.nn.Module) else None
+
+    def enable_cuda_graphs(self, enabled: bool = True):
+        """Replay the transformer and the first-frame UNet from CUDA graphs, one per input shape (CUDA only).
+
+        At these sizes (batch 1, 320x512 video, 640x1024 first frame) both denoisers are launch-bound: each DiT
+        call and each UNet step issues hundreds to over a thousand small kernels, and the CPU launching them is
+        slower than the GPU running them. Replaying a captured graph launches all of them at once. The
+        transformer uses [`NeodragonTransformer3DModel.enable_cuda_graphs`]; the first-frame pipeline's
+        ``unet.forward`` (when it has a UNet) is wrapped by a
+        [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes both and restores
+        the UNet's original ``forward``.
+
+        Caveats:
+            - Static shapes: every distinct input shape (resolution, batch, CFG on/off, history length) is run
+              eagerly once, captured on its second call and replayed from then on; each captured shape keeps
+              its static buffers and its intermediates in a private memory pool, so GPU memory grows with the
+              number of shapes used (the transformer's and the UNet's graphs share one pool).
+            - Replayed outputs live in static buffers that the next replay overwrites, so both models return
+              copies. For the UNet this costs one latent-sized copy per step; LCM's step alone would not need it
+              (it consumes the output before the next call), but multistep schedulers may keep a model output
+              across steps (DPM-Solver with ``prediction_type="sample"``), and so may step callbacks.
+            - Inference only: with autograd on, CPU tensors, or while another capture is running, calls run
+              eagerly. Weights are read where they were at capture: moving the pipeline with ``to()`` drops the
+              graphs, CPU offload turns them off, and enabling them while offload hooks are installed raises.
+        """
+        if enabled:
+            models = {"transformer": self.transformer, "first_frame_pipeline.unet": self._first_frame_unet()}
+            hooked = [name for name, model in models.items() if model is not None and hasattr(model, "_hf_hook")]
+            if hooked:
+                raise ValueError(
+                    f"CUDA graphs replay fixed weight addresses, but {hooked} have offload/device-map hooks that "
+                    "move their weights; call `remove_all_hooks()` and move the pipeline to the GPU first"
+                )
+        self.transformer.enable_cuda_graphs(enabled)
+        unet = self._first_frame_unet()
+        if unet is not None:
+            # One memory pool for both: they never run at once and both return copies of their outputs.
+            enable_module_cuda_graphs(unet, enabled, clone_outputs=True, pool=self.transformer._cuda_graphs)
+        self._cuda_graphs_enabled = enabled
+        return self
 
     # ------------------------------------------------------------------ properties
     @property
