@@ -389,6 +389,22 @@ def initialize_transformer_weights(transformer: torch.nn.Module) -> torch.nn.Mod
     return transformer
 
 
+def freeze_unused_parameters(transformer: torch.nn.Module) -> list[str]:
+    """Stop training the last block's text-query projection (``add_q_proj``, ``norm_add_q``), which cannot change
+    the output: that block is context-pre-only, so its text outputs are discarded (the model skips those queries).
+
+    Kept in the checkpoint for compatibility with the official layout. Returns the frozen names. Needed for
+    multi-GPU training: DDP requires every trainable parameter to receive a gradient.
+    """
+    attention = transformer.transformer_blocks[-1].attn
+    frozen = []
+    for prefix, module in (("add_q_proj", attention.add_q_proj), ("norm_add_q", attention.norm_add_q)):
+        for name, parameter in module.named_parameters():
+            parameter.requires_grad_(False)
+            frozen.append(f"transformer_blocks.{len(transformer.transformer_blocks) - 1}.attn.{prefix}.{name}")
+    return frozen
+
+
 # ------------------------------------------------------------------------------------------ text encoders
 
 

@@ -60,6 +60,7 @@ from diffusers_neodragon.training_utils import (
     encode_prompts,
     flow_matching_loss,
     format_float,
+    freeze_unused_parameters,
     initialize_transformer_weights,
     parse_int_list,
     parse_resolution,
@@ -553,6 +554,7 @@ def main(args):
         raise ValueError("The transformer's in_channels must equal the VAE's latent_channels.")
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
+    freeze_unused_parameters(transformer)
     transformer.train()
     ema = None
     if args.use_ema:
@@ -591,8 +593,9 @@ def main(args):
 
     optimizer_kwargs = {"fused": True} if accelerator.device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(
-        transformer.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, **optimizer_kwargs,
+        [p for p in transformer.parameters() if p.requires_grad], lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        **optimizer_kwargs,
     )
 
     cache = build_latent_cache(args, vae, text_components, accelerator) if args.cache_latents else None

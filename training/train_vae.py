@@ -81,7 +81,7 @@ def parse_args(input_args=None):
     parser.add_argument("--decoder_block_out_channels", type=str, default=None, help="Default: the encoder's.")
     parser.add_argument("--decoder_layers_per_block", type=str, default=None, help="Default: the encoder's.")
     parser.add_argument("--norm_num_groups", type=int, default=16)
-    parser.add_argument("--pretrained_vae", type=str, default=None, help="Start from this CausalVideoVAE folder.")
+    parser.add_argument("--pretrained_vae", type=str, default=None, help="Start from this CausalVideoVAE folder (or a folder with vae/).")
     parser.add_argument("--vae_init", type=str, default="scaled", choices=["scaled", "reference", "pytorch"],
                         help="scaled: fan-in scaled normal (unit gain) with zero-initialised residual branches, the "
                              "one that trains small VAEs from scratch; reference: Pyramid-Flow's truncated-normal(0.02), "
@@ -123,6 +123,10 @@ def parse_args(input_args=None):
     parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder or "latest".')
     parser.add_argument("--validation_steps", type=int, default=500, help="Validate every N steps (0 = only at the end).")
     parser.add_argument("--num_validation_clips", type=int, default=2)
+    parser.add_argument("--validation_num_frames", type=int, default=None,
+                        help="Frames of the validation clips (default --num_frames). Set it to the length the VAE "
+                             "will encode downstream: a causal VAE trained on short clips can fail on longer ones "
+                             "(its receptive field always reached the first frame's padding in training).")
     parser.add_argument("--normalization_samples", type=int, default=64, help="Clips used for the latent constants.")
     parser.add_argument("--normalization_num_frames", type=int, default=None, help="Default: --num_frames.")
     parser.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
@@ -141,6 +145,9 @@ def parse_args(input_args=None):
     if args.num_frames < 9 or (args.num_frames - 1) % 8:
         raise ValueError(f"--num_frames must be 1 + 8k with k >= 1, got {args.num_frames}.")
     args.normalization_num_frames = args.normalization_num_frames or args.num_frames
+    args.validation_num_frames = args.validation_num_frames or args.num_frames
+    if args.validation_num_frames < 9 or (args.validation_num_frames - 1) % 8:
+        raise ValueError(f"--validation_num_frames must be 1 + 8k with k >= 1, got {args.validation_num_frames}.")
     if (args.normalization_num_frames - 1) % 8 or args.normalization_num_frames < 9:
         raise ValueError("--normalization_num_frames must be 1 + 8k with k >= 1.")
     return args
@@ -187,7 +194,9 @@ def scaled_init_(vae: CausalVideoVAE) -> None:
 
 def build_vae(args) -> CausalVideoVAE:
     if args.pretrained_vae:
-        return CausalVideoVAE.from_pretrained(args.pretrained_vae)
+        path = Path(args.pretrained_vae)  # a VAE folder, or a training run / pipeline folder holding vae/
+        subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
+        return CausalVideoVAE.from_pretrained(str(path), subfolder=subfolder, torch_dtype=torch.float32)
     encoder_channels = parse_int_list(args.block_out_channels)
     encoder_layers = parse_int_list(args.layers_per_block)
     if len(encoder_channels) != 4 or len(encoder_layers) != 4:
@@ -337,7 +346,8 @@ def main(args):
     validation_clips = None
     if args.num_validation_clips > 0:
         validation_set = shapes_dataset(
-            args.num_validation_clips, args.num_frames, args.height, args.width, args.seed + VALIDATION_SEED_OFFSET,
+            args.num_validation_clips, args.validation_num_frames, args.height, args.width,
+            args.seed + VALIDATION_SEED_OFFSET,
             "heldout", args.two_objects_prob,  # attribute combinations the training clips never show
         )
         validation_clips = collate_videos([validation_set[i] for i in range(len(validation_set))])["video"]
