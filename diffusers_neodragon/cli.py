@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate a video from a prompt (and optionally a first frame)")
     gen.add_argument("prompt")
-    gen.add_argument("--model", required=True, help="pipeline folder or Hub id saved by NeodragonPipeline")
+    gen.add_argument("--model", help="pipeline folder or Hub id saved by NeodragonPipeline (default: the small "
+                     "Shapes model embedded in the package, which works offline)")
     gen.add_argument("--image", help="first frame (image-to-video)")
     gen.add_argument("--mode", choices=["hybrid", "monolithic"], help="default: the pipeline's configured mode")
     gen.add_argument("--frames", type=int, help="8k+1 frames (default: the model's, 49 for Neodragon)")
@@ -66,6 +67,11 @@ def generate(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    if args.model is None:
+        from .pretrained import shapes_model_path
+
+        args.model = shapes_model_path()
+        print(f"using the embedded Shapes model ({args.model}); pass --model for another pipeline")
     pipe = NeodragonPipeline.from_pretrained(args.model, dtype=dtype).to(device)
     result = pipe(
         args.prompt,

@@ -43,3 +43,12 @@ def test_frame_strip_picks_evenly_spaced_frames():
     strip = frame_strip(frames, count=5, height=10)
     assert strip.size == (100, 10)
     assert [strip.getpixel((x * 20 + 5, 5))[0] for x in range(5)] == [0, 60, 120, 180, 240]
+
+
+def test_generate_defaults_to_the_embedded_shapes_model(tmp_path, capsys):
+    out = tmp_path / "shapes.mp4"
+    code = main(["generate", "a small red circle moving left on a blue background", "--frames", "9", "--steps", "1",
+                 "--first-frame-steps", "1", "--output", str(out)])
+    assert code == 0 and out.stat().st_size > 0
+    assert "using the embedded Shapes model" in capsys.readouterr().out
+    assert PIL.Image.open(tmp_path / "shapes_frames.png").size == (8 * 128, 128)  # 9 frames at 128x128

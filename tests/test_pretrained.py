@@ -1,0 +1,26 @@
+"""The embedded Shapes model: safetensors only, within the size budget, loadable offline in fp32."""
+
+from pathlib import Path
+
+import torch
+
+from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel
+from diffusers_neodragon.pretrained import SHAPES_MODEL_PATH, shapes_model_path
+
+
+def test_embedded_model_files_are_safetensors_within_30_mb():
+    files = [p for p in Path(shapes_model_path()).rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in files) <= 30 * 2**20
+    assert (SHAPES_MODEL_PATH / "README.md").is_file()
+
+
+def test_embedded_model_loads_in_float32_with_finite_weights():
+    pipe = NeodragonPipeline.from_pretrained(shapes_model_path(), dtype=torch.float32)
+    assert isinstance(pipe.transformer, NeodragonTransformer3DModel) and isinstance(pipe.vae, CausalVideoVAE)
+    assert pipe.config.mode == "monolithic" and pipe.transformer.config.in_channels == pipe.vae.config.latent_channels
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            for p in module.parameters():
+                assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
