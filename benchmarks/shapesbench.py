@@ -4,13 +4,15 @@
                                      [--seed 0] [--steps 1,1,1] [--mode monolithic] [--device cuda]
                                      [--dtype float32] [--no-super-resolution] [--json out.json]
     python benchmarks/shapesbench.py --ground-truth [--frames 49 --height 128 --width 128] [--json out.json]
+    python benchmarks/shapesbench.py PIPELINE_FOLDER --vae-roundtrip [--num-prompts 32]
 
 "seen" prompts use attribute combinations of the training split, "held-out" prompts each contain a combination the
 training split never shows (``HELDOUT_COMBINATIONS`` in ``diffusers_neodragon.data.shapes``), so the gap between the
 two columns measures compositional generalisation. Size and length default to the pipeline's own
 (``default_height`` / ``default_width`` / ``default_num_frames`` of its config); steps and mode to the pipeline's.
 Every prompt is generated from ``torch.Generator().manual_seed(seed)``, so a run is reproducible on one device.
-``--ground-truth`` scores rendered videos instead of generated ones: the evaluator's ceiling.
+``--ground-truth`` scores rendered videos instead of generated ones: the evaluator's ceiling. ``--vae-roundtrip``
+scores them after the pipeline's VAE (encode to the posterior mean, decode): the ceiling of the model's latent space.
 """
 
 import argparse
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pipeline", nargs="?", help="a folder written by NeodragonPipeline.save_pretrained")
     parser.add_argument("--ground-truth", action="store_true", help="score rendered ground truth (no model)")
+    parser.add_argument("--vae-roundtrip", action="store_true",
+                        help="score rendered videos after the pipeline's VAE instead of generated ones")
     parser.add_argument("--num-prompts", type=_positive, default=32, help="prompts per split (default 32, at most 200)")
     parser.add_argument("--frames", "--num-frames", dest="frames", type=_positive,
                         help="video length (default: the pipeline's default_num_frames; ground truth: 49)")
@@ -71,6 +75,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ground_truth == (args.pipeline is not None):
         parser.error("give either PIPELINE_FOLDER or --ground-truth")
+    if args.vae_roundtrip and args.pipeline is None:
+        parser.error("--vae-roundtrip needs a PIPELINE_FOLDER (whose VAE to use)")
     if args.num_prompts > 200:
         parser.error("--num-prompts is at most 200")
     return args
@@ -88,6 +94,8 @@ def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if args.vae_roundtrip:
+        return _vae_roundtrip(pipe, args)
     if getattr(pipe, "first_frame_pipeline", None) is not None:
         pipe.first_frame_pipeline.set_progress_bar_config(disable=True)
     overrides = {
@@ -103,6 +111,23 @@ def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
         return np.asarray(pipe(prompt, generator=generator, output_type="np", **overrides).frames[0], dtype=np.float32)
 
     return generate
+
+
+def _vae_roundtrip(pipe, args: argparse.Namespace) -> Callable[[str], np.ndarray]:
+    """prompt -> the rendered video after ``pipe.vae`` (posterior mean, then decode), ``[F, H, W, 3]`` in [0, 1]."""
+    config = pipe.config
+    size = (args.frames or config.default_num_frames, args.height or config.default_height,
+            args.width or config.default_width)
+    vae = pipe.vae
+
+    @torch.no_grad()
+    def roundtrip(prompt: str) -> np.ndarray:
+        video = render_scene(scene_from_caption(prompt, np.random.default_rng(args.seed)), *size)
+        pixels = torch.from_numpy(video).permute(3, 0, 1, 2)[None].to(vae.device, vae.dtype) / 127.5 - 1
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+        return ((decoded[0].permute(1, 2, 3, 0).float().cpu().numpy() + 1) / 2).clip(0, 1)
+
+    return roundtrip
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
@@ -121,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             results[name].append(evaluate_video(video, prompt))
             evaluation_seconds += time.perf_counter() - start
     summaries = {name: summarize(r) for name, r in results.items()}
-    source = "ground truth" if args.ground_truth else args.pipeline
+    source = "ground truth" if args.ground_truth else args.pipeline + (" (VAE round trip)" if args.vae_roundtrip else "")
     num_videos = sum(len(r) for r in results.values())
     print(f"ShapesBench: {source}, {num_videos} videos of {size[0]}x{size[1]}x{size[2]} (FxHxW), seed {args.seed}, "
           f"{generation_seconds / num_videos:.2f} s to make and {evaluation_seconds / num_videos:.2f} s to score a video")
