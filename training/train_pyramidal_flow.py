@@ -744,15 +744,15 @@ def main(args):
     result = {"global_step": global_step, "loss": float(np.mean(recent_losses)) if recent_losses else None}
     if accelerator.is_main_process:
         pipe = validation_pipeline()
-        log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
-        scores = run_shapesbench(pipe, args, accelerator) if args.eval_shapesbench else None
-        result["shapesbench"] = scores
         save_dtype = DTYPES[args.save_dtype]
         to_save = pipe if save_dtype == torch.float32 else make_pipeline(
             copy.deepcopy(pipe.transformer).to(save_dtype), copy.deepcopy(vae).to(save_dtype),
             {k: (copy.deepcopy(v).to(save_dtype) if isinstance(v, torch.nn.Module) else v)
              for k, v in text_components.items()}, scheduler, args)
-        to_save.save_pretrained(str(output_dir), safe_serialization=True)
+        to_save.save_pretrained(str(output_dir), safe_serialization=True)  # first: evaluation can be cut short
+        log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
+        scores = run_shapesbench(pipe, args, accelerator) if args.eval_shapesbench else None
+        result["shapesbench"] = scores
         model = pipe.transformer
         t5 = text_components["text_encoder_3"]
         clips = [text_components.get(n) for n in ("text_encoder", "text_encoder_2") if text_components.get(n) is not None]
