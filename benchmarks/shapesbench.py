@@ -16,6 +16,7 @@ scores them after the pipeline's VAE (encode to the posterior mean, decode): the
 """
 
 import argparse
+import functools
 import json
 import time
 from typing import Callable, List, Optional, Union
@@ -85,9 +86,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
     """A function prompt -> ``[F, H, W, 3]`` video, from the pipeline or from the renderer."""
     if args.ground_truth:
-        size = (args.frames or 49, args.height or 128, args.width or 128)
-        # Unstated speed and position come from the seed, like a model's noise.
-        return lambda prompt: render_scene(scene_from_caption(prompt, np.random.default_rng(args.seed)), *size)
+        return functools.partial(_render, size=(args.frames or 49, args.height or 128, args.width or 128), seed=args.seed)
 
     from diffusers_neodragon import NeodragonPipeline
 
@@ -113,6 +112,11 @@ def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
     return generate
 
 
+def _render(prompt: str, size, seed: int) -> np.ndarray:
+    """The ground-truth video of ``prompt``; unstated speed and position come from the seed, like a model's noise."""
+    return render_scene(scene_from_caption(prompt, np.random.default_rng(seed)), *size)
+
+
 def _vae_roundtrip(pipe, args: argparse.Namespace) -> Callable[[str], np.ndarray]:
     """prompt -> the rendered video after ``pipe.vae`` (posterior mean, then decode), ``[F, H, W, 3]`` in [0, 1]."""
     config = pipe.config
@@ -122,7 +126,7 @@ def _vae_roundtrip(pipe, args: argparse.Namespace) -> Callable[[str], np.ndarray
 
     @torch.no_grad()
     def roundtrip(prompt: str) -> np.ndarray:
-        video = render_scene(scene_from_caption(prompt, np.random.default_rng(args.seed)), *size)
+        video = _render(prompt, size, args.seed)
         pixels = torch.from_numpy(video).permute(3, 0, 1, 2)[None].to(vae.device, vae.dtype) / 127.5 - 1
         decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
         return ((decoded[0].permute(1, 2, 3, 0).float().cpu().numpy() + 1) / 2).clip(0, 1)

@@ -344,10 +344,10 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         batch 1 each call is bound by kernel-launch overhead, not by the GPU. The first call of a shape runs
         eagerly (filling the caches), the second captures a graph, later ones copy their inputs into the
         graph's static buffers and replay it. Outputs are cloned, so callers never see a buffer that a later
-        replay overwrites. Disabled for autograd, on the CPU, and after the weights moved (``.to()``, offload:
-        call again, which drops the captured graphs). See :mod:`diffusers_neodragon.utils.cuda_graphs`.
+        replay overwrites. Eager for autograd and on the CPU; when the weights move (``.to()``, offload) the
+        graphs are dropped and captured again. See :mod:`diffusers_neodragon.utils.cuda_graphs`.
         """
-        self._cuda_graphs = CUDAGraphRunner(self._forward_impl, clone_outputs=True) if enabled else None
+        self._cuda_graphs = CUDAGraphRunner(self._forward_impl, clone_outputs=True, weights=self) if enabled else None
         return self
 
     def forward(

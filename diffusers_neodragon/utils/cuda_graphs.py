@@ -97,6 +97,19 @@ class _CapturedGraph:
         return tree_unflatten(leaves, self.output_spec)  # fresh containers around the (static) tensors
 
 
+class GraphPool:
+    """A CUDA-graph memory pool that several runners can share; the handle is made on first use (CUDA only)."""
+
+    def __init__(self):
+        self._handle = None
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            self._handle = torch.cuda.graph_pool_handle()
+        return self._handle
+
+
 class CUDAGraphRunner:
     """Calls ``fn`` eagerly, or replays the CUDA graph captured for the call's :func:`graph_key`.
 
@@ -104,19 +117,24 @@ class CUDAGraphRunner:
         fn: the callable to run; it receives the caller's arguments (eager) or static copies of them (capture).
         clone_outputs: return clones of the graph's output tensors instead of the static tensors themselves, so
             that callers may keep them across calls (one extra copy per output).
-        pool: a memory-pool handle (``torch.cuda.graph_pool_handle()``), or another runner whose pool to share;
-            by default each runner makes its own, shared by all of its graphs. Graphs sharing a pool must never
-            run concurrently, and the static outputs of one are only valid until another graph of the pool
-            replays (its intermediates may reuse their memory).
+        pool: a [`GraphPool`] to share with other runners; by default each runner makes its own, shared by all
+            of its graphs. Graphs sharing a pool must never run concurrently, and the static outputs of one are
+            only valid until another graph of the pool replays (its intermediates may reuse their memory).
+        weights: the module whose parameters ``fn`` reads. Graphs replay fixed addresses, so when its first
+            parameter has moved since the last call (``.to()``, ``.half()``, reloading) every graph is dropped
+            and shapes are captured again; without it, call :meth:`reset` after moving the weights.
 
     Attributes:
         graphs: key → ``"seen"`` (called once) or the captured graph with its static buffers.
     """
 
-    def __init__(self, fn: Callable, clone_outputs: bool = False, pool=None):
+    def __init__(self, fn: Callable, clone_outputs: bool = False, pool: Optional[GraphPool] = None,
+                 weights: Optional[torch.nn.Module] = None):
         self.fn = fn
         self.clone_outputs = clone_outputs
-        self._pool = pool
+        self.graph_pool = pool if pool is not None else GraphPool()
+        self.weights = weights
+        self._weights_address = None
         self.graphs: Dict[Hashable, Any] = {}
         self.previous_forward = None  # set by enable_module_cuda_graphs: the instance forward it replaced
         self._paused = 0
@@ -126,11 +144,17 @@ class CUDAGraphRunner:
     @property
     def pool(self):
         """The memory-pool handle of this runner's graphs (made on first use)."""
-        if isinstance(self._pool, CUDAGraphRunner):
-            return self._pool.pool
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        return self._pool
+        return self.graph_pool.handle
+
+    def drop_graphs_if_weights_moved(self) -> bool:
+        """Forget every graph when the first parameter of ``weights`` is no longer where it was; True if so."""
+        first = next(self.weights.parameters(), None) if self.weights is not None else None
+        address = None if first is None else (first.device, first.dtype, first.data_ptr())
+        moved = address != self._weights_address
+        if moved:
+            self._weights_address = address
+            self.reset()
+        return moved
 
     @property
     def num_graphs(self) -> int:
@@ -163,6 +187,7 @@ class CUDAGraphRunner:
         key = _key_from_flat(leaves, spec)
         if key is None:
             return self.fn(*args, **kwargs)
+        self.drop_graphs_if_weights_moved()
         entry = self.graphs.get(key)
         if entry is None:  # first sight: eager (fills caches, picks kernels)
             self.graphs[key] = SEEN

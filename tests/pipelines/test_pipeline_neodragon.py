@@ -205,12 +205,21 @@ def test_enable_cuda_graphs_wraps_and_restores_the_first_frame_unet():
     runner = module_cuda_graph_runner(unet)
     assert isinstance(runner, CUDAGraphRunner) and unet.forward is runner
     assert isinstance(pipe.transformer._cuda_graphs, CUDAGraphRunner)
-    assert runner._pool is pipe.transformer._cuda_graphs and runner.clone_outputs  # one pool; outputs are copies
+    assert runner.graph_pool is pipe.transformer._cuda_graphs.graph_pool and runner.clone_outputs  # one pool, copies
+    assert runner.weights is unet and pipe.transformer._cuda_graphs.weights is pipe.transformer
     torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=0)  # CPU: a pure passthrough
     assert runner.graphs == {} and pipe.transformer._cuda_graphs.graphs == {}
 
-    pipe.to("cpu")  # moving weights drops the graphs but keeps them enabled
-    assert module_cuda_graph_runner(unet) not in (None, runner) and unet.forward is module_cuda_graph_runner(unet)
+    # Moving the weights drops the graphs (checked on every CUDA call; called directly here, on the CPU).
+    for r in (runner, pipe.transformer._cuda_graphs):
+        r.drop_graphs_if_weights_moved()
+        r.graphs["key"] = "seen"
+        assert not r.drop_graphs_if_weights_moved() and r.graphs == {"key": "seen"}
+    pipe.to(dtype=torch.float64)
+    for r in (runner, pipe.transformer._cuda_graphs):
+        assert r.drop_graphs_if_weights_moved() and r.graphs == {}
+    pipe.to(dtype=torch.float32)
+    assert module_cuda_graph_runner(unet) is runner and unet.forward is runner
 
     pipe.enable_cuda_graphs(False)
     assert "forward" not in unet.__dict__ and unet.forward.__func__ is type(unet).forward

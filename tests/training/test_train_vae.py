@@ -60,18 +60,23 @@ def test_train_vae_writes_a_loadable_vae_with_constants_and_card(tmp_path):
     assert not list(tmp_path.glob("checkpoint-*"))
 
 
-def test_train_vae_fine_tunes_a_run_folder_on_longer_clips(tmp_path):
-    """Phase 2 of the recipe: start from phase 1's output folder (weights equal at step 0), validate on 17 frames."""
+def test_train_vae_fine_tunes_a_run_folder_and_validates_on_longer_clips(tmp_path, monkeypatch):
+    """Phase 2 of the recipe: start from phase 1's output folder (weights equal at step 0); validation clips have
+    --validation_num_frames, not the training length."""
     run(tmp_path / "short", "--max_train_steps", "1", "--num_validation_clips", "0", "--normalization_samples", "2",
         "--checkpointing_steps", "0")
     args = train_vae.parse_args([*TINY, "--output_dir", str(tmp_path / "long"), "--pretrained_vae",
                                  str(tmp_path / "short"), "--validation_num_frames", "17"])
     assert torch.equal(train_vae.build_vae(args).encoder.conv_in.conv.weight,
                        CausalVideoVAE.from_pretrained(tmp_path / "short" / "vae").encoder.conv_in.conv.weight)
-    result = run(tmp_path / "long", "--pretrained_vae", str(tmp_path / "short"), "--num_frames", "17",
-                 "--validation_num_frames", "17", "--max_train_steps", "1", "--num_validation_clips", "1",
-                 "--normalization_samples", "2", "--checkpointing_steps", "0")
-    assert result["psnr"] is not None
+    validated = []
+    log_validation = train_vae.log_validation
+    monkeypatch.setattr(train_vae, "log_validation",
+                        lambda vae, videos, *a, **k: validated.append(videos.shape) or log_validation(vae, videos, *a, **k))
+    result = run(tmp_path / "long", "--pretrained_vae", str(tmp_path / "short"), "--validation_num_frames", "17",
+                 "--max_train_steps", "1", "--num_validation_clips", "1", "--normalization_samples", "2",
+                 "--checkpointing_steps", "0")
+    assert result["psnr"] is not None and validated == [torch.Size([1, 3, 17, 16, 16])]  # trained on 9 frames
     assert weights(tmp_path / "long").keys() == weights(tmp_path / "short").keys()
     with pytest.raises(ValueError, match="validation_num_frames"):
         train_vae.parse_args([*TINY, "--validation_num_frames", "12"])

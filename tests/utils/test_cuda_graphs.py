@@ -141,3 +141,17 @@ def test_replay_equals_eager_on_cuda():
         args, kwargs = unet_call(seed=3, device="cuda")
         runner(*args, **kwargs)
     assert len(runner.graphs) == 2
+
+
+def test_runner_drops_its_graphs_when_the_weights_move():
+    layer = torch.nn.Linear(3, 3)
+    runner = CUDAGraphRunner(layer.forward, weights=layer)
+    assert runner.drop_graphs_if_weights_moved()  # first look: records where the weights are
+    runner.graphs["key"] = "seen"
+    assert not runner.drop_graphs_if_weights_moved() and runner.graphs == {"key": "seen"}
+    layer.to(torch.float64)
+    assert runner.drop_graphs_if_weights_moved() and runner.graphs == {}
+    unguarded = CUDAGraphRunner(layer.forward)
+    unguarded.graphs["key"] = "seen"
+    layer.to(torch.float32)
+    assert not unguarded.drop_graphs_if_weights_moved() and unguarded.graphs == {"key": "seen"}

@@ -7,7 +7,8 @@
 # 1. VAE on 17-frame clips (fast), 2. the same VAE fine-tuned on 49-frame clips: a causal VAE trained only on
 # short clips breaks down after ~3 latent frames of a longer one (during training every output's receptive field
 # reached the first frame's replicate padding), so it must see the length it will encode; 3. the transformer.
-# VAE_SECONDS / VAE_LONG_SECONDS / DIT_SECONDS cap each phase's training time (step counts are upper bounds).
+# VAE_SECONDS / VAE_LONG_SECONDS / DIT_SECONDS cap each phase's training time (step counts are upper bounds);
+# DIT_LR sets the transformer's learning rate (default 1e-3, for a total batch of 512).
 # LAUNCH runs each script under a launcher, e.g. LAUNCH="python3 -m torch.distributed.run --standalone
 # --nproc_per_node 4" (batch sizes are per process; the shipped model used four GPUs, see its model card).
 # SMOKE=1 shrinks every size so that the whole recipe runs on a CPU in a minute (to check it before GPU time).
@@ -30,7 +31,9 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
             --num_layers 2
             --validation_num_inference_steps 1 --validation_video_num_inference_steps 1 --mixed_precision no)
   WORKERS=0
+  LONG_FRAMES=17
 else
+  LONG_FRAMES=49
   VAE_SIZE=(--resolution 128 --num_frames 17 --train_batch_size 8 --max_train_steps 20000 --block_out_channels 32,64,64,64
             --norm_num_groups 16 --normalization_samples 256 --mixed_precision bf16 --allow_tf32)
   VAE_LONG_SIZE=(--resolution 128 --num_frames 49 --train_batch_size 8 --max_train_steps 20000
@@ -43,11 +46,12 @@ COMMON=(--l1_weight 0 --init_logvar -30 --dataloader_num_workers "$WORKERS" --ch
 
 "${LAUNCH[@]}" "$HERE/training/train_vae.py" --output_dir "$OUT/vae-short" "${VAE_SIZE[@]}" "${COMMON[@]}" \
   --latent_channels 8 --layers_per_block 1,1,1,1 --learning_rate 3e-4 --lr_warmup_steps 100 \
-  --max_train_seconds "$VAE_SECONDS" --normalization_num_frames 49 --seed 0
+  --max_train_seconds "$VAE_SECONDS" --normalization_num_frames "${LONG_FRAMES}" --validation_num_frames "${LONG_FRAMES}" \
+  --seed 0
 
 "${LAUNCH[@]}" "$HERE/training/train_vae.py" --pretrained_vae "$OUT/vae-short" --output_dir "$OUT/vae-run" \
   "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --learning_rate 2e-4 --lr_warmup_steps 50 \
-  --max_train_seconds "$VAE_LONG_SECONDS" --normalization_num_frames 49 --seed 1
+  --max_train_seconds "$VAE_LONG_SECONDS" --normalization_num_frames "${LONG_FRAMES}" --seed 1
 
 "${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --vae_path "$OUT/vae-run" --output_dir "$OUT/pipeline" "${DIT_SIZE[@]}" \
   --num_attention_heads 4 --attention_head_dim 32 --patch_size 2 --cache_latents --dataloader_num_workers "$WORKERS" \

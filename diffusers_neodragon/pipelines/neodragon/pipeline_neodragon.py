@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from ...conversion import OfficialLayoutLoaderMixin
-from ...utils.cuda_graphs import enable_module_cuda_graphs
+from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_runner
 from .pipeline_output import NeodragonPipelineOutput
 
 
@@ -125,15 +125,11 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ devices
     def to(self, *args, **kwargs):
-        """Also moves the nested first-frame pipeline (diffusers only moves ``nn.Module`` components).
-
-        Captured CUDA graphs point at the old weights, so they are dropped (and recaptured as calls come in).
-        """
+        """Also moves the nested first-frame pipeline (diffusers only moves ``nn.Module`` components). Captured
+        CUDA graphs notice that the weights moved and are captured again."""
         super().to(*args, **kwargs)
         if self.first_frame_pipeline is not None:
             self.first_frame_pipeline.to(*args, **kwargs)
-        if getattr(self, "_cuda_graphs_enabled", False):
-            self.enable_cuda_graphs(True)
         return self
 
     def enable_model_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[torch.device, str] = None):
@@ -155,7 +151,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         super().enable_sequential_cpu_offload(*args, **kwargs)
 
     def _disable_cuda_graphs_for_offload(self):
-        if getattr(self, "_cuda_graphs_enabled", False):
+        unet = self._first_frame_unet()
+        if self.transformer._cuda_graphs is not None or (unet is not None and module_cuda_graph_runner(unet)):
             logger.info("CPU offload moves the weights that CUDA graphs replay from: turning CUDA graphs off")
             self.enable_cuda_graphs(False)
 
@@ -177,15 +174,16 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         Caveats:
             - Static shapes: every distinct input shape (resolution, batch, CFG on/off, history length) is run
               eagerly once, captured on its second call and replayed from then on; each captured shape keeps
-              its static buffers and its intermediates in a private memory pool, so GPU memory grows with the
-              number of shapes used (the transformer's and the UNet's graphs share one pool).
+              its static buffers and its output in one memory pool (shared by the transformer's and the UNet's
+              graphs, which never run at once), so GPU memory grows with the number of shapes used.
             - Replayed outputs live in static buffers that the next replay overwrites, so both models return
               copies. For the UNet this costs one latent-sized copy per step; LCM's step alone would not need it
               (it consumes the output before the next call), but multistep schedulers may keep a model output
               across steps (DPM-Solver with ``prediction_type="sample"``), and so may step callbacks.
             - Inference only: with autograd on, CPU tensors, or while another capture is running, calls run
-              eagerly. Weights are read where they were at capture: moving the pipeline with ``to()`` drops the
-              graphs, CPU offload turns them off, and enabling them while offload hooks are installed raises.
+              eagerly. Weights are read where they were at capture: when they move (``to()`` of the pipeline or
+              of either model) the graphs are dropped and recaptured, CPU offload turns them off, and enabling
+              them while offload hooks are installed raises.
         """
         if enabled:
             models = {"transformer": self.transformer, "first_frame_pipeline.unet": self._first_frame_unet()}
@@ -199,8 +197,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         unet = self._first_frame_unet()
         if unet is not None:
             # One memory pool for both: they never run at once and both return copies of their outputs.
-            enable_module_cuda_graphs(unet, enabled, clone_outputs=True, pool=self.transformer._cuda_graphs)
-        self._cuda_graphs_enabled = enabled
+            pool = self.transformer._cuda_graphs.graph_pool if enabled else None
+            enable_module_cuda_graphs(unet, enabled, clone_outputs=True, pool=pool, weights=unet)
         return self
 
     # ------------------------------------------------------------------ properties
