@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
@@ -347,45 +347,52 @@ def text_table(text_components, captions, device, max_sequence_length):
 
 
 def build_latent_cache(args, vae, text_components, accelerator) -> CachedLatents:
-    """Encode the training set once (or load it from ``--latent_cache_path``). With a cache file, the main process
-    builds and writes it first and the others then read it, so no process reads a half-written file."""
+    """Encode the training set once, each process a contiguous shard, gathered in order (or load it from
+    ``--latent_cache_path``). Every process checks the file before any encoding starts and only the main process
+    writes it after the gather, so no process reads a half-written file."""
     path = Path(args.latent_cache_path) if args.latent_cache_path else None
-    if path is not None and accelerator.num_processes > 1:
-        if accelerator.is_main_process:
-            _build_latent_cache(args, vae, text_components, accelerator, path)
-        accelerator.wait_for_everyone()
-    return _build_latent_cache(args, vae, text_components, accelerator, path)
-
-
-def _build_latent_cache(args, vae, text_components, accelerator, path) -> CachedLatents:
     metadata = cache_metadata(args, vae)
+    latents = captions = None
     if path is not None and path.is_file():
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             if json.loads(header.get("settings", "null")) == metadata:
                 accelerator.print(f"Loaded the latent cache {path}")
-                captions = json.loads(header["captions"])
-                return CachedLatents(f.get_tensor("latents"), captions, *text_table(
-                    text_components, captions, accelerator.device, args.max_sequence_length)).to(accelerator.device)
-        accelerator.print(f"{path} was made with other settings: rebuilding it.")
+                latents, captions = f.get_tensor("latents"), json.loads(header["captions"])
+            else:
+                accelerator.print(f"{path} was made with other settings: rebuilding it.")
+    if latents is None:
+        latents, captions = encode_training_set(args, vae, accelerator)
+        if path is not None and accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            header = {"settings": json.dumps(metadata), "captions": json.dumps(captions)}
+            save_file({"latents": latents.contiguous()}, str(path), metadata=header)
+    ids, embeds, mask, pooled = text_table(text_components, captions, accelerator.device, args.max_sequence_length)
+    return CachedLatents(latents, captions, ids, embeds, mask, pooled).to(accelerator.device)
+
+
+def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, list[str]]:
+    """Latents [N, C, T, h, w] (CPU) and captions of the whole training set. Process r encodes the contiguous
+    shard r (the last index repeated to an equal length), so the gathered shards are the set in order."""
     dataset = shapes_dataset(
         args.train_samples, args.num_frames, args.height, args.width, args.seed, "train", args.two_objects_prob
     )
+    total = len(dataset)
+    shard = math.ceil(total / accelerator.num_processes)
+    start = accelerator.process_index * shard
+    indices = [min(i, total - 1) for i in range(start, start + shard)]
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.encode_batch_size, shuffle=False, num_workers=args.dataloader_num_workers,
-        collate_fn=dataset.collate_fn,
+        torch.utils.data.Subset(dataset, indices), batch_size=args.encode_batch_size, shuffle=False,
+        num_workers=args.dataloader_num_workers, collate_fn=dataset.collate_fn,
     )
     latents, captions = [], []
     for batch in tqdm(loader, desc="Caching latents", disable=not accelerator.is_local_main_process):
-        latents.append(encode_videos(vae, batch["video"]).cpu())
+        latents.append(encode_videos(vae, batch["video"]))
         captions += batch["caption"]
     latents = torch.cat(latents)
-    if path is not None and accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"settings": json.dumps(metadata), "captions": json.dumps(captions)}
-        save_file({"latents": latents.contiguous()}, str(path), metadata=header)
-    ids, embeds, mask, pooled = text_table(text_components, captions, accelerator.device, args.max_sequence_length)
-    return CachedLatents(latents, captions, ids, embeds, mask, pooled).to(accelerator.device)
+    if accelerator.num_processes > 1:
+        latents, captions = accelerator.gather(latents), gather_object(captions)
+    return latents[:total].cpu(), list(captions[:total])
 
 
 class IndexedShapes(torch.utils.data.Dataset):

@@ -132,3 +132,48 @@ def test_latent_cache_key_follows_the_vae_weights(vae_dir, tmp_path):
     with torch.no_grad():
         next(vae.parameters()).view(-1)[0] += 1e-3  # a retrained VAE with the same config
     assert train.cache_metadata(args, vae) != key
+
+
+SHARDED_ENCODE = """
+import importlib.util, json, sys
+from accelerate import Accelerator
+from safetensors.torch import save_file
+spec = importlib.util.spec_from_file_location("train_script", sys.argv[1])
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+args = train.parse_args(json.loads(sys.argv[2]))
+accelerator = Accelerator(cpu=True)
+latents, captions = train.encode_training_set(args, train.load_vae(args), accelerator)
+if accelerator.is_main_process:
+    save_file({"latents": latents}, sys.argv[3], metadata={"captions": json.dumps(captions),
+                                                          "processes": str(accelerator.num_processes)})
+"""
+
+
+def test_latent_cache_sharded_over_two_processes_equals_one_process(vae_dir, tmp_path):
+    """Each process encodes a contiguous shard (5 clips: 3 + 2, the last padded); the gather restores the order."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    script = tmp_path / "encode.py"
+    script.write_text(SHARDED_ENCODE)
+    argv = json.dumps([*TINY, "--vae_path", str(vae_dir), "--output_dir", str(tmp_path), "--train_samples", "5",
+                       "--encode_batch_size", "2"])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for name, launcher in (("one", [sys.executable]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                    "--nproc_per_node", "2"])):
+        out = tmp_path / f"{name}.safetensors"
+        done = subprocess.run([*launcher, str(script), str(SCRIPT), argv, str(out)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        with safe_open(str(out), framework="pt") as f:
+            outputs[name] = (f.get_tensor("latents"), f.metadata())
+    (one, one_meta), (two, two_meta) = outputs["one"], outputs["two"]
+    assert (one_meta["processes"], two_meta["processes"]) == ("1", "2")
+    assert one.shape[0] == 5 and json.loads(one_meta["captions"]) == json.loads(two_meta["captions"])
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-6)
