@@ -163,9 +163,9 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     def enable_cuda_graphs(self, enabled: bool = True):
         """Replay the transformer and the first-frame UNet from CUDA graphs, one per input shape (CUDA only).
 
-        At these sizes (batch 1, 320x512 video, 640x1024 first frame) both denoisers are launch-bound: each DiT
-        call and each UNet step issues hundreds to over a thousand small kernels, and the CPU launching them is
-        slower than the GPU running them. Replaying a captured graph launches all of them at once. The
+        At batch 1 each DiT call issues hundreds of small kernels on 144-1728 tokens, and the CPU launching them
+        is slower than the GPU running them; each first-frame UNet step issues over a thousand (its gain at
+        640x1024 is not measured yet). Replaying a captured graph launches all of them at once. The
         transformer uses [`NeodragonTransformer3DModel.enable_cuda_graphs`]; the first-frame pipeline's
         ``unet.forward`` (when it has a UNet) is wrapped by a
         [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes both and restores
