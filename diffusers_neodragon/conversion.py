@@ -744,19 +744,11 @@ def _check_loading_info(what: str, info: Mapping[str, Any]) -> None:
         raise ValueError(f"{what} does not match its config; {details or info.get('error_msgs')}.")
 
 
-def load_transformers_model(cls, folder: os.PathLike, dtype: Optional[torch.dtype] = None):
-    """A `transformers` model folder, safetensors only, failing on any missing/unexpected/mis-shaped tensor."""
+def load_checked_model(cls, folder: os.PathLike, dtype: Optional[torch.dtype] = None):
+    """A `diffusers` or `transformers` model folder, safetensors only, failing on any missing/unexpected/mis-shaped
+    tensor."""
     check_safetensors_folder(folder)
     model, info = cls.from_pretrained(folder, dtype=dtype or torch.float32, use_safetensors=True,
-                                      output_loading_info=True)
-    _check_loading_info(f"{cls.__name__} checkpoint {folder}", info)
-    return model.eval()
-
-
-def load_diffusers_model(cls, folder: os.PathLike, dtype: Optional[torch.dtype] = None):
-    """A `diffusers` model folder, safetensors only, failing on any missing/unexpected/mis-shaped tensor."""
-    check_safetensors_folder(folder)
-    model, info = cls.from_pretrained(folder, torch_dtype=dtype or torch.float32, use_safetensors=True,
                                       output_loading_info=True)
     _check_loading_info(f"{cls.__name__} checkpoint {folder}", info)
     return model.eval()
@@ -780,10 +772,10 @@ def load_ssd1b_first_frame_pipeline(folder: os.PathLike, dtype: Optional[torch.d
 
     root = Path(folder)
     return StableDiffusionXLPipeline(
-        vae=load_diffusers_model(AutoencoderKL, root / SSD1B_FOLDERS["vae"], dtype),
-        unet=load_diffusers_model(UNet2DConditionModel, root / SSD1B_FOLDERS["unet"], dtype),
-        text_encoder=load_transformers_model(CLIPTextModel, root / SSD1B_FOLDERS["text_encoder"], dtype),
-        text_encoder_2=load_transformers_model(
+        vae=load_checked_model(AutoencoderKL, root / SSD1B_FOLDERS["vae"], dtype),
+        unet=load_checked_model(UNet2DConditionModel, root / SSD1B_FOLDERS["unet"], dtype),
+        text_encoder=load_checked_model(CLIPTextModel, root / SSD1B_FOLDERS["text_encoder"], dtype),
+        text_encoder_2=load_checked_model(
             CLIPTextModelWithProjection, root / SSD1B_FOLDERS["text_encoder_2"], dtype
         ),
         tokenizer=load_tokenizer(root / SSD1B_FOLDERS["tokenizer"]),
@@ -797,9 +789,9 @@ def _load_clip_encoders(root: Path, dtype) -> Dict[str, Any]:
     from transformers import CLIPTextModelWithProjection
 
     return dict(
-        text_encoder=load_transformers_model(CLIPTextModelWithProjection, root / "text_encoder", dtype),
+        text_encoder=load_checked_model(CLIPTextModelWithProjection, root / "text_encoder", dtype),
         tokenizer=load_tokenizer(root / "tokenizer"),
-        text_encoder_2=load_transformers_model(CLIPTextModelWithProjection, root / "text_encoder_2", dtype),
+        text_encoder_2=load_checked_model(CLIPTextModelWithProjection, root / "text_encoder_2", dtype),
         tokenizer_2=load_tokenizer(root / "tokenizer_2"),
     )
 
@@ -922,7 +914,7 @@ def load_pyramid_flow(
         transformer=load_official_transformer(root / dit_folder, dtype, source="pyramid_flow"),
         context_adapter=None,
         vae=load_pyramid_flow_vae(root / OFFICIAL_VAE_FOLDER, dtype),
-        text_encoder_3=load_transformers_model(T5EncoderModel, root / "text_encoder_3", dtype),
+        text_encoder_3=load_checked_model(T5EncoderModel, root / "text_encoder_3", dtype),
         tokenizer_3=load_tokenizer(root / "tokenizer_3"),
         **_load_clip_encoders(root, dtype),
         scheduler=PyramidalDMDScheduler(),

@@ -849,3 +849,24 @@ def training_time_is_up(max_seconds: float | None, start_time: float, accelerato
     # Every process must agree, or a distributed run would hang.
     flag = torch.tensor(float(time.perf_counter() - start_time > max_seconds), device=accelerator.device)
     return bool(accelerator.reduce(flag, reduction="max").item())
+
+
+def should_stop(accelerator, args, global_step: int, start_time: float) -> bool:
+    """True at an optimiser-step boundary (no accumulated gradient is dropped) once ``--max_train_steps`` or
+    ``--max_train_seconds`` is reached; the same answer on every process."""
+    return accelerator.sync_gradients and (
+        global_step >= args.max_train_steps or training_time_is_up(args.max_train_seconds, start_time, accelerator)
+    )
+
+
+def finish_training_loop(script: str, accelerator, args, output_dir, start_step: int, global_step: int,
+                         start_time: float) -> None:
+    """After the loop: a last checkpoint when the final step was not a checkpoint step (so a stopped run resumes
+    where it stopped), and the steps per second."""
+    if args.checkpointing_steps and global_step > start_step and global_step % args.checkpointing_steps:
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    seconds = time.perf_counter() - start_time
+    accelerator.print(
+        f"[{script}] trained steps {start_step}..{global_step} in {seconds:.1f} s "
+        f"({(global_step - start_step) / max(seconds, 1e-9):.2f} steps/s)"
+    )

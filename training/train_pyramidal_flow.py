@@ -59,6 +59,7 @@ from diffusers_neodragon.training_utils import (
     create_hub_repo,
     encode_prompts,
     flow_matching_loss,
+    finish_training_loop,
     format_float,
     freeze_unused_parameters,
     initialize_transformer_weights,
@@ -71,10 +72,10 @@ from diffusers_neodragon.training_utils import (
     resolve_trackers,
     sample_stage,
     save_checkpoint,
+    should_stop,
     stage_columns,
     step_generator,
     training_command,
-    training_time_is_up,
     video_strip,
     write_model_card,
 )
@@ -729,23 +730,13 @@ def main(args):
                 if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
                     log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
                     unwrapped.train()
-            # Stop only between optimiser steps, so that no accumulated gradient is dropped.
-            if accelerator.sync_gradients and (
-                global_step >= args.max_train_steps
-                or training_time_is_up(args.max_train_seconds, start_time, accelerator)
-            ):
+            if should_stop(accelerator, args, global_step, start_time):
                 stop = True
                 break
         if stop:
             break
     progress.close()
-    if args.checkpointing_steps and global_step > start_step and global_step % args.checkpointing_steps:
-        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # resumable after a stop
-    train_seconds = time.perf_counter() - start_time
-    accelerator.print(
-        f"[train_pyramidal_flow] trained steps {start_step}..{global_step} in {train_seconds:.1f} s "
-        f"({(global_step - start_step) / max(train_seconds, 1e-9):.2f} steps/s)"
-    )
+    finish_training_loop("train_pyramidal_flow", accelerator, args, output_dir, start_step, global_step, start_time)
 
     accelerator.wait_for_everyone()
     result = {"global_step": global_step, "loss": float(np.mean(recent_losses)) if recent_losses else None}

@@ -42,6 +42,7 @@ from diffusers_neodragon.training_utils import (
     compute_latent_statistics,
     count_parameters,
     create_hub_repo,
+    finish_training_loop,
     format_float,
     parse_int_list,
     parse_resolution,
@@ -50,9 +51,9 @@ from diffusers_neodragon.training_utils import (
     resolve_resume_checkpoint,
     resolve_trackers,
     save_checkpoint,
+    should_stop,
     step_generator,
     training_command,
-    training_time_is_up,
     vae_reconstruction_loss,
     video_strip,
     write_model_card,
@@ -422,23 +423,13 @@ def main(args):
                     and global_step % args.validation_steps == 0
                 ):
                     last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
-            # Stop only between optimiser steps, so that no accumulated gradient is dropped.
-            if accelerator.sync_gradients and (
-                global_step >= args.max_train_steps
-                or training_time_is_up(args.max_train_seconds, start_time, accelerator)
-            ):
+            if should_stop(accelerator, args, global_step, start_time):
                 stop = True
                 break
         if stop:
             break
     progress.close()
-    if args.checkpointing_steps and global_step > start_step and global_step % args.checkpointing_steps:
-        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # resumable after a stop
-    train_seconds = time.perf_counter() - start_time
-    accelerator.print(
-        f"[train_vae] trained steps {start_step}..{global_step} in {train_seconds:.1f} s "
-        f"({(global_step - start_step) / max(train_seconds, 1e-9):.2f} steps/s)"
-    )
+    finish_training_loop("train_vae", accelerator, args, output_dir, start_step, global_step, start_time)
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
