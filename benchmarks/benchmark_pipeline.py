@@ -5,8 +5,9 @@ DT5 + ContextAdapter, CLIP-L/G, AsymmetricVAE, an SSD-1B-sized SDXL first-frame 
 QuickSRNet. Times each component with CUDA events after warm-up, for hybrid 1-1-1 (49x320x512, then 2x SR to
 640x1024) and monolithic, at batch 1 and 4, and reports peak memory and the DiT's achieved TFLOP/s.
 
-CUDA graphs (``pipe.enable_cuda_graphs()``: the DiT and the first-frame UNet, both launch-bound at batch 1) are on
-unless ``--no-cuda-graphs``; the max |graphed - eager| of each on one real call shape goes into ``info``.
+CUDA graphs (``pipe.enable_cuda_graphs()``: the DiT, the text encoders and the first-frame UNet, all launch-bound at
+batch 1) are on unless ``--no-cuda-graphs``; the max |graphed - eager| of each on one real call shape goes into
+``info``.
 
 With ``--reference PATH`` (a local checkout of Qualcomm-AI-research/neodragon, never part of this repository) it
 runs the same work through the official ``generate()`` on the same weights in the same process and prints the
@@ -114,9 +115,13 @@ def build_pipeline(device, dtype, with_first_frame=True):
     # Random weights: the SD3-style init of the reference would zero adaLN and output layers; keep them random
     # so no GEMM runs on zeros (as the official perf notes did).
     pipe = NeodragonPipeline(**components).to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    if pipe.first_frame_pipeline is not None:
-        pipe.first_frame_pipeline.set_progress_bar_config(disable=True)
+    # Modules built from configs start in training mode (T5's dropout would run); from_pretrained gives eval mode.
+    for t2i in (pipe, pipe.first_frame_pipeline):
+        if t2i is not None:
+            t2i.set_progress_bar_config(disable=True)
+            for component in t2i.components.values():
+                if isinstance(component, torch.nn.Module):
+                    component.eval()
     return pipe
 
 
@@ -235,6 +240,22 @@ def graph_vs_eager(module, runner, args, kwargs, calls=4):
         with runner.paused() if runner is not None else contextlib.nullcontext():
             eager = first_tensor(module(*args, **kwargs)).float()
     return max(float((o - eager).abs().max()) for o in outs)
+
+
+def text_graph_vs_eager(pipe, device, dtype, calls=4):
+    """Max |graphed - eager| of the prompt features (token features and pooled vector) over ``calls`` calls."""
+    from diffusers_neodragon.utils.cuda_graphs import module_cuda_graph_runner
+
+    runners = [module_cuda_graph_runner(m) for m in pipe._graphable_models().values()]
+    prompt = ["a red panda eating bamboo in a misty forest"]
+    with torch.no_grad():
+        outs = [[t.float().clone() for t in pipe.encode_prompt(prompt, device, dtype)[::2]] for _ in range(calls)]
+        with contextlib.ExitStack() as stack:
+            for runner in runners:
+                if runner is not None:
+                    stack.enter_context(runner.paused())
+            eager = [t.float() for t in pipe.encode_prompt(prompt, device, dtype)[::2]]
+    return max(float((o - e).abs().max()) for out in outs for o, e in zip(out, eager))
 
 
 def first_tensor(output):
@@ -536,12 +557,21 @@ def main(argv=None):
             "build_s": time.perf_counter() - t0, "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile}
     info["params"]["first_frame_unet"] = count_params(pipe.first_frame_pipeline.unet)
     if args.compile:
+        # Compiled vs uncompiled DiT on one real call shape (both eager, before any graph).
+        probe_args, probe_kwargs = dit_probe_call(device, dtype)
+        with torch.no_grad():
+            uncompiled = pipe.transformer(*probe_args, **probe_kwargs)[0].float()
         pipe.transformer.compile_repeated_blocks(dynamic=True)
+        with torch.no_grad():
+            compiled = pipe.transformer(*probe_args, **probe_kwargs)[0].float()
+        info["compiled_vs_eager_dit_max_abs_diff"] = float((compiled - uncompiled).abs().max())
+        info["dit_probe_output_max_abs"] = float(uncompiled.abs().max())
+        del probe_args, probe_kwargs, uncompiled, compiled
     if args.compile_first_frame:
         unet = pipe.first_frame_pipeline.unet
         unet.forward = torch.compile(unet.forward, mode="max-autotune-no-cudagraphs")
     if not args.no_cuda_graphs:
-        pipe.enable_cuda_graphs()  # the DiT and the first-frame UNet (wrapping a compiled forward, if any)
+        pipe.enable_cuda_graphs()  # the DiT, the text encoders and the first-frame UNet (compiled forwards stay inside)
 
     # Eager vs graphed equality on one real call shape of each (DiT: u=6 stage 2; UNet: a 640x1024 LCM step).
     from diffusers_neodragon.utils.cuda_graphs import module_cuda_graph_runner
@@ -554,6 +584,7 @@ def main(argv=None):
     info["first_frame_unet_graph_vs_eager_max_abs_diff"] = graph_vs_eager(
         unet, module_cuda_graph_runner(unet), probe_args, probe_kwargs)
     del probe_args, probe_kwargs, unet
+    info["text_encoders_graph_vs_eager_max_abs_diff"] = text_graph_vs_eager(pipe, device, dtype)
 
     log = EventLog()
     flops = instrument(pipe, log, full_width=64)
@@ -627,7 +658,10 @@ def print_table(report):
     info = report["info"]
     print(f"\n{info['gpu']} | torch {info['torch']} | {info['dtype']} | cuda graphs {info['cuda_graphs']} | "
           f"compile {info['compile']} | graph-vs-eager max|diff| DiT {info['graph_vs_eager_max_abs_diff']:.2e}, "
-          f"first-frame UNet {info.get('first_frame_unet_graph_vs_eager_max_abs_diff', 0.0):.2e}")
+          f"first-frame UNet {info.get('first_frame_unet_graph_vs_eager_max_abs_diff', 0.0):.2e}, "
+          f"text encoders {info.get('text_encoders_graph_vs_eager_max_abs_diff', 0.0):.2e}"
+          + (f" | compiled vs eager DiT max|diff| {info['compiled_vs_eager_dit_max_abs_diff']:.2e} (output max|x| "
+             f"{info['dit_probe_output_max_abs']:.2e})" if "compiled_vs_eager_dit_max_abs_diff" in info else ""))
     keys = ["text_encoding", "first_frame_t2i", "first_frame_encode", "dit_stage0", "dit_stage1", "dit_stage2",
             "renoise", "decode", "super_resolution", "end_to_end"]
     print("case".ljust(46) + "".join(k[:12].rjust(13) for k in keys) + "  peakGiB  DiT TF/s  s2 TF/s")

@@ -29,10 +29,13 @@ Rules that follow from replaying:
   (CPU tensors, training, a stream that is itself being captured, unhashable non-tensor arguments) runs eagerly,
   so the wrapper is a pure passthrough there.
 - Every key holds its own graph, static buffers and pooled memory until :meth:`CUDAGraphRunner.reset`.
+- A capture that fails (a host synchronisation inside the callable, say) is logged once and that key runs
+  eagerly from then on, so enabling graphs never breaks a model that cannot be captured.
 """
 
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Hashable, List, Optional
 
@@ -41,6 +44,9 @@ from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 
 SEEN = "seen"  # a key called once, eagerly; the next call with that key captures
+EAGER = "eager"  # a key whose capture failed: it always runs eagerly
+
+logger = logging.getLogger(__name__)
 
 
 def _leaf_key(leaf) -> Hashable:
@@ -125,7 +131,8 @@ class CUDAGraphRunner:
             and shapes are captured again; without it, call :meth:`reset` after moving the weights.
 
     Attributes:
-        graphs: key → ``"seen"`` (called once) or the captured graph with its static buffers.
+        graphs: key → ``"seen"`` (called once), ``"eager"`` (capture failed) or the captured graph with its static
+            buffers.
     """
 
     def __init__(self, fn: Callable, clone_outputs: bool = False, pool: Optional[GraphPool] = None,
@@ -159,7 +166,7 @@ class CUDAGraphRunner:
     @property
     def num_graphs(self) -> int:
         """Number of captured graphs (keys seen only once do not count)."""
-        return sum(entry is not SEEN for entry in self.graphs.values())
+        return sum(isinstance(entry, _CapturedGraph) for entry in self.graphs.values())
 
     def reset(self):
         """Forget every key and drop every graph (call after the weights moved)."""
@@ -192,9 +199,17 @@ class CUDAGraphRunner:
         if entry is None:  # first sight: eager (fills caches, picks kernels)
             self.graphs[key] = SEEN
             return self.fn(*args, **kwargs)
+        if entry is EAGER:
+            return self.fn(*args, **kwargs)
         with torch.cuda.device(device):
             if entry is SEEN:
-                entry = self.graphs[key] = self._capture(leaves, spec)
+                try:
+                    entry = self.graphs[key] = self._capture(leaves, spec)
+                except Exception as error:  # e.g. `.item()` inside fn: not capturable, keep it eager
+                    logger.warning("CUDA-graph capture of %s failed, running it eagerly: %s",
+                                   getattr(self.fn, "__qualname__", self.fn), error)
+                    self.graphs[key] = EAGER
+                    return self.fn(*args, **kwargs)
             return entry.replay(tensors, self.clone_outputs)
 
     def _capture(self, leaves: List[Any], spec: TreeSpec) -> _CapturedGraph:

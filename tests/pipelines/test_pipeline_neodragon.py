@@ -196,7 +196,7 @@ def test_default_size_comes_from_the_config():
     assert video.shape == (1, 9, 64, 128, 3)
 
 
-def test_enable_cuda_graphs_wraps_and_restores_the_first_frame_unet():
+def test_enable_cuda_graphs_wraps_and_restores_the_unet_and_text_encoders():
     pipe = pipeline()
     unet = pipe.first_frame_pipeline.unet
     kwargs = dict(mode="hybrid", num_frames=9, output_type="latent")
@@ -207,6 +207,15 @@ def test_enable_cuda_graphs_wraps_and_restores_the_first_frame_unet():
     assert isinstance(pipe.transformer._cuda_graphs, CUDAGraphRunner)
     assert runner.graph_pool is pipe.transformer._cuda_graphs.graph_pool and runner.clone_outputs  # one pool, copies
     assert runner.weights is unet and pipe.transformer._cuda_graphs.weights is pipe.transformer
+    # Every text encoder (ours and the first-frame pipeline's) and the ContextAdapter, each wrapped once.
+    encoders = [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.context_adapter,
+                pipe.first_frame_pipeline.text_encoder, pipe.first_frame_pipeline.text_encoder_2]
+    encoders = list({id(m): m for m in encoders if m is not None}.values())
+    assert len(encoders) >= 4
+    for model in encoders:
+        encoder_runner = module_cuda_graph_runner(model)
+        assert model.forward is encoder_runner and encoder_runner.weights is model and encoder_runner.clone_outputs
+        assert encoder_runner.graph_pool is runner.graph_pool
     torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=0)  # CPU: a pure passthrough
     assert runner.graphs == {} and pipe.transformer._cuda_graphs.graphs == {}
 
@@ -222,7 +231,8 @@ def test_enable_cuda_graphs_wraps_and_restores_the_first_frame_unet():
     assert module_cuda_graph_runner(unet) is runner and unet.forward is runner
 
     pipe.enable_cuda_graphs(False)
-    assert "forward" not in unet.__dict__ and unet.forward.__func__ is type(unet).forward
+    for model in (unet, *encoders):
+        assert "forward" not in model.__dict__ and model.forward.__func__ is type(model).forward
     assert pipe.transformer._cuda_graphs is None
     torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=0)
 
@@ -243,6 +253,7 @@ def test_model_cpu_offload_turns_cuda_graphs_off_and_hooks_the_vae_entry_points(
     pipe.enable_model_cpu_offload(device="cpu")  # the hooks' mechanics, without an accelerator
     unet = pipe.first_frame_pipeline.unet
     assert pipe.transformer._cuda_graphs is None and module_cuda_graph_runner(unet) is None
+    assert module_cuda_graph_runner(pipe.text_encoder_3) is None
     assert hasattr(unet, "_hf_hook") and hasattr(pipe.vae, "_hf_hook")
     loads = []
     pre_forward = pipe.vae._hf_hook.pre_forward
@@ -272,3 +283,4 @@ def test_cuda_graphs_match_eager_on_cuda():
     unet_runner = module_cuda_graph_runner(pipe.first_frame_pipeline.unet)
     assert unet_runner.num_graphs == 1 and pipe.transformer._cuda_graphs.num_graphs > 0
     assert unet_runner.pool == pipe.transformer._cuda_graphs.pool
+    assert module_cuda_graph_runner(pipe.text_encoder_3).num_graphs == 1  # encoders captured too (not eager)

@@ -155,3 +155,21 @@ def test_runner_drops_its_graphs_when_the_weights_move():
     unguarded.graphs["key"] = "seen"
     layer.to(torch.float32)
     assert not unguarded.drop_graphs_if_weights_moved() and unguarded.graphs == {"key": "seen"}
+
+
+@cuda
+def test_a_capture_that_fails_falls_back_to_eager_on_cuda():
+    def synchronising(x):
+        return x * float(x.sum().item())  # a host synchronisation: not capturable
+
+    runner = CUDAGraphRunner(synchronising)
+    x = torch.arange(4.0, device="cuda")
+    with torch.no_grad():
+        outs = [runner(x) for _ in range(3)]  # eager, failed capture (eager), eager
+        for out in outs:
+            torch.testing.assert_close(out, x * 6.0)
+        assert runner.num_graphs == 0 and list(runner.graphs.values()) == ["eager"]
+        other = CUDAGraphRunner(lambda y: y * 2)  # the device is still usable for graphs afterwards
+        for _ in range(3):
+            torch.testing.assert_close(other(x), x * 2)
+        assert other.num_graphs == 1

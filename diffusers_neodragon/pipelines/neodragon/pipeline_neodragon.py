@@ -151,54 +151,67 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         super().enable_sequential_cpu_offload(*args, **kwargs)
 
     def _disable_cuda_graphs_for_offload(self):
-        unet = self._first_frame_unet()
-        if self.transformer._cuda_graphs is not None or (unet is not None and module_cuda_graph_runner(unet)):
+        graphed = self.transformer._cuda_graphs is not None or any(
+            module_cuda_graph_runner(model) is not None for model in self._graphable_models().values()
+        )
+        if graphed:
             logger.info("CPU offload moves the weights that CUDA graphs replay from: turning CUDA graphs off")
             self.enable_cuda_graphs(False)
 
-    def _first_frame_unet(self) -> Optional[torch.nn.Module]:
-        unet = getattr(self.first_frame_pipeline, "unet", None) if self.first_frame_pipeline is not None else None
-        return unet if isinstance(unet, torch.nn.Module) else None
+    def _graphable_models(self) -> Dict[str, torch.nn.Module]:
+        """The models replayed from CUDA graphs beside the transformer, each once (a shared encoder appears once):
+        the text encoders and ContextAdapter, and the first-frame pipeline's text encoders and UNet."""
+        models = {name: getattr(self, name, None) for name in ("text_encoder", "text_encoder_2", "text_encoder_3",
+                                                               "context_adapter")}
+        if self.first_frame_pipeline is not None:
+            for name in ("text_encoder", "text_encoder_2", "unet"):
+                models[f"first_frame_pipeline.{name}"] = getattr(self.first_frame_pipeline, name, None)
+        unique, seen = {}, set()
+        for name, model in models.items():
+            if isinstance(model, torch.nn.Module) and id(model) not in seen:
+                unique[name] = model
+                seen.add(id(model))
+        return unique
 
     def enable_cuda_graphs(self, enabled: bool = True):
-        """Replay the transformer and the first-frame UNet from CUDA graphs, one per input shape (CUDA only).
+        """Replay the transformer, the text encoders and the first-frame UNet from CUDA graphs (CUDA only).
 
-        At batch 1 each DiT call issues hundreds of small kernels on 144-1728 tokens, and the CPU launching them
-        is slower than the GPU running them; each first-frame UNet step issues over a thousand (its gain at
-        640x1024 is not measured yet). Replaying a captured graph launches all of them at once. The
-        transformer uses [`NeodragonTransformer3DModel.enable_cuda_graphs`]; the first-frame pipeline's
-        ``unet.forward`` (when it has a UNet) is wrapped by a
-        [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes both and restores
-        the UNet's original ``forward``.
+        At batch 1 these models are bound by kernel-launch overhead: a DiT call issues about 2000 small kernels on
+        144-1728 tokens, the text encoders over 1000 kernels for 4 ms of GPU work, a first-frame UNet step 1400,
+        and the CPU launching them is slower than the GPU running them. Replaying a captured graph launches all of
+        them at once. The transformer uses [`NeodragonTransformer3DModel.enable_cuda_graphs`]; every other model
+        (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``, ``context_adapter`` and the first-frame
+        pipeline's ``text_encoder``, ``text_encoder_2`` and ``unet``, where present) gets its ``forward`` wrapped
+        by a [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes them all and
+        restores the original ``forward`` methods.
 
         Caveats:
             - Static shapes: every distinct input shape (resolution, batch, CFG on/off, history length) is run
               eagerly once, captured on its second call and replayed from then on; each captured shape keeps
-              its static buffers and its output in one memory pool (shared by the transformer's and the UNet's
-              graphs, which never run at once), so GPU memory grows with the number of shapes used.
-            - Replayed outputs live in static buffers that the next replay overwrites, so both models return
-              copies. For the UNet this costs one latent-sized copy per step; LCM's step alone would not need it
-              (it consumes the output before the next call), but multistep schedulers may keep a model output
-              across steps (DPM-Solver with ``prediction_type="sample"``), and so may step callbacks.
+              its static buffers and its output in one memory pool (shared by all these models, which never run
+              at once), so GPU memory grows with the number of shapes used. A model whose capture fails (a host
+              synchronisation inside it) runs eagerly for that shape.
+            - Replayed outputs live in static buffers that the next replay overwrites, so every model returns
+              copies (one output-sized copy per call).
             - Inference only: with autograd on, CPU tensors, or while another capture is running, calls run
               eagerly. Weights are read where they were at capture: when they move (``to()`` of the pipeline or
-              of either model) the graphs are dropped and recaptured, CPU offload turns them off, and enabling
+              of a model) the graphs are dropped and recaptured, CPU offload turns them off, and enabling
               them while offload hooks are installed raises.
         """
+        models = self._graphable_models()
         if enabled:
-            models = {"transformer": self.transformer, "first_frame_pipeline.unet": self._first_frame_unet()}
-            hooked = [name for name, model in models.items() if model is not None and hasattr(model, "_hf_hook")]
+            hooked = [name for name, model in {"transformer": self.transformer, **models}.items()
+                      if hasattr(model, "_hf_hook")]
             if hooked:
                 raise ValueError(
                     f"CUDA graphs replay fixed weight addresses, but {hooked} have offload/device-map hooks that "
                     "move their weights; call `remove_all_hooks()` and move the pipeline to the GPU first"
                 )
         self.transformer.enable_cuda_graphs(enabled)
-        unet = self._first_frame_unet()
-        if unet is not None:
-            # One memory pool for both: they never run at once and both return copies of their outputs.
-            pool = self.transformer._cuda_graphs.graph_pool if enabled else None
-            enable_module_cuda_graphs(unet, enabled, clone_outputs=True, pool=pool, weights=unet)
+        # One memory pool for all: they never run at once and all return copies of their outputs.
+        pool = self.transformer._cuda_graphs.graph_pool if enabled else None
+        for model in models.values():
+            enable_module_cuda_graphs(model, enabled, clone_outputs=True, pool=pool, weights=model)
         return self
 
     # ------------------------------------------------------------------ properties
