@@ -4,7 +4,7 @@
                                      [--seed 0] [--steps 1,1,1] [--mode monolithic] [--device cuda]
                                      [--dtype float32] [--no-super-resolution] [--json out.json]
     python benchmarks/shapesbench.py --ground-truth [--frames 49 --height 128 --width 128] [--json out.json]
-    python benchmarks/shapesbench.py PIPELINE_FOLDER --vae-roundtrip [--num-prompts 32]
+    python benchmarks/shapesbench.py PIPELINE_OR_VAE_FOLDER --vae-roundtrip [--num-prompts 32]
 
 "seen" prompts use attribute combinations of the training split, "held-out" prompts each contain a combination the
 training split never shows (``HELDOUT_COMBINATIONS`` in ``diffusers_neodragon.data.shapes``), so the gap between the
@@ -12,13 +12,16 @@ two columns measures compositional generalisation. Size and length default to th
 (``default_height`` / ``default_width`` / ``default_num_frames`` of its config); steps and mode to the pipeline's.
 Every prompt is generated from ``torch.Generator().manual_seed(seed)``, so a run is reproducible on one device.
 ``--ground-truth`` scores rendered videos instead of generated ones: the evaluator's ceiling. ``--vae-roundtrip``
-scores them after the pipeline's VAE (encode to the posterior mean, decode): the ceiling of the model's latent space.
+scores them after the pipeline's VAE (encode to the posterior mean, decode): the ceiling of the model's latent space;
+it also takes a VAE folder (or a ``train_vae.py`` run folder), 49x128x128 by default, to check a VAE before a
+transformer is trained on it.
 """
 
 import argparse
 import functools
 import json
 import time
+from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 import numpy as np
@@ -91,10 +94,13 @@ def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
     from diffusers_neodragon import NeodragonPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.vae_roundtrip and not (Path(args.pipeline) / "model_index.json").is_file():
+        return _vae_roundtrip(_load_vae(args.pipeline, args.dtype).to(device), (49, 128, 128), args)
     pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
     if args.vae_roundtrip:
-        return _vae_roundtrip(pipe, args)
+        config = pipe.config
+        return _vae_roundtrip(pipe.vae, (config.default_num_frames, config.default_height, config.default_width), args)
     if getattr(pipe, "first_frame_pipeline", None) is not None:
         pipe.first_frame_pipeline.set_progress_bar_config(disable=True)
     overrides = {
@@ -117,12 +123,20 @@ def _render(prompt: str, size, seed: int) -> np.ndarray:
     return render_scene(scene_from_caption(prompt, np.random.default_rng(seed)), *size)
 
 
-def _vae_roundtrip(pipe, args: argparse.Namespace) -> Callable[[str], np.ndarray]:
-    """prompt -> the rendered video after ``pipe.vae`` (posterior mean, then decode), ``[F, H, W, 3]`` in [0, 1]."""
-    config = pipe.config
-    size = (args.frames or config.default_num_frames, args.height or config.default_height,
-            args.width or config.default_width)
-    vae = pipe.vae
+def _load_vae(folder: str, dtype: str):
+    """The VAE of a VAE folder or of a training run's folder holding ``vae/`` (no pipeline needed); its class is the
+    config's ``_class_name`` (``CausalVideoVAE`` or ``AsymmetricVAE``)."""
+    import diffusers_neodragon
+
+    subfolder = "vae" if (Path(folder) / "vae" / "config.json").is_file() else None
+    config = json.loads((Path(folder) / (subfolder or "") / "config.json").read_text())
+    cls = getattr(diffusers_neodragon, config["_class_name"])
+    return cls.from_pretrained(folder, subfolder=subfolder, dtype=getattr(torch, dtype))
+
+
+def _vae_roundtrip(vae, default_size, args: argparse.Namespace) -> Callable[[str], np.ndarray]:
+    """prompt -> the rendered video after ``vae`` (posterior mean, then decode), ``[F, H, W, 3]`` in [0, 1]."""
+    size = tuple(given or default for given, default in zip((args.frames, args.height, args.width), default_size))
 
     @torch.no_grad()
     def roundtrip(prompt: str) -> np.ndarray:

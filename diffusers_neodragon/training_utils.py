@@ -253,11 +253,24 @@ class PyramidTrainingBatch:
     corruption_sigma: torch.Tensor
 
 
-def sample_num_history(num_latent_frames: int, generator: torch.Generator | None = None) -> int:
-    """The unit count choice: u ~ U{0, ..., T-1} history frames, the trained unit being latent frame u."""
+def sample_num_history(
+    num_latent_frames: int, generator: torch.Generator | None = None, first_frame_prob: float | None = None
+) -> int:
+    """The unit count choice: u ~ U{0, ..., T-1} history frames, the trained unit being latent frame u.
+
+    ``first_frame_prob`` (optional) trains the first frame (u = 0) with that probability and u ~ U{1, ..., T-1}
+    otherwise: the first frame is made from text alone and every later frame copies its object, so a small model
+    gains from seeing it more often than 1/T of the time (Pyramid-Flow mixes in image batches for the same reason).
+    """
     if num_latent_frames < 1:
         raise ValueError(f"`num_latent_frames` must be >= 1, got {num_latent_frames}.")
-    return _randint(generator, 0, num_latent_frames)
+    if first_frame_prob is None:
+        return _randint(generator, 0, num_latent_frames)
+    if not 0.0 <= first_frame_prob <= 1.0:
+        raise ValueError(f"`first_frame_prob` must lie in [0, 1], got {first_frame_prob}.")
+    if num_latent_frames == 1 or float(_rand(generator, 1).item()) < first_frame_prob:
+        return 0
+    return _randint(generator, 1, num_latent_frames)
 
 
 def corrupt_history(
@@ -281,6 +294,7 @@ def pyramid_training_batch(
     generator: torch.Generator | None = None,
     corrupt_ratio: float = HISTORY_CORRUPTION_RATIO,
     noise: torch.Tensor | None = None,
+    first_frame_prob: float | None = None,
 ) -> PyramidTrainingBatch:
     """Build one stage's autoregressive training example from clean, normalised latents (Pyramid-Flow recipe).
 
@@ -306,6 +320,7 @@ def pyramid_training_batch(
         generator: all randomness (u, noise, timesteps, corruption); ``None`` uses the global RNG.
         corrupt_ratio: upper bound of sigma_c (1/3 in Pyramid-Flow; 0 disables the corruption).
         noise: optional full-resolution noise [B, C, 1, H, W] for frame u (drawn when ``None``).
+        first_frame_prob: probability of u = 0 when u is drawn (see :func:`sample_num_history`; ``None``: 1/T).
     """
     if latents.ndim != 5:
         raise ValueError(f"`latents` must be [B, C, T, H, W], got shape {tuple(latents.shape)}.")
@@ -321,7 +336,7 @@ def pyramid_training_batch(
         raise ValueError(f"`corrupt_ratio` must lie in [0, 1], got {corrupt_ratio}.")
     batch, channels, num_frames, height, width = latents.shape
     if num_history is None:
-        num_history = sample_num_history(num_frames, generator)
+        num_history = sample_num_history(num_frames, generator, first_frame_prob)
     if not 0 <= num_history < num_frames:
         raise ValueError(f"`num_history` must be in [0, {num_frames - 1}], got {num_history}.")
     u = int(num_history)

@@ -7,8 +7,9 @@ The model has Pyramid-Flow's layout, scaled down: a ``NeodragonTransformer3DMode
 ``build_shapes_text_encoders``), two frozen CLIP text encoders for the pooled vector, and a frozen causal video VAE
 trained by ``train_vae.py``. Objective (``diffusers_neodragon.training_utils.pyramid_training_batch``): per forward
 one pyramid stage (mix ``--sample_ratios``), a random number u of clean history frames (the unit trained is latent
-frame u; u = 0 is the first frame, without history), history corrupted with sigma_c ~ U(0, 1/3) per sample,
-uniform stage-local timesteps, target = start - end, per-sample MSE; 10% caption dropout for CFG.
+frame u; u = 0 is the first frame, without history; ``--first_frame_prob`` trains it more often), history
+corrupted with sigma_c ~ U(0, 1/3) per sample, uniform stage-local timesteps, target = start - end, per-sample MSE;
+10% caption dropout for CFG.
 
 The output folder is a complete ``NeodragonPipeline`` (mode "monolithic", default size = the training size):
 
@@ -133,6 +134,9 @@ def parse_args(input_args=None):
                         help="random: one stage per step drawn by --sample_ratios (one forward); columns: "
                              "Pyramid-Flow's split of each batch over stages (one forward per stage; single GPU).")
     parser.add_argument("--corrupt_ratio", type=float, default=HISTORY_CORRUPTION_RATIO)
+    parser.add_argument("--first_frame_prob", type=float, default=None,
+                        help="Train the first latent frame (no history) with this probability; default 1/T, "
+                             "like every other unit.")
     parser.add_argument("--caption_dropout", type=float, default=CAPTION_DROPOUT_PROBABILITY)
     # Optimisation
     parser.add_argument("--train_batch_size", type=int, default=16, help="Per device.")
@@ -192,6 +196,8 @@ def parse_args(input_args=None):
         raise ValueError("Give --vae_path (a trained CausalVideoVAE) or --pretrained_model_name_or_path.")
     if args.num_frames < 1 or (args.num_frames - 1) % 8:
         raise ValueError(f"--num_frames must be 1 + 8k, got {args.num_frames}.")
+    if args.first_frame_prob is not None and not 0.0 <= args.first_frame_prob <= 1.0:
+        raise ValueError(f"--first_frame_prob must lie in [0, 1], got {args.first_frame_prob}.")
     if args.latent_cache_path and not args.cache_latents:
         raise ValueError("--latent_cache_path needs --cache_latents.")
     return args
@@ -695,7 +701,8 @@ def main(args):
                 for stage, rows in groups:
                     select = (lambda x: x) if rows is None else (lambda x, r=rows.to(latents.device): None if x is None else x[r])
                     example = pyramid_training_batch(
-                        scheduler, select(latents), stage, generator=generator, corrupt_ratio=args.corrupt_ratio
+                        scheduler, select(latents), stage, generator=generator, corrupt_ratio=args.corrupt_ratio,
+                        first_frame_prob=args.first_frame_prob,
                     )
                     with accelerator.autocast():
                         pred = transformer(

@@ -1,8 +1,6 @@
 import dataclasses
-import importlib.util
-import json
 import io
-import pathlib
+import json
 
 import numpy as np
 import PIL.Image
@@ -12,6 +10,7 @@ import torch
 from diffusers_neodragon.data.shapes import COLORS, SHAPES, ShapeScene, fixed_prompt_set, render_scene, sample_scene
 from diffusers_neodragon.evaluation import evaluate_video, format_table, summarize
 from diffusers_neodragon.evaluation.shapesbench import ATTRIBUTES
+from tests.script_loading import load_script
 
 
 SPLITS = {"seen": "seen", "held-out": "heldout"}
@@ -222,11 +221,7 @@ def test_summarize_and_format_table():
 
 
 def _benchmark_script():
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "shapesbench.py"
-    spec = importlib.util.spec_from_file_location("shapesbench_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script("benchmarks/shapesbench.py")
 
 
 def test_benchmark_script_ground_truth(tmp_path, capsys):
@@ -286,14 +281,22 @@ def test_benchmark_script_vae_roundtrip_scores_the_pipelines_vae(tmp_path, capsy
     calls = []
     original = script._vae_roundtrip
 
-    def counting(pipe, args):
-        decode = pipe.vae.decode
-        pipe.vae.decode = lambda *a, **k: calls.append(1) or decode(*a, **k)
-        return original(pipe, args)
+    def counting(vae, default_size, args):
+        decode = vae.decode
+        vae.decode = lambda *a, **k: calls.append(1) or decode(*a, **k)
+        return original(vae, default_size, args)
 
     monkeypatch.setattr(script, "_vae_roundtrip", counting)
     report = script.main([str(folder), "--vae-roundtrip", "--num-prompts", "2", "--device", "cpu"])
     assert len(calls) == 4 and report["video_size_fhw"] == [9, 64, 64]
     assert "(VAE round trip)" in capsys.readouterr().out
+    # A VAE alone (a train_vae.py run folder holding vae/, or the VAE folder itself) needs no pipeline; the same
+    # weights give the same scores.
+    (folder / "model_index.json").unlink()
+    for vae_folder in (folder, folder / "vae"):
+        calls.clear()
+        alone = script.main([str(vae_folder), "--vae-roundtrip", "--num-prompts", "2", "--device", "cpu",
+                             "--frames", "9", "--height", "64", "--width", "64"])
+        assert len(calls) == 4 and alone["summary"] == report["summary"]
     with pytest.raises(SystemExit):
         script.main(["--ground-truth", "--vae-roundtrip"])

@@ -27,6 +27,7 @@ from diffusers_neodragon.training_utils import (
     psnr,
     pyramid_training_batch,
     resolve_resume_checkpoint,
+    sample_num_history,
     sample_stage,
     stage_columns,
     step_generator,
@@ -124,6 +125,19 @@ def test_first_frame_units_have_no_history(scheduler):
         counts[batch.num_history] += 1
         assert (batch.num_history == 0) == (batch.history == [])
     assert (counts > 60).all()
+
+
+def test_first_frame_prob_sets_the_share_of_first_frame_units():
+    counts = torch.zeros(7)
+    for step in range(1000):
+        counts[sample_num_history(7, step_generator(0, step), first_frame_prob=0.4)] += 1
+    assert 340 < counts[0] < 460  # binomial(1000, 0.4): sd 15.5
+    assert (counts[1:] > 60).all() and (counts[1:] < 140).all()  # the rest uniform over 1..6: 100 each
+    assert sample_num_history(1, torch.Generator().manual_seed(0), first_frame_prob=0.0) == 0
+    assert all(sample_num_history(4, step_generator(1, s), first_frame_prob=0.0) > 0 for s in range(50))
+    assert all(sample_num_history(4, step_generator(1, s), first_frame_prob=1.0) == 0 for s in range(50))
+    with pytest.raises(ValueError, match="first_frame_prob"):
+        sample_num_history(4, first_frame_prob=1.5)
 
 
 def test_batch_is_deterministic_per_generator_and_validates_inputs(scheduler):

@@ -8,7 +8,8 @@
 # short clips breaks down after ~3 latent frames of a longer one (during training every output's receptive field
 # reached the first frame's replicate padding), so it must see the length it will encode; 3. the transformer.
 # VAE_SECONDS / VAE_LONG_SECONDS / DIT_SECONDS cap each phase's training time (step counts are upper bounds);
-# DIT_LR sets the transformer's learning rate (default 1e-3, for a total batch of 512).
+# DIT_LR sets the transformer's learning rate (default 1e-3, for a total batch of 512); SHAPESBENCH_PROMPTS the
+# prompts per split of the final ShapesBench run (default 16; 0 skips it).
 # LAUNCH runs each script under a launcher, e.g. LAUNCH="python3 -m torch.distributed.run --standalone
 # --nproc_per_node 4" (batch sizes are per process; the shipped model used four GPUs, see its model card).
 # SMOKE=1 shrinks every size so that the whole recipe runs on a CPU in a minute (to check it before GPU time).
@@ -20,6 +21,7 @@ read -r -a LAUNCH <<< "${LAUNCH:-$PY}"
 VAE_SECONDS=${VAE_SECONDS:-150}
 VAE_LONG_SECONDS=${VAE_LONG_SECONDS:-125}
 DIT_SECONDS=${DIT_SECONDS:-600}
+SHAPESBENCH_PROMPTS=${SHAPESBENCH_PROMPTS:-16}
 WORKERS=${WORKERS:-14}
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
@@ -39,7 +41,10 @@ else
   VAE_LONG_SIZE=(--resolution 128 --num_frames 49 --train_batch_size 8 --max_train_steps 20000
                  --normalization_samples 256 --mixed_precision bf16 --allow_tf32)
   DIT_SIZE=(--resolution 128 --num_frames 49 --train_samples 8192 --train_batch_size 128 --max_train_steps 100000
-            --num_layers 10 --eval_shapesbench --shapesbench_num_prompts 16 --mixed_precision bf16 --allow_tf32)
+            --num_layers 10 --mixed_precision bf16 --allow_tf32)
+fi
+if [[ "${SMOKE:-0}" != 1 && "$SHAPESBENCH_PROMPTS" != 0 ]]; then
+  DIT_SIZE+=(--eval_shapesbench --shapesbench_num_prompts "$SHAPESBENCH_PROMPTS")
 fi
 COMMON=(--l1_weight 0 --init_logvar -30 --dataloader_num_workers "$WORKERS" --checkpointing_steps 0
         --validation_steps 0 --num_validation_clips 2 --report_to none)
