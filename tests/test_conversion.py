@@ -7,7 +7,6 @@ where a reference checkout exists. Tiny random checkpoints are written in those 
 converted, and every tensor is looked up where it must land.
 """
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -36,10 +35,9 @@ from diffusers_neodragon.conversion import (
     load_pyramid_flow_vae,
 )
 from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
+from tests.script_loading import load_script
 from tests.tiny_components import WORDS, clip_encoder, clip_tokenizer, first_frame_pipeline
 
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Tiny sizes: width 16 = 2 heads x 8, 4 latent channels, pooled 8 + 8 (two CLIPs), 64x64 videos.
 HEADS, HEAD_DIM, LATENT, PATCH, POOLED = 2, 8, 4, 2, 16
@@ -433,11 +431,8 @@ def pyramid_flow(tmp_path_factory):
     return root, write_pyramid_flow(root)
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_conversion_{name}", REPO / "conversion" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_converter(name):
+    return load_script(f"conversion/{name}.py")
 
 
 def generate(pipe, **kwargs):
@@ -838,7 +833,7 @@ def test_from_pretrained_hub_id_downloads_only_what_the_mode_needs(official, mon
 
 def test_convert_neodragon_cli_writes_loadable_folders(official, tmp_path):
     root, states = official
-    script = load_script("convert_neodragon_to_diffusers")
+    script = load_converter("convert_neodragon_to_diffusers")
     out = tmp_path / "converted"
     assert script.main(["--checkpoint_path", str(root), "--mode", "all", "--dtype", "float32",
                         "--output_path", str(out)]) == 0
@@ -868,7 +863,7 @@ def test_convert_pyramid_flow_cli_and_push(pyramid_flow, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "create_repo",
                         lambda repo_id, **kw: type("Repo", (), {"repo_id": repo_id})())
     monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: pushed.append(kw))
-    script = load_script("convert_pyramid_flow_to_diffusers")
+    script = load_converter("convert_pyramid_flow_to_diffusers")
     out = tmp_path / "pf"
     assert script.main(["--checkpoint_path", str(root), "--variant", "384p", "--dtype", "bfloat16",
                         "--output_path", str(out), "--push_to_hub", "--hub_model_id", "me/pf",

@@ -6,18 +6,16 @@ that the layouts ``tests/test_conversion.py`` writes down from the fact sheet ar
 ``state_dict()`` names and shapes.
 """
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests import test_conversion as facts
 from tests.reference_utils import REFERENCE_PATH, import_reference
+from tests.script_loading import load_script
 
 
-REPO = Path(__file__).resolve().parents[1]
 # numpy 2 deprecation inside the reference scheduler's linspace
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
 PYRAMID_FLOW_PATH = os.environ.get("PYRAMID_FLOW_REFERENCE_PATH", "/work/ref/pyramid-flow")
@@ -25,10 +23,7 @@ PYRAMID_FLOW_PATH = os.environ.get("PYRAMID_FLOW_REFERENCE_PATH", "/work/ref/pyr
 
 @pytest.fixture(scope="module")
 def bench():
-    path = REPO / "benchmarks" / "compare_with_reference.py"
-    spec = importlib.util.spec_from_file_location("_compare_with_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/compare_with_reference.py")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: threads only add overhead (and contention on shared machines)
     yield module

@@ -1,6 +1,5 @@
 """CPU smoke tests of training/train_pyramidal_flow.py: a complete loadable pipeline, card, and exact resume."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,19 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline
+from tests.script_loading import load_script
 
 
 SCRIPT = Path(__file__).resolve().parents[2] / "training" / "train_pyramidal_flow.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_pyramidal_flow_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = load_script()
+train = load_script("training/train_pyramidal_flow.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """CPU smoke tests of training/train_vae.py: outputs, latent constants, model card, and exact resume."""
 
-import importlib.util
 import inspect
 from pathlib import Path
 
@@ -9,19 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from diffusers_neodragon import CausalVideoVAE
+from tests.script_loading import load_script
 
 
-SCRIPT = Path(__file__).resolve().parents[2] / "training" / "train_vae.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_vae_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_vae = load_script()
+train_vae = load_script("training/train_vae.py")
 
 TINY = [
     "--resolution", "16", "--num_frames", "9", "--block_out_channels", "8,8,8,8", "--layers_per_block", "1,1,1,1",
