@@ -242,19 +242,33 @@ def graph_vs_eager(module, runner, args, kwargs, calls=4):
     return max(float((o - eager).abs().max()) for o in outs)
 
 
-def text_graph_vs_eager(pipe, device, dtype, calls=4):
-    """Max |graphed - eager| of the prompt features (token features and pooled vector) over ``calls`` calls."""
+def graph_runners(pipe):
+    """Every CUDA-graph runner of the pipeline: the transformer's and those of ``pipe._graphable_models()``."""
     from diffusers_neodragon.utils.cuda_graphs import module_cuda_graph_runner
 
     runners = [module_cuda_graph_runner(m) for m in pipe._graphable_models().values()]
+    return [r for r in [pipe.transformer._cuda_graphs, *runners] if r is not None]
+
+
+def text_graph_vs_eager(pipe, device, dtype, calls=4):
+    """Max |graphed - eager| of the prompt features over ``calls`` calls: ours (token features and pooled vector)
+    and the first-frame pipeline's (its two CLIPs' penultimate states and pooled vector)."""
     prompt = ["a red panda eating bamboo in a misty forest"]
+
+    def features():
+        ours = pipe.encode_prompt(prompt, device, dtype)
+        tensors = [ours[0], ours[2]]
+        if pipe.first_frame_pipeline is not None:
+            tensors += pipe.first_frame_pipeline.encode_prompt(
+                prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)[::2]
+        return [t.float().clone() for t in tensors]
+
     with torch.no_grad():
-        outs = [[t.float().clone() for t in pipe.encode_prompt(prompt, device, dtype)[::2]] for _ in range(calls)]
+        outs = [features() for _ in range(calls)]
         with contextlib.ExitStack() as stack:
-            for runner in runners:
-                if runner is not None:
-                    stack.enter_context(runner.paused())
-            eager = [t.float() for t in pipe.encode_prompt(prompt, device, dtype)[::2]]
+            for runner in graph_runners(pipe):
+                stack.enter_context(runner.paused())
+            eager = features()
     return max(float((o - e).abs().max()) for out in outs for o, e in zip(out, eager))
 
 
@@ -383,12 +397,9 @@ def profile_run(pipe, log, out_dir, full_width, **kwargs):
     """torch.profiler over one generation, eagerly and (when enabled) with CUDA graphs; writes DIR/profile.txt."""
     from torch.profiler import ProfilerActivity, profile
 
-    from diffusers_neodragon.utils.cuda_graphs import module_cuda_graph_runner
-
     os.makedirs(out_dir, exist_ok=True)
     log.active = False
-    unet = pipe.first_frame_pipeline.unet if pipe.first_frame_pipeline is not None else None
-    runners = [r for r in (pipe.transformer._cuda_graphs, unet and module_cuda_graph_runner(unet)) if r is not None]
+    runners = graph_runners(pipe)
     modes = [("eager", True)] + ([("cuda_graphs", False)] if runners else [])
     report, text = {}, []
     for mode, pause in modes:

@@ -92,8 +92,8 @@ def main(argv=None) -> dict:
         with timer("batch"):
             example = pyramid_training_batch(scheduler, latents, stage, num_history=num_history, generator=generator)
         flops = FlopCounterMode(display=False) if count_flops else None
-        with timer("forward + backward"):
-            with autocast, (flops or contextlib.nullcontext()):
+        with timer("forward + backward"), (flops or contextlib.nullcontext()):  # FLOPs of both passes
+            with autocast:
                 pred = transformer(hidden_states=example.hidden_states, encoder_hidden_states=embeds,
                                    pooled_projections=pooled, timestep=example.timestep, history=example.history).sample
                 loss = torch.nn.functional.mse_loss(pred.float(), example.target.float())

@@ -80,7 +80,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     if args.ground_truth == (args.pipeline is not None):
         parser.error("give either PIPELINE_FOLDER or --ground-truth")
     if args.vae_roundtrip and args.pipeline is None:
-        parser.error("--vae-roundtrip needs a PIPELINE_FOLDER (whose VAE to use)")
+        parser.error("--vae-roundtrip needs a PIPELINE_FOLDER or VAE folder (whose VAE to use)")
     if args.num_prompts > 200:
         parser.error("--num-prompts is at most 200")
     return args
@@ -94,7 +94,7 @@ def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
     from diffusers_neodragon import NeodragonPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.vae_roundtrip and not (Path(args.pipeline) / "model_index.json").is_file():
+    if args.vae_roundtrip and _is_vae_folder(args.pipeline):
         return _vae_roundtrip(_load_vae(args.pipeline, args.dtype).to(device), (49, 128, 128), args)
     pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -123,6 +123,14 @@ def _render(prompt: str, size, seed: int) -> np.ndarray:
     return render_scene(scene_from_caption(prompt, np.random.default_rng(seed)), *size)
 
 
+def _is_vae_folder(path: str) -> bool:
+    """A local VAE folder or training run (``config.json`` or ``vae/config.json``) that is not a pipeline; pipelines,
+    official snapshots and Hub ids load through ``NeodragonPipeline.from_pretrained``."""
+    folder = Path(path)
+    has_vae = (folder / "config.json").is_file() or (folder / "vae" / "config.json").is_file()
+    return has_vae and not (folder / "model_index.json").is_file()
+
+
 def _load_vae(folder: str, dtype: str):
     """The VAE of a VAE folder or of a training run's folder holding ``vae/`` (no pipeline needed); its class is the
     config's ``_class_name`` (``CausalVideoVAE`` or ``AsymmetricVAE``)."""
@@ -130,7 +138,9 @@ def _load_vae(folder: str, dtype: str):
 
     subfolder = "vae" if (Path(folder) / "vae" / "config.json").is_file() else None
     config = json.loads((Path(folder) / (subfolder or "") / "config.json").read_text())
-    cls = getattr(diffusers_neodragon, config["_class_name"])
+    cls = getattr(diffusers_neodragon, config.get("_class_name", ""), None)
+    if cls is None:
+        raise ValueError(f"{folder} holds no diffusers_neodragon VAE (config _class_name {config.get('_class_name')!r}).")
     return cls.from_pretrained(folder, subfolder=subfolder, dtype=getattr(torch, dtype))
 
 

@@ -780,6 +780,7 @@ def main(args):
             vae_parameters=f"{count_parameters(vae) / 1e6:.2f}M", vae_path=args.vae_path or args.pretrained_model_name_or_path,
             save_dtype=args.save_dtype, sample_ratios=list(args.sample_ratios), stage_sampling=args.stage_sampling,
             corrupt_ratio=f"{args.corrupt_ratio:.4g}", caption_dropout=f"{args.caption_dropout:.0%}",
+            first_frame_prob="1/T" if args.first_frame_prob is None else f"{args.first_frame_prob:.0%}",
             train_samples=args.train_samples, latent_shape="x".join(map(str, latent_shape)),
             learning_rate=args.learning_rate, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
             ema=f"decay {args.ema_decay}" if args.use_ema else "off", batch_size=total_batch,

@@ -29,8 +29,8 @@ Rules that follow from replaying:
   (CPU tensors, training, a stream that is itself being captured, unhashable non-tensor arguments) runs eagerly,
   so the wrapper is a pure passthrough there.
 - Every key holds its own graph, static buffers and pooled memory until :meth:`CUDAGraphRunner.reset`.
-- A capture that fails (a host synchronisation inside the callable, say) is logged once and that key runs
-  eagerly from then on, so enabling graphs never breaks a model that cannot be captured.
+- A capture that fails (a host synchronisation inside the callable, say) is logged and that key runs eagerly
+  until :meth:`CUDAGraphRunner.reset`, so enabling graphs never breaks a model that cannot be captured.
 """
 
 import contextlib
@@ -203,16 +203,14 @@ class CUDAGraphRunner:
             return self.fn(*args, **kwargs)
         with torch.cuda.device(device):
             if entry is SEEN:
-                try:
-                    entry = self.graphs[key] = self._capture(leaves, spec)
-                except Exception as error:  # e.g. `.item()` inside fn: not capturable, keep it eager
-                    logger.warning("CUDA-graph capture of %s failed, running it eagerly: %s",
-                                   getattr(self.fn, "__qualname__", self.fn), error)
-                    self.graphs[key] = EAGER
+                entry = self.graphs[key] = self._capture(leaves, spec)
+                if entry is EAGER:
                     return self.fn(*args, **kwargs)
             return entry.replay(tensors, self.clone_outputs)
 
-    def _capture(self, leaves: List[Any], spec: TreeSpec) -> _CapturedGraph:
+    def _capture(self, leaves: List[Any], spec: TreeSpec):
+        """The captured graph of this call, or ``EAGER`` when ``fn`` cannot be captured (errors of ``fn`` itself
+        surface from the eager warm-up)."""
         static_leaves = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
         args, kwargs = tree_unflatten(static_leaves, spec)
         stream = torch.cuda.Stream()
@@ -221,8 +219,16 @@ class CUDAGraphRunner:
             self.fn(*args, **kwargs)  # warm-up on a side stream, as capture requires
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = self.fn(*args, **kwargs)
+        previous = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                output = self.fn(*args, **kwargs)
+        except Exception as error:  # e.g. `.item()` inside fn invalidates the capture
+            # A failed capture_end skips the graph context's stream restore: put the caller's stream back.
+            torch.cuda.set_stream(previous)
+            logger.warning("CUDA-graph capture of %s failed, running it eagerly for this input signature: %r",
+                           getattr(self.fn, "__qualname__", self.fn), error.__context__ or error)
+            return EAGER
         output_leaves, output_spec = tree_flatten(output)
         static_inputs = [leaf for leaf in static_leaves if isinstance(leaf, torch.Tensor)]
         return _CapturedGraph(graph, static_inputs, output_leaves, output_spec)

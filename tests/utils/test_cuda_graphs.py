@@ -169,6 +169,7 @@ def test_a_capture_that_fails_falls_back_to_eager_on_cuda():
         for out in outs:
             torch.testing.assert_close(out, x * 6.0)
         assert runner.num_graphs == 0 and list(runner.graphs.values()) == ["eager"]
+        assert torch.cuda.current_stream() == torch.cuda.default_stream()  # the failed capture restored it
         other = CUDAGraphRunner(lambda y: y * 2)  # the device is still usable for graphs afterwards
         for _ in range(3):
             torch.testing.assert_close(other(x), x * 2)
