@@ -10,6 +10,10 @@ N(0, I); + an optional LPIPS term, off by default because its weights must be do
 After training, the latents of ``--normalization_samples`` training clips give the constants written into the
 saved config: the first latent frame (image) and the later frames (video) each get shift = mean, scale = 1/std.
 
+``--decoder_only --latent_noise_std S`` fine-tunes the decoder of a trained VAE on latents perturbed by noise (in
+the transformer's normalised units), keeping the encoder and the constants: the way to make the decoder of a
+shipped model tolerate generated latents without retraining its transformer.
+
 Example (one GPU, ~5 minutes on an H100):
 
     accelerate launch training/train_vae.py --output_dir runs/shapes-vae --resolution 128 --num_frames 17 \\
@@ -19,6 +23,7 @@ Example (one GPU, ~5 minutes on an H100):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import math
@@ -65,6 +70,7 @@ SCRIPT = "training/train_vae.py"
 # Validation and normalisation clips come from other seeds than the training set (the Shapes world is infinite).
 VALIDATION_SEED_OFFSET = 1000
 STATISTICS_SEED_OFFSET = 2000
+LATENT_CONSTANTS = ("image_latent_shift", "image_latent_scale", "video_latent_shift", "video_latent_scale")
 
 
 def parse_args(input_args=None):
@@ -88,6 +94,12 @@ def parse_args(input_args=None):
                              "one that trains small VAEs from scratch; reference: Pyramid-Flow's truncated-normal(0.02), "
                              "calibrated for its 128-512-wide VAE (on narrow ones the latent path shrinks to ~1e-4 and "
                              "colour is never learned); pytorch: PyTorch's default init.")
+    parser.add_argument("--decoder_only", action="store_true",
+                        help="Fine-tune only the decoder of --pretrained_vae: the encoder, the latent space and its "
+                             "normalisation constants stay as they are, so a transformer trained on them stays valid.")
+    parser.add_argument("--latent_noise_std", type=float, default=0.0,
+                        help="Decode latents perturbed by Gaussian noise of std U(0, this) per clip, in the VAE's "
+                             "normalised (transformer) units, so that the decoder tolerates generated latents.")
     parser.add_argument("--init_logvar", type=float, default=-10.0,
                         help="Initial posterior log-variance (quant_conv bias) of a new VAE: sampling noise starts "
                              "small instead of swamping the untrained latents (std exp(logvar/2)).")
@@ -151,6 +163,10 @@ def parse_args(input_args=None):
         raise ValueError(f"--validation_num_frames must be 1 + 8k with k >= 1, got {args.validation_num_frames}.")
     if (args.normalization_num_frames - 1) % 8 or args.normalization_num_frames < 9:
         raise ValueError("--normalization_num_frames must be 1 + 8k with k >= 1.")
+    if args.decoder_only and not args.pretrained_vae:
+        raise ValueError("--decoder_only fine-tunes the decoder of --pretrained_vae; give one.")
+    if args.latent_noise_std < 0:
+        raise ValueError(f"--latent_noise_std must be >= 0, got {args.latent_noise_std}.")
     return args
 
 
@@ -222,16 +238,32 @@ def build_vae(args) -> CausalVideoVAE:
 
 
 class VAEReconstruction(torch.nn.Module):
-    """The training forward (encode, sample the posterior, decode) as one module, so that a distributed wrapper
-    sees every parameter used: returns (reconstruction, posterior mean, posterior logvar)."""
+    """The training forward (encode, sample the posterior, optionally perturb, decode) as one module, so that a
+    distributed wrapper sees every parameter used: returns (reconstruction, posterior mean, posterior logvar).
 
-    def __init__(self, vae: CausalVideoVAE):
+    ``latent_noise_std`` adds ``s * N(0, 1)`` with ``s ~ U(0, latent_noise_std)`` per clip to the normalised latents
+    before decoding: a transformer's latents are never exactly on the encoder's manifold, and a decoder trained
+    only on clean ones (KL near 0) turns small errors into speckle. ``encoder_frozen`` encodes without gradients.
+    """
+
+    def __init__(self, vae: CausalVideoVAE, latent_noise_std: float = 0.0, encoder_frozen: bool = False):
         super().__init__()
         self.vae = vae
+        self.latent_noise_std = latent_noise_std
+        self.encoder_frozen = encoder_frozen
 
     def forward(self, videos: torch.Tensor, generator: torch.Generator | None = None):
-        posterior = self.vae.encode(videos).latent_dist
-        recon = self.vae.decode(posterior.sample(generator=generator)).sample
+        with torch.no_grad() if self.encoder_frozen else contextlib.nullcontext():
+            posterior = self.vae.encode(videos).latent_dist
+            latents = posterior.sample(generator=generator)
+        if self.latent_noise_std > 0:
+            normalised = self.vae.normalize_latents(latents)
+            device = generator.device if generator is not None else normalised.device
+            scale = torch.rand((latents.shape[0], 1, 1, 1, 1), generator=generator, device=device)
+            noise = torch.randn(normalised.shape, generator=generator, device=device)
+            perturbed = normalised + (self.latent_noise_std * scale * noise).to(normalised.device, normalised.dtype)
+            latents = self.vae.denormalize_latents(perturbed)
+        recon = self.vae.decode(latents).sample
         return recon, posterior.mean, posterior.logvar
 
 
@@ -294,7 +326,10 @@ def main(args):
     if args.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     vae.train()
-    model = VAEReconstruction(vae)
+    if args.decoder_only:  # the encoder and its posterior projection define the latent space: keep them
+        for module in (vae.encoder, vae.quant_conv):
+            module.requires_grad_(False)
+    model = VAEReconstruction(vae, args.latent_noise_std, encoder_frozen=args.decoder_only)
 
     # Checkpoints hold the VAE in diffusers format (loadable with from_pretrained) next to the optimiser state.
     def save_model_hook(models, weights, folder):
@@ -316,7 +351,7 @@ def main(args):
     accelerator.register_load_state_pre_hook(load_model_hook)
 
     optimizer = torch.optim.AdamW(
-        vae.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        [p for p in vae.parameters() if p.requires_grad], lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
     )
     perceptual_fn = None
@@ -436,17 +471,19 @@ def main(args):
         vae = accelerator.unwrap_model(model).vae.eval()
         if validation_clips is not None and not (args.validation_steps and global_step % args.validation_steps == 0):
             last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
-        stats_dataset = shapes_dataset(
-            args.normalization_samples, args.normalization_num_frames, args.height, args.width,
-            args.seed + STATISTICS_SEED_OFFSET,
-            "train", args.two_objects_prob,
-        )
-        stats_loader = torch.utils.data.DataLoader(
-            stats_dataset, batch_size=max(1, args.train_batch_size), collate_fn=collate_videos,
-            num_workers=args.dataloader_num_workers,
-        )
-        stats = compute_latent_statistics(vae, (b["video"] for b in stats_loader), device=accelerator.device)
-        vae.register_to_config(**stats)
+        if args.decoder_only:  # same encoder: the pretrained constants (a transformer depends on them) stay
+            stats = {name: vae.config[name] for name in LATENT_CONSTANTS}
+        else:
+            stats_dataset = shapes_dataset(
+                args.normalization_samples, args.normalization_num_frames, args.height, args.width,
+                args.seed + STATISTICS_SEED_OFFSET, "train", args.two_objects_prob,
+            )
+            stats_loader = torch.utils.data.DataLoader(
+                stats_dataset, batch_size=max(1, args.train_batch_size), collate_fn=collate_videos,
+                num_workers=args.dataloader_num_workers,
+            )
+            stats = compute_latent_statistics(vae, (b["video"] for b in stats_loader), device=accelerator.device)
+            vae.register_to_config(**stats)
         logger.info(f"latent constants: {stats}")
         save_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.save_dtype]
         if save_dtype == torch.float32:

@@ -126,3 +126,44 @@ def test_scaled_init_passes_latents_and_colours_at_unit_scale():
     assert not scaled.decoder.mid_block.attentions[0].to_out[0].weight.any()
     assert _latent_std(scaled) > 0.05 > 0.01 > _latent_std(reference)
     assert _colour_gain(scaled) > 0.05 > 0.01 > _colour_gain(reference)
+
+
+def test_decoder_only_fine_tune_keeps_the_encoder_and_constants(tmp_path):
+    """--decoder_only --latent_noise_std: the encoder, posterior projection and latent constants are the pretrained
+    ones (a transformer trained on them stays valid); the decoder learns."""
+    run(tmp_path / "base", "--max_train_steps", "1", "--num_validation_clips", "0", "--normalization_samples", "2",
+        "--checkpointing_steps", "0")
+    run(tmp_path / "tuned", "--pretrained_vae", str(tmp_path / "base"), "--decoder_only", "--latent_noise_std", "0.5",
+        "--max_train_steps", "2", "--num_validation_clips", "0", "--checkpointing_steps", "0")
+    before, after = weights(tmp_path / "base"), weights(tmp_path / "tuned")
+    assert before.keys() == after.keys()
+    decoder = [n for n in before if n.startswith(("decoder.", "post_quant_conv."))]
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in decoder)  # encoder + quant_conv
+    changed = [n for n in decoder if not torch.equal(before[n], after[n])]
+    assert len(changed) > len(decoder) // 2  # (zero-initialised branches keep a few at their start)
+    base, tuned = (CausalVideoVAE.from_pretrained(tmp_path / folder / "vae") for folder in ("base", "tuned"))
+    for name in train_vae.LATENT_CONSTANTS:
+        assert getattr(tuned.config, name) == getattr(base.config, name)
+    with pytest.raises(ValueError, match="--decoder_only"):
+        train_vae.parse_args([*TINY, "--decoder_only"])
+    with pytest.raises(ValueError, match="--latent_noise_std"):
+        train_vae.parse_args([*TINY, "--latent_noise_std", "-1"])
+
+
+def test_latent_noise_perturbs_the_decoded_latents_in_normalised_units():
+    vae = train_vae.build_vae(train_vae.parse_args([*TINY, "--output_dir", "unused"])).eval()
+    vae.register_to_config(image_latent_scale=4.0, video_latent_scale=2.0)
+    video = torch.rand(2, 3, 9, 16, 16) * 2 - 1
+    decoded = []
+    vae.decode = lambda latents: decoded.append(latents) or CausalVideoVAE.decode(vae, latents)
+    with torch.no_grad():
+        clean = train_vae.VAEReconstruction(vae)(video, torch.Generator().manual_seed(0))
+        noisy = train_vae.VAEReconstruction(vae, latent_noise_std=1.0)(video, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noisy[1], clean[1])  # the same posterior
+    delta = vae.normalize_latents(decoded[1]) - vae.normalize_latents(decoded[0])
+    # One noise level s ~ U(0, 1) per clip, applied in normalised units: frame 0 (image constants) and the later
+    # frame (video constants) get the same spread, and the two clips get different ones.
+    spread = delta.std(dim=(1, 3, 4))  # [clip, latent frame]
+    assert (spread > 0).all() and (spread < 1.5).all()
+    torch.testing.assert_close(spread[:, 0], spread[:, 1], rtol=0.5, atol=0.0)
+    assert not torch.allclose(spread[0], spread[1], rtol=0.2)
