@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Timer:
-    """Wall time of a block, synchronising the device so that queued kernels are counted."""
+    """Summed wall time per named block, synchronising the device so that queued kernels are counted."""
 
     def __init__(self, device: torch.device):
         self.device, self.totals = device, {}
@@ -54,19 +54,13 @@ class _Timer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Block:
-            def __enter__(self):
-                timer.sync()
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.sync()
-                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.start
-
-        return _Block()
+        self.sync()
+        start = time.perf_counter()
+        yield
+        self.sync()
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
 
 
 def main(argv=None) -> dict:

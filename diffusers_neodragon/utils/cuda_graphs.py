@@ -199,13 +199,11 @@ class CUDAGraphRunner:
         if entry is None:  # first sight: eager (fills caches, picks kernels)
             self.graphs[key] = SEEN
             return self.fn(*args, **kwargs)
-        if entry is EAGER:
-            return self.fn(*args, **kwargs)
         with torch.cuda.device(device):
             if entry is SEEN:
                 entry = self.graphs[key] = self._capture(leaves, spec)
-                if entry is EAGER:
-                    return self.fn(*args, **kwargs)
+            if entry is EAGER:
+                return self.fn(*args, **kwargs)
             return entry.replay(tensors, self.clone_outputs)
 
     def _capture(self, leaves: List[Any], spec: TreeSpec):
