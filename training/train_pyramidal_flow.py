@@ -155,6 +155,9 @@ def parse_args(input_args=None):
     parser.add_argument("--use_ema", action="store_true")
     parser.add_argument("--ema_decay", type=float, default=0.999)
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer blocks (regional, dynamic shapes): fewer kernel launches "
+                        "for a small model whose step is launch-bound on a GPU; costs compile time at the start")
     parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
     parser.add_argument("--allow_tf32", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -570,6 +573,8 @@ def main(args):
         transformer.enable_gradient_checkpointing()
     freeze_unused_parameters(transformer)
     transformer.train()
+    if args.compile:
+        transformer.compile_repeated_blocks(dynamic=True)
     ema = None
     if args.use_ema:
         ema = EMAModel(transformer.parameters(), decay=args.ema_decay, model_cls=NeodragonTransformer3DModel,
