@@ -9,12 +9,17 @@ pipeline's own VAE, without decoding anything:
 1. *teacher-forced loss* of the training objective (``pyramid_training_batch``, no history corruption) per stage for
    the first latent frame, the second and the last, once with the clip's true history and once with the history of
    another clip. A model that ignores its history shows the same loss for both;
-2. *rollout drift*: the pipeline generates every later latent frame from the clip's true first frame
+2. *caption use*: the first frame's teacher-forced loss per stage with the true caption and with one attribute word
+   (shape, colour, size) swapped for another value. A model that ignores a word shows the same loss for both: the
+   embedded model ignored its shape word while ShapesBench's shape accuracy stayed at chance, so this is a
+   seconds-long check of what ShapesBench needs minutes for;
+3. *rollout drift*: the pipeline generates every later latent frame from the clip's true first frame
    (``image=``, no guidance), and the MSE to the true latents is reported per latent frame, relative to their
    variance. Frame 1 measures one step with a perfect history; the growth after it measures exposure bias.
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 
 from diffusers_neodragon import NeodragonPipeline
-from diffusers_neodragon.data.shapes import ShapesVideoDataset
+from diffusers_neodragon.data.shapes import COLORS, SHAPES, SIZES, ShapeScene, ShapesVideoDataset
 from diffusers_neodragon.training_utils import pyramid_training_batch, step_generator
 
 
@@ -36,6 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", default=None)
     return parser
+
+
+SWAPPED_ATTRIBUTES = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES}
+
+
+def swap_attribute(scene: ShapeScene, attribute: str) -> ShapeScene:
+    """The scene with its (first) object's `attribute` changed to the next value of the vocabulary that keeps the
+    scene valid (a colour is never the background's or the second object's)."""
+    values = SWAPPED_ATTRIBUTES[attribute]
+    start = values.index(getattr(scene, attribute))
+    for offset in range(1, len(values)):
+        try:
+            return dataclasses.replace(scene, **{attribute: values[(start + offset) % len(values)]})
+        except ValueError:
+            continue
+    raise ValueError(f"No valid value to swap {attribute!r} of {scene} for.")
+
+
+def first_frame_loss(pipe, example, text) -> float:
+    embeds, mask, pooled = text
+    pred = pipe.transformer(hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
+                            timestep=example.timestep, history=example.history, encoder_attention_mask=mask).sample
+    return float(((pred.float() - example.target.float()) ** 2).mean())
 
 
 @torch.no_grad()
@@ -73,6 +101,21 @@ def main(argv=None) -> dict:
                     losses[name].append(float(((pred.float() - example.target.float()) ** 2).mean()))
             teacher_forced[f"frame {unit} stage {stage}"] = {k: float(np.mean(v)) for k, v in losses.items()}
 
+    scenes = [ShapeScene.from_dict(scene) for scene in batch["scene"]]
+    texts = {"true caption": (embeds, mask, pooled)}
+    for attribute in SWAPPED_ATTRIBUTES:
+        captions = [swap_attribute(scene, attribute).caption for scene in scenes]
+        texts[f"{attribute} swapped"] = pipe.encode_prompt(captions, device, torch.float32)
+    caption_use = {}
+    for stage in range(pipe.scheduler.config.stages):
+        losses = {name: [] for name in texts}
+        for repeat in range(args.repeats):
+            example = pyramid_training_batch(pipe.scheduler, latents, stage, num_history=0,
+                                             generator=step_generator(args.seed, repeat), corrupt_ratio=0.0)
+            for name, text in texts.items():
+                losses[name].append(first_frame_loss(pipe, example, text))
+        caption_use[f"frame 0 stage {stage}"] = {k: float(np.mean(v)) for k, v in losses.items()}
+
     first_frames = (videos[:, :, 0].float() + 1) / 2  # [N, 3, H, W] in [0, 1], as `image=` takes them
     generated = pipe(batch["caption"], image=first_frames, mode="hybrid", video_num_inference_steps=args.steps,
                      video_guidance_scale=1.0, output_type="latent", super_resolution=False,
@@ -81,12 +124,16 @@ def main(argv=None) -> dict:
     drift = (((generated - latents) ** 2).mean(dim=(0, 1, 3, 4)) / variance).tolist()
 
     report = dict(pipeline=args.pipeline, settings={k: v for k, v in vars(args).items() if k != "pipeline"},
-                  teacher_forced_loss=teacher_forced, rollout_relative_mse=drift,
+                  teacher_forced_loss=teacher_forced, caption_use_loss=caption_use, rollout_relative_mse=drift,
                   seconds=time.perf_counter() - start)
     print(f"teacher-forced loss ({args.clips} clips x {args.repeats} draws): true history | another clip's history")
     for name, values in teacher_forced.items():
         true, shuffled = values["true history"], values["other clip's history"]
         print(f"  {name:20s} {true:9.4f} | {shuffled:9.4f}")
+    print("first-frame loss with the true caption | one word swapped: " + " | ".join(list(texts)[1:]))
+    for name, values in caption_use.items():
+        print(f"  {name:20s} {values['true caption']:9.4f} | " + " | ".join(f"{v:9.4f}" for k, v in values.items()
+                                                                           if k != "true caption"))
     print(f"rollout from the true first frame ({args.steps} steps per stage, no guidance): MSE / variance per latent "
           "frame\n  " + "  ".join(f"{value:.3f}" for value in drift))
     if args.json:
