@@ -59,10 +59,11 @@ def swap_attribute(scene: ShapeScene, attribute: str) -> ShapeScene:
     raise ValueError(f"No valid value to swap {attribute!r} of {scene} for.")
 
 
-def first_frame_loss(pipe, example, text) -> float:
+def teacher_forced_loss(pipe, example, text, history) -> float:
+    """The training objective's MSE on one `pyramid_training_batch` example, for the given text and history."""
     embeds, mask, pooled = text
     pred = pipe.transformer(hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
-                            timestep=example.timestep, history=example.history, encoder_attention_mask=mask).sample
+                            timestep=example.timestep, history=history, encoder_attention_mask=mask).sample
     return float(((pred.float() - example.target.float()) ** 2).mean())
 
 
@@ -93,12 +94,8 @@ def main(argv=None) -> dict:
                 example = pyramid_training_batch(pipe.scheduler, latents, stage, num_history=unit,
                                                  generator=step_generator(args.seed, repeat), corrupt_ratio=0.0)
                 for name, order in (("true history", slice(None)), ("other clip's history", other)):
-                    pred = pipe.transformer(
-                        hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
-                        timestep=example.timestep, history=[h[order] for h in example.history],
-                        encoder_attention_mask=mask,
-                    ).sample
-                    losses[name].append(float(((pred.float() - example.target.float()) ** 2).mean()))
+                    history = [h[order] for h in example.history]
+                    losses[name].append(teacher_forced_loss(pipe, example, (embeds, mask, pooled), history))
             teacher_forced[f"frame {unit} stage {stage}"] = {k: float(np.mean(v)) for k, v in losses.items()}
 
     scenes = [ShapeScene.from_dict(scene) for scene in batch["scene"]]
@@ -113,7 +110,7 @@ def main(argv=None) -> dict:
             example = pyramid_training_batch(pipe.scheduler, latents, stage, num_history=0,
                                              generator=step_generator(args.seed, repeat), corrupt_ratio=0.0)
             for name, text in texts.items():
-                losses[name].append(first_frame_loss(pipe, example, text))
+                losses[name].append(teacher_forced_loss(pipe, example, text, example.history))
         caption_use[f"frame 0 stage {stage}"] = {k: float(np.mean(v)) for k, v in losses.items()}
 
     first_frames = (videos[:, :, 0].float() + 1) / 2  # [N, 3, H, W] in [0, 1], as `image=` takes them
