@@ -29,6 +29,7 @@ import torch
 
 from diffusers_neodragon.data.shapes import fixed_prompt_set, render_scene, scene_from_caption
 from diffusers_neodragon.evaluation import evaluate_video, format_table, summarize
+from diffusers_neodragon.training_utils import load_vae_folder
 
 
 SPLITS = {"seen": "seen", "held-out": "heldout"}
@@ -95,7 +96,8 @@ def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.vae_roundtrip and _is_vae_folder(args.pipeline):
-        return _vae_roundtrip(_load_vae(args.pipeline, args.dtype).to(device), (49, 128, 128), args)
+        vae = load_vae_folder(args.pipeline, getattr(torch, args.dtype)).to(device)
+        return _vae_roundtrip(vae, (49, 128, 128), args)
     pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
     if args.vae_roundtrip:
@@ -129,19 +131,6 @@ def _is_vae_folder(path: str) -> bool:
     folder = Path(path)
     has_vae = (folder / "config.json").is_file() or (folder / "vae" / "config.json").is_file()
     return has_vae and not (folder / "model_index.json").is_file()
-
-
-def _load_vae(folder: str, dtype: str):
-    """The VAE of a VAE folder or of a training run's folder holding ``vae/`` (no pipeline needed); its class is the
-    config's ``_class_name`` (``CausalVideoVAE`` or ``AsymmetricVAE``)."""
-    import diffusers_neodragon
-
-    subfolder = "vae" if (Path(folder) / "vae" / "config.json").is_file() else None
-    config = json.loads((Path(folder) / (subfolder or "") / "config.json").read_text())
-    cls = getattr(diffusers_neodragon, config.get("_class_name", ""), None)
-    if cls is None:
-        raise ValueError(f"{folder} holds no diffusers_neodragon VAE (config _class_name {config.get('_class_name')!r}).")
-    return cls.from_pretrained(folder, subfolder=subfolder, dtype=getattr(torch, dtype))
 
 
 def _vae_roundtrip(vae, default_size, args: argparse.Namespace) -> Callable[[str], np.ndarray]:

@@ -565,6 +565,26 @@ def encode_prompts(
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
+def load_vae_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32, cls=None) -> torch.nn.Module:
+    """A VAE from a local VAE folder or from a folder holding ``vae/`` (a ``train_vae.py`` run or a pipeline).
+
+    ``cls`` defaults to the config's ``_class_name`` among this package's models (``CausalVideoVAE`` or
+    ``AsymmetricVAE``), so callers that only need "the VAE in this folder" need not know which one it is.
+    """
+    import json  # noqa: PLC0415
+
+    import diffusers_neodragon  # noqa: PLC0415
+
+    folder = Path(path)
+    subfolder = "vae" if (folder / "vae" / "config.json").is_file() else None
+    if cls is None:
+        name = json.loads((folder / (subfolder or "") / "config.json").read_text()).get("_class_name", "")
+        cls = getattr(diffusers_neodragon, name, None)
+        if cls is None:
+            raise ValueError(f"{folder} holds no diffusers_neodragon VAE (config _class_name {name!r}).")
+    return cls.from_pretrained(str(folder), subfolder=subfolder, dtype=dtype)
+
+
 def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """``checkpoint-<step>`` folders of ``output_dir`` as (step, path), oldest first."""
     folder = Path(output_dir)

@@ -64,6 +64,7 @@ from diffusers_neodragon.training_utils import (
     format_float,
     freeze_unused_parameters,
     initialize_transformer_weights,
+    load_vae_folder,
     parse_int_list,
     parse_resolution,
     pooled_projection_dim,
@@ -236,9 +237,7 @@ def shapes_vocabulary() -> list[str]:
 
 
 def load_vae(args) -> CausalVideoVAE:
-    path = Path(args.vae_path or args.pretrained_model_name_or_path)
-    subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
-    return CausalVideoVAE.from_pretrained(str(path), subfolder=subfolder, torch_dtype=torch.float32)
+    return load_vae_folder(args.vae_path or args.pretrained_model_name_or_path, torch.float32, CausalVideoVAE)
 
 
 def load_text_encoders(path: str) -> dict:

@@ -49,6 +49,7 @@ from diffusers_neodragon.training_utils import (
     create_hub_repo,
     finish_training_loop,
     format_float,
+    load_vae_folder,
     parse_int_list,
     parse_resolution,
     psnr,
@@ -210,10 +211,8 @@ def scaled_init_(vae: CausalVideoVAE) -> None:
 
 
 def build_vae(args) -> CausalVideoVAE:
-    if args.pretrained_vae:
-        path = Path(args.pretrained_vae)  # a VAE folder, or a training run / pipeline folder holding vae/
-        subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
-        return CausalVideoVAE.from_pretrained(str(path), subfolder=subfolder, torch_dtype=torch.float32)
+    if args.pretrained_vae:  # a VAE folder, or a training run / pipeline folder holding vae/
+        return load_vae_folder(args.pretrained_vae, torch.float32, CausalVideoVAE)
     encoder_channels = parse_int_list(args.block_out_channels)
     encoder_layers = parse_int_list(args.layers_per_block)
     if len(encoder_channels) != 4 or len(encoder_layers) != 4:

@@ -1,5 +1,6 @@
 """Unit tests of the training helpers: pyramidal batches, losses, stage mix, text stand-ins, checkpoints."""
 
+import json
 import math
 import time
 
@@ -21,6 +22,7 @@ from diffusers_neodragon.training_utils import (
     freeze_unused_parameters,
     initialize_transformer_weights,
     list_checkpoints,
+    load_vae_folder,
     parse_resolution,
     pooled_projection_dim,
     prune_checkpoints,
@@ -366,3 +368,20 @@ def test_resolve_trackers_and_training_time_is_up():
     assert not training_time_is_up(None, now - 1e6, accelerator)
     assert not training_time_is_up(60.0, now, accelerator)
     assert training_time_is_up(60.0, now - 61.0, accelerator)
+
+
+def test_load_vae_folder_finds_the_vae_of_a_vae_folder_or_of_a_folder_holding_vae(tmp_path):
+    vae = CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                         encoder_layers_per_block=(1,) * 4, decoder_layers_per_block=(1,) * 4, norm_num_groups=4)
+    vae.save_pretrained(tmp_path / "run" / "vae")
+    vae.save_pretrained(tmp_path / "bare")
+    for folder in (tmp_path / "run", tmp_path / "bare"):
+        loaded = load_vae_folder(folder)  # class from the config's _class_name
+        assert type(loaded) is CausalVideoVAE and next(loaded.parameters()).dtype == torch.float32
+        assert torch.equal(loaded.encoder.conv_in.conv.weight, vae.encoder.conv_in.conv.weight)
+    assert next(load_vae_folder(tmp_path / "bare", torch.float16).parameters()).dtype == torch.float16
+    config = json.loads((tmp_path / "bare" / "config.json").read_text())
+    (tmp_path / "bare" / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DModel"}))
+    with pytest.raises(ValueError, match="no diffusers_neodragon VAE"):
+        load_vae_folder(tmp_path / "bare")
+    assert type(load_vae_folder(tmp_path / "bare", cls=CausalVideoVAE)) is CausalVideoVAE  # an explicit class wins
