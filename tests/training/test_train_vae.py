@@ -31,7 +31,7 @@ def weights(folder):
 
 def test_train_vae_writes_a_loadable_vae_with_constants_and_card(tmp_path):
     result = run(tmp_path, "--max_train_steps", "2", "--validation_steps", "1", "--num_validation_clips", "1",
-                 "--normalization_samples", "2", "--checkpointing_steps", "0")
+                 "--normalization_samples", "2", "--checkpointing_steps", "0", "--edge_weight", "0.5")
     assert result["global_step"] == 2 and result["loss"] > 0 and result["psnr"] is not None
     vae = CausalVideoVAE.from_pretrained(tmp_path / "vae")
     assert vae.config.latent_channels == 4 and list(vae.config.encoder_block_out_channels) == [8, 8, 8, 8]
@@ -46,6 +46,7 @@ def test_train_vae_writes_a_loadable_vae_with_constants_and_card(tmp_path):
     ]
     card = (tmp_path / "README.md").read_text()
     assert "accelerate launch training/train_vae.py" in card and "--max_train_steps 2" in card
+    assert "0.5·edge" in card
     assert f"{result['psnr']:.4g}" in card and "{{" not in card
     assert not list(tmp_path.glob("checkpoint-*"))
 

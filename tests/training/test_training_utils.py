@@ -226,6 +226,16 @@ def test_vae_reconstruction_loss():
     _, logs = vae_reconstruction_loss(recon, target, perceptual_weight=1.0,
                                       perceptual_fn=lambda x, y: (x - y).abs().flatten(1).mean(1))
     assert logs["perceptual"] == pytest.approx(0.5)
+    # The edge term ignores a constant offset but sees a blurred step: target steps 0 -> 1 between columns 3 and 4,
+    # the reconstruction ramps over columns 3..5 (differences 0.5, 0.5 where the target has 0, 1).
+    _, logs = vae_reconstruction_loss(recon, target, mse_weight=0, l1_weight=0, edge_weight=1.0)
+    assert logs == {"edge": 0.0}
+    step = torch.zeros(1, 3, 2, 8, 8)
+    step[..., 4:] = 1.0
+    ramp = step.clone()
+    ramp[..., 4] = 0.5
+    _, logs = vae_reconstruction_loss(ramp, step, mse_weight=0, l1_weight=0, edge_weight=1.0)
+    assert logs["edge"] == pytest.approx((1.0 / 7) / 2)  # |0.5-0| + |0.5-1| per row over 7 x-differences; none in y
     assert psnr(recon, target) == pytest.approx(10 * math.log10(4 / 0.25))
 
 
