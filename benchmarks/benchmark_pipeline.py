@@ -14,10 +14,12 @@ runs the same work through the official ``generate()`` on the same weights in th
 speed-ups. ``--profile DIR`` runs torch.profiler over one hybrid batch-1 +SR generation (eagerly, and again with
 CUDA graphs when they are on) and writes the top-40 kernel table and the CUDA kernels launched per component to
 ``DIR/profile.txt``. ``--offload`` finally moves the pipeline to the CPU, enables model CPU offload (graphs off) and
-times hybrid batch 1 +SR again (end to end and peak GPU memory). Output: a table on stdout and a JSON file.
+times hybrid batch 1 +SR again (end to end and peak GPU memory); ``--group-offload`` does the same with diffusers'
+leaf-level group offload on a CUDA stream. For every memory mode one more run reports where the memory goes: what
+stays allocated between runs and the peak inside each component. Output: a table on stdout and a JSON file.
 
     python benchmarks/benchmark_pipeline.py --reference /path/to/neodragon --json bench.json
-    python benchmarks/benchmark_pipeline.py --batch-sizes 1 --skip-monolithic --profile prof --offload
+    python benchmarks/benchmark_pipeline.py --batch-sizes 1 --skip-monolithic --profile prof --offload --group-offload
 """
 
 import argparse
@@ -136,6 +138,7 @@ class EventLog:
     def __init__(self):
         self.events = []
         self.active = True
+        self.peaks = None  # {label: GiB} while `memory_by_component` runs
 
     def wrap(self, obj, name, label):
         original = getattr(obj, name)
@@ -143,11 +146,16 @@ class EventLog:
         def timed(*args, **kwargs):
             if not self.active:
                 return original(*args, **kwargs)
+            name = label(*args, **kwargs) if callable(label) else label
+            if self.peaks is not None:  # the allocator's statistics are host-side: no sync needed
+                torch.cuda.reset_peak_memory_stats()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             out = original(*args, **kwargs)
             end.record()
-            self.events.append((label(*args, **kwargs) if callable(label) else label, start, end))
+            self.events.append((name, start, end))
+            if self.peaks is not None:
+                self.peaks[name] = max(self.peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
             return out
 
         setattr(obj, name, timed)
@@ -229,6 +237,23 @@ def run_case(pipe, log, flops, name, repeats, **kwargs):
     result["dit_tflops"] = sum(flops.values()) / repeats / (dit_ms / 1e3) / 1e12 if dit_ms else 0.0
     print(json.dumps({k: result[k] for k in ("case", "ms", "peak_memory_gib", "dit_tflops")}), flush=True)
     return result
+
+
+def memory_by_component(pipe, log, **kwargs):
+    """Where the peak memory goes: what stays allocated between runs (weights, graph pools) and the peak inside
+    each component of one more run. Separate from `run_case`, whose whole-run peak these resets would hide."""
+    torch.cuda.synchronize()
+    resident = torch.cuda.memory_allocated() / 2**30
+    log.peaks = {}
+    try:
+        pipe(**kwargs)
+        log.totals()
+        peaks = log.peaks
+    finally:
+        log.peaks = None
+    report = {"resident_gib": resident, "peak_gib_by_component": peaks}
+    print(json.dumps(report), flush=True)
+    return report
 
 
 # ----------------------------------------------------------------------------- CUDA graphs
@@ -550,6 +575,9 @@ def main(argv=None):
                         help="torch.profiler over one hybrid batch-1 +SR run; writes DIR/profile.txt")
     parser.add_argument("--offload", action="store_true",
                         help="finally time hybrid batch-1 +SR with enable_model_cpu_offload() (graphs off)")
+    parser.add_argument("--group-offload", action="store_true",
+                        help="finally time hybrid batch-1 +SR with leaf-level group offload on a CUDA stream "
+                             "(graphs off; after --offload when both are given)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("This benchmark needs a CUDA GPU.")
@@ -642,6 +670,7 @@ def main(argv=None):
             print(json.dumps(reference), flush=True)
 
     generation = dict(prompt=[prompt], mode="hybrid", output_type="pt")
+    memory = memory_by_component(pipe, log, generator=torch.Generator(device).manual_seed(0), **generation)
     profile = None
     if args.profile:
         profile = profile_run(pipe, log, args.profile, full_width=64,
@@ -657,9 +686,24 @@ def main(argv=None):
         result = run_case(pipe, log, flops, "hybrid 49x320x512 +SR batch 1 offload", args.repeats,
                           generator=torch.Generator(device).manual_seed(0), **generation)
         result["offload"] = True
+        result["memory"] = memory_by_component(pipe, log, generator=torch.Generator(device).manual_seed(0),
+                                               **generation)
         results.append(result)
 
-    report = {"info": info, "results": results, "reference": reference, "profile": profile}
+    if args.group_offload:
+        pipe.enable_cuda_graphs(False)
+        pipe.remove_all_hooks()
+        pipe.to("cpu")
+        torch.cuda.empty_cache()
+        pipe.enable_group_offload(torch.device(device), offload_type="leaf_level", use_stream=True)
+        result = run_case(pipe, log, flops, "hybrid 49x320x512 +SR batch 1 group offload", args.repeats,
+                          generator=torch.Generator(device).manual_seed(0), **generation)
+        result["offload"] = "group, leaf level, stream"
+        result["memory"] = memory_by_component(pipe, log, generator=torch.Generator(device).manual_seed(0),
+                                               **generation)
+        results.append(result)
+
+    report = {"info": info, "results": results, "memory": memory, "reference": reference, "profile": profile}
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
     print_table(report)
@@ -680,6 +724,11 @@ def print_table(report):
         row = r["case"].ljust(46) + "".join(f"{r['ms'].get(k, 0.0):13.1f}" for k in keys)
         row += f"  {r['peak_memory_gib']:7.2f}  {r['dit_tflops']:8.1f}  {r.get('dit_stage2_tflops', 0):7.1f}"
         print(row)
+    memories = [("default", report["memory"])] + [(r["case"], r["memory"]) for r in report["results"] if "memory" in r]
+    print("\nmemory, GiB: resident between runs | peak inside each component")
+    for name, memory in memories:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in memory["peak_gib_by_component"].items())
+        print(f"  {name}: {memory['resident_gib']:.2f} | {parts}")
     if report.get("profile"):
         print(f"\nprofile: {report['profile']['path']}; CUDA kernels per call:")
         for mode in ("eager", "cuda_graphs"):

@@ -267,6 +267,22 @@ def test_model_cpu_offload_turns_cuda_graphs_off_and_hooks_the_vae_entry_points(
     pipe.enable_cuda_graphs()
 
 
+def test_group_offload_turns_cuda_graphs_off_and_covers_the_first_frame_pipeline():
+    pipe = pipeline()
+    kwargs = dict(mode="hybrid", num_frames=9, output_type="np")
+    expected = run(pipe, **kwargs)
+    pipe.enable_cuda_graphs()
+    # The hooks' mechanics, without an accelerator: onload to the CPU, where the weights already are.
+    pipe.enable_group_offload(torch.device("cpu"), offload_type="leaf_level")
+    unet = pipe.first_frame_pipeline.unet
+    assert pipe.transformer._cuda_graphs is None and module_cuda_graph_runner(unet) is None
+    for model in (pipe.transformer, pipe.vae, pipe.text_encoder_3, unet, pipe.first_frame_pipeline.vae):
+        assert any(getattr(m, "_diffusers_hook", None) is not None for m in model.modules()), type(model).__name__
+    np.testing.assert_array_equal(run(pipe, **kwargs), expected)
+    with pytest.raises(ValueError, match="offload/device-map hooks"):
+        pipe.enable_cuda_graphs()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graphs_match_eager_on_cuda():
     pipe = pipeline().to("cuda")

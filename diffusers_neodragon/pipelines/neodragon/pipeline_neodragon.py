@@ -52,6 +52,15 @@ FIRST_FRAME_DEFAULTS = dict(num_inference_steps=4, timesteps=[999, 749, 499, 249
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+def _has_offload_hooks(model: torch.nn.Module) -> bool:
+    """Whether accelerate's offload/device-map hooks or diffusers' group offloading move this model's weights."""
+    return hasattr(model, "_hf_hook") or any(
+        getattr(module, "_diffusers_hook", None) is not None
+        and module._diffusers_hook.get_hook("group_offloading") is not None
+        for module in model.modules()
+    )
+
+
 class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     r"""Text-to-video and image-to-video generation with Neodragon.
 
@@ -150,6 +159,17 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         self._disable_cuda_graphs_for_offload()
         super().enable_sequential_cpu_offload(*args, **kwargs)
 
+    def enable_group_offload(self, onload_device: torch.device, *args, **kwargs):
+        """diffusers' group offload, also for the first-frame pipeline; turns CUDA graphs off (weights move).
+
+        With ``offload_type="leaf_level", use_stream=True`` the next layer's weights are copied while the current
+        one computes, so a card that cannot hold every model at once runs far faster than with
+        [`enable_model_cpu_offload`], which moves a whole model before it starts."""
+        self._disable_cuda_graphs_for_offload()
+        super().enable_group_offload(onload_device, *args, **kwargs)
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.enable_group_offload(onload_device, *args, **kwargs)
+
     def _disable_cuda_graphs_for_offload(self):
         graphed = self.transformer._cuda_graphs is not None or any(
             module_cuda_graph_runner(model) is not None for model in self._graphable_models().values()
@@ -201,7 +221,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         models = self._graphable_models()
         if enabled:
             hooked = [name for name, model in {"transformer": self.transformer, **models}.items()
-                      if hasattr(model, "_hf_hook")]
+                      if _has_offload_hooks(model)]
             if hooked:
                 raise ValueError(
                     f"CUDA graphs replay fixed weight addresses, but {hooked} have offload/device-map hooks that "
