@@ -13,7 +13,8 @@ With ``--reference PATH`` (a local checkout of Qualcomm-AI-research/neodragon, n
 runs the same work through the official ``generate()`` on the same weights in the same process and prints the
 speed-ups. ``--profile DIR`` runs torch.profiler over one hybrid batch-1 +SR generation (eagerly, and again with
 CUDA graphs when they are on) and writes the top-40 kernel table and the CUDA kernels launched per component to
-``DIR/profile.txt``. ``--offload`` finally moves the pipeline to the CPU, enables model CPU offload (graphs off) and
+``DIR/profile.txt``. Hybrid batch 1 +SR then runs with streamed decode (``--decode-chunk-size``) and, with
+``--float8-weights``, with weights stored in float8. ``--offload`` finally moves the pipeline to the CPU, enables model CPU offload (graphs off) and
 times hybrid batch 1 +SR again (end to end and peak GPU memory); ``--group-offload`` does the same with diffusers'
 leaf-level group offload on a CUDA stream. For every memory mode one more run reports where the memory goes: what
 stays allocated between runs and the peak inside each component. Output: a table on stdout and a JSON file.
@@ -201,7 +202,7 @@ def instrument(pipe, log, full_width):
     log.wrap(pipe, "_first_frame_images", "first_frame_t2i")
     log.wrap(pipe, "_encode_first_frame", "first_frame_encode")
     log.wrap(pipe.scheduler, "renoise", "renoise")
-    log.wrap(pipe.vae, "decode", "decode")
+    log.wrap(pipe.vae.decoder, "forward", "decode")  # whole clips and streamed chunks alike
     log.wrap(pipe.super_resolution, "upscale_video", "super_resolution")
     return flops
 
@@ -575,6 +576,11 @@ def main(argv=None):
                         help="torch.profiler over one hybrid batch-1 +SR run; writes DIR/profile.txt")
     parser.add_argument("--offload", action="store_true",
                         help="finally time hybrid batch-1 +SR with enable_model_cpu_offload() (graphs off)")
+    parser.add_argument("--decode-chunk-size", type=int, default=1,
+                        help="latent frames per decode/SR chunk of the streamed-decode and float8 cases")
+    parser.add_argument("--float8-weights", action="store_true",
+                        help="then time hybrid batch-1 +SR with float8 weights (enable_float8_weights) and streamed "
+                             "decode, and its output against the bf16 one; later cases keep the float8 weights")
     parser.add_argument("--group-offload", action="store_true",
                         help="finally time hybrid batch-1 +SR with leaf-level group offload on a CUDA stream "
                              "(graphs off; after --offload when both are given)")
@@ -675,6 +681,41 @@ def main(argv=None):
     if args.profile:
         profile = profile_run(pipe, log, args.profile, full_width=64,
                               generator=torch.Generator(device).manual_seed(0), **generation)
+
+    # Streamed decode/SR: the same video (the decoder's causal state is carried), a lower peak.
+    streamed = dict(generation, decode_chunk_size=args.decode_chunk_size)
+    result = run_case(pipe, log, flops, f"hybrid +SR batch 1 decode_chunk_size {args.decode_chunk_size}",
+                      args.repeats, generator=torch.Generator(device).manual_seed(0), **streamed)
+    result["memory"] = memory_by_component(pipe, log, generator=torch.Generator(device).manual_seed(0), **streamed)
+    results.append(result)
+
+    if args.float8_weights:
+        # Random weights give a nearly constant video, so the error of float8 weights is measured on one real call
+        # of the DiT and of the first-frame UNet: relative L2 distance of the outputs to the bf16 ones.
+        log.active = False
+        dit_call = dit_probe_call(device, dtype)
+        unet_call = unet_probe_call(pipe, device, dtype)
+        unet = pipe.first_frame_pipeline.unet
+
+        def probe_outputs():
+            with torch.no_grad():
+                return (first_tensor(pipe.transformer(*dit_call[0], **dit_call[1])).float(),
+                        first_tensor(unet(*unet_call[0], **unet_call[1])).float())
+
+        before = probe_outputs()
+        saved = pipe.enable_float8_weights()
+        difference = {f"{name}_relative_l2_error": float((a - b).norm() / b.norm())
+                      for name, a, b in zip(("dit", "first_frame_unet"), probe_outputs(), before)}
+        print(json.dumps(difference), flush=True)
+        del before, dit_call, unet_call, unet  # not counted in the peak below
+        result = run_case(pipe, log, flops, f"hybrid +SR batch 1 float8 weights, decode_chunk_size "
+                          f"{args.decode_chunk_size}", args.repeats, generator=torch.Generator(device).manual_seed(0),
+                          **streamed)
+        result["float8_saved_gib"] = saved / 2**30
+        result["float8_vs_bf16"] = difference
+        result["memory"] = memory_by_component(pipe, log, generator=torch.Generator(device).manual_seed(0),
+                                               **streamed)
+        results.append(result)
 
     if args.offload:
         # Last, so that no other case sees offload hooks: graphs off (offload moves their weights), everything

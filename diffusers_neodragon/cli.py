@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--video-guidance-scale", type=float, help="later-frame CFG (default: the mode's)")
     gen.add_argument("--negative-prompt")
     gen.add_argument("--no-super-resolution", action="store_true", help="skip the 2x super-resolution stage")
+    gen.add_argument("--decode-chunk-size", type=int,
+                     help="decode (and super-resolve) this many latent frames at a time: less memory, same video")
+    gen.add_argument("--float8-weights", action="store_true",
+                     help="store the large models' weights in float8 (about half the memory; outputs change slightly)")
     gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="default: bfloat16 on cuda, float32 on cpu")
@@ -73,6 +77,8 @@ def generate(args) -> int:
         args.model = shapes_model_path()
         print(f"using the embedded Shapes model ({args.model}); pass --model for another pipeline")
     pipe = NeodragonPipeline.from_pretrained(args.model, dtype=dtype).to(device)
+    if args.float8_weights:
+        pipe.enable_float8_weights()
     result = pipe(
         args.prompt,
         image=load_image(args.image) if args.image else None,
@@ -86,6 +92,7 @@ def generate(args) -> int:
         guidance_scale=args.guidance_scale,
         video_guidance_scale=args.video_guidance_scale,
         super_resolution=False if args.no_super_resolution else None,
+        decode_chunk_size=args.decode_chunk_size,
         generator=torch.Generator().manual_seed(args.seed),
     )
     frames = result.frames[0]

@@ -76,6 +76,36 @@ def test_output_types_super_resolution_and_tuple(pipe):
     assert isinstance(pipe("a cat", num_frames=1, output_type="np", **SIZE, **kwargs), NeodragonPipelineOutput)
 
 
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_decode_chunk_size_streams_decode_and_super_resolution_to_the_same_video(pipe, chunk):
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, num_frames=17,
+                  num_videos_per_prompt=2, output_type="pt")
+    whole = run(pipe, **kwargs)
+    assert whole.shape == (2, 17, 3, 128, 128)
+    torch.testing.assert_close(run(pipe, decode_chunk_size=chunk, **kwargs), whole, atol=1e-5, rtol=0)
+
+
+def test_float8_weights_halve_the_models_and_stay_close(pipe):
+    pipe = pipeline()
+    kwargs = dict(mode="hybrid", output_type="pt", super_resolution=False)
+    before = run(pipe, **kwargs)
+    bytes_before = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
+    pipe.enable_cuda_graphs()
+    saved = pipe.enable_float8_weights(min_numel=0)
+    assert isinstance(pipe.transformer._cuda_graphs, CUDAGraphRunner)  # graphs stay on (captured anew)
+    unet = pipe.first_frame_pipeline.unet
+    assert module_cuda_graph_runner(unet) is not None
+    for model in (pipe.transformer, pipe.text_encoder_2, unet):
+        assert any(b.dtype == torch.float8_e4m3fn for b in model.buffers()), type(model).__name__
+    for model in (pipe.vae, pipe.text_encoder_3):
+        assert not any(b.dtype == torch.float8_e4m3fn for b in model.buffers()), type(model).__name__
+    assert 0 < saved < bytes_before * 10
+    after = run(pipe, **kwargs)
+    # Not equal (every weight rounded to 3 mantissa bits), but the same video up to that rounding's effect.
+    assert not torch.equal(after, before)
+    assert (after - before).abs().mean() < 0.05 * before.std()
+
+
 def test_batches_of_prompts_and_videos_per_prompt(pipe):
     kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, super_resolution=False,
                   num_frames=9, output_type="np", **SIZE)
@@ -133,6 +163,7 @@ def test_callback_on_step_end_sees_and_replaces_latents(pipe):
         (dict(latents=torch.randn(1, 4, 1, 8, 8)), "`latents` .* must have shape"),
         (dict(callback_on_step_end_tensor_inputs=["noise"]), "are not among"),
         (dict(max_sequence_length=0), "`max_sequence_length` must be a positive int"),
+        (dict(decode_chunk_size=0), "`decode_chunk_size` must be a positive int"),
         (dict(super_resolution=True, _no_sr=True), "has no super_resolution component"),
         (dict(mode="hybrid", _no_first_frame=True), "has no first_frame_pipeline"),
     ],

@@ -20,6 +20,7 @@ from diffusers.video_processor import VideoProcessor
 
 from ...conversion import OfficialLayoutLoaderMixin
 from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_runner
+from ...utils.float8_weights import quantize_weights_float8
 from .pipeline_output import NeodragonPipelineOutput
 
 
@@ -170,6 +171,22 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         if self.first_frame_pipeline is not None:
             self.first_frame_pipeline.enable_group_offload(onload_device, *args, **kwargs)
 
+    def enable_float8_weights(self, min_numel: int = 65536) -> int:
+        """Store the weights of the transformer, the CLIP text encoders, ContextAdapter and the first-frame UNet and
+        text encoders in float8 (one scale per output channel), halving them; the VAEs, super-resolution and the
+        T5 encoder (small, and its feed-forward reads its weight's dtype at every call) stay as they are. Each layer dequantizes its weight when called, so the outputs change by the float8 rounding of the
+        weights (about 2^-4 of each). Inference only and not undone by anything but reloading; CUDA graphs, when
+        on, are captured again. Returns the bytes saved. See :mod:`diffusers_neodragon.utils.float8_weights`."""
+        graphed = self.transformer._cuda_graphs is not None
+        if graphed:
+            self.enable_cuda_graphs(False)
+        models = {"transformer": self.transformer, **self._graphable_models()}
+        models.pop("text_encoder_3", None)
+        saved = sum(quantize_weights_float8(model, min_numel=min_numel) for model in models.values())
+        if graphed:
+            self.enable_cuda_graphs()
+        return saved
+
     def _disable_cuda_graphs_for_offload(self):
         graphed = self.transformer._cuda_graphs is not None or any(
             module_cuda_graph_runner(model) is not None for model in self._graphable_models().values()
@@ -253,8 +270,11 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         self, prompt, negative_prompt, image, mode, height, width, num_frames, num_inference_steps,
         video_num_inference_steps, guidance_scale, video_guidance_scale, num_videos_per_prompt, output_type,
         generator, latents, callback_on_step_end_tensor_inputs, max_sequence_length, super_resolution=None,
+        decode_chunk_size=None,
     ):
         """Reject bad input with a ValueError that says what is allowed, before any model runs."""
+        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
+            raise ValueError(f"`decode_chunk_size` must be a positive int (latent frames) or None, got {decode_chunk_size!r}")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"`prompt` must be a non-empty string or a non-empty list of strings, got {prompt!r}")
@@ -416,6 +436,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
         super_resolution: Optional[bool] = None,
+        decode_chunk_size: Optional[int] = None,
         first_frame_kwargs: Optional[Dict[str, Any]] = None,
         max_sequence_length: int = 128,
         output_type: str = "pil",
@@ -442,6 +463,9 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             generator: torch generator(s) for all randomness (noise, stage re-noising, first-frame sampling).
             latents: full-resolution initial noise [B, C, T, h, w] (drawn from ``generator`` when omitted).
             super_resolution: apply the ``super_resolution`` component (default: when present).
+            decode_chunk_size: decode (and super-resolve) that many latent frames at a time, carrying the decoder's
+                causal state between chunks (same result); bounds the memory of the full-resolution feature maps,
+                the largest of the pipeline. Default: all frames at once.
             first_frame_kwargs: overrides for the first-frame pipeline call (default 4 LCM steps at 999/749/499/249,
                 no CFG, at twice the video resolution).
             max_sequence_length: text tokens for ``tokenizer_3``.
@@ -476,6 +500,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             prompt, negative_prompt, image, mode, height, width, num_frames, num_inference_steps,
             video_num_inference_steps, guidance_scale, video_guidance_scale, num_videos_per_prompt, output_type,
             generator, latents, callback_on_step_end_tensor_inputs, max_sequence_length, super_resolution,
+            decode_chunk_size,
         )
         self._interrupt = False
 
@@ -568,9 +593,16 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             video = latents
         else:
             raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
-            video = self.vae.decode(raw).sample
-            if self.super_resolution is not None if super_resolution is None else super_resolution:
-                video = self.super_resolution.upscale_video(video.to(self.super_resolution.dtype))
+            upscale = self.super_resolution is not None if super_resolution is None else super_resolution
+
+            def finish(pixels: torch.Tensor) -> torch.Tensor:
+                return self.super_resolution.upscale_video(pixels.to(self.super_resolution.dtype)) if upscale else pixels
+
+            if decode_chunk_size is None:
+                video = finish(self.vae.decode(raw).sample)
+            else:  # each video streamed through decode and SR, a chunk of latent frames at a time
+                video = torch.cat([torch.cat([finish(chunk) for chunk in self.vae.iter_decode(sample, decode_chunk_size)],
+                                             dim=2) for sample in raw.split(1)])
             video = self.video_processor.postprocess_video(video.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
