@@ -568,7 +568,8 @@ def main(argv=None):
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
-    parser.add_argument("--compile-first-frame", action="store_true", help="torch.compile the first-frame UNet")
+    parser.add_argument("--compile-first-frame", nargs="?", const="default", metavar="MODE",
+                        help="torch.compile the first-frame UNet (mode: default, or e.g. max-autotune-no-cudagraphs)")
     parser.add_argument("--skip-monolithic", action="store_true")
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--json", default="benchmark_pipeline.json")
@@ -599,7 +600,8 @@ def main(argv=None):
     pipe = build_pipeline(device, dtype)
     info = {"gpu": gpu, "torch": torch.__version__, "dtype": args.dtype, "peak_bf16_tflops": peak,
             "params": {k: count_params(v) for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)},
-            "build_s": time.perf_counter() - t0, "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile}
+            "build_s": time.perf_counter() - t0, "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile,
+            "compile_first_frame": args.compile_first_frame}
     info["params"]["first_frame_unet"] = count_params(pipe.first_frame_pipeline.unet)
     if args.compile:
         # Compiled vs uncompiled DiT on one real call shape (both eager, before any graph).
@@ -614,7 +616,7 @@ def main(argv=None):
         del probe_args, probe_kwargs, uncompiled, compiled
     if args.compile_first_frame:
         unet = pipe.first_frame_pipeline.unet
-        unet.forward = torch.compile(unet.forward, mode="max-autotune-no-cudagraphs")
+        unet.forward = torch.compile(unet.forward, mode=args.compile_first_frame)
     if not args.no_cuda_graphs:
         pipe.enable_cuda_graphs()  # the DiT, the text encoders and the first-frame UNet (compiled forwards stay inside)
 
