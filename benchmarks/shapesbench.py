@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from diffusers_neodragon.data.shapes import fixed_prompt_set, render_scene, scene_from_caption
-from diffusers_neodragon.evaluation import evaluate_video, format_table, summarize
+from diffusers_neodragon.evaluation import evaluate_video, format_shape_confusion, format_table, summarize
 from diffusers_neodragon.training_utils import load_vae_folder
 
 
@@ -168,6 +168,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     print(f"ShapesBench: {source}, {num_videos} videos of {size[0]}x{size[1]}x{size[2]} (FxHxW), seed {args.seed}, "
           f"{generation_seconds / num_videos:.2f} s to make and {evaluation_seconds / num_videos:.2f} s to score a video")
     print(format_table(summaries))
+    for name, split_results in results.items():
+        print(f"\nshape verdicts, {name} (rows: prompted, columns: judged)\n{format_shape_confusion(split_results)}")
     report = {
         "source": source,
         "settings": {k: v for k, v in vars(args).items() if k not in ("json",)},

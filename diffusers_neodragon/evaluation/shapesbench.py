@@ -44,7 +44,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.shapes import COLORS, MARGIN, SIZE_RADIUS, SIZES, parse_caption
+from ..data.shapes import COLORS, MARGIN, SHAPES, SIZE_RADIUS, SIZES, parse_caption
 
 
 MIN_FRAMES = 3
@@ -403,6 +403,22 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "subscores": {k: float(np.mean([r["subscores"][k] for r in results])) for k in results[0]["subscores"]},
         **{k: float(np.mean([r[k] for r in results])) for k in ("semantic", "quality", "temporal", "score")},
     }
+
+
+def format_shape_confusion(results: Sequence[Mapping[str, Any]]) -> str:
+    """How the shapes of :func:`evaluate_video` results were judged, one row per prompted size and shape, one column
+    per verdict (``none``: no object found). Shows at a glance which shapes a model or VAE loses, and to what."""
+    if not results:
+        raise ValueError("`results` is empty.")
+    verdicts = [*SHAPES, "none"]
+    rows = {f"{size} {shape}": dict.fromkeys(verdicts, 0) for size in SIZES for shape in SHAPES}
+    for r in results:
+        rows[f"{r['expected']['size']} {r['expected']['shape']}"][r["predicted"]["shape"] or "none"] += 1
+    label_width = max(len(label) for label in rows)
+    lines = [" " * label_width + "  " + "  ".join(v.rjust(8) for v in verdicts)]
+    lines += [label.ljust(label_width) + "  " + "  ".join(f"{counts[v]:8d}" for v in verdicts)
+              for label, counts in rows.items() if any(counts.values())]
+    return "\n".join(lines)
 
 
 def format_table(summary: Union[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffusers_neodragon.data.shapes import COLORS, SHAPES, ShapeScene, fixed_prompt_set, render_scene, sample_scene
-from diffusers_neodragon.evaluation import evaluate_video, format_table, summarize
+from diffusers_neodragon.evaluation import evaluate_video, format_shape_confusion, format_table, summarize
 from diffusers_neodragon.evaluation.shapesbench import ATTRIBUTES
 from tests.script_loading import load_script
 
@@ -218,6 +218,22 @@ def test_summarize_and_format_table():
     assert both.splitlines()[0].split() == ["seen", "held-out"]
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_format_shape_confusion_counts_verdicts_per_prompted_size_and_shape():
+    scenes = _scenes(4)
+    results = [evaluate_video(render_scene(s, 9, 64, 64), s.caption) for s in scenes]
+    blank = np.zeros((9, 64, 64, 3), dtype=np.uint8)  # no object: the verdict is "none"
+    results.append(evaluate_video(blank, scenes[0].caption))
+    lines = format_shape_confusion(results).splitlines()
+    assert lines[0].split() == ["circle", "square", "triangle", "diamond", "none"]
+    table = {" ".join(line.split()[:2]): [int(v) for v in line.split()[2:]] for line in lines[1:]}
+    for s in scenes:
+        assert table[f"{s.size} {s.shape}"][["circle", "square", "triangle", "diamond"].index(s.shape)] >= 1
+    assert table[f"{scenes[0].size} {scenes[0].shape}"][4] == 1
+    assert sum(map(sum, table.values())) == 5
+    with pytest.raises(ValueError):
+        format_shape_confusion([])
 
 
 def _benchmark_script():
