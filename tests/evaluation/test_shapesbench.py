@@ -272,8 +272,12 @@ def test_benchmark_script_on_a_tiny_random_pipeline(tmp_path, capsys):
     report = _benchmark_script().main([str(folder), "--num-prompts", "1", "--steps", "1", "--first-frame-steps", "1",
                                        "--seed", "3", "--device", "cpu", "--json", str(out)])
     printed = capsys.readouterr().out
-    header, *rows = printed.strip().splitlines()[-16:]
-    assert header.split() == ["seen", "held-out"] and rows[-1].split()[0] == "total" and len(rows) == 15
+    lines = printed.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == ["seen", "held-out"])
+    rows = lines[start + 1:start + 16]
+    assert rows[-1].split()[0] == "total" and lines[start + 16] == ""
+    assert "shape verdicts, seen (rows: prompted, columns: judged)" in printed
+    assert "shape verdicts, held-out" in printed
     assert "ShapesBench: " + str(folder) in printed
     # 64x64x9 from the config, doubled by the super-resolution component.
     assert report["video_size_fhw"] == [9, 128, 128]
