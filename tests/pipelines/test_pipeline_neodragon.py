@@ -227,6 +227,23 @@ def test_default_size_comes_from_the_config():
     assert video.shape == (1, 9, 64, 128, 3)
 
 
+def test_default_guidance_scales_come_from_the_config_and_survive_save_load(tmp_path):
+    pipe = pipeline(with_first_frame=False, with_super_resolution=False)
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, num_frames=9,
+                  output_type="latent")
+    explicit = run(pipe, guidance_scale=30.0, video_guidance_scale=9.0, **kwargs)
+    assert not np.allclose(explicit, run(pipe, **kwargs))  # the mode's 7 and 5 give another video
+    pipe.register_to_config(default_guidance_scale=30.0, default_video_guidance_scale=9.0)
+    pipe.save_pretrained(tmp_path)
+    loaded = NeodragonPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_guidance_scale == 30.0
+    torch.testing.assert_close(run(loaded, **kwargs), explicit)
+    # A call's own scale still wins over the configured default.
+    torch.testing.assert_close(run(loaded, guidance_scale=7.0, video_guidance_scale=5.0, **kwargs),
+                               run(pipe.__class__(**pipe.components), **kwargs))
+
+
 def test_enable_cuda_graphs_wraps_and_restores_the_unet_and_text_encoders():
     pipe = pipeline()
     unet = pipe.first_frame_pipeline.unet

@@ -86,6 +86,9 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         default_negative_prompt: used for classifier-free guidance when no negative prompt is given.
         default_height, default_width, default_num_frames: the size a call without them generates (the size the
             transformer was trained at).
+        default_guidance_scale, default_video_guidance_scale: the CFG scales of a call without them; ``None`` (the
+            default) takes the mode's (monolithic 7 and 5, hybrid none). A model that uses its caption weakly may
+            need more, as the embedded Shapes model does.
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->context_adapter->transformer->vae->super_resolution"
@@ -115,6 +118,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         default_height: int = 320,
         default_width: int = 512,
         default_num_frames: int = 49,
+        default_guidance_scale: Optional[float] = None,
+        default_video_guidance_scale: Optional[float] = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -128,6 +133,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         self.register_to_config(
             mode=mode, prompt_suffix=prompt_suffix, default_negative_prompt=default_negative_prompt,
             default_height=default_height, default_width=default_width, default_num_frames=default_num_frames,
+            default_guidance_scale=default_guidance_scale, default_video_guidance_scale=default_video_guidance_scale,
         )
         self.vae_spatial_scale = getattr(vae.config, "spatial_downsample_scale", 8) if vae is not None else 8
         self.vae_temporal_scale = getattr(vae.config, "temporal_downsample_scale", 8) if vae is not None else 8
@@ -491,8 +497,12 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
 
         num_inference_steps = per_stage(num_inference_steps, defaults["num_inference_steps"])
         video_num_inference_steps = per_stage(video_num_inference_steps, defaults["video_num_inference_steps"])
-        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        video_guidance_scale = defaults["video_guidance_scale"] if video_guidance_scale is None else video_guidance_scale
+        def first_given(*values):
+            return next(v for v in values if v is not None)
+
+        guidance_scale = first_given(guidance_scale, self.config.default_guidance_scale, defaults["guidance_scale"])
+        video_guidance_scale = first_given(
+            video_guidance_scale, self.config.default_video_guidance_scale, defaults["video_guidance_scale"])
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
