@@ -14,9 +14,9 @@ runs the same work through the official ``generate()`` on the same weights in th
 speed-ups. ``--profile DIR`` runs torch.profiler over one hybrid batch-1 +SR generation (eagerly, and again with
 CUDA graphs when they are on) and writes the top-40 kernel table and the CUDA kernels launched per component to
 ``DIR/profile.txt``. Hybrid batch 1 +SR then runs with streamed decode (``--decode-chunk-size``) and, with
-``--float8-weights``, with weights stored in float8. ``--offload`` finally moves the pipeline to the CPU, enables model CPU offload (graphs off) and
-times hybrid batch 1 +SR again (end to end and peak GPU memory); ``--group-offload`` does the same with diffusers'
-leaf-level group offload on a CUDA stream. For every memory mode one more run reports where the memory goes: what
+``--float8-weights``, with weights stored in float8. ``--offload`` finally moves the pipeline to the CPU, enables
+model CPU offload (graphs off) and times hybrid batch 1 +SR again (end to end and peak GPU memory);
+``--group-offload`` does the same with diffusers' leaf-level group offload on a CUDA stream. For every memory mode one more run reports where the memory goes: what
 stays allocated between runs and the peak inside each component. Output: a table on stdout and a JSON file.
 
     python benchmarks/benchmark_pipeline.py --reference /path/to/neodragon --json bench.json

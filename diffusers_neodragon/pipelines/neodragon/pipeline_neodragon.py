@@ -53,6 +53,11 @@ FIRST_FRAME_DEFAULTS = dict(num_inference_steps=4, timesteps=[999, 749, 499, 249
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+def _first_given(*values):
+    """The first value that is not None (a call's argument, then the pipeline's config, then the mode's)."""
+    return next(v for v in values if v is not None)
+
+
 def _has_offload_hooks(model: torch.nn.Module) -> bool:
     """Whether accelerate's offload/device-map hooks or diffusers' group offloading move this model's weights."""
     return hasattr(model, "_hf_hook") or any(
@@ -180,9 +185,10 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     def enable_float8_weights(self, min_numel: int = 65536) -> int:
         """Store the weights of the transformer, the CLIP text encoders, ContextAdapter and the first-frame UNet and
         text encoders in float8 (one scale per output channel), halving them; the VAEs, super-resolution and the
-        T5 encoder (small, and its feed-forward reads its weight's dtype at every call) stay as they are. Each layer dequantizes its weight when called, so the outputs change by the float8 rounding of the
-        weights (about 2^-4 of each). Inference only and not undone by anything but reloading; CUDA graphs, when
-        on, are captured again. Returns the bytes saved. See :mod:`diffusers_neodragon.utils.float8_weights`."""
+        T5 encoder (small, and its feed-forward reads its weight's dtype at every call) stay as they are. Each layer
+        dequantizes its weight when called, so the outputs change by the float8 rounding of the weights (at most
+        2^-4 of each). Inference only and not undone by anything but reloading; CUDA graphs, when on, are captured
+        again. Returns the bytes saved. See :mod:`diffusers_neodragon.utils.float8_weights`."""
         graphed = self.transformer._cuda_graphs is not None
         if graphed:
             self.enable_cuda_graphs(False)
@@ -280,7 +286,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     ):
         """Reject bad input with a ValueError that says what is allowed, before any model runs."""
         if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
-            raise ValueError(f"`decode_chunk_size` must be a positive int (latent frames) or None, got {decode_chunk_size!r}")
+            raise ValueError(
+                f"`decode_chunk_size` must be a positive int (latent frames) or None, got {decode_chunk_size!r}")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"`prompt` must be a non-empty string or a non-empty list of strings, got {prompt!r}")
@@ -422,6 +429,21 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         latent = self.vae.encode(pixels).latent_dist.sample(generator=generator)
         return self.vae.normalize_latents(latent).to(dtype)
 
+    def _decode(self, latents: torch.Tensor, upscale: bool, chunk_size: Optional[int]) -> torch.Tensor:
+        """Normalised latents -> pixels [B, 3, F, H, W] in [-1, 1], super-resolved when ``upscale``; with a
+        ``chunk_size`` each video streams through the decoder and SR that many latent frames at a time."""
+        raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
+
+        def finish(pixels: torch.Tensor) -> torch.Tensor:
+            return self.super_resolution.upscale_video(pixels.to(self.super_resolution.dtype)) if upscale else pixels
+
+        if chunk_size is None:
+            return finish(self.vae.decode(raw).sample)
+        return torch.cat([
+            torch.cat([finish(chunk) for chunk in self.vae.iter_decode(video, chunk_size)], dim=2)
+            for video in raw.split(1)
+        ])
+
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -497,11 +519,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
 
         num_inference_steps = per_stage(num_inference_steps, defaults["num_inference_steps"])
         video_num_inference_steps = per_stage(video_num_inference_steps, defaults["video_num_inference_steps"])
-        def first_given(*values):
-            return next(v for v in values if v is not None)
-
-        guidance_scale = first_given(guidance_scale, self.config.default_guidance_scale, defaults["guidance_scale"])
-        video_guidance_scale = first_given(
+        guidance_scale = _first_given(guidance_scale, self.config.default_guidance_scale, defaults["guidance_scale"])
+        video_guidance_scale = _first_given(
             video_guidance_scale, self.config.default_video_guidance_scale, defaults["video_guidance_scale"])
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -602,17 +621,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         if output_type == "latent":
             video = latents
         else:
-            raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
             upscale = self.super_resolution is not None if super_resolution is None else super_resolution
-
-            def finish(pixels: torch.Tensor) -> torch.Tensor:
-                return self.super_resolution.upscale_video(pixels.to(self.super_resolution.dtype)) if upscale else pixels
-
-            if decode_chunk_size is None:
-                video = finish(self.vae.decode(raw).sample)
-            else:  # each video streamed through decode and SR, a chunk of latent frames at a time
-                video = torch.cat([torch.cat([finish(chunk) for chunk in self.vae.iter_decode(sample, decode_chunk_size)],
-                                             dim=2) for sample in raw.split(1)])
+            video = self._decode(latents, upscale, decode_chunk_size)
             video = self.video_processor.postprocess_video(video.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
