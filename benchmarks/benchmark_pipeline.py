@@ -16,8 +16,9 @@ CUDA graphs when they are on) and writes the top-40 kernel table and the CUDA ke
 ``DIR/profile.txt``. Hybrid batch 1 +SR then runs with streamed decode (``--decode-chunk-size``) and, with
 ``--float8-weights``, with weights stored in float8. ``--offload`` finally moves the pipeline to the CPU, enables
 model CPU offload (graphs off) and times hybrid batch 1 +SR again (end to end and peak GPU memory);
-``--group-offload`` does the same with diffusers' leaf-level group offload on a CUDA stream. For every memory mode one more run reports where the memory goes: what
-stays allocated between runs and the peak inside each component. Output: a table on stdout and a JSON file.
+``--group-offload`` does the same with diffusers' leaf-level group offload on a CUDA stream. For every memory mode
+one more run reports where the memory goes: what stays allocated between runs and the peak inside each component.
+Output: a table on stdout and a JSON file.
 
     python benchmarks/benchmark_pipeline.py --reference /path/to/neodragon --json bench.json
     python benchmarks/benchmark_pipeline.py --batch-sizes 1 --skip-monolithic --profile prof --offload --group-offload
@@ -147,16 +148,16 @@ class EventLog:
         def timed(*args, **kwargs):
             if not self.active:
                 return original(*args, **kwargs)
-            name = label(*args, **kwargs) if callable(label) else label
+            event = label(*args, **kwargs) if callable(label) else label
             if self.peaks is not None:  # the allocator's statistics are host-side: no sync needed
                 torch.cuda.reset_peak_memory_stats()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             out = original(*args, **kwargs)
             end.record()
-            self.events.append((name, start, end))
+            self.events.append((event, start, end))
             if self.peaks is not None:
-                self.peaks[name] = max(self.peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+                self.peaks[event] = max(self.peaks.get(event, 0.0), torch.cuda.max_memory_allocated() / 2**30)
             return out
 
         setattr(obj, name, timed)

@@ -94,17 +94,16 @@ def quantize_weights_float8(model: nn.Module, min_numel: int = 65536, skip: Iter
     saved = 0
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            qualified = f"{parent_name}.{name}" if parent_name else name
-            if any(pattern in qualified for pattern in skip) or getattr(child, "weight", None) is None:
-                continue
-            if child.weight.numel() < min_numel or not child.weight.is_floating_point():
-                continue
             if type(child) is nn.Linear:
-                replacement = Float8WeightLinear(child)
+                swap = Float8WeightLinear
             elif type(child) is nn.Conv2d and child.padding_mode == "zeros" and not isinstance(child.padding, str):
-                replacement = Float8WeightConv2d(child)
+                swap = Float8WeightConv2d
             else:
                 continue
+            qualified = f"{parent_name}.{name}" if parent_name else name
+            if child.weight.numel() < min_numel or any(pattern in qualified for pattern in skip):
+                continue
+            replacement = swap(child)
             saved += child.weight.numel() * (child.weight.element_size() - 1) - replacement.weight_scale.numel() * 4
             setattr(parent, name, replacement)
     return saved
