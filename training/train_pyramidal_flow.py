@@ -48,6 +48,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel, PyramidalDMDScheduler
+from diffusers_neodragon.pipelines.neodragon.pipeline_neodragon import MODE_DEFAULTS
 from diffusers_neodragon.training_utils import (
     CAPTION_DROPOUT_PROBABILITY,
     DEFAULT_SAMPLE_RATIOS,
@@ -168,8 +169,10 @@ def parse_args(input_args=None):
     parser.add_argument("--num_validation_prompts", type=int, default=2, help="From fixed_prompt_set('seen').")
     parser.add_argument("--validation_num_inference_steps", type=str, default="20", help="First frame, per stage.")
     parser.add_argument("--validation_video_num_inference_steps", type=str, default="10", help="Later frames.")
-    parser.add_argument("--validation_guidance_scale", type=float, default=7.0)
-    parser.add_argument("--validation_video_guidance_scale", type=float, default=5.0)
+    parser.add_argument("--validation_guidance_scale", type=float, default=None,
+                        help="First frame; default: the saved pipeline's (--default_guidance_scale).")
+    parser.add_argument("--validation_video_guidance_scale", type=float, default=None,
+                        help="Later frames; default: the saved pipeline's (--default_video_guidance_scale).")
     parser.add_argument("--validation_fps", type=int, default=8)
     # Output
     parser.add_argument("--output_dir", type=str, default="shapes-pyramidal-flow")
@@ -180,6 +183,11 @@ def parse_args(input_args=None):
     parser.add_argument("--logging_dir", type=str, default="logs")
     parser.add_argument("--tracker_project_name", type=str, default="neodragon-train-pyramidal-flow")
     parser.add_argument("--save_dtype", type=str, default="fp32", choices=list(DTYPES))
+    parser.add_argument("--default_guidance_scale", type=float, default=None,
+                        help="First-frame CFG scale stored in the saved pipeline's config (used by calls without "
+                             "one, the validation videos and --eval_shapesbench); default: the monolithic mode's (7)")
+    parser.add_argument("--default_video_guidance_scale", type=float, default=None,
+                        help="The same for the later frames; default: the monolithic mode's (5)")
     parser.add_argument("--eval_shapesbench", action="store_true",
                         help="Score the final pipeline on ShapesBench (diffusers_neodragon.evaluation).")
     parser.add_argument("--shapesbench_num_prompts", type=int, default=16, help="Per split (seen, heldout).")
@@ -196,6 +204,13 @@ def parse_args(input_args=None):
     args.sample_ratios = parse_int_list(args.sample_ratios)
     args.validation_num_inference_steps = _steps(args.validation_num_inference_steps)
     args.validation_video_num_inference_steps = _steps(args.validation_video_num_inference_steps)
+    # The CFG scales the saved pipeline samples with, and those of the validation videos (None: the former).
+    mode = MODE_DEFAULTS["monolithic"]
+    args.sampler_guidance_scale = _first_not_none(args.default_guidance_scale, mode["guidance_scale"])
+    args.sampler_video_guidance_scale = _first_not_none(args.default_video_guidance_scale, mode["video_guidance_scale"])
+    args.validation_guidance_scale = _first_not_none(args.validation_guidance_scale, args.sampler_guidance_scale)
+    args.validation_video_guidance_scale = _first_not_none(
+        args.validation_video_guidance_scale, args.sampler_video_guidance_scale)
     if args.vae_path is None and args.pretrained_model_name_or_path is None:
         raise ValueError("Give --vae_path (a trained CausalVideoVAE) or --pretrained_model_name_or_path.")
     if args.num_frames < 1 or (args.num_frames - 1) % 8:
@@ -205,6 +220,10 @@ def parse_args(input_args=None):
     if args.latent_cache_path and not args.cache_latents:
         raise ValueError("--latent_cache_path needs --cache_latents.")
     return args
+
+
+def _first_not_none(*values):
+    return next(v for v in values if v is not None)
 
 
 def _steps(value: str):
@@ -293,7 +312,9 @@ def make_pipeline(transformer, vae, text_components, scheduler, args) -> Neodrag
     pipe = NeodragonPipeline(
         transformer=transformer, scheduler=scheduler, vae=vae, context_adapter=None, mode="monolithic",
         prompt_suffix="", default_negative_prompt="", default_height=args.height, default_width=args.width,
-        default_num_frames=args.num_frames, **{k: text_components.get(k) for k in TEXT_COMPONENTS},
+        default_num_frames=args.num_frames, default_guidance_scale=args.default_guidance_scale,
+        default_video_guidance_scale=args.default_video_guidance_scale,
+        **{k: text_components.get(k) for k in TEXT_COMPONENTS},
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -512,8 +533,9 @@ def run_shapesbench(pipe, args, accelerator) -> dict | None:
         summaries[split] = summarize(results)
     table = format_table(summaries)
     print(f"[train_pyramidal_flow] ShapesBench ({args.shapesbench_num_prompts} prompts per split):\n{table}")
-    sampler = (f"{args.shapesbench_num_inference_steps} steps per stage" if args.shapesbench_num_inference_steps
-               else "the pipeline's default sampler (20 / 10 steps per stage, CFG 7 / 5)")
+    steps = args.shapesbench_num_inference_steps
+    cfg = f"CFG {args.sampler_guidance_scale:g} / {args.sampler_video_guidance_scale:g}"
+    sampler = f"{steps} steps per stage, {cfg}" if steps else f"the pipeline's default sampler (20 / 10 steps per stage, {cfg})"
     return {**summaries, "table": table, "sampler": sampler}
 
 
@@ -775,6 +797,8 @@ def main(args):
             height=args.height, width=args.width, num_frames=args.num_frames,
             first_frame_steps=args.validation_num_inference_steps, video_steps=args.validation_video_num_inference_steps,
             guidance_scale=args.validation_guidance_scale, video_guidance_scale=args.validation_video_guidance_scale,
+            default_guidance_scale=f"{args.sampler_guidance_scale:g}",
+            default_video_guidance_scale=f"{args.sampler_video_guidance_scale:g}",
             transformer_parameters=f"{count_parameters(model) / 1e6:.2f}M", num_layers=model.config.num_layers,
             num_attention_heads=model.config.num_attention_heads, attention_head_dim=model.config.attention_head_dim,
             patch_size=model.config.patch_size, context_embedder_dim=model.config.context_embedder_dim,

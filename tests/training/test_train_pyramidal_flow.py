@@ -58,12 +58,13 @@ def test_training_writes_a_complete_monolithic_pipeline(vae_dir, tmp_path):
         vae_dir, out, "--max_train_steps", "3", "--train_samples", "4", "--cache_latents", "--use_ema", "--stage_sampling", "columns",
         "--checkpointing_steps", "0", "--num_validation_prompts", "1", "--validation_num_inference_steps", "2",
         "--validation_video_num_inference_steps", "1", "--eval_shapesbench", "--shapesbench_num_prompts", "1",
-        "--shapesbench_num_inference_steps", "1",
+        "--shapesbench_num_inference_steps", "1", "--default_guidance_scale", "12",
     )
     assert result["global_step"] == 3 and np.isfinite(result["loss"])
     index = json.loads((out / "model_index.json").read_text())
     assert index["context_adapter"] == [None, None] and index["mode"] == "monolithic"
     assert (index["default_height"], index["default_width"], index["default_num_frames"]) == (64, 64, 9)
+    assert (index["default_guidance_scale"], index["default_video_guidance_scale"]) == (12.0, None)
     for name in ("transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
                  "tokenizer_2", "tokenizer_3"):
         assert (out / name).is_dir(), name
@@ -84,6 +85,7 @@ def test_training_writes_a_complete_monolithic_pipeline(vae_dir, tmp_path):
     scores = result["shapesbench"]
     assert scores["seen"]["n"] == scores["heldout"]["n"] == 1 and 0 <= scores["seen"]["score"] <= 100
     assert "ShapesBench" in card and scores["table"].splitlines()[0] in card
+    assert "CFG 12 / 5" in scores["sampler"] and "with 20 steps per stage and CFG 12, every later one" in card
 
 
 def test_resume_reaches_the_uninterrupted_weights(vae_dir, tmp_path):
