@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from diffusers_neodragon import NeodragonPipeline
+import torch
+
+from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline
 
 
 RECIPE = Path(__file__).resolve().parents[2] / "training" / "recipes" / "shapes_default.sh"
@@ -15,7 +17,12 @@ def test_shapes_recipe_smoke_run_writes_a_loadable_pipeline(tmp_path):
     env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(RECIPE), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    for phase in ("vae-short", "vae-run"):
+    for phase in ("vae-short", "vae-run", "vae-robust"):
         assert (tmp_path / phase / "vae" / "config.json").is_file()
     pipe = NeodragonPipeline.from_pretrained(tmp_path / "pipeline")
     assert pipe.vae.config.latent_channels == pipe.transformer.config.in_channels
+    # the pipeline decodes with the noise-robust decoder, whose encoder (so every latent) is the 49-frame VAE's
+    robust, long = (CausalVideoVAE.from_pretrained(tmp_path / phase / "vae") for phase in ("vae-robust", "vae-run"))
+    assert all(torch.equal(a, b) for a, b in zip(pipe.vae.encoder.state_dict().values(), long.encoder.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(pipe.vae.decoder.state_dict().values(), long.decoder.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(pipe.vae.decoder.state_dict().values(), robust.decoder.state_dict().values()))

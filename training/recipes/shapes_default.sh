@@ -6,10 +6,14 @@
 #
 # 1. VAE on 17-frame clips (fast), 2. the same VAE fine-tuned on 49-frame clips: a causal VAE trained only on
 # short clips breaks down after ~3 latent frames of a longer one (during training every output's receptive field
-# reached the first frame's replicate padding), so it must see the length it will encode; 3. the transformer.
-# VAE_SECONDS / VAE_LONG_SECONDS / DIT_SECONDS cap each phase's training time (step counts are upper bounds);
-# DIT_LR sets the transformer's learning rate (default 1e-3, for a total batch of 512); SHAPESBENCH_PROMPTS the
-# prompts per split of the final ShapesBench run (default 16; 0 skips it).
+# reached the first frame's replicate padding), so it must see the length it will encode; 3. its decoder alone
+# fine-tuned on latents perturbed by Gaussian noise (the encoder, and so every latent, stays the same): the
+# transformer's samples drift off the latent manifold, and a decoder that only saw clean latents turns that drift
+# into speckle and stripes; 4. the transformer (history corrupted up to sigma 0.5, the first frame trained 30 % of
+# the time).
+# VAE_SECONDS / VAE_LONG_SECONDS / VAE_ROBUST_SECONDS / DIT_SECONDS cap each phase's training time (step counts are
+# upper bounds); DIT_LR sets the transformer's learning rate (default 1e-3, for a total batch of 512);
+# SHAPESBENCH_PROMPTS the prompts per split of the final ShapesBench run (default 16; 0 skips it).
 # COMPILE=1 adds --compile to the transformer phase (GPU only: about 1.75x the steps per second once ~2.5 min of
 # compilation are done; see the README).
 # LAUNCH runs each script under a launcher, e.g. LAUNCH="python3 -m torch.distributed.run --standalone
@@ -22,6 +26,7 @@ PY=${PYTHON:-python3}
 read -r -a LAUNCH <<< "${LAUNCH:-$PY}"
 VAE_SECONDS=${VAE_SECONDS:-150}
 VAE_LONG_SECONDS=${VAE_LONG_SECONDS:-125}
+VAE_ROBUST_SECONDS=${VAE_ROBUST_SECONDS:-400}
 DIT_SECONDS=${DIT_SECONDS:-600}
 SHAPESBENCH_PROMPTS=${SHAPESBENCH_PROMPTS:-16}
 WORKERS=${WORKERS:-14}
@@ -63,8 +68,13 @@ COMMON=(--l1_weight 0 --init_logvar -30 --dataloader_num_workers "$WORKERS" --ch
   "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --learning_rate 2e-4 --lr_warmup_steps 50 \
   --max_train_seconds "$VAE_LONG_SECONDS" --normalization_num_frames "${LONG_FRAMES}" --seed 1
 
-"${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --vae_path "$OUT/vae-run" --output_dir "$OUT/pipeline" "${DIT_SIZE[@]}" \
+"${LAUNCH[@]}" "$HERE/training/train_vae.py" --pretrained_vae "$OUT/vae-run" --output_dir "$OUT/vae-robust" \
+  "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --decoder_only --latent_noise_std 0.3 --l1_weight 1 --learning_rate 1e-4 \
+  --lr_warmup_steps 50 --max_train_seconds "$VAE_ROBUST_SECONDS" --seed 2
+
+"${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --vae_path "$OUT/vae-robust" --output_dir "$OUT/pipeline" "${DIT_SIZE[@]}" \
   --num_attention_heads 4 --attention_head_dim 32 --patch_size 2 --cache_latents --dataloader_num_workers "$WORKERS" \
   --encode_batch_size 32 --learning_rate "${DIT_LR:-1e-3}" --lr_warmup_steps 200 --use_ema --ema_decay 0.995 \
   --max_train_seconds "$DIT_SECONDS" --checkpointing_steps 0 --validation_steps 0 --num_validation_prompts 2 \
+  --first_frame_prob 0.3 --corrupt_ratio 0.5 \
   --report_to none --seed 0
