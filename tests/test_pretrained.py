@@ -1,10 +1,15 @@
-"""The embedded Shapes model: safetensors only, within the size budget, loadable offline in fp32."""
+"""The embedded Shapes model: safetensors only, within the size budget, loadable offline in fp32, and the README's
+first command makes the video it asks for."""
 
+import re
 from pathlib import Path
 
+import imageio.v3
 import torch
 
 from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel
+from diffusers_neodragon.cli import main
+from diffusers_neodragon.evaluation import evaluate_video
 from diffusers_neodragon.pretrained import SHAPES_MODEL_PATH, shapes_model_path
 
 
@@ -24,3 +29,14 @@ def test_embedded_model_loads_in_float32_with_finite_weights():
         if isinstance(module, torch.nn.Module):
             for p in module.parameters():
                 assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
+
+
+def test_readme_generate_command_makes_the_prompted_video(tmp_path):
+    """The README's first generate command as a user runs it (the embedded model, its default sampler, 49 frames):
+    ShapesBench must judge every attribute of the mp4 it writes as prompted."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    prompt = re.search(r'^neodragon generate "([^"]+)"', readme, flags=re.MULTILINE).group(1)
+    out = tmp_path / "out.mp4"
+    assert main(["generate", prompt, "--output", str(out)]) == 0
+    result = evaluate_video(imageio.v3.imread(out), prompt)
+    assert all(result["correct"].values()), (prompt, result["predicted"])
