@@ -533,9 +533,10 @@ def run_shapesbench(pipe, args, accelerator) -> dict | None:
         summaries[split] = summarize(results)
     table = format_table(summaries)
     print(f"[train_pyramidal_flow] ShapesBench ({args.shapesbench_num_prompts} prompts per split):\n{table}")
-    steps = args.shapesbench_num_inference_steps
+    num_steps = args.shapesbench_num_inference_steps
     cfg = f"CFG {args.sampler_guidance_scale:g} / {args.sampler_video_guidance_scale:g}"
-    sampler = f"{steps} steps per stage, {cfg}" if steps else f"the pipeline's default sampler (20 / 10 steps per stage, {cfg})"
+    default = f"the pipeline's default sampler (20 / 10 steps per stage, {cfg})"
+    sampler = f"{num_steps} steps per stage, {cfg}" if num_steps else default
     return {**summaries, "table": table, "sampler": sampler}
 
 
