@@ -5,6 +5,10 @@ lower. Storing the large ``nn.Linear`` / ``nn.Conv2d`` weights as ``float8_e4m3f
 halves them; each call dequantizes its weight (one layer at a time) and runs the usual bf16 kernel, so the layer
 computes ``x @ (q * s).T`` with ``|q * s - w| <= |w| / 16`` per weight (e4m3 keeps 3 mantissa bits). Inference only:
 the swapped modules hold buffers, not parameters, and their state dicts are not the original ones.
+
+diffusers' ``enable_layerwise_casting`` (``hooks.apply_layerwise_casting``) also stores weights in float8, but as a
+plain cast without a scale, so small weights fall into e4m3's subnormal range: for Gaussian weights of std 0.005 the
+plain cast has a relative L2 error of 11 %, the per-channel scale here 2.6 % (std 0.02: 3.3 % against 2.6 %).
 """
 
 from __future__ import annotations
