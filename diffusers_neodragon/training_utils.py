@@ -89,8 +89,9 @@ def vae_reconstruction_loss(
     perceptual_weight: float = 0.0,
     perceptual_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     edge_weight: float = 0.0,
+    foreground_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstruction loss of a video autoencoder: ``mse·MSE + l1·L1 + kl·KL + perceptual·P + edge·E``.
+    """Reconstruction loss of a video autoencoder: ``mse·MSE + l1·L1 + kl·KL + perceptual·P + edge·E + fg·F``.
 
     Args:
         reconstruction, target: videos [B, 3, T, H, W] in [-1, 1].
@@ -129,12 +130,30 @@ def vae_reconstruction_loss(
         terms["perceptual"] = perceptual_fn(_frames(reconstruction).float(), _frames(target).float()).mean()
     if edge_weight:
         terms["edge"] = (diff.diff(dim=-1).abs().mean() + diff.diff(dim=-2).abs().mean()) / 2
+    if foreground_weight:
+        mask = foreground_mask(target.float())
+        terms["foreground"] = (diff.abs() * mask).sum() / (mask.sum() * diff.shape[1]).clamp_min(1.0)
     weights = {"mse": mse_weight, "l1": l1_weight, "kl": kl_weight, "perceptual": perceptual_weight,
-               "edge": edge_weight}
+               "edge": edge_weight, "foreground": foreground_weight}
     if not terms:
         raise ValueError("At least one loss weight must be non-zero.")
     loss = sum(weights[name] * value for name, value in terms.items())
     return loss, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def foreground_mask(video: torch.Tensor, threshold: float = 0.25, dilation: int = 2) -> torch.Tensor:
+    """[B, 1, T, H, W] float mask of the pixels of ``video`` [B, C, T, H, W] unlike their frame's median colour.
+
+    In mostly-background videos (the Shapes world: an object covers at most 16 % of a frame) the median is the
+    background, so the mask is the objects; it is dilated by ``dilation`` pixels so that both sides of an outline
+    count (a rounded-off corner is missing object inside the outline and stray colour outside it).
+    """
+    background = video.flatten(-2).median(-1).values[..., None, None]
+    mask = ((video - background).abs().amax(1, keepdim=True) > threshold).float()
+    if dilation:
+        size = 2 * dilation + 1
+        mask = F.max_pool3d(mask, (1, size, size), stride=1, padding=(0, dilation, dilation))
+    return mask
 
 
 def _frames(video: torch.Tensor) -> torch.Tensor:
@@ -409,6 +428,52 @@ def initialize_transformer_weights(transformer: torch.nn.Module) -> torch.nn.Mod
         if module.bias is not None:
             torch.nn.init.zeros_(module.bias)
     return transformer
+
+
+@torch.no_grad()
+def refine_patch_size(transformer, patch_size: int):
+    """A copy of ``transformer`` with a smaller spatial ``patch_size`` that starts where the original left off.
+
+    Why: a finer token grid draws smaller objects, and training it from scratch throws away everything the coarse
+    model learned. Every block keeps its weights (they only see tokens); the three patch-dependent parts are mapped
+    (as FlexiViT resizes patch embeddings) so that, on a latent that is constant within each old patch, the first
+    new token of a patch is embedded and positioned exactly as the old token was, and the new model predicts about
+    the average of the old patch (the other tokens of a patch sit at positions in between, and the text gets a
+    smaller share of each attention average):
+
+    * the patch-embedding kernel is summed over the ``r x r`` sub-kernels (``r = old / new``);
+    * ``proj_out`` averages the ``r x r`` sub-patches each old token predicted;
+    * the sincos table keeps its spacing in space: ``pos_embed_max_size`` grows ``r``-fold and ``sample_size`` is
+      set so that one new token advances ``1 / r`` of an old token's position.
+
+    The result is a new fp32 model on the input's device; fine-tune it at the new patch size.
+    """
+    config = dict(transformer.config)
+    old = config["patch_size"]
+    if patch_size == old:
+        return transformer
+    if patch_size < 1 or old % patch_size:
+        raise ValueError(
+            f"patch_size {patch_size} must divide the model's patch_size {old} (only refining is supported)."
+        )
+    r = old // patch_size
+    base = config["sample_size"] // old
+    config.update(
+        patch_size=patch_size, pos_embed_max_size=config["pos_embed_max_size"] * r, sample_size=base * patch_size
+    )
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    refined = type(transformer)(**config).to(transformer.device)
+    state = {k: v.float() for k, v in transformer.state_dict().items()}
+    dim, channels = transformer.proj_out.in_features, config["in_channels"]
+    kernel = state["pos_embed.proj.weight"]  # [D, C, old, old] -> sum of the r x r sub-kernels
+    state["pos_embed.proj.weight"] = kernel.reshape(dim, channels, r, patch_size, r, patch_size).sum((2, 4))
+    # proj_out rows are ordered (row in patch, column in patch, channel); average the r x r sub-patches.
+    weight = state["proj_out.weight"].reshape(r, patch_size, r, patch_size, channels, dim)
+    state["proj_out.weight"] = weight.mean((0, 2)).reshape(-1, dim)
+    bias = state["proj_out.bias"].reshape(r, patch_size, r, patch_size, channels)
+    state["proj_out.bias"] = bias.mean((0, 2)).reshape(-1)
+    refined.load_state_dict(state)
+    return refined
 
 
 def freeze_unused_parameters(transformer: torch.nn.Module) -> list[str]:

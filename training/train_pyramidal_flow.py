@@ -9,7 +9,8 @@ trained by ``train_vae.py``. Objective (``diffusers_neodragon.training_utils.pyr
 one pyramid stage (mix ``--sample_ratios``), a random number u of clean history frames (the unit trained is latent
 frame u; u = 0 is the first frame, without history; ``--first_frame_prob`` trains it more often), history
 corrupted with sigma_c ~ U(0, 1/3) per sample, uniform stage-local timesteps, target = start - end, per-sample MSE;
-10% caption dropout for CFG.
+10% caption dropout for CFG. ``--transformer_path`` continues a saved transformer; with a ``--patch_size`` that
+divides its own, the model is first refined to the finer patch (``training_utils.refine_patch_size``).
 
 The output folder is a complete ``NeodragonPipeline`` (mode "monolithic", default size = the training size):
 
@@ -71,6 +72,7 @@ from diffusers_neodragon.training_utils import (
     pooled_projection_dim,
     push_folder_to_hub,
     pyramid_training_batch,
+    refine_patch_size,
     resolve_resume_checkpoint,
     resolve_trackers,
     sample_stage,
@@ -105,7 +107,9 @@ def parse_args(input_args=None):
     parser.add_argument("--num_layers", type=int, default=10)
     parser.add_argument("--num_attention_heads", type=int, default=4)
     parser.add_argument("--attention_head_dim", type=int, default=32)
-    parser.add_argument("--patch_size", type=int, default=2)
+    parser.add_argument("--patch_size", type=int, default=None,
+                        help="Default: 2 for a new model, the loaded one's otherwise; a smaller divisor of the loaded "
+                             "one refines it (training_utils.refine_patch_size).")
     parser.add_argument("--sample_size", type=int, default=None, help="sincos base size x patch; default: latent height.")
     parser.add_argument("--pos_embed_max_size", type=int, default=None, help="Default: 2x the largest token grid side.")
     # Text encoders (new stand-ins)
@@ -286,12 +290,14 @@ def build_transformer(args, vae, text_components) -> NeodragonTransformer3DModel
     if path is None and args.pretrained_model_name_or_path:
         path = os.path.join(args.pretrained_model_name_or_path, "transformer")
     if path is not None:
-        return NeodragonTransformer3DModel.from_pretrained(path, torch_dtype=torch.float32)
+        transformer = NeodragonTransformer3DModel.from_pretrained(path, torch_dtype=torch.float32)
+        return refine_patch_size(transformer, args.patch_size or transformer.config.patch_size)
     spatial = vae.config.spatial_downsample_scale
     latent_h, latent_w = args.height // spatial, args.width // spatial
-    grid = max(latent_h, latent_w) // args.patch_size
+    patch_size = args.patch_size or 2
+    grid = max(latent_h, latent_w) // patch_size
     transformer = NeodragonTransformer3DModel(
-        patch_size=args.patch_size,
+        patch_size=patch_size,
         in_channels=vae.config.latent_channels,
         num_layers=args.num_layers,
         attention_head_dim=args.attention_head_dim,
@@ -579,12 +585,12 @@ def main(args):
     stages = scheduler.config.stages
     if len(args.sample_ratios) != stages:
         raise ValueError(f"--sample_ratios needs {stages} entries, got {args.sample_ratios}.")
-    multiple = vae.config.spatial_downsample_scale * 2 ** (stages - 1) * args.patch_size
-    if args.height % multiple or args.width % multiple:
-        raise ValueError(f"--resolution must be a multiple of {multiple}, got {args.height}x{args.width}.")
 
     # The trained model.
     transformer = build_transformer(args, vae, text_components)
+    multiple = vae.config.spatial_downsample_scale * 2 ** (stages - 1) * transformer.config.patch_size
+    if args.height % multiple or args.width % multiple:
+        raise ValueError(f"--resolution must be a multiple of {multiple}, got {args.height}x{args.width}.")
     if transformer.config.in_channels != vae.config.latent_channels:
         raise ValueError("The transformer's in_channels must equal the VAE's latent_channels.")
     if args.gradient_checkpointing:

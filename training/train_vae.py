@@ -110,6 +110,9 @@ def parse_args(input_args=None):
     parser.add_argument("--kl_weight", type=float, default=1e-6, help="Per-element-mean KL weight (0 = off).")
     parser.add_argument("--edge_weight", type=float, default=0.0,
                         help="Weight of the L1 loss on horizontal/vertical pixel differences (sharper outlines).")
+    parser.add_argument("--foreground_weight", type=float, default=0.0,
+                        help="Weight of the L1 loss over object pixels only (training_utils.foreground_mask): "
+                             "small objects keep their shape.")
     parser.add_argument(
         "--lpips_weight", type=float, default=0.0,
         help="LPIPS weight; needs `lpips` and a network connection for its weights (off by default).",
@@ -434,7 +437,7 @@ def main(args):
                 loss, terms = vae_reconstruction_loss(
                     recon, videos, posterior, mse_weight=args.mse_weight, l1_weight=args.l1_weight,
                     kl_weight=args.kl_weight, perceptual_weight=args.lpips_weight, perceptual_fn=perceptual_fn,
-                    edge_weight=args.edge_weight,
+                    edge_weight=args.edge_weight, foreground_weight=args.foreground_weight,
                 )
                 window_losses.append(loss.detach())
                 accelerator.backward(loss)
@@ -509,7 +512,8 @@ def main(args):
             layers_per_block=list(vae.config.encoder_layers_per_block),
             decoder_layers_per_block=list(vae.config.decoder_layers_per_block),
             loss=f"{args.mse_weight}·MSE + {args.l1_weight}·L1 + {args.kl_weight}·KL + {args.lpips_weight}·LPIPS"
-                 + (f" + {args.edge_weight}·edge" if args.edge_weight else ""),
+                 + (f" + {args.edge_weight}·edge" if args.edge_weight else "")
+                 + (f" + {args.foreground_weight}·foreground" if args.foreground_weight else ""),
             batch_size=total_batch,
             learning_rate=args.learning_rate,
             save_dtype=args.save_dtype,

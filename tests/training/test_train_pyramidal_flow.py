@@ -112,6 +112,20 @@ def test_resume_reaches_the_uninterrupted_weights(vae_dir, tmp_path):
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6)
 
 
+def test_a_loaded_transformer_keeps_its_patch_size_unless_a_finer_one_is_asked_for(vae_dir, tmp_path):
+    quick = ("--max_train_steps", "1", "--checkpointing_steps", "0", "--num_validation_prompts", "0")
+    run(vae_dir, tmp_path / "coarse", *quick)
+    coarse = str(tmp_path / "coarse" / "transformer")
+    run(vae_dir, tmp_path / "same", *quick, "--transformer_path", coarse)
+    run(vae_dir, tmp_path / "fine", *quick, "--transformer_path", coarse, "--patch_size", "1")
+    configs = {name: json.loads((tmp_path / name / "transformer" / "config.json").read_text()) for name in ("coarse", "same", "fine")}
+    assert configs["coarse"]["patch_size"] == configs["same"]["patch_size"] == 2 and configs["fine"]["patch_size"] == 1
+    assert configs["fine"]["pos_embed_max_size"] == 2 * configs["coarse"]["pos_embed_max_size"]
+    assert "--patch_size 1" in (tmp_path / "fine" / "README.md").read_text()
+    with pytest.raises(ValueError, match="divide"):
+        run(vae_dir, tmp_path / "coarser", *quick, "--transformer_path", coarse, "--patch_size", "4")
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="vae_path"):
         train.parse_args(["--output_dir", "x"])

@@ -19,6 +19,7 @@ from diffusers_neodragon.training_utils import (
     fill_template,
     flow_matching_loss,
     flow_matching_loss_per_sample,
+    foreground_mask,
     freeze_unused_parameters,
     initialize_transformer_weights,
     list_checkpoints,
@@ -28,6 +29,7 @@ from diffusers_neodragon.training_utils import (
     prune_checkpoints,
     psnr,
     pyramid_training_batch,
+    refine_patch_size,
     resolve_resume_checkpoint,
     sample_num_history,
     sample_stage,
@@ -239,6 +241,22 @@ def test_vae_reconstruction_loss():
     assert psnr(recon, target) == pytest.approx(10 * math.log10(4 / 0.25))
 
 
+def test_foreground_loss_weighs_a_small_object_like_the_rest_of_the_frame():
+    """The mask is the object (dilated 2 px) on a uniform background; a wrong object costs the same ``F`` whatever
+    its size, while the frame-wide L1 shrinks with the object's share of the frame."""
+    target = torch.full((1, 3, 2, 32, 32), -1.0)
+    target[:, 0, :, 10:14, 10:14] = 1.0  # a 4x4 red square on black
+    mask = foreground_mask(target)
+    assert mask.shape == (1, 1, 2, 32, 32) and mask.sum().item() == 2 * 8 * 8
+    assert mask[0, 0, 0, 8:16, 8:16].min() == 1 and mask[0, 0, 0, 7].max() == 0
+    missing = target.clone()
+    missing[:, 0] = -1.0  # the object vanished
+    _, logs = vae_reconstruction_loss(missing, target, mse_weight=0, foreground_weight=1.0)
+    assert logs["foreground"] == pytest.approx(2 * 16 / (64 * 3)) and logs["l1"] == pytest.approx(2 * 16 / (1024 * 3))
+    _, logs = vae_reconstruction_loss(target, target, foreground_weight=1.0)
+    assert logs["foreground"] == 0.0
+
+
 def test_latent_statistics_normalise_image_and_video_frames():
     torch.manual_seed(0)
     vae = CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
@@ -269,6 +287,52 @@ def test_transformer_init_predicts_zero(text_components):
                 history=[torch.randn(2, 4, 1, 4, 4)], encoder_attention_mask=mask).sample
     assert torch.equal(out, torch.zeros_like(out))
     assert model.transformer_blocks[0].attn.to_q.weight.std() > 0
+
+
+def test_refined_patch_size_starts_where_the_coarse_model_left_off(text_components):
+    """Patch 2 -> 1. On a latent that is constant over each 2x2 patch, the first token of every patch is embedded
+    exactly as the coarse token was, and the refined model predicts the mean of the 2x2 patch the coarse model
+    predicted, up to the finer positions within a patch and the text's smaller share of the attention (about 4 %
+    here; a model with the same blocks but fresh patch-dependent weights is off by about 300 %)."""
+    torch.manual_seed(0)
+    model = NeodragonTransformer3DModel(in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+                                        pooled_projection_dim=16, context_embedder_dim=32, sample_size=8,
+                                        pos_embed_max_size=16)
+    for name, parameter in model.named_parameters():  # a trained-looking model: no zeroed modulation or output
+        if name.startswith(("proj_out", "norm_out")) or ".norm1" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    refined = refine_patch_size(model, 1)
+    assert (refined.config.patch_size, refined.config.pos_embed_max_size, refined.config.sample_size) == (1, 32, 4)
+    coarse_state, fine_state = model.state_dict(), refined.state_dict()
+    assert all(torch.equal(coarse_state[k], fine_state[k]) for k in coarse_state if k.startswith("transformer_blocks"))
+
+    def blocky(*shape):
+        return torch.randn(*shape).repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    latent = blocky(2, 4, 1, 4, 4)
+    with torch.no_grad():
+        tokens = refined.pos_embed([latent]).reshape(2, 8, 8, -1)[:, ::2, ::2].reshape(2, 16, -1)
+        torch.testing.assert_close(tokens, model.pos_embed([latent]), rtol=0, atol=1e-5)
+        hidden = torch.randn(5, 16)  # proj_out rows are (row in patch, column in patch, channel)
+        patch_mean = model.proj_out(hidden).reshape(5, 4, 4).mean(1)
+        torch.testing.assert_close(refined.proj_out(hidden), patch_mean, rtol=0, atol=1e-6)
+
+    embeds, mask, pooled = encode_prompts(text_components, CAPTIONS, max_sequence_length=16)
+    kwargs = dict(encoder_hidden_states=embeds, pooled_projections=pooled, timestep=torch.tensor([500.0, 10.0]),
+                  history=[blocky(2, 4, 1, 2, 2)], encoder_attention_mask=mask)
+    fresh = NeodragonTransformer3DModel(**{k: v for k, v in refined.config.items() if not k.startswith("_")})
+    fresh.load_state_dict({k: v for k, v in fine_state.items() if not k.startswith(("pos_embed", "proj_out"))}, strict=False)
+    torch.nn.init.normal_(fresh.proj_out.weight, std=0.1)
+    with torch.no_grad():
+        expected = torch.nn.functional.avg_pool3d(model(latent, **kwargs).sample, (1, 2, 2))
+        expected = expected.repeat_interleave(2, -1).repeat_interleave(2, -2)
+        error = (refined(latent, **kwargs).sample - expected).norm() / expected.norm()
+        fresh_error = (fresh(latent, **kwargs).sample - expected).norm() / expected.norm()
+    assert error < 0.1 and fresh_error > 1.0
+
+    assert refine_patch_size(model, 2) is model
+    with pytest.raises(ValueError, match="divide"):
+        refine_patch_size(refined, 2)
 
 
 def test_freeze_unused_parameters_leaves_exactly_the_parameters_that_get_gradients(text_components):
