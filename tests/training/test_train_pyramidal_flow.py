@@ -118,7 +118,8 @@ def test_a_loaded_transformer_keeps_its_patch_size_unless_a_finer_one_is_asked_f
     coarse = str(tmp_path / "coarse" / "transformer")
     run(vae_dir, tmp_path / "same", *quick, "--transformer_path", coarse)
     run(vae_dir, tmp_path / "fine", *quick, "--transformer_path", coarse, "--patch_size", "1")
-    configs = {name: json.loads((tmp_path / name / "transformer" / "config.json").read_text()) for name in ("coarse", "same", "fine")}
+    configs = {name: json.loads((tmp_path / name / "transformer" / "config.json").read_text())
+               for name in ("coarse", "same", "fine")}
     assert configs["coarse"]["patch_size"] == configs["same"]["patch_size"] == 2 and configs["fine"]["patch_size"] == 1
     assert configs["fine"]["pos_embed_max_size"] == 2 * configs["coarse"]["pos_embed_max_size"]
     assert "--patch_size 1" in (tmp_path / "fine" / "README.md").read_text()

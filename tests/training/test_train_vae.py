@@ -135,7 +135,8 @@ def test_decoder_only_fine_tune_keeps_the_encoder_and_constants(tmp_path):
     run(tmp_path / "base", "--max_train_steps", "1", "--num_validation_clips", "0", "--normalization_samples", "2",
         "--checkpointing_steps", "0")
     run(tmp_path / "tuned", "--pretrained_vae", str(tmp_path / "base"), "--decoder_only", "--latent_noise_std", "0.5",
-        "--foreground_weight", "2", "--max_train_steps", "2", "--num_validation_clips", "0", "--checkpointing_steps", "0")
+        "--foreground_weight", "2", "--max_train_steps", "2", "--num_validation_clips", "0",
+        "--checkpointing_steps", "0")
     assert "+ 2.0·foreground" in (tmp_path / "tuned" / "README.md").read_text()
     before, after = weights(tmp_path / "base"), weights(tmp_path / "tuned")
     assert before.keys() == after.keys()
