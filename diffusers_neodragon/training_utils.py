@@ -448,8 +448,8 @@ def refine_patch_size(transformer, patch_size: int):
 
     The result is a new fp32 model on the input's device; fine-tune it at the new patch size.
     """
-    config = dict(transformer.config)
-    old = config["patch_size"]
+    config = transformer.config
+    old = config.patch_size
     if patch_size == old:
         return transformer
     if patch_size < 1 or old % patch_size:
@@ -457,14 +457,12 @@ def refine_patch_size(transformer, patch_size: int):
             f"patch_size {patch_size} must divide the model's patch_size {old} (only refining is supported)."
         )
     r = old // patch_size
-    base = config["sample_size"] // old
-    config.update(
-        patch_size=patch_size, pos_embed_max_size=config["pos_embed_max_size"] * r, sample_size=base * patch_size
-    )
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
-    refined = type(transformer)(**config).to(transformer.device)
+    refined = type(transformer).from_config(
+        config, patch_size=patch_size, pos_embed_max_size=config.pos_embed_max_size * r,
+        sample_size=config.sample_size // old * patch_size,
+    ).to(transformer.device)
     state = {k: v.float() for k, v in transformer.state_dict().items()}
-    dim, channels = transformer.proj_out.in_features, config["in_channels"]
+    dim, channels = transformer.proj_out.in_features, config.in_channels
     kernel = state["pos_embed.proj.weight"]  # [D, C, old, old] -> sum of the r x r sub-kernels
     state["pos_embed.proj.weight"] = kernel.reshape(dim, channels, r, patch_size, r, patch_size).sum((2, 4))
     # proj_out rows are ordered (row in patch, column in patch, channel); average the r x r sub-patches.
