@@ -3,8 +3,9 @@
 
 What lives here:
 
-* losses: :func:`flow_matching_loss` (per-sample MSE, then mean), :func:`vae_reconstruction_loss` (MSE + L1 +
-  optional small KL + optional perceptual term), :func:`psnr`;
+* losses: :func:`flow_matching_loss` (per-sample MSE, then mean; an optional term over the objects' latents,
+  :func:`latent_foreground_mask`), :func:`vae_reconstruction_loss` (MSE + L1 + optional small KL + optional
+  perceptual term), :func:`psnr`;
 * the pyramidal flow-matching batch: :func:`pyramid_training_batch` builds, for one stage, the noisy last unit,
   the corrupted history clips, the timestep and the velocity target, entirely through
   :class:`~diffusers_neodragon.PyramidalDMDScheduler` (no noise/sigma math is re-derived here);
@@ -51,26 +52,53 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # ----------------------------------------------------------------------------------------------------- losses
 
 
-def flow_matching_loss_per_sample(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over every non-batch dimension, in float32: one value per sample [B]."""
+def flow_matching_loss_per_sample(
+    model_pred: torch.Tensor,
+    target: torch.Tensor,
+    foreground: torch.Tensor | None = None,
+    foreground_weight: float = 0.0,
+) -> torch.Tensor:
+    """Mean squared error over every non-batch dimension, in float32: one value per sample [B].
+
+    With ``foreground`` (a 0/1 mask [B, 1, *target.shape[2:]], e.g. :attr:`PyramidTrainingBatch.foreground`) and
+    ``foreground_weight`` w, adds w x the MSE averaged over the masked elements only: a small object covers a few
+    latent pixels and the frame-wide mean is ruled by the background, so its shape barely moves the loss. A sample
+    whose mask is empty adds nothing.
+    """
     if model_pred.shape != target.shape:
         raise ValueError(f"`model_pred` {tuple(model_pred.shape)} and `target` {tuple(target.shape)} must match.")
-    return (model_pred.float() - target.float()).pow(2).reshape(target.shape[0], -1).mean(dim=1)
+    error = (model_pred.float() - target.float()).pow(2)
+    loss = error.reshape(target.shape[0], -1).mean(dim=1)
+    if foreground_weight:
+        if foreground is None:
+            raise ValueError("`foreground_weight` > 0 needs the `foreground` mask.")
+        mask = foreground.float().expand_as(error).reshape(target.shape[0], -1)
+        masked = (error.reshape(target.shape[0], -1) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        loss = loss + foreground_weight * masked
+    return loss
 
 
 def flow_matching_loss(
-    model_preds: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor | Sequence[torch.Tensor]
+    model_preds: torch.Tensor | Sequence[torch.Tensor],
+    targets: torch.Tensor | Sequence[torch.Tensor],
+    foregrounds: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+    foreground_weight: float = 0.0,
 ) -> torch.Tensor:
     """Pyramid-Flow's loss: MSE averaged per sample, then over all samples of all groups (uniform weights).
 
-    ``model_preds``/``targets`` may be single tensors or lists of tensors of different shapes (one group per stage
-    when a batch is split over stages); every sample counts once whatever its resolution.
+    ``model_preds``/``targets`` (and ``foregrounds``, the masks of the optional object term, see
+    :func:`flow_matching_loss_per_sample`) may be single tensors or lists of tensors of different shapes (one group
+    per stage when a batch is split over stages); every sample counts once whatever its resolution.
     """
     if torch.is_tensor(model_preds):
-        model_preds, targets = [model_preds], [targets]
+        model_preds, targets, foregrounds = [model_preds], [targets], [foregrounds]
     if len(model_preds) != len(targets) or not model_preds:
         raise ValueError("Give as many predictions as targets (at least one).")
-    per_sample = [flow_matching_loss_per_sample(p, t) for p, t in zip(model_preds, targets)]
+    if foregrounds is None:
+        foregrounds = [None] * len(targets)
+    per_sample = [
+        flow_matching_loss_per_sample(p, t, m, foreground_weight) for p, t, m in zip(model_preds, targets, foregrounds)
+    ]
     return torch.cat(per_sample).mean()
 
 
@@ -154,6 +182,27 @@ def foreground_mask(video: torch.Tensor, threshold: float = 0.25, dilation: int 
         size = 2 * dilation + 1
         mask = F.max_pool3d(mask, (1, size, size), stride=1, padding=(0, dilation, dilation))
     return mask
+
+
+def latent_foreground_mask(
+    video: torch.Tensor, temporal_scale: int, spatial_scale: int, threshold: float = 0.25, dilation: int = 2
+) -> torch.Tensor:
+    """:func:`foreground_mask` of ``video`` [B, C, F, H, W] on the latent grid of a causal VAE: [B, 1, T, h, w].
+
+    A latent cell is foreground when any pixel it encodes is: latent frame 0 covers pixel frame 0 alone, frame k > 0
+    pixel frames ``(k-1)·t + 1 .. k·t`` (``t = temporal_scale``), each cell a ``spatial_scale`` square. A moving
+    object's cells therefore cover its whole path within the latent frame.
+    """
+    if (video.shape[2] - 1) % temporal_scale or video.shape[-2] % spatial_scale or video.shape[-1] % spatial_scale:
+        raise ValueError(
+            f"video frames {video.shape[2]} must be 1 + {temporal_scale}k and its size {tuple(video.shape[-2:])} a "
+            f"multiple of {spatial_scale}."
+        )
+    mask = foreground_mask(video.float(), threshold, dilation)
+    cells = [F.max_pool3d(mask[:, :, :1], (1, spatial_scale, spatial_scale))]
+    if mask.shape[2] > 1:
+        cells.append(F.max_pool3d(mask[:, :, 1:], (temporal_scale, spatial_scale, spatial_scale)))
+    return torch.cat(cells, dim=2)
 
 
 def _frames(video: torch.Tensor) -> torch.Tensor:
@@ -267,6 +316,8 @@ class PyramidTrainingBatch:
         stage: the pyramid stage.
         num_history: number of clean history frames u (the unit trained is latent frame u).
         corruption_sigma: per-sample history corruption sigma_c [B] (zeros when there is no history).
+        foreground: the objects' cells of latent frame u at the stage's resolution [B, 1, 1, h_s, w_s] (max-pooled),
+            when :func:`pyramid_training_batch` was given a mask; else ``None``.
     """
 
     hidden_states: torch.Tensor
@@ -277,6 +328,7 @@ class PyramidTrainingBatch:
     stage: int
     num_history: int
     corruption_sigma: torch.Tensor
+    foreground: torch.Tensor | None = None
 
 
 def sample_num_history(
@@ -321,6 +373,7 @@ def pyramid_training_batch(
     corrupt_ratio: float = HISTORY_CORRUPTION_RATIO,
     noise: torch.Tensor | None = None,
     first_frame_prob: float | None = None,
+    foreground: torch.Tensor | None = None,
 ) -> PyramidTrainingBatch:
     """Build one stage's autoregressive training example from clean, normalised latents (Pyramid-Flow recipe).
 
@@ -347,6 +400,8 @@ def pyramid_training_batch(
         corrupt_ratio: upper bound of sigma_c (1/3 in Pyramid-Flow; 0 disables the corruption).
         noise: optional full-resolution noise [B, C, 1, H, W] for frame u (drawn when ``None``).
         first_frame_prob: probability of u = 0 when u is drawn (see :func:`sample_num_history`; ``None``: 1/T).
+        foreground: optional object mask [B, 1, T, H, W] on the full latent grid (:func:`latent_foreground_mask`);
+            its frame u, max-pooled to the stage's resolution, is returned as ``foreground``.
     """
     if latents.ndim != 5:
         raise ValueError(f"`latents` must be [B, C, T, H, W], got shape {tuple(latents.shape)}.")
@@ -361,6 +416,10 @@ def pyramid_training_batch(
     if not 0.0 <= corrupt_ratio <= 1.0:
         raise ValueError(f"`corrupt_ratio` must lie in [0, 1], got {corrupt_ratio}.")
     batch, channels, num_frames, height, width = latents.shape
+    if foreground is not None and tuple(foreground.shape) != (batch, 1, num_frames, height, width):
+        raise ValueError(
+            f"`foreground` must have shape {(batch, 1, num_frames, height, width)}, got {tuple(foreground.shape)}."
+        )
     if num_history is None:
         num_history = sample_num_history(num_frames, generator, first_frame_prob)
     if not 0 <= num_history < num_frames:
@@ -387,6 +446,9 @@ def pyramid_training_batch(
         clips = scheduler.history_conditions([level[:, :, :u] for level in levels], stage)
         corruption_sigma = (_rand(generator, batch) * corrupt_ratio).to(device)
         history = corrupt_history(clips, corruption_sigma, generator)
+    if foreground is not None:
+        pool = 2 ** (stages - 1 - stage)
+        foreground = F.max_pool3d(foreground[:, :, u : u + 1].float(), (1, pool, pool))
     return PyramidTrainingBatch(
         hidden_states=hidden_states.to(latents.dtype),
         history=history,
@@ -396,6 +458,7 @@ def pyramid_training_batch(
         stage=stage,
         num_history=u,
         corruption_sigma=corruption_sigma,
+        foreground=foreground,
     )
 
 

@@ -66,6 +66,7 @@ from diffusers_neodragon.training_utils import (
     format_float,
     freeze_unused_parameters,
     initialize_transformer_weights,
+    latent_foreground_mask,
     load_vae_folder,
     parse_int_list,
     parse_resolution,
@@ -136,6 +137,9 @@ def parse_args(input_args=None):
     # Objective
     parser.add_argument("--sample_ratios", type=str, default=",".join(map(str, DEFAULT_SAMPLE_RATIOS)),
                         help="Relative frequency of stages 0,1,2.")
+    parser.add_argument("--stage_range", type=str, default=None,
+                        help="The scheduler's stage boundaries on the noise axis, e.g. 0,0.25,0.5,1 (stage 2, at full "
+                             "resolution, then starts from more noise); default: Pyramid-Flow's equal thirds.")
     parser.add_argument("--stage_sampling", type=str, default="random", choices=["random", "columns"],
                         help="random: one stage per step drawn by --sample_ratios (one forward); columns: "
                              "Pyramid-Flow's split of each batch over stages (one forward per stage; single GPU).")
@@ -144,6 +148,9 @@ def parse_args(input_args=None):
                         help="Train the first latent frame (no history) with this probability; default 1/T, "
                              "like every other unit.")
     parser.add_argument("--caption_dropout", type=float, default=CAPTION_DROPOUT_PROBABILITY)
+    parser.add_argument("--foreground_weight", type=float, default=0.0,
+                        help="Weight of an MSE term over the objects' latents only (training_utils."
+                             "latent_foreground_mask): a small object is a few latent pixels of a frame-wide mean.")
     # Optimisation
     parser.add_argument("--train_batch_size", type=int, default=16, help="Per device.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
@@ -206,6 +213,8 @@ def parse_args(input_args=None):
     args.command_args = list(sys.argv[1:] if input_args is None else input_args)
     args.height, args.width = parse_resolution(args.resolution)
     args.sample_ratios = parse_int_list(args.sample_ratios)
+    if args.stage_range is not None:
+        args.stage_range = [float(x) for x in args.stage_range.split(",")]
     args.validation_num_inference_steps = _steps(args.validation_num_inference_steps)
     args.validation_video_num_inference_steps = _steps(args.validation_video_num_inference_steps)
     # The CFG scales the saved pipeline samples with, and those of the validation videos (None: the former).
@@ -221,6 +230,8 @@ def parse_args(input_args=None):
         raise ValueError(f"--num_frames must be 1 + 8k, got {args.num_frames}.")
     if args.first_frame_prob is not None and not 0.0 <= args.first_frame_prob <= 1.0:
         raise ValueError(f"--first_frame_prob must lie in [0, 1], got {args.first_frame_prob}.")
+    if args.foreground_weight < 0:
+        raise ValueError(f"--foreground_weight must be >= 0, got {args.foreground_weight}.")
     if args.latent_cache_path and not args.cache_latents:
         raise ValueError("--latent_cache_path needs --cache_latents.")
     return args
@@ -328,16 +339,17 @@ def make_pipeline(transformer, vae, text_components, scheduler, args) -> Neodrag
 class CachedLatents:
     """Normalised latents of the whole training set plus a table of text features per distinct caption.
 
-    ``latents`` [N, C, T, h, w]; ``caption_ids`` [N] index ``embeds`` [K, L, D] / ``mask`` [K, L] / ``pooled``
+    ``latents`` [N, C, T, h, w]; ``foreground`` [N, 1, T, h, w] (uint8, the objects' latent cells);
+    ``caption_ids`` [N] index ``embeds`` [K, L, D] / ``mask`` [K, L] / ``pooled``
     [K, P], whose row 0 is the empty caption (the CFG-dropout replacement).
     """
 
-    def __init__(self, latents, captions, caption_ids, embeds, mask, pooled):
-        self.latents, self.captions, self.caption_ids = latents, captions, caption_ids
+    def __init__(self, latents, foreground, captions, caption_ids, embeds, mask, pooled):
+        self.latents, self.foreground, self.captions, self.caption_ids = latents, foreground, captions, caption_ids
         self.embeds, self.mask, self.pooled = embeds, mask, pooled
 
     def to(self, device):
-        for name in ("latents", "caption_ids", "embeds", "mask", "pooled"):
+        for name in ("latents", "foreground", "caption_ids", "embeds", "mask", "pooled"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -384,28 +396,39 @@ def build_latent_cache(args, vae, text_components, accelerator) -> CachedLatents
     writes it after the gather, so no process reads a half-written file."""
     path = Path(args.latent_cache_path) if args.latent_cache_path else None
     metadata = cache_metadata(args, vae)
-    latents = captions = None
+    latents = foreground = captions = None
     if path is not None and path.is_file():
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            if json.loads(header.get("settings", "null")) == metadata:
+            if json.loads(header.get("settings", "null")) == metadata and "foreground" in f.keys():
                 accelerator.print(f"Loaded the latent cache {path}")
-                latents, captions = f.get_tensor("latents"), json.loads(header["captions"])
+                latents, foreground = f.get_tensor("latents"), f.get_tensor("foreground")
+                captions = json.loads(header["captions"])
             else:
                 accelerator.print(f"{path} was made with other settings: rebuilding it.")
     if latents is None:
-        latents, captions = encode_training_set(args, vae, accelerator)
+        latents, foreground, captions = encode_training_set(args, vae, accelerator)
         if path is not None and accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             header = {"settings": json.dumps(metadata), "captions": json.dumps(captions)}
-            save_file({"latents": latents.contiguous()}, str(path), metadata=header)
+            save_file({"latents": latents.contiguous(), "foreground": foreground.contiguous()}, str(path),
+                      metadata=header)
     ids, embeds, mask, pooled = text_table(text_components, captions, accelerator.device, args.max_sequence_length)
-    return CachedLatents(latents, captions, ids, embeds, mask, pooled).to(accelerator.device)
+    return CachedLatents(latents, foreground, captions, ids, embeds, mask, pooled).to(accelerator.device)
 
 
-def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, list[str]]:
-    """Latents [N, C, T, h, w] (CPU) and captions of the whole training set. Process r encodes the contiguous
-    shard r (the last index repeated to an equal length), so the gathered shards are the set in order."""
+def video_foreground(vae, videos: torch.Tensor) -> torch.Tensor:
+    """The objects' cells on the VAE's latent grid [B, 1, T, h, w] (uint8) of videos [B, 3, F, H, W]."""
+    mask = latent_foreground_mask(
+        videos.to(vae.device), vae.config.temporal_downsample_scale, vae.config.spatial_downsample_scale
+    )
+    return mask.to(torch.uint8)
+
+
+def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Latents [N, C, T, h, w], object masks [N, 1, T, h, w] (both on the CPU) and captions of the whole training
+    set. Process r encodes the contiguous shard r (the last index repeated to an equal length), so the gathered
+    shards are the set in order."""
     dataset = shapes_dataset(
         args.train_samples, args.num_frames, args.height, args.width, args.seed, "train", args.two_objects_prob
     )
@@ -417,14 +440,16 @@ def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, list[str]
         torch.utils.data.Subset(dataset, indices), batch_size=args.encode_batch_size, shuffle=False,
         num_workers=args.dataloader_num_workers, collate_fn=dataset.collate_fn,
     )
-    latents, captions = [], []
+    latents, foreground, captions = [], [], []
     for batch in tqdm(loader, desc="Caching latents", disable=not accelerator.is_local_main_process):
         latents.append(encode_videos(vae, batch["video"]))
+        foreground.append(video_foreground(vae, batch["video"]))
         captions += batch["caption"]
-    latents = torch.cat(latents)
+    latents, foreground = torch.cat(latents), torch.cat(foreground)
     if accelerator.num_processes > 1:
-        latents, captions = accelerator.gather(latents), gather_object(captions)
-    return latents[:total].cpu(), list(captions[:total])
+        latents, foreground = accelerator.gather(latents), accelerator.gather(foreground)
+        captions = gather_object(captions)
+    return latents[:total].cpu(), foreground[:total].cpu(), list(captions[:total])
 
 
 class IndexedShapes(torch.utils.data.Dataset):
@@ -581,7 +606,7 @@ def main(args):
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         if text_components.get(name) is not None:
             text_components[name].to(accelerator.device)
-    scheduler = PyramidalDMDScheduler()
+    scheduler = PyramidalDMDScheduler(stage_range=args.stage_range)
     stages = scheduler.config.stages
     if len(args.sample_ratios) != stages:
         raise ValueError(f"--sample_ratios needs {stages} entries, got {args.sample_ratios}.")
@@ -717,21 +742,26 @@ def main(args):
             micro_step = epoch * len(dataloader) + batch_index
             generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
             with accelerator.accumulate(transformer):
+                foreground = None
                 if cache is not None:
                     latents = cache.latents[batch["index"].to(cache.latents.device)]
+                    if args.foreground_weight:
+                        foreground = cache.foreground[batch["index"].to(cache.foreground.device)]
                 else:
                     latents = encode_videos(vae, batch["video"])
+                    if args.foreground_weight:
+                        foreground = video_foreground(vae, batch["video"])
                 embeds, mask, pooled = text_inputs(batch, generator)
                 if args.stage_sampling == "random":
                     groups = [(sample_stage(args.sample_ratios, generator), None)]
                 else:
                     groups = stage_columns(latents.shape[0], args.sample_ratios)
-                preds, targets = [], []
+                preds, targets, foregrounds = [], [], []
                 for stage, rows in groups:
                     select = (lambda x: x) if rows is None else (lambda x, r=rows.to(latents.device): None if x is None else x[r])
                     example = pyramid_training_batch(
                         scheduler, select(latents), stage, generator=generator, corrupt_ratio=args.corrupt_ratio,
-                        first_frame_prob=args.first_frame_prob,
+                        first_frame_prob=args.first_frame_prob, foreground=select(foreground),
                     )
                     with accelerator.autocast():
                         pred = transformer(
@@ -741,7 +771,8 @@ def main(args):
                         ).sample
                     preds.append(pred)
                     targets.append(example.target)
-                loss = flow_matching_loss(preds, targets)
+                    foregrounds.append(example.foreground)
+                loss = flow_matching_loss(preds, targets, foregrounds, args.foreground_weight)
                 window_losses.append(loss.detach())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -809,8 +840,11 @@ def main(args):
             clip_parameters=f"{sum(count_parameters(c) for c in clips) / 1e6:.2f}M",
             pooled_projection_dim=model.config.pooled_projection_dim,
             vae_parameters=f"{count_parameters(vae) / 1e6:.2f}M", vae_path=args.vae_path or args.pretrained_model_name_or_path,
-            save_dtype=args.save_dtype, sample_ratios=list(args.sample_ratios), stage_sampling=args.stage_sampling,
+            save_dtype=args.save_dtype, sample_ratios=list(args.sample_ratios),
+            stage_range=", ".join(f"{x:.3g}" for x in scheduler.config.stage_range), stage_sampling=args.stage_sampling,
             corrupt_ratio=f"{args.corrupt_ratio:.4g}", caption_dropout=f"{args.caption_dropout:.0%}",
+            foreground_term=(f" + {args.foreground_weight:g} x the MSE over the objects' latent cells only"
+                             if args.foreground_weight else ""),
             first_frame_prob="1/T" if args.first_frame_prob is None else f"{args.first_frame_prob:.0%}",
             train_samples=args.train_samples, latent_shape="x".join(map(str, latent_shape)),
             learning_rate=args.learning_rate, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,

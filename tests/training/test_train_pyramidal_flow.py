@@ -127,11 +127,34 @@ def test_a_loaded_transformer_keeps_its_patch_size_unless_a_finer_one_is_asked_f
         run(vae_dir, tmp_path / "coarser", *quick, "--transformer_path", coarse, "--patch_size", "4")
 
 
+def test_foreground_weight_trains_alike_from_the_cache_and_on_the_fly(vae_dir, tmp_path):
+    """--foreground_weight: the cached object masks are those computed from the clips on the fly (same weights
+    after 2 steps), the term changes what is learnt, and the card states it. (Both runs also move the stage
+    boundaries with --stage_range, which the saved scheduler keeps.)"""
+    common = ("--max_train_steps", "2", "--train_samples", "4", "--checkpointing_steps", "0",
+              "--num_validation_prompts", "0", "--first_frame_prob", "0.5")
+    run(vae_dir, tmp_path / "plain", *common)
+    weighted = (*common, "--foreground_weight", "5", "--stage_range", "0,0.25,0.5,1")
+    run(vae_dir, tmp_path / "fly", *weighted)
+    run(vae_dir, tmp_path / "cached", *weighted, "--cache_latents")
+    plain, fly, cached = (transformer_weights(tmp_path / n) for n in ("plain", "fly", "cached"))
+    for key in fly:
+        torch.testing.assert_close(cached[key], fly[key], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(plain[k], fly[k], rtol=1e-4, atol=1e-5) for k in fly)
+    assert "+ 5 x the MSE over the objects' latent cells only" in (tmp_path / "fly" / "README.md").read_text()
+    assert "objects'" not in (tmp_path / "plain" / "README.md").read_text()
+    scheduler = json.loads((tmp_path / "cached" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["stage_range"] == [0.0, 0.25, 0.5, 1.0]
+    assert "stage\nboundaries 0, 0.25, 0.5, 1 on" in (tmp_path / "fly" / "README.md").read_text()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="vae_path"):
         train.parse_args(["--output_dir", "x"])
     with pytest.raises(ValueError, match="num_frames"):
         train.parse_args(["--vae_path", "v", "--num_frames", "12"])
+    with pytest.raises(ValueError, match="foreground_weight"):
+        train.parse_args(["--vae_path", "v", "--foreground_weight", "-1"])
 
 
 def test_latent_cache_key_follows_the_vae_weights(vae_dir, tmp_path):
@@ -153,9 +176,9 @@ train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)
 args = train.parse_args(json.loads(sys.argv[2]))
 accelerator = Accelerator(cpu=True)
-latents, captions = train.encode_training_set(args, train.load_vae(args), accelerator)
+latents, foreground, captions = train.encode_training_set(args, train.load_vae(args), accelerator)
 if accelerator.is_main_process:
-    save_file({"latents": latents}, sys.argv[3], metadata={"captions": json.dumps(captions),
+    save_file({"latents": latents, "foreground": foreground}, sys.argv[3], metadata={"captions": json.dumps(captions),
                                                           "processes": str(accelerator.num_processes)})
 """
 
@@ -182,8 +205,9 @@ def test_latent_cache_sharded_over_two_processes_equals_one_process(vae_dir, tmp
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         with safe_open(str(out), framework="pt") as f:
-            outputs[name] = (f.get_tensor("latents"), f.metadata())
-    (one, one_meta), (two, two_meta) = outputs["one"], outputs["two"]
+            outputs[name] = (f.get_tensor("latents"), f.metadata(), f.get_tensor("foreground"))
+    (one, one_meta, one_mask), (two, two_meta, two_mask) = outputs["one"], outputs["two"]
+    assert one_mask.shape == (5, 1, 2, 8, 8) and one_mask.dtype == torch.uint8 and torch.equal(one_mask, two_mask)
     assert (one_meta["processes"], two_meta["processes"]) == ("1", "2")
     assert one.shape[0] == 5 and json.loads(one_meta["captions"]) == json.loads(two_meta["captions"])
     torch.testing.assert_close(two, one, rtol=0, atol=1e-6)

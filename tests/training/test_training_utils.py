@@ -20,6 +20,7 @@ from diffusers_neodragon.training_utils import (
     flow_matching_loss,
     flow_matching_loss_per_sample,
     foreground_mask,
+    latent_foreground_mask,
     freeze_unused_parameters,
     initialize_transformer_weights,
     list_checkpoints,
@@ -131,6 +132,22 @@ def test_first_frame_units_have_no_history(scheduler):
     assert (counts > 60).all()
 
 
+def test_foreground_comes_back_for_the_unit_at_the_stage_resolution(scheduler):
+    clean = latents(frames=3)
+    foreground = torch.zeros(2, 1, 3, 8, 8)
+    foreground[0, :, 1, 5, 6] = 1.0  # sample 0, latent frame 1
+    for stage, size in ((0, 2), (1, 4), (2, 8)):
+        batch = pyramid_training_batch(scheduler, clean, stage, num_history=1, foreground=foreground,
+                                       generator=torch.Generator().manual_seed(0))
+        assert batch.foreground.shape == (2, 1, 1, size, size) and batch.foreground.sum() == 1
+        cell = 8 // size
+        assert batch.foreground[0, 0, 0, 5 // cell, 6 // cell] == 1
+    assert pyramid_training_batch(scheduler, clean, 2, num_history=0, foreground=foreground).foreground.sum() == 0
+    assert pyramid_training_batch(scheduler, clean, 2).foreground is None
+    with pytest.raises(ValueError, match="foreground"):
+        pyramid_training_batch(scheduler, clean, 2, foreground=foreground[:, :, :2])
+
+
 def test_first_frame_prob_sets_the_share_of_first_frame_units():
     counts = torch.zeros(7)
     for step in range(1000):
@@ -208,6 +225,37 @@ def test_flow_matching_loss_is_per_sample_mse_then_mean():
     torch.testing.assert_close(flow_matching_loss([pred, small[0]], [target, small[1]]), torch.tensor(14.0 / 3))
     with pytest.raises(ValueError):
         flow_matching_loss(pred, target[:, :2])
+
+
+def test_flow_matching_foreground_term_is_the_mse_over_the_masked_cells():
+    """One wrong cell of four: the frame-wide MSE is 1/4 of it, the foreground term all of it; an empty mask adds
+    nothing, and the mask broadcasts over channels."""
+    pred, target = torch.zeros(2, 4, 1, 2, 2), torch.zeros(2, 4, 1, 2, 2)
+    target[:, :, :, 0, 0] = 1.0
+    mask = torch.zeros(2, 1, 1, 2, 2)
+    mask[0, :, :, 0, 0] = 1.0  # sample 0: the wrong cell; sample 1: no object
+    torch.testing.assert_close(flow_matching_loss_per_sample(pred, target, mask, 3.0), torch.tensor([3.25, 0.25]))
+    torch.testing.assert_close(flow_matching_loss_per_sample(pred, target, mask), torch.tensor([0.25, 0.25]))
+    mask[0] = 1.0  # the whole frame: the term equals the MSE
+    torch.testing.assert_close(flow_matching_loss(pred, target, mask, 1.0), torch.tensor((0.5 + 0.25) / 2))
+    with pytest.raises(ValueError, match="foreground"):
+        flow_matching_loss(pred, target, foreground_weight=1.0)
+
+
+def test_latent_foreground_mask_follows_the_causal_vae_grid():
+    """A 4x4 square moving 2 px right per frame over 17 frames (latent frames: pixel 0, 1-8, 9-16), 8x8 cells: each
+    latent frame marks the cells its object (dilated 2 px) touched in any of its pixel frames."""
+    video = torch.full((1, 3, 17, 32, 48), -1.0)
+    for frame in range(17):
+        video[:, 1, frame, 10:14, 4 + 2 * frame : 8 + 2 * frame] = 1.0
+    mask = latent_foreground_mask(video, temporal_scale=8, spatial_scale=8)
+    assert mask.shape == (1, 1, 3, 4, 6)
+    # dilated columns: frame 0 2..9 -> cells 0-1; frames 1-8 4..25 -> 0-3; frames 9-16 20..41 -> 2-5; rows 8..15 -> 1
+    expected = [[0, 1], [0, 1, 2, 3], [2, 3, 4, 5]]
+    for t, columns in enumerate(expected):
+        assert torch.nonzero(mask[0, 0, t])[:, 1].tolist() == columns and (mask[0, 0, t].sum(1)[[0, 2, 3]] == 0).all()
+    with pytest.raises(ValueError, match="1 \\+ 8k"):
+        latent_foreground_mask(video[:, :, :16], 8, 8)
 
 
 def test_vae_reconstruction_loss():
