@@ -139,7 +139,8 @@ def parse_args(input_args=None):
                         help="Relative frequency of stages 0,1,2.")
     parser.add_argument("--stage_range", type=str, default=None,
                         help="The scheduler's stage boundaries on the noise axis, e.g. 0,0.25,0.5,1 (stage 2, at full "
-                             "resolution, then starts from more noise); default: Pyramid-Flow's equal thirds.")
+                             "resolution, then starts from more noise); default: those of the pipeline continued "
+                             "(--pretrained_model_name_or_path), else Pyramid-Flow's equal thirds.")
     parser.add_argument("--stage_sampling", type=str, default="random", choices=["random", "columns"],
                         help="random: one stage per step drawn by --sample_ratios (one forward); columns: "
                              "Pyramid-Flow's split of each batch over stages (one forward per stage; single GPU).")
@@ -294,6 +295,15 @@ def build_text_encoders(args) -> dict:
         t5_heads=args.t5_heads, clip_dim=args.clip_dim, clip_layers=args.clip_layers, clip_heads=args.clip_heads,
         clip_projection_dim=args.clip_projection_dim, t5_max_length=args.max_sequence_length,
     )
+
+
+def build_scheduler(args) -> PyramidalDMDScheduler:
+    """--stage_range's scheduler; else the continued pipeline's (so a run goes on with the stage boundaries it was
+    trained with), else Pyramid-Flow's."""
+    folder = os.path.join(args.pretrained_model_name_or_path or "", "scheduler")
+    if args.stage_range is None and args.pretrained_model_name_or_path and os.path.isdir(folder):
+        return PyramidalDMDScheduler.from_pretrained(folder)
+    return PyramidalDMDScheduler(stage_range=args.stage_range)
 
 
 def build_transformer(args, vae, text_components) -> NeodragonTransformer3DModel:
@@ -606,7 +616,7 @@ def main(args):
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         if text_components.get(name) is not None:
             text_components[name].to(accelerator.device)
-    scheduler = PyramidalDMDScheduler(stage_range=args.stage_range)
+    scheduler = build_scheduler(args)
     stages = scheduler.config.stages
     if len(args.sample_ratios) != stages:
         raise ValueError(f"--sample_ratios needs {stages} entries, got {args.sample_ratios}.")

@@ -145,6 +145,10 @@ def test_foreground_weight_trains_alike_from_the_cache_and_on_the_fly(vae_dir, t
     assert "objects'" not in (tmp_path / "plain" / "README.md").read_text()
     scheduler = json.loads((tmp_path / "cached" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["stage_range"] == [0.0, 0.25, 0.5, 1.0]
+    # A continued pipeline keeps its stage boundaries unless --stage_range is given again.
+    run(vae_dir, tmp_path / "continued", *common, "--pretrained_model_name_or_path", str(tmp_path / "cached"))
+    continued = json.loads((tmp_path / "continued" / "scheduler" / "scheduler_config.json").read_text())
+    assert continued["stage_range"] == [0.0, 0.25, 0.5, 1.0]
     assert "stage\nboundaries 0, 0.25, 0.5, 1 on" in (tmp_path / "fly" / "README.md").read_text()
 
 
