@@ -300,9 +300,10 @@ def build_text_encoders(args) -> dict:
 def build_scheduler(args) -> PyramidalDMDScheduler:
     """--stage_range's scheduler; else the continued pipeline's (so a run goes on with the stage boundaries it was
     trained with), else Pyramid-Flow's."""
-    folder = os.path.join(args.pretrained_model_name_or_path or "", "scheduler")
-    if args.stage_range is None and args.pretrained_model_name_or_path and os.path.isdir(folder):
-        return PyramidalDMDScheduler.from_pretrained(folder)
+    if args.stage_range is None and args.pretrained_model_name_or_path:
+        folder = os.path.join(args.pretrained_model_name_or_path, "scheduler")
+        if os.path.isdir(folder):
+            return PyramidalDMDScheduler.from_pretrained(folder)
     return PyramidalDMDScheduler(stage_range=args.stage_range)
 
 
@@ -752,15 +753,13 @@ def main(args):
             micro_step = epoch * len(dataloader) + batch_index
             generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
             with accelerator.accumulate(transformer):
-                foreground = None
                 if cache is not None:
-                    latents = cache.latents[batch["index"].to(cache.latents.device)]
-                    if args.foreground_weight:
-                        foreground = cache.foreground[batch["index"].to(cache.foreground.device)]
+                    indices = batch["index"].to(cache.latents.device)
+                    latents = cache.latents[indices]
+                    foreground = cache.foreground[indices] if args.foreground_weight else None
                 else:
                     latents = encode_videos(vae, batch["video"])
-                    if args.foreground_weight:
-                        foreground = video_foreground(vae, batch["video"])
+                    foreground = video_foreground(vae, batch["video"]) if args.foreground_weight else None
                 embeds, mask, pooled = text_inputs(batch, generator)
                 if args.stage_sampling == "random":
                     groups = [(sample_stage(args.sample_ratios, generator), None)]
