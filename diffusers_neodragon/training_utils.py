@@ -118,6 +118,7 @@ def vae_reconstruction_loss(
     perceptual_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     edge_weight: float = 0.0,
     foreground_weight: float = 0.0,
+    first_frame_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction loss of a video autoencoder: ``mse·MSE + l1·L1 + kl·KL + perceptual·P + edge·E + fg·F``.
 
@@ -132,6 +133,10 @@ def vae_reconstruction_loss(
         edge_weight: weight of ``E``, the L1 distance between the horizontal and vertical pixel differences of the
             two videos. Outlines are a sliver of the pixels, so MSE/L1 alone let a small VAE blur them; this
             offline stand-in for a perceptual term pays for every blurred edge.
+        first_frame_weight: how many frames the first frame counts as in the pixel terms (MSE, L1, P, E, F). A
+            causal VAE encodes it alone into the first latent frame, which the transformer's image stage generates
+            and every later frame follows; in a 49-frame clip it is otherwise 1/49 of the loss, and small shapes in
+            it were lost (8 gives it a latent frame's share).
 
     Returns:
         (loss, logs) with the float value of every active term.
@@ -140,12 +145,21 @@ def vae_reconstruction_loss(
         raise ValueError(
             f"`reconstruction` {tuple(reconstruction.shape)} and `target` {tuple(target.shape)} must match."
         )
+    if first_frame_weight <= 0:
+        raise ValueError(f"`first_frame_weight` must be > 0, got {first_frame_weight}.")
     diff = reconstruction.float() - target.float()
+    frame_weights = torch.ones(diff.shape[2], device=diff.device)
+    frame_weights[0] = first_frame_weight
+    frame_weights = frame_weights / frame_weights.mean()  # a weighted mean over frames: 1 keeps the plain mean
+
+    def mean(values: torch.Tensor) -> torch.Tensor:  # [B, C, T, ...] -> the frame-weighted mean
+        return (values.float().mean(dim=(0, 1, *range(3, values.dim()))) * frame_weights).mean()
+
     terms: dict[str, torch.Tensor] = {}
     if mse_weight:
-        terms["mse"] = diff.pow(2).mean()
+        terms["mse"] = mean(diff.pow(2))
     if l1_weight:
-        terms["l1"] = diff.abs().mean()
+        terms["l1"] = mean(diff.abs())
     if kl_weight:
         if posterior is None:
             raise ValueError("`kl_weight` > 0 needs the `posterior`.")
@@ -155,11 +169,12 @@ def vae_reconstruction_loss(
             raise ValueError(
                 "`perceptual_weight` > 0 needs a `perceptual_fn` (e.g. `build_lpips()`, which downloads weights)."
             )
-        terms["perceptual"] = perceptual_fn(_frames(reconstruction).float(), _frames(target).float()).mean()
+        per_frame = perceptual_fn(_frames(reconstruction).float(), _frames(target).float())
+        terms["perceptual"] = mean(per_frame.reshape(diff.shape[0], 1, diff.shape[2]))
     if edge_weight:
-        terms["edge"] = (diff.diff(dim=-1).abs().mean() + diff.diff(dim=-2).abs().mean()) / 2
+        terms["edge"] = (mean(diff.diff(dim=-1).abs()) + mean(diff.diff(dim=-2).abs())) / 2
     if foreground_weight:
-        mask = foreground_mask(target.float())
+        mask = foreground_mask(target.float()) * frame_weights[:, None, None]
         terms["foreground"] = (diff.abs() * mask).sum() / (mask.sum() * diff.shape[1]).clamp_min(1.0)
     weights = {"mse": mse_weight, "l1": l1_weight, "kl": kl_weight, "perceptual": perceptual_weight,
                "edge": edge_weight, "foreground": foreground_weight}

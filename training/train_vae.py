@@ -113,6 +113,9 @@ def parse_args(input_args=None):
     parser.add_argument("--foreground_weight", type=float, default=0.0,
                         help="Weight of the L1 loss over object pixels only (training_utils.foreground_mask): "
                              "small objects keep their shape.")
+    parser.add_argument("--first_frame_weight", type=float, default=1.0,
+                        help="How many frames the first frame counts as in the pixel losses: the causal VAE encodes "
+                             "it alone, and the transformer's image stage generates it (8 = a latent frame's share).")
     parser.add_argument(
         "--lpips_weight", type=float, default=0.0,
         help="LPIPS weight; needs `lpips` and a network connection for its weights (off by default).",
@@ -173,6 +176,8 @@ def parse_args(input_args=None):
         raise ValueError("--decoder_only fine-tunes the decoder of --pretrained_vae; give one.")
     if args.latent_noise_std < 0:
         raise ValueError(f"--latent_noise_std must be >= 0, got {args.latent_noise_std}.")
+    if args.first_frame_weight <= 0:
+        raise ValueError(f"--first_frame_weight must be > 0, got {args.first_frame_weight}.")
     return args
 
 
@@ -248,6 +253,9 @@ class VAEReconstruction(torch.nn.Module):
     ``latent_noise_std`` adds ``s * N(0, 1)`` with ``s ~ U(0, latent_noise_std)`` per clip to the normalised latents
     before decoding: a transformer's latents are never exactly on the encoder's manifold, and a decoder trained
     only on clean ones (KL near 0) turns small errors into speckle. ``encoder_frozen`` encodes without gradients.
+    While the encoder trains, the noise is relative to the batch's own latent spread (first latent frame and later
+    ones apart), so that the encoder cannot outgrow it by scaling its latents up: it must spread apart what the
+    decoder has to tell apart.
     """
 
     def __init__(self, vae: CausalVideoVAE, latent_noise_std: float = 0.0, encoder_frozen: bool = False):
@@ -264,8 +272,13 @@ class VAEReconstruction(torch.nn.Module):
             normalised = self.vae.normalize_latents(latents)
             device = generator.device if generator is not None else normalised.device
             scale = torch.rand((latents.shape[0], 1, 1, 1, 1), generator=generator, device=device)
-            noise = torch.randn(normalised.shape, generator=generator, device=device)
-            perturbed = normalised + (self.latent_noise_std * scale * noise).to(normalised.device, normalised.dtype)
+            noise = torch.randn(normalised.shape, generator=generator, device=device).to(normalised.device)
+            if not self.encoder_frozen:
+                spread = normalised.detach().float()
+                noise[:, :, :1] *= spread[:, :, :1].std()
+                if spread.shape[2] > 1:
+                    noise[:, :, 1:] *= spread[:, :, 1:].std()
+            perturbed = normalised + (self.latent_noise_std * scale.to(noise.device) * noise).to(normalised.dtype)
             latents = self.vae.denormalize_latents(perturbed)
         recon = self.vae.decode(latents).sample
         return recon, posterior.mean, posterior.logvar
@@ -438,6 +451,7 @@ def main(args):
                     recon, videos, posterior, mse_weight=args.mse_weight, l1_weight=args.l1_weight,
                     kl_weight=args.kl_weight, perceptual_weight=args.lpips_weight, perceptual_fn=perceptual_fn,
                     edge_weight=args.edge_weight, foreground_weight=args.foreground_weight,
+                    first_frame_weight=args.first_frame_weight,
                 )
                 window_losses.append(loss.detach())
                 accelerator.backward(loss)
@@ -513,7 +527,9 @@ def main(args):
             decoder_layers_per_block=list(vae.config.decoder_layers_per_block),
             loss=f"{args.mse_weight}·MSE + {args.l1_weight}·L1 + {args.kl_weight}·KL + {args.lpips_weight}·LPIPS"
                  + (f" + {args.edge_weight}·edge" if args.edge_weight else "")
-                 + (f" + {args.foreground_weight}·foreground" if args.foreground_weight else ""),
+                 + (f" + {args.foreground_weight}·foreground" if args.foreground_weight else "")
+                 + (f", the first frame counting as {args.first_frame_weight:g} frames"
+                    if args.first_frame_weight != 1 else ""),
             batch_size=total_batch,
             learning_rate=args.learning_rate,
             save_dtype=args.save_dtype,

@@ -135,9 +135,9 @@ def test_decoder_only_fine_tune_keeps_the_encoder_and_constants(tmp_path):
     run(tmp_path / "base", "--max_train_steps", "1", "--num_validation_clips", "0", "--normalization_samples", "2",
         "--checkpointing_steps", "0")
     run(tmp_path / "tuned", "--pretrained_vae", str(tmp_path / "base"), "--decoder_only", "--latent_noise_std", "0.5",
-        "--foreground_weight", "2", "--max_train_steps", "2", "--num_validation_clips", "0",
+        "--foreground_weight", "2", "--first_frame_weight", "8", "--max_train_steps", "2", "--num_validation_clips", "0",
         "--checkpointing_steps", "0")
-    assert "+ 2.0·foreground" in (tmp_path / "tuned" / "README.md").read_text()
+    assert "+ 2.0·foreground, the first frame counting as 8 frames" in (tmp_path / "tuned" / "README.md").read_text()
     before, after = weights(tmp_path / "base"), weights(tmp_path / "tuned")
     assert before.keys() == after.keys()
     decoder = [n for n in before if n.startswith(("decoder.", "post_quant_conv."))]
@@ -151,6 +151,8 @@ def test_decoder_only_fine_tune_keeps_the_encoder_and_constants(tmp_path):
         train_vae.parse_args([*TINY, "--decoder_only"])
     with pytest.raises(ValueError, match="--latent_noise_std"):
         train_vae.parse_args([*TINY, "--latent_noise_std", "-1"])
+    with pytest.raises(ValueError, match="--first_frame_weight"):
+        train_vae.parse_args([*TINY, "--first_frame_weight", "0"])
 
 
 def test_latent_noise_perturbs_the_decoded_latents_in_normalised_units():
@@ -161,7 +163,8 @@ def test_latent_noise_perturbs_the_decoded_latents_in_normalised_units():
     vae.decode = lambda latents: decoded.append(latents) or CausalVideoVAE.decode(vae, latents)
     with torch.no_grad():
         clean = train_vae.VAEReconstruction(vae)(video, torch.Generator().manual_seed(0))
-        noisy = train_vae.VAEReconstruction(vae, latent_noise_std=1.0)(video, torch.Generator().manual_seed(0))
+        noisy = train_vae.VAEReconstruction(vae, latent_noise_std=1.0, encoder_frozen=True)(
+            video, torch.Generator().manual_seed(0))
     torch.testing.assert_close(noisy[1], clean[1])  # the same posterior
     delta = vae.normalize_latents(decoded[1]) - vae.normalize_latents(decoded[0])
     # One noise level s ~ U(0, 1) per clip, applied in normalised units: frame 0 (image constants) and the later
@@ -170,3 +173,26 @@ def test_latent_noise_perturbs_the_decoded_latents_in_normalised_units():
     assert (spread > 0).all() and (spread < 1.5).all()
     torch.testing.assert_close(spread[:, 0], spread[:, 1], rtol=0.5, atol=0.0)
     assert not torch.allclose(spread[0], spread[1], rtol=0.2)
+
+
+def test_latent_noise_follows_the_latents_spread_while_the_encoder_trains():
+    """With a trainable encoder the noise scales with the batch's latent spread (first latent frame and later ones
+    apart), so an encoder that scaled its latents up would not shrink it; a frozen encoder keeps fixed units."""
+    vae = train_vae.build_vae(train_vae.parse_args([*TINY, "--output_dir", "unused"])).eval()
+    vae.register_to_config(image_latent_scale=4.0, video_latent_scale=2.0)
+    video = torch.rand(2, 3, 9, 16, 16) * 2 - 1
+
+    def noise_over_spread(encoder_frozen: bool) -> torch.Tensor:
+        decoded = []
+        vae.decode = lambda latents: decoded.append(latents) or CausalVideoVAE.decode(vae, latents)
+        with torch.no_grad():
+            train_vae.VAEReconstruction(vae)(video, torch.Generator().manual_seed(0))
+            train_vae.VAEReconstruction(vae, 1.0, encoder_frozen)(video, torch.Generator().manual_seed(0))
+        clean = vae.normalize_latents(decoded[0])
+        delta = vae.normalize_latents(decoded[1]) - clean
+        return torch.stack([delta[:, :, :1].std() / clean[:, :, :1].std(), delta[:, :, 1:].std() / clean[:, :, 1:].std()])
+
+    frozen, training = noise_over_spread(True), noise_over_spread(False)
+    vae.register_to_config(image_latent_scale=40.0, video_latent_scale=20.0)  # latents 10x larger in normalised units
+    torch.testing.assert_close(noise_over_spread(False), training, rtol=1e-3, atol=0.0)
+    assert (noise_over_spread(True) < frozen / 5).all()

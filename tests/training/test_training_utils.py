@@ -305,6 +305,29 @@ def test_foreground_loss_weighs_a_small_object_like_the_rest_of_the_frame():
     assert logs["foreground"] == 0.0
 
 
+def test_first_frame_weight_counts_the_first_frame_as_several():
+    """An error only in frame 0 of 9 frames: with weight w it weighs w / (w + 8) of every pixel term; weight 1 is the
+    plain mean; an error in the other frames weighs less alike."""
+    target = torch.full((2, 3, 9, 16, 16), -1.0)
+    target[:, 0, :, 4:8, 4:8] = 1.0
+    first_wrong = target.clone()
+    first_wrong[:, :, 0] = 0.0  # every pixel of frame 0 off by 1 (object) or 1 (background)
+    terms = dict(mse_weight=1.0, l1_weight=1.0, edge_weight=1.0, foreground_weight=1.0,
+                 perceptual_weight=1.0, perceptual_fn=lambda x, y: (x - y).abs().flatten(1).mean(1))
+    _, plain = vae_reconstruction_loss(first_wrong, target, **terms)
+    _, weighted = vae_reconstruction_loss(first_wrong, target, first_frame_weight=8.0, **terms)
+    for name in ("mse", "l1", "perceptual", "foreground"):
+        assert plain[name] == pytest.approx(1 / 9, rel=1e-5), name
+        assert weighted[name] == pytest.approx(8 / 16, rel=1e-5), name
+    assert weighted["edge"] == pytest.approx(plain["edge"] * 9 * 8 / 16, rel=1e-5) and plain["edge"] > 0
+    later_wrong = target.clone()
+    later_wrong[:, :, 1:] = 0.0
+    _, weighted = vae_reconstruction_loss(later_wrong, target, first_frame_weight=8.0, **terms)
+    assert weighted["l1"] == pytest.approx(8 / 16, rel=1e-5)
+    with pytest.raises(ValueError, match="first_frame_weight"):
+        vae_reconstruction_loss(target, target, first_frame_weight=0.0)
+
+
 def test_latent_statistics_normalise_image_and_video_frames():
     torch.manual_seed(0)
     vae = CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
