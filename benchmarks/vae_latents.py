@@ -72,8 +72,8 @@ def measure(folder: str, clips: int = 12, pairs: int = 18, device: str = "cpu") 
         later.append(float(latents[:, :, 1:].std()))
         rough_first.append(roughness(latents[:, :, :1]))
         rough_all.append(roughness(latents))
-    result = {"std first frame": np.mean(first), "std later frames": np.mean(later),
-              "roughness first frame": np.mean(rough_first), "roughness all frames": np.mean(rough_all)}
+    result = {"std first frame": float(np.mean(first)), "std later frames": float(np.mean(later)),
+              "roughness first frame": float(np.mean(rough_first)), "roughness all frames": float(np.mean(rough_all))}
     for shape in ("diamond", "triangle", "square"):
         values = []
         for index in range(pairs):
@@ -85,7 +85,7 @@ def measure(folder: str, clips: int = 12, pairs: int = 18, device: str = "cpu") 
             mask = torch.maximum(*(latent_foreground_mask(v, *grid, dilation=0) for v in (video, circle)))
             values.append(separation(encode(video), encode(circle), mask))
         result[f"separation small {shape} - circle"] = float(np.mean(values))
-    return {name: float(value) for name, value in result.items()}
+    return result
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
