@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--first-frame-steps", type=_steps, help="DiT steps per stage for a DiT-made first frame")
     gen.add_argument("--guidance-scale", type=float, help="first-frame CFG (default: the mode's)")
     gen.add_argument("--video-guidance-scale", type=float, help="later-frame CFG (default: the mode's)")
+    gen.add_argument("--history-noise", type=float,
+                     help="noise in [0, 1) mixed into the earlier frames the model conditions on (default: the model's)")
     gen.add_argument("--negative-prompt")
     gen.add_argument("--no-super-resolution", action="store_true", help="skip the 2x super-resolution stage")
     gen.add_argument("--decode-chunk-size", type=int,
@@ -91,6 +93,7 @@ def generate(args) -> int:
         num_inference_steps=args.first_frame_steps,
         guidance_scale=args.guidance_scale,
         video_guidance_scale=args.video_guidance_scale,
+        history_noise=args.history_noise,
         super_resolution=False if args.no_super_resolution else None,
         decode_chunk_size=args.decode_chunk_size,
         generator=torch.Generator().manual_seed(args.seed),

@@ -54,7 +54,7 @@ def test_generate_defaults_to_the_embedded_shapes_model(tmp_path, capsys):
     assert PIL.Image.open(tmp_path / "shapes_frames.png").size == (8 * 128, 128)  # 9 frames at 128x128
 
 
-def test_generate_passes_the_memory_switches(tmp_path, monkeypatch):
+def test_generate_passes_the_memory_and_history_noise_switches(tmp_path, monkeypatch):
     from diffusers_neodragon import NeodragonPipeline
 
     model = tmp_path / "model"
@@ -64,9 +64,10 @@ def test_generate_passes_the_memory_switches(tmp_path, monkeypatch):
     monkeypatch.setattr(NeodragonPipeline, "enable_float8_weights",
                         lambda self, *a, **k: seen.setdefault("saved", quantize(self, *a, **k)))
     monkeypatch.setattr(NeodragonPipeline, "__call__",
-                        lambda self, *a, **k: seen.setdefault("chunk", k["decode_chunk_size"]) and call(self, *a, **k))
+                        lambda self, *a, **k: seen.update(chunk=k["decode_chunk_size"], noise=k["history_noise"])
+                        or call(self, *a, **k))
     out = tmp_path / "small.mp4"
     assert main(["generate", "a red circle", "--model", str(model), "--mode", "monolithic", "--frames", "17",
                  "--height", "64", "--width", "64", "--steps", "1", "--first-frame-steps", "1",
-                 "--decode-chunk-size", "1", "--float8-weights", "--output", str(out)]) == 0
-    assert out.stat().st_size > 0 and seen["chunk"] == 1 and seen["saved"] == 0  # tiny layers stay as they are
+                 "--decode-chunk-size", "1", "--float8-weights", "--history-noise", "0.2", "--output", str(out)]) == 0
+    assert out.stat().st_size > 0 and seen["chunk"] == 1 and seen["noise"] == 0.2 and seen["saved"] == 0  # tiny layers stay as they are

@@ -200,6 +200,9 @@ def parse_args(input_args=None):
                              "one, the validation videos and --eval_shapesbench); default: the monolithic mode's (7)")
     parser.add_argument("--default_video_guidance_scale", type=float, default=None,
                         help="The same for the later frames; default: the monolithic mode's (5)")
+    parser.add_argument("--default_history_noise", type=float, default=0.0,
+                        help="The saved pipeline's history_noise (noise mixed into the history the later frames are "
+                             "conditioned on at inference; within [0, --corrupt_ratio] the model has seen it)")
     parser.add_argument("--eval_shapesbench", action="store_true",
                         help="Score the final pipeline on ShapesBench (diffusers_neodragon.evaluation).")
     parser.add_argument("--shapesbench_num_prompts", type=int, default=16, help="Per split (seen, heldout).")
@@ -231,6 +234,8 @@ def parse_args(input_args=None):
         raise ValueError(f"--num_frames must be 1 + 8k, got {args.num_frames}.")
     if args.first_frame_prob is not None and not 0.0 <= args.first_frame_prob <= 1.0:
         raise ValueError(f"--first_frame_prob must lie in [0, 1], got {args.first_frame_prob}.")
+    if not 0.0 <= args.default_history_noise < 1.0:
+        raise ValueError(f"--default_history_noise must lie in [0, 1), got {args.default_history_noise}.")
     if args.foreground_weight < 0:
         raise ValueError(f"--foreground_weight must be >= 0, got {args.foreground_weight}.")
     if args.latent_cache_path and not args.cache_latents:
@@ -338,6 +343,7 @@ def make_pipeline(transformer, vae, text_components, scheduler, args) -> Neodrag
         prompt_suffix="", default_negative_prompt="", default_height=args.height, default_width=args.width,
         default_num_frames=args.num_frames, default_guidance_scale=args.default_guidance_scale,
         default_video_guidance_scale=args.default_video_guidance_scale,
+        default_history_noise=args.default_history_noise,
         **{k: text_components.get(k) for k in TEXT_COMPONENTS},
     )
     pipe.set_progress_bar_config(disable=True)
@@ -842,6 +848,7 @@ def main(args):
             guidance_scale=args.validation_guidance_scale, video_guidance_scale=args.validation_video_guidance_scale,
             default_guidance_scale=f"{args.sampler_guidance_scale:g}",
             default_video_guidance_scale=f"{args.sampler_video_guidance_scale:g}",
+            default_history_noise=f"{args.default_history_noise:g}",
             transformer_parameters=f"{count_parameters(model) / 1e6:.2f}M", num_layers=model.config.num_layers,
             num_attention_heads=model.config.num_attention_heads, attention_head_dim=model.config.attention_head_dim,
             patch_size=model.config.patch_size, context_embedder_dim=model.config.context_embedder_dim,

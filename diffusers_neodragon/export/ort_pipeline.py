@@ -22,8 +22,9 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
-from ..pipelines.neodragon.pipeline_neodragon import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS
+from ..pipelines.neodragon.pipeline_neodragon import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, _first_given
 from ..schedulers.scheduling_pyramidal_dmd import PyramidalDMDScheduler
+from ..training_utils import corrupt_history
 from .exporter import read_manifest
 from .wrappers import StageLayout, pack_history, stage_attention_inputs, timestep_projection
 
@@ -232,6 +233,7 @@ class ORTNeodragonPipeline:
         video_num_inference_steps=None,
         guidance_scale: Optional[float] = None,
         video_guidance_scale: Optional[float] = None,
+        history_noise: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
         latents: Optional[torch.Tensor] = None,
         super_resolution: Optional[bool] = None,
@@ -257,8 +259,13 @@ class ORTNeodragonPipeline:
 
         steps_first = per_stage(num_inference_steps, defaults["num_inference_steps"])
         steps_video = per_stage(video_num_inference_steps, defaults["video_num_inference_steps"])
-        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        video_guidance_scale = defaults["video_guidance_scale"] if video_guidance_scale is None else video_guidance_scale
+        # A call's value, then the exported pipeline's config (older manifests lack it), then the mode's.
+        guidance_scale = _first_given(guidance_scale, config.get("default_guidance_scale"), defaults["guidance_scale"])
+        video_guidance_scale = _first_given(
+            video_guidance_scale, config.get("default_video_guidance_scale"), defaults["video_guidance_scale"])
+        history_noise = _first_given(history_noise, config.get("default_history_noise"), 0.0)
+        if not 0 <= history_noise < 1:
+            raise ValueError(f"`history_noise` must be a number in [0, 1), got {history_noise!r}")
         first_from_dit = image is None and mode == "monolithic"
         cfg_first = first_from_dit and guidance_scale > 1.0
         cfg_video = num_frames > 1 and video_guidance_scale > 1.0
@@ -297,6 +304,8 @@ class ORTNeodragonPipeline:
                 if stage > 0:
                     x = self.scheduler.renoise(x, stage, generator=generator)
                 conditions = self.scheduler.history_conditions(history, stage)
+                if history_noise > 0 and conditions:
+                    conditions = corrupt_history(conditions, torch.full((1,), float(history_noise)), generator)
                 timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
                 for i in range(len(timesteps)):
                     velocity = self.velocity(stage, x, conditions, positive, timesteps[i])

@@ -50,7 +50,8 @@ def ort_pipe(tiny_export):
     return ORTNeodragonPipeline(tiny_export[0])
 
 
-@pytest.mark.parametrize("case", ["image_to_video", "hybrid_text_to_image_first_frame", "monolithic_cfg"])
+@pytest.mark.parametrize(
+    "case", ["image_to_video", "hybrid_text_to_image_first_frame", "monolithic_cfg", "monolithic_history_noise"])
 def test_ort_pipeline_matches_torch(tiny_pipe, ort_pipe, case):
     rng = np.random.default_rng(0)
     kwargs = {
@@ -58,6 +59,8 @@ def test_ort_pipeline_matches_torch(tiny_pipe, ort_pipe, case):
         "hybrid_text_to_image_first_frame": dict(mode="hybrid"),
         "monolithic_cfg": dict(mode="monolithic", num_inference_steps=2, video_num_inference_steps=[1, 2, 1],
                                video_guidance_scale=3.0),
+        "monolithic_history_noise": dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1,
+                                         history_noise=0.3),
     }[case]
     want_latents = _torch_run(tiny_pipe, output_type="latent", **kwargs)
     got_latents = ort_pipe(PROMPT, generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs)

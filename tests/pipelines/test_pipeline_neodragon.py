@@ -164,6 +164,8 @@ def test_callback_on_step_end_sees_and_replaces_latents(pipe):
         (dict(callback_on_step_end_tensor_inputs=["noise"]), "are not among"),
         (dict(max_sequence_length=0), "`max_sequence_length` must be a positive int"),
         (dict(decode_chunk_size=0), "`decode_chunk_size` must be a positive int"),
+        (dict(history_noise=1.0), r"`history_noise` must be a number in \[0, 1\)"),
+        (dict(history_noise=-0.1), r"`history_noise` must be a number in \[0, 1\)"),
         (dict(super_resolution=True, _no_sr=True), "has no super_resolution component"),
         (dict(mode="hybrid", _no_first_frame=True), "has no first_frame_pipeline"),
     ],
@@ -242,6 +244,51 @@ def test_default_guidance_scales_come_from_the_config_and_survive_save_load(tmp_
     # A call's own scale still wins over the configured default.
     torch.testing.assert_close(run(loaded, guidance_scale=7.0, video_guidance_scale=5.0, **kwargs),
                                run(pipe.__class__(**pipe.components), **kwargs))
+
+
+def test_history_noise_mixes_gaussian_noise_into_the_history_the_transformer_sees(pipe):
+    """sigma * noise + (1 - sigma) * clean, checked against the clean history of the same first frame."""
+    histories = []
+    original = pipe.transformer.forward
+
+    def spy(*args, **kwargs):
+        if kwargs.get("history"):
+            histories.append([h.clone() for h in kwargs["history"]])
+        return original(*args, **kwargs)
+
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, num_frames=17,
+                  guidance_scale=1.0, video_guidance_scale=1.0, output_type="latent")
+    pipe.transformer.forward = spy
+    try:
+        clean = run(pipe, **kwargs)
+        clean_history = histories[0][-1]  # latent frame 1, stage 0: the first frame at the lowest resolution
+        histories.clear()
+        noisy = run(pipe, history_noise=0.4, **kwargs)
+        noisy_history = histories[0][-1]
+        histories.clear()
+        again = run(pipe, history_noise=0.4, **kwargs)
+    finally:
+        pipe.transformer.forward = original
+    torch.testing.assert_close(noisy[:, :, :1], clean[:, :, :1])  # the first frame has no history
+    assert not torch.allclose(noisy[:, :, 1:], clean[:, :, 1:])
+    torch.testing.assert_close(again, noisy)  # the noise comes from the generator
+    noise = (noisy_history - 0.6 * clean_history) / 0.4
+    assert noise.numel() >= 16 and 0.5 < noise.std() < 1.6 and abs(noise.mean()) < 0.6
+    torch.testing.assert_close(run(pipe, history_noise=0.0, **kwargs), clean)
+
+
+def test_default_history_noise_comes_from_the_config_and_survives_save_load(tmp_path):
+    pipe = pipeline(with_first_frame=False, with_super_resolution=False)
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, num_frames=17,
+                  output_type="latent")
+    assert pipe.config.default_history_noise == 0.0
+    explicit = run(pipe, history_noise=0.3, **kwargs)
+    pipe.register_to_config(default_history_noise=0.3)
+    pipe.save_pretrained(tmp_path)
+    loaded = NeodragonPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(run(loaded, **kwargs), explicit)
+    assert not torch.allclose(run(loaded, history_noise=0.0, **kwargs), explicit)
 
 
 def test_enable_cuda_graphs_wraps_and_restores_the_unet_and_text_encoders():

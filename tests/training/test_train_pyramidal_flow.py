@@ -58,13 +58,14 @@ def test_training_writes_a_complete_monolithic_pipeline(vae_dir, tmp_path):
         vae_dir, out, "--max_train_steps", "3", "--train_samples", "4", "--cache_latents", "--use_ema", "--stage_sampling", "columns",
         "--checkpointing_steps", "0", "--num_validation_prompts", "1", "--validation_num_inference_steps", "2",
         "--validation_video_num_inference_steps", "1", "--eval_shapesbench", "--shapesbench_num_prompts", "1",
-        "--shapesbench_num_inference_steps", "1", "--default_guidance_scale", "12",
+        "--shapesbench_num_inference_steps", "1", "--default_guidance_scale", "12", "--default_history_noise", "0.2",
     )
     assert result["global_step"] == 3 and np.isfinite(result["loss"])
     index = json.loads((out / "model_index.json").read_text())
     assert index["context_adapter"] == [None, None] and index["mode"] == "monolithic"
     assert (index["default_height"], index["default_width"], index["default_num_frames"]) == (64, 64, 9)
     assert (index["default_guidance_scale"], index["default_video_guidance_scale"]) == (12.0, None)
+    assert index["default_history_noise"] == 0.2 and "history mixed with noise of sigma 0.2" in (out / "README.md").read_text()
     for name in ("transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
                  "tokenizer_2", "tokenizer_3"):
         assert (out / name).is_dir(), name
@@ -159,6 +160,8 @@ def test_bad_arguments():
         train.parse_args(["--vae_path", "v", "--num_frames", "12"])
     with pytest.raises(ValueError, match="foreground_weight"):
         train.parse_args(["--vae_path", "v", "--foreground_weight", "-1"])
+    with pytest.raises(ValueError, match="default_history_noise"):
+        train.parse_args(["--vae_path", "v", "--default_history_noise", "1"])
 
 
 def test_latent_cache_key_follows_the_vae_weights(vae_dir, tmp_path):

@@ -19,6 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from ...conversion import OfficialLayoutLoaderMixin
+from ...training_utils import corrupt_history
 from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_runner
 from ...utils.float8_weights import quantize_weights_float8
 from .pipeline_output import NeodragonPipelineOutput
@@ -94,6 +95,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         default_guidance_scale, default_video_guidance_scale: the CFG scales of a call without them; ``None`` (the
             default) takes the mode's (monolithic 7 and 5, hybrid none). A model that uses its caption weakly may
             need more, as the embedded Shapes model does.
+        default_history_noise: the ``history_noise`` of a call without it (0, the reference's sampler, by default).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->context_adapter->transformer->vae->super_resolution"
@@ -125,6 +127,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         default_num_frames: int = 49,
         default_guidance_scale: Optional[float] = None,
         default_video_guidance_scale: Optional[float] = None,
+        default_history_noise: float = 0.0,
     ):
         super().__init__()
         if mode not in MODES:
@@ -139,6 +142,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             mode=mode, prompt_suffix=prompt_suffix, default_negative_prompt=default_negative_prompt,
             default_height=default_height, default_width=default_width, default_num_frames=default_num_frames,
             default_guidance_scale=default_guidance_scale, default_video_guidance_scale=default_video_guidance_scale,
+            default_history_noise=default_history_noise,
         )
         self.vae_spatial_scale = getattr(vae.config, "spatial_downsample_scale", 8) if vae is not None else 8
         self.vae_temporal_scale = getattr(vae.config, "temporal_downsample_scale", 8) if vae is not None else 8
@@ -282,9 +286,11 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         self, prompt, negative_prompt, image, mode, height, width, num_frames, num_inference_steps,
         video_num_inference_steps, guidance_scale, video_guidance_scale, num_videos_per_prompt, output_type,
         generator, latents, callback_on_step_end_tensor_inputs, max_sequence_length, super_resolution=None,
-        decode_chunk_size=None,
+        decode_chunk_size=None, history_noise=0.0,
     ):
         """Reject bad input with a ValueError that says what is allowed, before any model runs."""
+        if isinstance(history_noise, bool) or not isinstance(history_noise, (int, float)) or not 0 <= history_noise < 1:
+            raise ValueError(f"`history_noise` must be a number in [0, 1), got {history_noise!r}")
         if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
             raise ValueError(
                 f"`decode_chunk_size` must be a positive int (latent frames) or None, got {decode_chunk_size!r}")
@@ -460,6 +466,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         video_num_inference_steps: Optional[Union[int, Sequence[int]]] = None,
         guidance_scale: Optional[float] = None,
         video_guidance_scale: Optional[float] = None,
+        history_noise: Optional[float] = None,
         num_videos_per_prompt: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
@@ -487,6 +494,12 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             num_inference_steps: DiT steps per stage for a DiT-generated first frame (int or one per stage).
             video_num_inference_steps: DiT steps per stage for every later latent frame.
             guidance_scale, video_guidance_scale: classifier-free guidance for the first / later frames (off at <= 1).
+            history_noise: sigma in [0, 1) of the Gaussian noise mixed into the earlier latent frames the transformer
+                conditions on (``sigma * noise + (1 - sigma) * clean``, the form of the history corruption of training,
+                which draws sigma from U(0, ``corrupt_ratio``)). A model trained so then leans less on the details of
+                its own earlier frames, whose errors it otherwise copies forward (drift, ghost copies of a moving
+                object). 0 conditions on the clean history, as the reference does; default:
+                ``default_history_noise``.
             num_videos_per_prompt: videos per prompt.
             generator: torch generator(s) for all randomness (noise, stage re-noising, first-frame sampling).
             latents: full-resolution initial noise [B, C, T, h, w] (drawn from ``generator`` when omitted).
@@ -522,6 +535,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         guidance_scale = _first_given(guidance_scale, self.config.default_guidance_scale, defaults["guidance_scale"])
         video_guidance_scale = _first_given(
             video_guidance_scale, self.config.default_video_guidance_scale, defaults["video_guidance_scale"])
+        history_noise = _first_given(history_noise, self.config.default_history_noise)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
@@ -529,7 +543,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             prompt, negative_prompt, image, mode, height, width, num_frames, num_inference_steps,
             video_num_inference_steps, guidance_scale, video_guidance_scale, num_videos_per_prompt, output_type,
             generator, latents, callback_on_step_end_tensor_inputs, max_sequence_length, super_resolution,
-            decode_chunk_size,
+            decode_chunk_size, history_noise,
         )
         self._interrupt = False
 
@@ -588,6 +602,9 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                     if stage > 0:
                         x = self.scheduler.renoise(x, stage, generator=generator)
                     conditions = self.scheduler.history_conditions(history, stage)
+                    if history_noise > 0 and conditions:
+                        sigma = torch.full((batch,), float(history_noise), device=device)
+                        conditions = corrupt_history(conditions, sigma, generator)
                     if use_cfg:
                         conditions = [torch.cat([c, c]) for c in conditions]
                     timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
