@@ -65,7 +65,8 @@ def test_training_writes_a_complete_monolithic_pipeline(vae_dir, tmp_path):
     assert index["context_adapter"] == [None, None] and index["mode"] == "monolithic"
     assert (index["default_height"], index["default_width"], index["default_num_frames"]) == (64, 64, 9)
     assert (index["default_guidance_scale"], index["default_video_guidance_scale"]) == (12.0, None)
-    assert index["default_history_noise"] == 0.2 and "history mixed with noise of sigma 0.2" in (out / "README.md").read_text()
+    assert index["default_history_noise"] == 0.2
+    assert "history mixed with noise of sigma 0.2" in (out / "README.md").read_text()
     for name in ("transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
                  "tokenizer_2", "tokenizer_3"):
         assert (out / name).is_dir(), name
