@@ -292,6 +292,7 @@ class ORTNeodragonPipeline:
                 image = self.first_frame_image(text_prompt, generator, **(first_frame_kwargs or {}))
             generated.append(self.encode_first_frame(image, generator))
 
+        history_sigma = torch.full((1,), float(history_noise)) if history_noise > 0 else None
         for unit in range(len(generated), latent_frames):
             is_first = unit == 0
             steps = steps_first if is_first else steps_video
@@ -304,8 +305,8 @@ class ORTNeodragonPipeline:
                 if stage > 0:
                     x = self.scheduler.renoise(x, stage, generator=generator)
                 conditions = self.scheduler.history_conditions(history, stage)
-                if history_noise > 0 and conditions:
-                    conditions = corrupt_history(conditions, torch.full((1,), float(history_noise)), generator)
+                if history_sigma is not None and conditions:
+                    conditions = corrupt_history(conditions, history_sigma, generator)
                 timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
                 for i in range(len(timesteps)):
                     velocity = self.velocity(stage, x, conditions, positive, timesteps[i])

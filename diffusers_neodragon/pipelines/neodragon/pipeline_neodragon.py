@@ -583,6 +583,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             generated.append(self._encode_first_frame(image, batch, height, width, generator, device, dtype))
 
         # 4. Autoregressive pyramid denoising, one latent frame at a time.
+        history_sigma = torch.full((batch,), float(history_noise), device=device) if history_noise > 0 else None
         first_steps = sum(num_inference_steps) if first_from_dit else 0
         self._num_timesteps = first_steps + sum(video_num_inference_steps) * (latent_frames - 1)
         step_index = 0
@@ -602,9 +603,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                     if stage > 0:
                         x = self.scheduler.renoise(x, stage, generator=generator)
                     conditions = self.scheduler.history_conditions(history, stage)
-                    if history_noise > 0 and conditions:
-                        sigma = torch.full((batch,), float(history_noise), device=device)
-                        conditions = corrupt_history(conditions, sigma, generator)
+                    if history_sigma is not None and conditions:
+                        conditions = corrupt_history(conditions, history_sigma, generator)
                     if use_cfg:
                         conditions = [torch.cat([c, c]) for c in conditions]
                     timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
