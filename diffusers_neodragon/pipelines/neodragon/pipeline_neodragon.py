@@ -450,6 +450,63 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             for video in raw.split(1)
         ])
 
+    def denoise_unit(
+        self,
+        x: torch.Tensor,
+        history: Optional[List[torch.Tensor]],
+        text: tuple,
+        num_inference_steps: List[int],
+        guidance_scale: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        history_sigma: Optional[torch.Tensor] = None,
+        start_stage: int = 0,
+        on_step: Optional[Callable] = None,
+    ) -> torch.Tensor:
+        """Sample one latent frame through the pyramid stages ``start_stage`` .. last (the body of the autoregressive
+        loop, also used by training to sample frames from a true history).
+
+        Args:
+            x: stage-0 noise [B, C, 1, h, w] (``start_stage`` 0), or the clean estimate of stage ``start_stage - 1``,
+                which is re-noised into stage ``start_stage`` (an SDEdit-like partial regeneration).
+            history: ``scheduler.pyramid`` of the earlier latent frames, or ``None`` for the first frame.
+            text: ``(embeds, mask, pooled)``; with ``guidance_scale`` the negative rows come first, then the positive.
+            num_inference_steps: steps per stage.
+            guidance_scale: CFG scale, or ``None`` for a single conditional pass.
+            history_sigma: per-sample history-noise sigma [B] (see ``history_noise``), or ``None``.
+            on_step: ``on_step(t, x) -> x`` after every step (callbacks, progress).
+        """
+        stages = self.scheduler.config.stages
+        if not 0 <= start_stage < stages:
+            raise ValueError(f"`start_stage` must be in [0, {stages - 1}], got {start_stage}.")
+        dtype = x.dtype
+        self.scheduler.set_timesteps(num_inference_steps, device=x.device)
+        for stage in range(start_stage, stages):
+            if stage > 0:
+                x = self.scheduler.renoise(x, stage, generator=generator)
+            conditions = self.scheduler.history_conditions(history, stage)
+            if history_sigma is not None and conditions:
+                conditions = corrupt_history(conditions, history_sigma, generator)
+            if guidance_scale is not None:
+                conditions = [torch.cat([c, c]) for c in conditions]
+            timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
+            for i in range(len(timesteps)):
+                if getattr(self, "_interrupt", False):
+                    continue
+                model_input = torch.cat([x, x]) if guidance_scale is not None else x
+                # The reference casts timestep and sigma to the model dtype (bf16 rounding included).
+                t = timesteps[i].to(dtype)
+                velocity = self.transformer(
+                    hidden_states=model_input, encoder_hidden_states=text[0], pooled_projections=text[2],
+                    timestep=t.float(), history=conditions, encoder_attention_mask=text[1],
+                ).sample
+                if guidance_scale is not None:
+                    uncond, cond = velocity.chunk(2)
+                    velocity = uncond + guidance_scale * (cond - uncond)
+                x = self.scheduler.step(velocity, x, sigmas[i].to(dtype), sigmas[i + 1].to(dtype)).prev_sample
+                if on_step is not None:
+                    x = on_step(t, x)
+        return x
+
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -588,6 +645,19 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         self._num_timesteps = first_steps + sum(video_num_inference_steps) * (latent_frames - 1)
         step_index = 0
         with self.progress_bar(total=self._num_timesteps) as progress_bar:
+            def on_step(t, x):
+                nonlocal embeds, pooled, step_index
+                if callback_on_step_end is not None:
+                    local = {"latents": x, "prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+                    callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, step_index, t, callback_kwargs) or {}
+                    x = outputs.get("latents", x)
+                    embeds = outputs.get("prompt_embeds", embeds)
+                    pooled = outputs.get("pooled_prompt_embeds", pooled)
+                step_index += 1
+                progress_bar.update()
+                return x
+
             for unit in range(len(generated), latent_frames):
                 is_first = unit == 0
                 steps = num_inference_steps if is_first else video_num_inference_steps
@@ -597,40 +667,11 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                     embeds[batch:], None if mask is None else mask[batch:], pooled[batch:]
                 )
                 history = self.scheduler.pyramid(torch.cat(generated, dim=2)) if generated else None
-                self.scheduler.set_timesteps(steps, device=device)
-                x = noise[:, :, unit : unit + 1]
-                for stage in range(stages):
-                    if stage > 0:
-                        x = self.scheduler.renoise(x, stage, generator=generator)
-                    conditions = self.scheduler.history_conditions(history, stage)
-                    if history_sigma is not None and conditions:
-                        conditions = corrupt_history(conditions, history_sigma, generator)
-                    if use_cfg:
-                        conditions = [torch.cat([c, c]) for c in conditions]
-                    timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
-                    for i in range(len(timesteps)):
-                        if self.interrupt:
-                            continue
-                        model_input = torch.cat([x, x]) if use_cfg else x
-                        # The reference casts timestep and sigma to the model dtype (bf16 rounding included).
-                        t = timesteps[i].to(dtype)
-                        velocity = self.transformer(
-                            hidden_states=model_input, encoder_hidden_states=text[0], pooled_projections=text[2],
-                            timestep=t.float(), history=conditions, encoder_attention_mask=text[1],
-                        ).sample
-                        if use_cfg:
-                            uncond, cond = velocity.chunk(2)
-                            velocity = uncond + scale * (cond - uncond)
-                        x = self.scheduler.step(velocity, x, sigmas[i].to(dtype), sigmas[i + 1].to(dtype)).prev_sample
-                        if callback_on_step_end is not None:
-                            local = {"latents": x, "prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-                            callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
-                            outputs = callback_on_step_end(self, step_index, t, callback_kwargs) or {}
-                            x = outputs.get("latents", x)
-                            embeds = outputs.get("prompt_embeds", embeds)
-                            pooled = outputs.get("pooled_prompt_embeds", pooled)
-                        step_index += 1
-                        progress_bar.update()
+
+                x = self.denoise_unit(
+                    noise[:, :, unit : unit + 1], history, text, steps, scale if use_cfg else None, generator,
+                    history_sigma, on_step=on_step,
+                )
                 generated.append(x)
         latents = torch.cat(generated, dim=2)
 
