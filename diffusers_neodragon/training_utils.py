@@ -389,6 +389,7 @@ def pyramid_training_batch(
     noise: torch.Tensor | None = None,
     first_frame_prob: float | None = None,
     foreground: torch.Tensor | None = None,
+    history_latents: torch.Tensor | None = None,
 ) -> PyramidTrainingBatch:
     """Build one stage's autoregressive training example from clean, normalised latents (Pyramid-Flow recipe).
 
@@ -417,6 +418,8 @@ def pyramid_training_batch(
         first_frame_prob: probability of u = 0 when u is drawn (see :func:`sample_num_history`; ``None``: 1/T).
         foreground: optional object mask [B, 1, T, H, W] on the full latent grid (:func:`latent_foreground_mask`);
             its frame u, max-pooled to the stage's resolution, is returned as ``foreground``.
+        history_latents: optional latents [B, C, T, H, W] whose frames 0 .. u-1 replace ``latents``' as the history
+            (e.g. the model's own frames, :func:`frames_from_true_history`); frame u always comes from ``latents``.
     """
     if latents.ndim != 5:
         raise ValueError(f"`latents` must be [B, C, T, H, W], got shape {tuple(latents.shape)}.")
@@ -434,6 +437,10 @@ def pyramid_training_batch(
     if foreground is not None and tuple(foreground.shape) != (batch, 1, num_frames, height, width):
         raise ValueError(
             f"`foreground` must have shape {(batch, 1, num_frames, height, width)}, got {tuple(foreground.shape)}."
+        )
+    if history_latents is not None and history_latents.shape != latents.shape:
+        raise ValueError(
+            f"`history_latents` must have the shape of `latents` {tuple(latents.shape)}, got {tuple(history_latents.shape)}."
         )
     if num_history is None:
         num_history = sample_num_history(num_frames, generator, first_frame_prob)
@@ -458,7 +465,11 @@ def pyramid_training_batch(
     corruption_sigma = torch.zeros(batch, device=device)
     history: list[torch.Tensor] = []
     if u > 0:
-        clips = scheduler.history_conditions([level[:, :, :u] for level in levels], stage)
+        if history_latents is None:
+            history_levels = [level[:, :, :u] for level in levels]
+        else:
+            history_levels = scheduler.pyramid(history_latents[:, :, :u].to(latents.dtype))
+        clips = scheduler.history_conditions(history_levels, stage)
         corruption_sigma = (_rand(generator, batch) * corrupt_ratio).to(device)
         history = corrupt_history(clips, corruption_sigma, generator)
     if foreground is not None:
@@ -475,6 +486,72 @@ def pyramid_training_batch(
         corruption_sigma=corruption_sigma,
         foreground=foreground,
     )
+
+
+@torch.no_grad()
+def frames_from_true_history(
+    pipe,
+    latents: torch.Tensor,
+    text: tuple,
+    negative_text: tuple,
+    num_inference_steps: Sequence[int],
+    video_num_inference_steps: Sequence[int],
+    guidance_scale: float,
+    video_guidance_scale: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The model's own version of every latent frame of clean clips, each sampled from the clip's true history.
+
+    Training only on true histories leaves the model unprepared for its own: Shapes videos keep a small diamond
+    when every frame is sampled from the true frames before it, and lose it in a free rollout. Frames sampled this
+    way carry the model's per-frame errors while staying aligned with the true clip (the object where the clip has
+    it), so they can stand in for history frames against the true next frame (``--generated_history_prob`` of
+    ``train_pyramidal_flow.py``, a DAgger-like correction). Frame j >= 1 is sampled from noise given true frames
+    0 .. j-1, exactly as ``pipe`` samples later frames; frame 0 has no history and is re-sampled from the true frame
+    over the last stage only (re-noised from its stage-before-last level), so that it keeps the true object's place.
+
+    Args:
+        pipe: a :class:`~diffusers_neodragon.NeodragonPipeline` (its transformer and scheduler are used).
+        latents: clean normalised latents [B, C, T, H, W].
+        text / negative_text: ``(embeds, mask or None, pooled)`` of the captions and of the negative prompt, each
+            with B rows.
+        num_inference_steps / video_num_inference_steps: steps per stage of the first / later frames.
+        guidance_scale / video_guidance_scale: CFG scales of the first / later frames (<= 1: no CFG).
+    """
+    scheduler = pipe.scheduler
+    stages = scheduler.config.stages
+    dtype = pipe.transformer.dtype
+    latents = latents.to(dtype)
+    batch = latents.shape[0]
+
+    def text_for(scale):
+        if scale <= 1.0:
+            return text, None
+        masks = (negative_text[1], text[1])
+        if all(m is None for m in masks):
+            mask = None
+        else:
+            mask = torch.cat([m if m is not None else torch.ones(batch, text[0].shape[1], dtype=torch.long,
+                                                                 device=latents.device) for m in masks])
+        return (torch.cat([negative_text[0], text[0]]), mask, torch.cat([negative_text[2], text[2]])), scale
+
+    first_text, first_scale = text_for(guidance_scale)
+    first_level = scheduler.pyramid(latents[:, :, :1])[stages - 2] if stages > 1 else None
+    if first_level is None:
+        first = latents[:, :, :1]
+    else:
+        first = pipe.denoise_unit(first_level, None, first_text, list(num_inference_steps), first_scale, generator,
+                                  start_stage=stages - 1)
+    frames = [first]
+    video_text, video_scale = text_for(video_guidance_scale)
+    for unit in range(1, latents.shape[2]):
+        noise = randn_tensor((batch, latents.shape[1], 1, *latents.shape[-2:]), generator=generator,
+                             device=latents.device, dtype=torch.float32)
+        x = scheduler.downsample_noise(noise, times=stages - 1).to(dtype)
+        history = scheduler.pyramid(latents[:, :, :unit])
+        frames.append(pipe.denoise_unit(x, history, video_text, list(video_num_inference_steps), video_scale,
+                                        generator))
+    return torch.cat(frames, dim=2)
 
 
 # ------------------------------------------------------------------------------------------ transformer init

@@ -64,6 +64,7 @@ from diffusers_neodragon.training_utils import (
     flow_matching_loss,
     finish_training_loop,
     format_float,
+    frames_from_true_history,
     freeze_unused_parameters,
     initialize_transformer_weights,
     latent_foreground_mask,
@@ -149,6 +150,12 @@ def parse_args(input_args=None):
                         help="Train the first latent frame (no history) with this probability; default 1/T, "
                              "like every other unit.")
     parser.add_argument("--caption_dropout", type=float, default=CAPTION_DROPOUT_PROBABILITY)
+    parser.add_argument("--generated_history_prob", type=float, default=0.0,
+                        help="Probability that each history frame is the model's own sample of it from the true "
+                             "frames before (training_utils.frames_from_true_history, made once at the start by the "
+                             "initial transformer with the saved pipeline's sampler), so that the model learns to "
+                             "continue its own frames; needs --cache_latents and a trained transformer "
+                             "(--transformer_path or --pretrained_model_name_or_path).")
     parser.add_argument("--foreground_weight", type=float, default=0.0,
                         help="Weight of an MSE term over the objects' latents only (training_utils."
                              "latent_foreground_mask): a small object is a few latent pixels of a frame-wide mean.")
@@ -240,6 +247,12 @@ def parse_args(input_args=None):
         raise ValueError(f"--foreground_weight must be >= 0, got {args.foreground_weight}.")
     if args.latent_cache_path and not args.cache_latents:
         raise ValueError("--latent_cache_path needs --cache_latents.")
+    if not 0.0 <= args.generated_history_prob <= 1.0:
+        raise ValueError(f"--generated_history_prob must lie in [0, 1], got {args.generated_history_prob}.")
+    trained = args.transformer_path or args.pretrained_model_name_or_path
+    if args.generated_history_prob and not (args.cache_latents and trained):
+        raise ValueError("--generated_history_prob needs --cache_latents and a trained transformer to sample from "
+                         "(--transformer_path or --pretrained_model_name_or_path).")
     return args
 
 
@@ -469,6 +482,35 @@ def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, torch.Ten
     return latents[:total].cpu(), foreground[:total].cpu(), list(captions[:total])
 
 
+def generate_history(args, transformer, vae, text_components, scheduler, cache, accelerator) -> torch.Tensor:
+    """The transformer's own sample of every cached clip's every latent frame from its true history
+    (``frames_from_true_history``, the saved pipeline's sampler); process r samples the contiguous shard r."""
+    pipe = make_pipeline(transformer.to(accelerator.device).eval(), vae, text_components, scheduler, args)
+    mode = MODE_DEFAULTS["monolithic"]
+    total = cache.latents.shape[0]
+    shard = math.ceil(total / accelerator.num_processes)
+    start = accelerator.process_index * shard
+    indices = torch.tensor([min(i, total - 1) for i in range(start, start + shard)], device=cache.latents.device)
+    generator = step_generator(args.seed + 1, 0, accelerator.process_index, accelerator.device)
+    frames = []
+    for chunk in tqdm(indices.split(args.train_batch_size), desc="Sampling history",
+                      disable=not accelerator.is_local_main_process):
+        ids = cache.caption_ids[chunk]
+        text = (cache.embeds[ids], cache.mask[ids], cache.pooled[ids])
+        negative = tuple(t[torch.zeros_like(ids)] for t in (cache.embeds, cache.mask, cache.pooled))
+        with accelerator.autocast():
+            frames.append(frames_from_true_history(
+                pipe, cache.latents[chunk].float(), text, negative, mode["num_inference_steps"],
+                mode["video_num_inference_steps"], args.sampler_guidance_scale, args.sampler_video_guidance_scale,
+                generator=generator,
+            ).to(cache.latents.dtype))
+    frames = torch.cat(frames)
+    if accelerator.num_processes > 1:
+        frames = accelerator.gather(frames)
+    transformer.train()
+    return frames[:total]
+
+
 class IndexedShapes(torch.utils.data.Dataset):
     """The training set as indices (latents cached) or as rendered clips with their index (encoded on the fly)."""
 
@@ -684,6 +726,9 @@ def main(args):
     )
 
     cache = build_latent_cache(args, vae, text_components, accelerator) if args.cache_latents else None
+    generated_history = None
+    if args.generated_history_prob:
+        generated_history = generate_history(args, transformer, vae, text_components, scheduler, cache, accelerator)
     dataset = IndexedShapes(args, cached=cache is not None)
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.train_batch_size, sampler=EpochShuffleSampler(len(dataset), seed=args.seed),
@@ -759,10 +804,16 @@ def main(args):
             micro_step = epoch * len(dataloader) + batch_index
             generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
             with accelerator.accumulate(transformer):
+                history_latents = None
                 if cache is not None:
                     indices = batch["index"].to(cache.latents.device)
                     latents = cache.latents[indices]
                     foreground = cache.foreground[indices] if args.foreground_weight else None
+                    if generated_history is not None:
+                        own = torch.rand((latents.shape[0], 1, latents.shape[2], 1, 1), generator=generator,
+                                         device=generator.device).to(latents.device)
+                        history_latents = torch.where(own < args.generated_history_prob,
+                                                      generated_history[indices], latents)
                 else:
                     latents = encode_videos(vae, batch["video"])
                     foreground = video_foreground(vae, batch["video"]) if args.foreground_weight else None
@@ -777,6 +828,7 @@ def main(args):
                     example = pyramid_training_batch(
                         scheduler, select(latents), stage, generator=generator, corrupt_ratio=args.corrupt_ratio,
                         first_frame_prob=args.first_frame_prob, foreground=select(foreground),
+                        history_latents=select(history_latents),
                     )
                     with accelerator.autocast():
                         pred = transformer(
@@ -858,7 +910,12 @@ def main(args):
             vae_parameters=f"{count_parameters(vae) / 1e6:.2f}M", vae_path=args.vae_path or args.pretrained_model_name_or_path,
             save_dtype=args.save_dtype, sample_ratios=list(args.sample_ratios),
             stage_range=", ".join(f"{x:.3g}" for x in scheduler.config.stage_range), stage_sampling=args.stage_sampling,
-            corrupt_ratio=f"{args.corrupt_ratio:.4g}", caption_dropout=f"{args.caption_dropout:.0%}",
+            corrupt_ratio=f"{args.corrupt_ratio:.4g}",
+            generated_history=(f"; each history frame replaced with probability {args.generated_history_prob:g} by "
+                               "the initial transformer's own sample of it from the true frames before it "
+                               "(`--generated_history_prob`, sampled once with the saved pipeline's sampler)"
+                               if args.generated_history_prob else ""),
+            caption_dropout=f"{args.caption_dropout:.0%}",
             foreground_term=(f" + {args.foreground_weight:g} x the MSE over the objects' latent cells only"
                              if args.foreground_weight else ""),
             first_frame_prob="1/T" if args.first_frame_prob is None else f"{args.first_frame_prob:.0%}",

@@ -163,6 +163,10 @@ def test_bad_arguments():
         train.parse_args(["--vae_path", "v", "--foreground_weight", "-1"])
     with pytest.raises(ValueError, match="default_history_noise"):
         train.parse_args(["--vae_path", "v", "--default_history_noise", "1"])
+    with pytest.raises(ValueError, match="generated_history_prob"):
+        train.parse_args(["--vae_path", "v", "--generated_history_prob", "1.5"])
+    with pytest.raises(ValueError, match="trained transformer"):
+        train.parse_args(["--vae_path", "v", "--generated_history_prob", "0.5", "--cache_latents"])
 
 
 def test_latent_cache_key_follows_the_vae_weights(vae_dir, tmp_path):
@@ -231,3 +235,25 @@ def test_compiled_blocks_train_like_eager_blocks(vae_dir, tmp_path):
     assert eager.keys() == compiled.keys()
     moved = max(float((eager[k] - compiled[k]).abs().max()) for k in eager)
     assert moved < 1e-4, moved
+
+
+def test_generated_history_trains_and_resumes_exactly(vae_dir, tmp_path):
+    """--generated_history_prob: the initial transformer's own frames (sampled once, before any checkpoint is
+    loaded) replace history frames; it changes what is learnt, and a resumed run still reaches the uninterrupted
+    run's weights."""
+    quick = ("--checkpointing_steps", "2", "--num_validation_prompts", "0", "--train_samples", "4", "--cache_latents")
+    run(vae_dir, tmp_path / "base", "--max_train_steps", "1", *quick)
+    base = ("--transformer_path", str(tmp_path / "base" / "transformer"), "--first_frame_prob", "0")
+    run(vae_dir, tmp_path / "true", "--max_train_steps", "4", *quick, *base)
+    run(vae_dir, tmp_path / "full", "--max_train_steps", "4", *quick, *base, "--generated_history_prob", "1")
+    parts = tmp_path / "parts"
+    run(vae_dir, parts, "--max_train_steps", "2", *quick, *base, "--generated_history_prob", "1")
+    run(vae_dir, parts, "--max_train_steps", "4", *quick, *base, "--generated_history_prob", "1",
+        "--resume_from_checkpoint", "latest")
+    true, full, resumed = (transformer_weights(tmp_path / n) for n in ("true", "full", "parts"))
+    assert any(not torch.allclose(true[k], full[k]) for k in full)
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=1e-5, atol=1e-6)
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "--generated_history_prob 1" in card and "replaced with probability 1 by" in card
+    assert "replaced with probability" not in (tmp_path / "true" / "README.md").read_text()

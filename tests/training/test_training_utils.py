@@ -20,6 +20,7 @@ from diffusers_neodragon.training_utils import (
     flow_matching_loss,
     flow_matching_loss_per_sample,
     foreground_mask,
+    frames_from_true_history,
     latent_foreground_mask,
     freeze_unused_parameters,
     initialize_transformer_weights,
@@ -94,6 +95,49 @@ def test_history_layout_is_the_inference_layout_and_uncorrupted_at_ratio_zero(sc
     for got, want in zip(batch.history, expected):
         torch.testing.assert_close(got, want)
     assert torch.equal(batch.corruption_sigma, torch.zeros(2))
+
+
+def test_history_latents_replace_only_the_history(scheduler):
+    """history_latents=latents changes nothing; other history latents change the history and nothing else."""
+    clean, other = latents(frames=5), latents(frames=5, seed=7)
+    kwargs = dict(num_history=3, corrupt_ratio=0.0)
+    plain = pyramid_training_batch(scheduler, clean, 2, generator=torch.Generator().manual_seed(0), **kwargs)
+    same = pyramid_training_batch(scheduler, clean, 2, generator=torch.Generator().manual_seed(0),
+                                  history_latents=clean, **kwargs)
+    mixed = pyramid_training_batch(scheduler, clean, 2, generator=torch.Generator().manual_seed(0),
+                                   history_latents=other, **kwargs)
+    for got, want in zip(same.history, plain.history):
+        torch.testing.assert_close(got, want)
+    for got, want in zip(mixed.history, scheduler.history_conditions(other[:, :, :3], 2)):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(mixed.target, plain.target)
+    torch.testing.assert_close(mixed.hidden_states, plain.hidden_states)
+    with pytest.raises(ValueError, match="history_latents"):
+        pyramid_training_batch(scheduler, clean, 2, history_latents=other[:, :, :4], **kwargs)
+
+
+def test_frames_from_true_history_sees_only_the_true_frames_before_each_frame():
+    """Frame j >= 1 is sampled from true frames 0 .. j-1 only, frame 0 from the true frame 0: changing true frame 2
+    leaves sampled frames 0-2 as they were and changes frame 3; the result is a function of the generator."""
+    from tests.tiny_components import pipeline
+
+    pipe = pipeline(with_first_frame=False, with_super_resolution=False)
+    embeds, mask, pooled = pipe.encode_prompt(["", "", CAPTIONS[0], CAPTIONS[1]], "cpu", torch.float32)
+    negative, text = (embeds[:2], mask[:2], pooled[:2]), (embeds[2:], mask[2:], pooled[2:])
+    clean = latents(frames=4, size=16)
+    changed = clean.clone()
+    changed[:, :, 2] += 1.0
+
+    def sample(x, seed=0):
+        return frames_from_true_history(pipe, x, text, negative, [2, 2, 2], [1, 1, 1], 3.0, 2.0,
+                                        generator=torch.Generator().manual_seed(seed))
+
+    first, again, other = sample(clean), sample(clean), sample(changed)
+    assert first.shape == clean.shape and torch.isfinite(first).all()
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(other[:, :, :3], first[:, :, :3], rtol=0, atol=0)
+    assert not torch.allclose(other[:, :, 3], first[:, :, 3])
+    assert not torch.allclose(sample(clean, seed=1), first)
 
 
 def test_history_corruption_statistics(scheduler):
