@@ -536,11 +536,10 @@ def frames_from_true_history(
         return (torch.cat([negative_text[0], text[0]]), mask, torch.cat([negative_text[2], text[2]])), scale
 
     first_text, first_scale = text_for(guidance_scale)
-    first_level = scheduler.pyramid(latents[:, :, :1])[stages - 2] if stages > 1 else None
-    if first_level is None:
-        first = latents[:, :, :1]
-    else:
-        first = pipe.denoise_unit(first_level, None, first_text, list(num_inference_steps), first_scale, generator,
+    first = latents[:, :, :1]
+    if stages > 1:
+        level = scheduler.pyramid(first)[stages - 2]
+        first = pipe.denoise_unit(level, None, first_text, list(num_inference_steps), first_scale, generator,
                                   start_stage=stages - 1)
     frames = [first]
     video_text, video_scale = text_for(video_guidance_scale)

@@ -138,6 +138,8 @@ def test_frames_from_true_history_sees_only_the_true_frames_before_each_frame():
     torch.testing.assert_close(other[:, :, :3], first[:, :, :3], rtol=0, atol=0)
     assert not torch.allclose(other[:, :, 3], first[:, :, 3])
     assert not torch.allclose(sample(clean, seed=1), first)
+    with pytest.raises(ValueError, match="start_stage"):
+        pipe.denoise_unit(clean[:, :, :1], None, text, [1, 1, 1], start_stage=3)
 
 
 def test_history_corruption_statistics(scheduler):
