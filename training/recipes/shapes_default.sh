@@ -10,10 +10,15 @@
 # fine-tuned on latents perturbed by Gaussian noise (the encoder, and so every latent, stays the same): the
 # transformer's samples drift off the latent manifold, and a decoder that only saw clean latents turns that drift
 # into speckle and stripes; an L1 term over the object's pixels alone (--foreground_weight) keeps the corners of
-# small objects, which the frame-wide terms let it round off (a small diamond is 2 % of a frame); 4. the
-# transformer (history corrupted up to sigma 0.5, the first frame trained 30 % of the time).
-# VAE_SECONDS / VAE_LONG_SECONDS / VAE_ROBUST_SECONDS / DIT_SECONDS cap each phase's training time (step counts are
-# upper bounds); DIT_LR sets the transformer's learning rate (default 1e-3, for a total batch of 512);
+# small objects, which the frame-wide terms let it round off (a small diamond is 2 % of a frame); 4. the whole VAE
+# fine-tuned with the same terms, less latent noise and the first frame counted as eight frames, so that the first
+# latent frame (one pixel frame) separates small shapes (the encoder changes: everything after uses its latents);
+# 5. the transformer (history corrupted up to sigma 0.5, the first frame trained 30 % of the time); 6. two rounds of
+# the transformer continued on histories it sampled itself (--generated_history_prob 1, each round sampling them
+# anew with the model of the round before): trained on true histories only, it lost small shapes in its own rollouts.
+# VAE_SECONDS / VAE_LONG_SECONDS / VAE_ROBUST_SECONDS / VAE_WHOLE_SECONDS / DIT_SECONDS / OWN_SECONDS cap each
+# phase's training time (step counts are upper bounds); DIT_LR sets the transformer's learning rate (default 1e-3,
+# for a total batch of 512);
 # SHAPESBENCH_PROMPTS the prompts per split of the final ShapesBench run (default 16; 0 skips it).
 # COMPILE=1 adds --compile to the transformer phase (GPU only: about 1.75x the steps per second once ~2.5 min of
 # compilation are done; see the README).
@@ -28,7 +33,9 @@ read -r -a LAUNCH <<< "${LAUNCH:-$PY}"
 VAE_SECONDS=${VAE_SECONDS:-150}
 VAE_LONG_SECONDS=${VAE_LONG_SECONDS:-125}
 VAE_ROBUST_SECONDS=${VAE_ROBUST_SECONDS:-400}
+VAE_WHOLE_SECONDS=${VAE_WHOLE_SECONDS:-400}
 DIT_SECONDS=${DIT_SECONDS:-600}
+OWN_SECONDS=${OWN_SECONDS:-200}
 SHAPESBENCH_PROMPTS=${SHAPESBENCH_PROMPTS:-16}
 WORKERS=${WORKERS:-14}
 
@@ -54,8 +61,9 @@ fi
 if [[ "${COMPILE:-0}" == 1 ]]; then
   DIT_SIZE+=(--compile)
 fi
+SHAPESBENCH=()
 if [[ "${SMOKE:-0}" != 1 && "$SHAPESBENCH_PROMPTS" != 0 ]]; then
-  DIT_SIZE+=(--eval_shapesbench --shapesbench_num_prompts "$SHAPESBENCH_PROMPTS")
+  SHAPESBENCH=(--eval_shapesbench --shapesbench_num_prompts "$SHAPESBENCH_PROMPTS")
 fi
 COMMON=(--l1_weight 0 --init_logvar -30 --dataloader_num_workers "$WORKERS" --checkpointing_steps 0
         --validation_steps 0 --num_validation_clips 2 --report_to none)
@@ -73,9 +81,25 @@ COMMON=(--l1_weight 0 --init_logvar -30 --dataloader_num_workers "$WORKERS" --ch
   "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --decoder_only --latent_noise_std 0.3 --l1_weight 1 --foreground_weight 2 \
   --learning_rate 1e-4 --lr_warmup_steps 50 --max_train_seconds "$VAE_ROBUST_SECONDS" --seed 2
 
-"${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --vae_path "$OUT/vae-robust" --output_dir "$OUT/pipeline" "${DIT_SIZE[@]}" \
-  --num_attention_heads 4 --attention_head_dim 32 --patch_size 2 --cache_latents --dataloader_num_workers "$WORKERS" \
-  --encode_batch_size 32 --learning_rate "${DIT_LR:-1e-3}" --lr_warmup_steps 200 --use_ema --ema_decay 0.995 \
-  --max_train_seconds "$DIT_SECONDS" --checkpointing_steps 0 --validation_steps 0 --num_validation_prompts 2 \
-  --first_frame_prob 0.3 --corrupt_ratio 0.5 \
-  --report_to none --seed 0
+"${LAUNCH[@]}" "$HERE/training/train_vae.py" --pretrained_vae "$OUT/vae-robust" --output_dir "$OUT/vae-whole" \
+  "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --latent_noise_std 0.15 --l1_weight 1 --foreground_weight 2 \
+  --first_frame_weight 8 --learning_rate 1e-4 --lr_warmup_steps 50 --max_train_seconds "$VAE_WHOLE_SECONDS" \
+  --normalization_num_frames "${LONG_FRAMES}" --seed 3
+
+DIT_COMMON=(--vae_path "$OUT/vae-whole" "${DIT_SIZE[@]}" --cache_latents --dataloader_num_workers "$WORKERS"
+            --encode_batch_size 32 --use_ema --ema_decay 0.995 --checkpointing_steps 0 --validation_steps 0
+            --first_frame_prob 0.3 --corrupt_ratio 0.5 --sample_ratios 1,2,3 --default_guidance_scale 7
+            --default_video_guidance_scale 5 --report_to none)
+"${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --output_dir "$OUT/pipeline-true-history" "${DIT_COMMON[@]}" \
+  --num_attention_heads 4 --attention_head_dim 32 --patch_size 2 --learning_rate "${DIT_LR:-1e-3}" \
+  --lr_warmup_steps 200 --max_train_seconds "$DIT_SECONDS" --num_validation_prompts 0 --seed 0
+
+"${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --output_dir "$OUT/pipeline-own-history-1" "${DIT_COMMON[@]}" \
+  --text_encoders_path "$OUT/pipeline-true-history" --transformer_path "$OUT/pipeline-true-history/transformer" \
+  --generated_history_prob 1 --learning_rate 2e-4 --lr_warmup_steps 20 --max_train_seconds "$OWN_SECONDS" \
+  --num_validation_prompts 0 --seed 1
+
+"${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --output_dir "$OUT/pipeline" "${DIT_COMMON[@]}" \
+  --text_encoders_path "$OUT/pipeline-own-history-1" --transformer_path "$OUT/pipeline-own-history-1/transformer" \
+  --generated_history_prob 1 --learning_rate 2e-4 --lr_warmup_steps 20 --max_train_seconds "$OWN_SECONDS" \
+  --num_validation_prompts 2 --seed 2 "${SHAPESBENCH[@]}"
