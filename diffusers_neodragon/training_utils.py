@@ -514,7 +514,7 @@ def frames_from_true_history(
         pipe: a :class:`~diffusers_neodragon.NeodragonPipeline` (its transformer and scheduler are used).
         latents: clean normalised latents [B, C, T, H, W].
         text / negative_text: ``(embeds, mask or None, pooled)`` of the captions and of the negative prompt, each
-            with B rows.
+            with B rows (masks both given or both None).
         num_inference_steps / video_num_inference_steps: steps per stage of the first / later frames.
         guidance_scale / video_guidance_scale: CFG scales of the first / later frames (<= 1: no CFG).
     """
@@ -527,27 +527,22 @@ def frames_from_true_history(
     def text_for(scale):
         if scale <= 1.0:
             return text, None
-        masks = (negative_text[1], text[1])
-        if all(m is None for m in masks):
-            mask = None
-        else:
-            mask = torch.cat([m if m is not None else torch.ones(batch, text[0].shape[1], dtype=torch.long,
-                                                                 device=latents.device) for m in masks])
+        mask = None if text[1] is None else torch.cat([negative_text[1], text[1]])
         return (torch.cat([negative_text[0], text[0]]), mask, torch.cat([negative_text[2], text[2]])), scale
 
+    levels = scheduler.pyramid(latents)  # per frame, so each prefix's pyramid is a slice of it
     first_text, first_scale = text_for(guidance_scale)
     first = latents[:, :, :1]
     if stages > 1:
-        level = scheduler.pyramid(first)[stages - 2]
-        first = pipe.denoise_unit(level, None, first_text, list(num_inference_steps), first_scale, generator,
-                                  start_stage=stages - 1)
+        first = pipe.denoise_unit(levels[stages - 2][:, :, :1], None, first_text, list(num_inference_steps),
+                                  first_scale, generator, start_stage=stages - 1)
     frames = [first]
     video_text, video_scale = text_for(video_guidance_scale)
     for unit in range(1, latents.shape[2]):
         noise = randn_tensor((batch, latents.shape[1], 1, *latents.shape[-2:]), generator=generator,
                              device=latents.device, dtype=torch.float32)
         x = scheduler.downsample_noise(noise, times=stages - 1).to(dtype)
-        history = scheduler.pyramid(latents[:, :, :unit])
+        history = [level[:, :, :unit] for level in levels]
         frames.append(pipe.denoise_unit(x, history, video_text, list(video_num_inference_steps), video_scale,
                                         generator))
     return torch.cat(frames, dim=2)

@@ -455,6 +455,14 @@ def video_foreground(vae, videos: torch.Tensor) -> torch.Tensor:
     return mask.to(torch.uint8)
 
 
+def shard_indices(total: int, accelerator) -> list[int]:
+    """This process's contiguous shard of ``range(total)``, the last index repeated to an equal length, so that the
+    gathered shards are the set in order (cut back to ``total``)."""
+    shard = math.ceil(total / accelerator.num_processes)
+    start = accelerator.process_index * shard
+    return [min(i, total - 1) for i in range(start, start + shard)]
+
+
 def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Latents [N, C, T, h, w], object masks [N, 1, T, h, w] (both on the CPU) and captions of the whole training
     set. Process r encodes the contiguous shard r (the last index repeated to an equal length), so the gathered
@@ -463,9 +471,7 @@ def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, torch.Ten
         args.train_samples, args.num_frames, args.height, args.width, args.seed, "train", args.two_objects_prob
     )
     total = len(dataset)
-    shard = math.ceil(total / accelerator.num_processes)
-    start = accelerator.process_index * shard
-    indices = [min(i, total - 1) for i in range(start, start + shard)]
+    indices = shard_indices(total, accelerator)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=args.encode_batch_size, shuffle=False,
         num_workers=args.dataloader_num_workers, collate_fn=dataset.collate_fn,
@@ -488,9 +494,7 @@ def generate_history(args, transformer, vae, text_components, scheduler, cache, 
     pipe = make_pipeline(transformer.to(accelerator.device).eval(), vae, text_components, scheduler, args)
     mode = MODE_DEFAULTS["monolithic"]
     total = cache.latents.shape[0]
-    shard = math.ceil(total / accelerator.num_processes)
-    start = accelerator.process_index * shard
-    indices = torch.tensor([min(i, total - 1) for i in range(start, start + shard)], device=cache.latents.device)
+    indices = torch.tensor(shard_indices(total, accelerator), device=cache.latents.device)
     generator = step_generator(args.seed + 1, 0, accelerator.process_index, accelerator.device)
     frames = []
     for chunk in tqdm(indices.split(args.train_batch_size), desc="Sampling history",

@@ -667,7 +667,6 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                     embeds[batch:], None if mask is None else mask[batch:], pooled[batch:]
                 )
                 history = self.scheduler.pyramid(torch.cat(generated, dim=2)) if generated else None
-
                 x = self.denoise_unit(
                     noise[:, :, unit : unit + 1], history, text, steps, scale if use_cfg else None, generator,
                     history_sigma, on_step=on_step,
