@@ -59,8 +59,14 @@ def build_pipeline(device, dtype, with_first_frame=True):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from diffusers_neodragon import (
-        AsymmetricVAE, ContextAdapter, DT5Config, DT5EncoderModel, NeodragonPipeline, NeodragonTransformer3DModel,
-        PyramidalDMDScheduler, QuickSRNet,
+        AsymmetricVAE,
+        ContextAdapter,
+        DT5Config,
+        DT5EncoderModel,
+        NeodragonPipeline,
+        NeodragonTransformer3DModel,
+        PyramidalDMDScheduler,
+        QuickSRNet,
     )
     from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
 
@@ -654,8 +660,8 @@ def main(argv=None):
     reference = None
     if args.reference:
         official = import_official(args.reference)
-        from PIL import Image
         import numpy as np
+        from PIL import Image
 
         image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (640, 1024, 3), dtype=np.uint8))
         log.active = False

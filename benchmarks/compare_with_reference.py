@@ -533,9 +533,8 @@ def run(reference, device="cpu", full_size=False, pyramid_flow=None, workdir=Non
             add(f"generation {mode}: latent max diff", result["latent max diff"], TOLERANCE,
                 note=f"{result['draws'][0]} posterior + {result['draws'][1]} block noises replayed")
             add(f"generation {mode}: min per-frame PSNR (dB)", min(result["psnr"]), PSNR_TARGET, higher_is_better=True,
-                note="mean %.1f dB over %d frames; official video std %.3f" % (
-                    np.mean([p for p in result["psnr"] if math.isfinite(p)] or [float("inf")]), result["frames"],
-                    result["video std"]))
+                note=f"mean {np.mean([p for p in result['psnr'] if math.isfinite(p)] or [float('inf')]):.1f} dB over "
+                     f"{result['frames']} frames; official video std {result['video std']:.3f}")
 
         if pyramid_flow is not None:
             log("Pyramid-Flow: converting and comparing its DiT and causal VAE ...")

@@ -22,8 +22,14 @@ import torch
 
 
 def build(name):
-    from diffusers_neodragon import AsymmetricVAE, ContextAdapter, DT5Config, DT5EncoderModel, NeodragonTransformer3DModel
-    from diffusers_neodragon import QuickSRNet
+    from diffusers_neodragon import (
+        AsymmetricVAE,
+        ContextAdapter,
+        DT5Config,
+        DT5EncoderModel,
+        NeodragonTransformer3DModel,
+        QuickSRNet,
+    )
 
     torch.manual_seed(0)
     if name.startswith("transformer"):
@@ -97,7 +103,13 @@ def main(argv=None):
 
     from diffusers_neodragon.export.exporter import export_component
     from diffusers_neodragon.export.graph_passes import fold_static_shapes
-    from diffusers_neodragon.export.htp_check import PAPER_BUDGET_BYTES, check_graph, env_info, format_report, graph_memory
+    from diffusers_neodragon.export.htp_check import (
+        PAPER_BUDGET_BYTES,
+        check_graph,
+        env_info,
+        format_report,
+        graph_memory,
+    )
     from diffusers_neodragon.export.specs import ExportSize
 
     out = Path(args.output)

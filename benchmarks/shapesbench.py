@@ -24,8 +24,8 @@ import argparse
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from diffusers_neodragon.training_utils import load_vae_folder
 SPLITS = {"seen": "seen", "held-out": "heldout"}
 
 
-def _steps(text: str) -> Union[int, List[int]]:
+def _steps(text: str) -> int | list[int]:
     """``"2"`` -> 2 (every stage); ``"1,2,1"`` -> [1, 2, 1] (one per stage)."""
     try:
         values = [int(v) for v in text.split(",")]
@@ -171,7 +171,7 @@ def _still_table(results: dict) -> str:
     return "\n".join(f"{label:<16}" + "".join(f"{v:>10}" for v in values) for label, values in rows)
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; prints the table and returns the report (also written to ``--json``)."""
     args = _parse_args(argv)
     make_video = _video_maker(args)

@@ -18,7 +18,6 @@ Cheap (no transformer, CPU in seconds), so VAE candidates can be compared before
 
 import argparse
 import json
-from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -58,7 +57,7 @@ def _video(prompt: str, seed: int, frames: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure(folder: str, clips: int = 12, pairs: int = 18, device: str = "cpu") -> Dict[str, float]:
+def measure(folder: str, clips: int = 12, pairs: int = 18, device: str = "cpu") -> dict[str, float]:
     vae = load_vae_folder(folder).to(device).eval()
     grid = (vae.config.temporal_downsample_scale, vae.config.spatial_downsample_scale)
 
@@ -88,7 +87,7 @@ def measure(folder: str, clips: int = 12, pairs: int = 18, device: str = "cpu") 
     return result
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="VAE, train_vae.py run or pipeline folders.")
     parser.add_argument("--clips", type=int, default=12, help="49-frame clips for std and roughness.")

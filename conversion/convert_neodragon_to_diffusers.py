@@ -48,7 +48,6 @@ from diffusers_neodragon.conversion import (  # noqa: E402
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TEMPLATE = ROOT / "model_cards" / "neodragon_converted.md"
 
 
 def parse_args(argv=None):
@@ -156,7 +155,7 @@ def convert(checkpoint_path, output_path, mode="hybrid", dtype="auto", revision=
                 "paper's 640x1024 output needs a QuickSRNet trained separately). Frame 0 of a hybrid video is the "
                 "VAE reconstruction of the first-frame image, as in the official code."
             ),
-        ), template=TEMPLATE)
+        ))
         written.append(output)
         del pipe
     return written

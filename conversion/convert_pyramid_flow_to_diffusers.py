@@ -43,9 +43,6 @@ from diffusers_neodragon.conversion import (  # noqa: E402
 )
 
 
-TEMPLATE = ROOT / "model_cards" / "neodragon_converted.md"
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_path", default=PYRAMID_FLOW_HUB_ID,
@@ -118,7 +115,7 @@ def convert(checkpoint_path, output_path, variant="384p", dtype="auto", revision
             "`video_guidance_scale` / `guidance_scale` to change the defaults. 121 frames = 16 latent frames (5 s at "
             "24 fps) as in Pyramid-Flow's default `temp=16`."
         ),
-    ), template=TEMPLATE)
+    ))
     return output
 
 

@@ -7,16 +7,17 @@ namespace (hence the re-exports below), and it resolves the pipeline class itsel
 module (hence the attribute set there).
 """
 
+import sys as _sys
+
 import diffusers as _diffusers
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 from transformers import PreTrainedModel, PreTrainedTokenizer, PreTrainedTokenizerFast
 
-from .models.autoencoder_asymmetric import AsymmetricVAE
-from .models.causal_video_decoder import CausalVideoVAE
+from .models.autoencoders import AsymmetricVAE, CausalVideoVAE, autoencoder_asymmetric, autoencoder_causal_video
 from .models.context_adapter import ContextAdapter
 from .models.quicksrnet import QuickSRNet
 from .models.text_encoder_dt5 import DT5Config, DT5EncoderModel
-from .models.transformer_neodragon import NeodragonTransformer3DModel
+from .models.transformers import NeodragonTransformer3DModel, transformer_neodragon
 from .pipelines.neodragon.pipeline_neodragon import NeodragonPipeline
 from .pipelines.neodragon.pipeline_output import NeodragonPipelineOutput
 from .schedulers.scheduling_pyramidal_dmd import PyramidalDMDScheduler
@@ -27,6 +28,15 @@ __version__ = "0.1.0.dev0"
 for _cls in (NeodragonPipeline,):
     if getattr(_diffusers, _cls.__name__, None) is None:
         setattr(_diffusers, _cls.__name__, _cls)
+
+# diffusers records a component's module path in model_index.json; folders saved before models/ took diffusers'
+# layout name the old paths, which stay importable as aliases of the new modules.
+for _old, _module in {
+    "models.transformer_neodragon": transformer_neodragon,
+    "models.autoencoder_asymmetric": autoencoder_asymmetric,
+    "models.causal_video_decoder": autoencoder_causal_video,
+}.items():
+    _sys.modules.setdefault(f"{__name__}.{_old}", _module)
 
 __all__ = [
     "AsymmetricVAE",

@@ -4,13 +4,12 @@
 import argparse
 import os
 import sys
-from typing import List, Optional
 
 import numpy as np
 import PIL.Image
 
 
-def _steps(text: str) -> List[int]:
+def _steps(text: str) -> list[int]:
     try:
         steps = [int(s) for s in text.split(",")]
     except ValueError:
@@ -18,7 +17,7 @@ def _steps(text: str) -> List[int]:
     return steps[0] if len(steps) == 1 else steps
 
 
-def frame_strip(frames: List[PIL.Image.Image], count: int = 8, height: int = 128) -> PIL.Image.Image:
+def frame_strip(frames: list[PIL.Image.Image], count: int = 8, height: int = 128) -> PIL.Image.Image:
     """Evenly spaced frames side by side, so a video can be judged at a glance (and by image viewers)."""
     picks = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
     width = round(frames[0].width * height / frames[0].height)
@@ -107,7 +106,7 @@ def generate(args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return generate(args)

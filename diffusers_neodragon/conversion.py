@@ -23,23 +23,24 @@ import inspect
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any
 
 import torch
 from diffusers.utils import logging
 from huggingface_hub import snapshot_download
 from transformers import T5Config
 
-from .models.autoencoder_asymmetric import AsymmetricVAE
-from .models.causal_video_decoder import CausalVideoVAE
+from .models.autoencoders.autoencoder_asymmetric import AsymmetricVAE
+from .models.autoencoders.autoencoder_causal_video import CausalVideoVAE
 from .models.context_adapter import (
     ContextAdapter,
     convert_official_context_adapter_config,
     convert_official_context_adapter_state_dict,
 )
 from .models.text_encoder_dt5 import DT5Config, DT5EncoderModel
-from .models.transformer_neodragon import NeodragonTransformer3DModel, sincos_2d_crop
+from .models.transformers.transformer_neodragon import NeodragonTransformer3DModel, sincos_2d_crop
 from .schedulers.scheduling_pyramidal_dmd import PyramidalDMDScheduler
 
 
@@ -109,7 +110,7 @@ def _fmt_keys(keys: Iterable[Any]) -> str:
     return f"[{shown}{f', ... and {len(keys) - _MAX_LISTED} more' if len(keys) > _MAX_LISTED else ''}]"
 
 
-def read_json(path: os.PathLike) -> Dict[str, Any]:
+def read_json(path: os.PathLike) -> dict[str, Any]:
     """Read a JSON file, with an error that names the file when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
@@ -133,7 +134,7 @@ def _open_safetensors(path: Path):
         ) from error
 
 
-def _weight_files(folder: Path) -> Tuple[List[Path], Optional[Dict[str, str]]]:
+def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     """The safetensors files holding a folder's weights (and the shard index's weight map, if sharded)."""
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder.")
@@ -169,7 +170,7 @@ def _weight_files(folder: Path) -> Tuple[List[Path], Optional[Dict[str, str]]]:
     raise ValueError(f"No safetensors weights in {folder}.{hint}")
 
 
-def check_safetensors_folder(folder: os.PathLike) -> List[Path]:
+def check_safetensors_folder(folder: os.PathLike) -> list[Path]:
     """Open (header only) every safetensors file of a folder, so that a truncated download fails with a clear error
     before a library loader sees it. Returns the weight files."""
     files, _ = _weight_files(Path(folder))
@@ -179,11 +180,11 @@ def check_safetensors_folder(folder: os.PathLike) -> List[Path]:
     return files
 
 
-def load_safetensors_folder(folder: os.PathLike) -> Dict[str, torch.Tensor]:
+def load_safetensors_folder(folder: os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder (single file or shards), read with ``safetensors`` only."""
     folder = Path(folder)
     files, weight_map = _weight_files(folder)
-    state: Dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
     for path in files:
         with _open_safetensors(path) as handle:
             for key in handle.keys():
@@ -220,11 +221,11 @@ def checkpoint_dtype(folder: os.PathLike) -> torch.dtype:
 # ------------------------------------------------------------------------------------------------------ checking
 
 
-def _expected_layout(model: torch.nn.Module) -> Dict[str, Tuple[int, ...]]:
+def _expected_layout(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
-def check_state_dict(what: str, state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, Tuple[int, ...]]):
+def check_state_dict(what: str, state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]):
     """Raise a ``ValueError`` naming every missing, unexpected and mis-shaped tensor of ``state_dict``."""
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -244,7 +245,7 @@ def check_state_dict(what: str, state_dict: Mapping[str, torch.Tensor], expected
         raise ValueError(f"{what} does not match the expected layout; " + "; ".join(problems) + ".")
 
 
-def _config_keys(config: Mapping[str, Any]) -> Dict[str, Any]:
+def _config_keys(config: Mapping[str, Any]) -> dict[str, Any]:
     """Drop bookkeeping entries (``_class_name``, ``_diffusers_version``, ``_use_default_values``, ...)."""
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -258,7 +259,7 @@ def _check_config_keys(what: str, config: Mapping[str, Any], known: Iterable[str
         )
 
 
-def _build_and_load(cls, kwargs: Dict[str, Any], state_dict: Dict[str, torch.Tensor], what: str, dtype):
+def _build_and_load(cls, kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor], what: str, dtype):
     """Instantiate ``cls(**kwargs)`` without allocating (meta device), check and assign the tensors, cast."""
     with torch.device("meta"):
         model = cls(**kwargs)
@@ -297,7 +298,7 @@ _DIT_CLASS_DEFAULTS = {
 }
 
 
-def _dit_source(config: Mapping[str, Any], source: Optional[str]) -> str:
+def _dit_source(config: Mapping[str, Any], source: str | None) -> str:
     if source is None:
         source = _DIT_SOURCES.get(config.get("_class_name"))
         if source is None:
@@ -307,7 +308,7 @@ def _dit_source(config: Mapping[str, Any], source: Optional[str]) -> str:
     return source
 
 
-def convert_official_transformer_config(config: Mapping[str, Any], source: Optional[str] = None) -> Dict[str, Any]:
+def convert_official_transformer_config(config: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
     """Official transformer config → :class:`NeodragonTransformer3DModel` arguments.
 
     ``source`` is ``"neodragon"`` (``PyramidMMDiT``: no context embedder, the ContextAdapter feeds the text stream)
@@ -369,9 +370,9 @@ _DIFFUSERS_SD3_RENAMES = ((re.compile(r"\.attn\.norm_added_([qk])\."), r".attn.n
 _TAEHV_RENAMES = ((re.compile(r"^decoder\.(\d+)\."), r"decoder.blocks.\1."),)
 
 
-def _rename(state: Dict[str, torch.Tensor], rules, what: str) -> Dict[str, torch.Tensor]:
+def _rename(state: dict[str, torch.Tensor], rules, what: str) -> dict[str, torch.Tensor]:
     """Apply regex renames; a renamed key that collides with one already present is an error (both spellings)."""
-    renamed: Dict[str, torch.Tensor] = {}
+    renamed: dict[str, torch.Tensor] = {}
     collisions = []
     for key, value in state.items():
         new = key
@@ -391,7 +392,7 @@ _POS_EMBED_REFUSE = 2e-2
 
 def convert_official_transformer_state_dict(
     state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], source: str = "neodragon"
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """Official DiT tensors → :class:`NeodragonTransformer3DModel` keys (``config`` = our model's arguments).
 
     Parameter names are already ours (the official ``attn.norm_add_q/k`` included; diffusers' SD3 spelling
@@ -458,7 +459,7 @@ def convert_official_transformer_state_dict(
 
 
 def load_official_transformer(
-    folder: os.PathLike, dtype: Optional[torch.dtype] = None, source: Optional[str] = None
+    folder: os.PathLike, dtype: torch.dtype | None = None, source: str | None = None
 ) -> NeodragonTransformer3DModel:
     """Load an official Neodragon or Pyramid-Flow DiT folder (``config.json`` + safetensors)."""
     folder = Path(folder)
@@ -490,7 +491,7 @@ def _check_block_types(what: str, config: Mapping[str, Any]) -> None:
             raise ValueError(f"{what}: {key}={config[key]} is not supported (only {block!r}).")
 
 
-def _flags(values) -> Tuple[bool, ...]:
+def _flags(values) -> tuple[bool, ...]:
     return tuple(bool(v) for v in values)
 
 
@@ -503,7 +504,7 @@ _OFFICIAL_VAE_KEYS = (
 )
 
 
-def _encoder_kwargs(c: Mapping[str, Any]) -> Dict[str, Any]:
+def _encoder_kwargs(c: Mapping[str, Any]) -> dict[str, Any]:
     """Our config entries for the causal 3-D encoder, shared by both VAE layouts (official and Pyramid-Flow)."""
     return dict(
         in_channels=int(c["encoder_in_channels"]),
@@ -517,7 +518,7 @@ def _encoder_kwargs(c: Mapping[str, Any]) -> Dict[str, Any]:
     )
 
 
-def convert_official_vae_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+def convert_official_vae_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Official ``AsymmetricCausalVideoVAE`` config → :class:`AsymmetricVAE` arguments, with Neodragon's latent
     constants (which live in the official generation code, not in the VAE config).
 
@@ -556,7 +557,7 @@ _PYRAMID_FLOW_VAE_KEYS = (
 )
 
 
-def convert_pyramid_flow_vae_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+def convert_pyramid_flow_vae_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Pyramid-Flow ``CausalVideoVAE`` config → :class:`CausalVideoVAE` arguments, with Pyramid-Flow's own latent
     normalisation (image (z − 0.1490)/1.8415, video (z + 0.2343)/3.0986).
 
@@ -618,13 +619,13 @@ def convert_pyramid_flow_vae_config(config: Mapping[str, Any]) -> Dict[str, Any]
     )
 
 
-def convert_official_vae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def convert_official_vae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official ``AsymmetricCausalVideoVAE`` tensors → :class:`AsymmetricVAE` keys: the official names are ours
     (``decoder.blocks.N.*``); a decoder saved with original TAEHV's ``decoder.N.*`` prefixes is renamed."""
     return _rename(dict(state_dict), _TAEHV_RENAMES, "VAE")
 
 
-def load_official_vae(folder: os.PathLike, dtype: Optional[torch.dtype] = None) -> AsymmetricVAE:
+def load_official_vae(folder: os.PathLike, dtype: torch.dtype | None = None) -> AsymmetricVAE:
     """Load Neodragon's ``causal_video_vae/`` (causal encoder + tiny decoder)."""
     folder = Path(folder)
     kwargs = convert_official_vae_config(read_json(folder / "config.json"))
@@ -632,7 +633,7 @@ def load_official_vae(folder: os.PathLike, dtype: Optional[torch.dtype] = None) 
     return _build_and_load(AsymmetricVAE, kwargs, state, f"VAE checkpoint {folder}", dtype)
 
 
-def load_pyramid_flow_vae(folder: os.PathLike, dtype: Optional[torch.dtype] = None) -> CausalVideoVAE:
+def load_pyramid_flow_vae(folder: os.PathLike, dtype: torch.dtype | None = None) -> CausalVideoVAE:
     """Load Pyramid-Flow's full ``causal_video_vae/`` (encoder + original decoder); tensor names are already ours."""
     folder = Path(folder)
     kwargs = convert_pyramid_flow_vae_config(read_json(folder / "config.json"))
@@ -645,7 +646,7 @@ _ADAPTER_KEYS = ("input_dims", "output_dims", "layer_depths", "skips", "use_bias
                  "activation_fn", "out_activation_fn")
 
 
-def load_official_context_adapter(folder: os.PathLike, dtype: Optional[torch.dtype] = None) -> ContextAdapter:
+def load_official_context_adapter(folder: os.PathLike, dtype: torch.dtype | None = None) -> ContextAdapter:
     """Load an official ``context_adapter*/`` folder (``SkipMLP`` config and ``network_layers.*`` tensors)."""
     folder = Path(folder)
     config = read_json(folder / "config.json")
@@ -697,7 +698,7 @@ def convert_official_dt5_config(config: Mapping[str, Any]) -> DT5Config:
 
 def convert_official_dt5_state_dict(
     state_dict: Mapping[str, torch.Tensor], config: DT5Config
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """Check an official ``T5EncoderWithProjection`` state dict (names are already ours). The tied token embedding
     may be stored as ``encoder.shared.weight``, ``encoder.encoder.embed_tokens.weight`` or both (then equal);
     leftover ``encoder.decoder.*`` tensors (never used by the reference, which has no decoder) are dropped."""
@@ -724,7 +725,7 @@ def convert_official_dt5_state_dict(
     return state
 
 
-def load_official_dt5(folder: os.PathLike, dtype: Optional[torch.dtype] = None) -> DT5EncoderModel:
+def load_official_dt5(folder: os.PathLike, dtype: torch.dtype | None = None) -> DT5EncoderModel:
     """Load the official ``text_encoder_3/`` (DT5: T5 encoder + projection head)."""
     folder = Path(folder)
     config = convert_official_dt5_config(read_json(folder / "config.json"))
@@ -744,7 +745,7 @@ def _check_loading_info(what: str, info: Mapping[str, Any]) -> None:
         raise ValueError(f"{what} does not match its config; {details or info.get('error_msgs')}.")
 
 
-def load_checked_model(cls, folder: os.PathLike, dtype: Optional[torch.dtype] = None):
+def load_checked_model(cls, folder: os.PathLike, dtype: torch.dtype | None = None):
     """A `diffusers` or `transformers` model folder, safetensors only, failing on any missing/unexpected/mis-shaped
     tensor."""
     check_safetensors_folder(folder)
@@ -763,7 +764,7 @@ def load_tokenizer(folder: os.PathLike):
     return AutoTokenizer.from_pretrained(folder)
 
 
-def load_ssd1b_first_frame_pipeline(folder: os.PathLike, dtype: Optional[torch.dtype] = None):
+def load_ssd1b_first_frame_pipeline(folder: os.PathLike, dtype: torch.dtype | None = None):
     """The release's first-frame generator: SSD-1B sub-folders → ``StableDiffusionXLPipeline`` with the release's
     ``LCMScheduler(set_alpha_to_one=False, original_inference_steps=4, steps_offset=1)`` (its call defaults, 4
     steps at 999/749/499/249 without CFG, live in ``NeodragonPipeline``)."""
@@ -785,7 +786,7 @@ def load_ssd1b_first_frame_pipeline(folder: os.PathLike, dtype: Optional[torch.d
     )
 
 
-def _load_clip_encoders(root: Path, dtype) -> Dict[str, Any]:
+def _load_clip_encoders(root: Path, dtype) -> dict[str, Any]:
     from transformers import CLIPTextModelWithProjection
 
     return dict(
@@ -803,7 +804,7 @@ def _has_config(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def official_neodragon_modes(folder: os.PathLike) -> List[str]:
+def official_neodragon_modes(folder: os.PathLike) -> list[str]:
     """The modes whose transformer and context adapter folders are present in an official snapshot."""
     root = Path(folder)
     return [
@@ -841,7 +842,7 @@ def is_pyramid_flow_layout(folder: os.PathLike) -> bool:
     )
 
 
-def official_neodragon_folders(mode: str) -> List[str]:
+def official_neodragon_folders(mode: str) -> list[str]:
     """The sub-folders of the official release that a pipeline in ``mode`` needs."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -858,8 +859,8 @@ def _require_folders(root: Path, folders: Iterable[str], what: str) -> None:
 
 
 def load_official_neodragon(
-    folder: os.PathLike, mode: str = "hybrid", dtype: Optional[torch.dtype] = None
-) -> Dict[str, Any]:
+    folder: os.PathLike, mode: str = "hybrid", dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     """Load an official Neodragon snapshot folder as the arguments of :class:`NeodragonPipeline`.
 
     ``mode="hybrid"``: the step-distilled ``diffusion_transformer_320p`` + ``context_adapter`` and the SSD-1B
@@ -874,7 +875,7 @@ def load_official_neodragon(
             "and diffusion_transformer_320p[_multistep_t2v]/ + context_adapter[_multistep_t2v]/, no model_index.json)."
         )
     _require_folders(root, official_neodragon_folders(mode), f"mode={mode!r}")
-    components: Dict[str, Any] = dict(
+    components: dict[str, Any] = dict(
         transformer=load_official_transformer(root / OFFICIAL_TRANSFORMER_FOLDERS[mode], dtype, source="neodragon"),
         context_adapter=load_official_context_adapter(root / OFFICIAL_ADAPTER_FOLDERS[mode], dtype),
         vae=load_official_vae(root / OFFICIAL_VAE_FOLDER, dtype),
@@ -894,8 +895,8 @@ def load_official_neodragon(
 
 
 def load_pyramid_flow(
-    folder: os.PathLike, variant: str = "384p", dtype: Optional[torch.dtype] = None
-) -> Dict[str, Any]:
+    folder: os.PathLike, variant: str = "384p", dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     """Load a Pyramid-Flow SD3 snapshot as :class:`NeodragonPipeline` arguments in monolithic mode.
 
     The 24-block DiT keeps its ``context_embedder`` (fed by T5-XXL: ``text_encoder_3`` is a ``T5EncoderModel``,
@@ -910,7 +911,7 @@ def load_pyramid_flow(
     root = Path(folder)
     dit_folder, height, width = PYRAMID_FLOW_VARIANTS[variant]
     _require_folders(root, [*TEXT_FOLDERS, OFFICIAL_VAE_FOLDER, dit_folder], f"Pyramid-Flow {variant}")
-    components: Dict[str, Any] = dict(
+    components: dict[str, Any] = dict(
         transformer=load_official_transformer(root / dit_folder, dtype, source="pyramid_flow"),
         context_adapter=None,
         vae=load_pyramid_flow_vae(root / OFFICIAL_VAE_FOLDER, dtype),
@@ -965,7 +966,7 @@ _DOWNLOAD_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force
 
 
 def resolve_snapshot(
-    repo_or_path: os.PathLike, folders: Optional[Iterable[str]] = None, **download_kwargs
+    repo_or_path: os.PathLike, folders: Iterable[str] | None = None, **download_kwargs
 ) -> Path:
     """A local folder as is; a Hub repo id through ``huggingface_hub.snapshot_download`` (only ``folders``, plus
     every JSON file, when given)."""
@@ -990,7 +991,7 @@ class OfficialLayoutLoaderMixin:
     """
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, mode: Optional[str] = None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, mode: str | None = None, **kwargs):
         path = Path(os.fspath(pretrained_model_name_or_path)).expanduser()
         download = {k: kwargs.get(k) for k in _DOWNLOAD_KWARGS if k in kwargs}
         probe = path if path.is_dir() else resolve_snapshot(pretrained_model_name_or_path, folders=(), **download)
@@ -1076,16 +1077,6 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------- model cards
 
 
-def _fill_template(template: str, values: Mapping[str, Any]) -> str:
-    """Replace every ``{{ name }}`` by ``values[name]`` (``n/a`` when absent), as the other model cards do."""
-
-    def replace(match: "re.Match") -> str:
-        value = values.get(match.group(1))
-        return "n/a" if value is None else str(value)
-
-    return re.sub(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", replace, template)
-
-
 def component_table(pipe, sources: Mapping[str, str]) -> str:
     """Markdown rows ``| component | class | parameters | source folder |`` for a pipeline's components."""
     rows = []
@@ -1104,26 +1095,14 @@ def component_table(pipe, sources: Mapping[str, str]) -> str:
 
 
 def write_conversion_model_card(output_dir: os.PathLike, values: Mapping[str, Any],
-                                template: Optional[os.PathLike] = None) -> Path:
-    """Fill ``model_cards/neodragon_converted.md`` (or ``template``) and write it as ``output_dir/README.md``."""
+                                template: os.PathLike | None = None) -> Path:
+    """Fill the ``neodragon_converted.md`` template (or ``template``) and write it as ``output_dir/README.md``."""
     import diffusers
     import transformers
 
     from . import __version__
+    from .utils.model_cards import write_model_card
 
-    path = Path(template) if template is not None else Path(__file__).resolve().parents[1] / "model_cards" / (
-        "neodragon_converted.md"
-    )
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-    else:  # a non-editable install without the source tree
-        logger.warning(f"Model card template {path} not found; writing a minimal card.")
-        text = (
-            "---\nlicense: other\n---\n\n# {{ title }}\n\nConverted from {{ source_repo }} (revision "
-            "{{ revision }}) with `{{ command }}`. {{ weights_license_note }}\n\n{{ components }}\n"
-        )
     defaults = dict(package_version=__version__, diffusers_version=diffusers.__version__,
                     transformers_version=transformers.__version__, torch_version=torch.__version__)
-    destination = Path(output_dir) / "README.md"
-    destination.write_text(_fill_template(text, {**defaults, **values}), encoding="utf-8")
-    return destination
+    return write_model_card(output_dir, template or "neodragon_converted.md", {**defaults, **values})

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
+from .utils.model_cards import write_model_card  # noqa: F401  (the scripts' one import for their cards)
+
 
 logger = logging.getLogger(__name__)
 
@@ -1005,50 +1007,6 @@ def video_strip(videos: Sequence[torch.Tensor], max_frames: int = 8):
 
 
 # ------------------------------------------------------------------------------------------ model cards, Hub
-
-
-def default_model_card_dir() -> Path:
-    """``model_cards/`` of the source tree (next to the package in an editable install)."""
-    return Path(__file__).resolve().parents[1] / "model_cards"
-
-
-def fill_template(template: str, values: dict) -> str:
-    """Replace every ``{{ name }}`` in ``template`` by ``values[name]``; unknown names become ``n/a``."""
-
-    def replace(match: re.Match) -> str:
-        value = values.get(match.group(1))
-        return "n/a" if value is None else str(value)
-
-    return re.sub(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", replace, template)
-
-
-def write_model_card(
-    output_dir: str | os.PathLike,
-    template: str | os.PathLike,
-    values: dict,
-    tags: Sequence[str] | None = None,
-) -> Path:
-    """Fill a ``model_cards/*.md`` template (a file path, or a name looked up in :func:`default_model_card_dir`)
-    and write it as ``output_dir/README.md``, with diffusers' ``populate_model_card`` adding library name and tags
-    to its YAML header."""
-    from diffusers.utils.hub_utils import populate_model_card  # noqa: PLC0415
-    from huggingface_hub import ModelCard  # noqa: PLC0415
-
-    path = Path(template)
-    if not path.is_file():
-        path = default_model_card_dir() / template
-    if path.is_file():
-        text = path.read_text()
-    else:  # e.g. a non-editable install without the source tree
-        logger.warning("Model card template %s not found; writing a minimal card.", template)
-        text = "---\nlicense: apache-2.0\n---\n\n# {{ title }}\n\nTrained with diffusers-neodragon.\n\n{{ details }}\n"
-    card = ModelCard(fill_template(text, values))
-    existing = set(card.data.tags or [])
-    card = populate_model_card(card, tags=[t for t in dict.fromkeys(tags or []) if t not in existing] or None)
-    destination = Path(output_dir) / "README.md"
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    card.save(str(destination))
-    return destination
 
 
 def create_hub_repo(args) -> str | None:

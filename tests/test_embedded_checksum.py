@@ -13,6 +13,7 @@ import torch
 from diffusers_neodragon import NeodragonPipeline
 from diffusers_neodragon.pretrained import shapes_model_path
 
+
 PROMPT = "a red circle moving left on a blue background"
 EXPECTED = {
     "pt": "3d0be479055819cf1c8f73db595f1b169b5ce60dc7c93b95a5f06fb3143eedcf",

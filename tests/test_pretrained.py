@@ -40,3 +40,19 @@ def test_readme_generate_command_makes_the_prompted_video(tmp_path):
     assert main(["generate", prompt, "--output", str(out)]) == 0
     result = evaluate_video(imageio.v3.imread(out), prompt)
     assert all(result["correct"].values()), (prompt, result["predicted"])
+
+
+def test_folders_saved_with_the_old_module_paths_still_load(tmp_path):
+    """model_index.json names each component's module; the paths from before models/ took diffusers' layout load."""
+    import json
+    import shutil
+
+    from diffusers import DiffusionPipeline
+
+    shutil.copytree(shapes_model_path(), tmp_path, dirs_exist_ok=True)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["transformer"][0] = "diffusers_neodragon.models.transformer_neodragon"
+    index["vae"][0] = "diffusers_neodragon.models.causal_video_decoder"
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    pipe = DiffusionPipeline.from_pretrained(tmp_path)
+    assert isinstance(pipe.transformer, NeodragonTransformer3DModel) and isinstance(pipe.vae, CausalVideoVAE)

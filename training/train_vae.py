@@ -40,7 +40,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from diffusers_neodragon import CausalVideoVAE
-from diffusers_neodragon.models.causal_video_blocks import CausalResnetBlock3D
+from diffusers_neodragon.models.autoencoders.causal_video_blocks import CausalResnetBlock3D
 from diffusers_neodragon.training_utils import (
     EpochShuffleSampler,
     checkpoint_step,

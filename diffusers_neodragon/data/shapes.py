@@ -21,7 +21,7 @@ Sampled scenes keep every object entirely inside the frame over the whole clip f
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ import torch
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 # Inset corners of the RGB cube: pairwise distance >= 215, and no colour is clipped by a tanh-bounded decoder.
-COLORS: Dict[str, Tuple[int, int, int]] = {
+COLORS: dict[str, tuple[int, int, int]] = {
     "red": (235, 20, 20),
     "green": (20, 235, 20),
     "blue": (20, 20, 235),
@@ -67,7 +67,7 @@ class ShapeObject:
     size: str
     direction: str
     speed: float
-    start: Tuple[float, float]
+    start: tuple[float, float]
 
     def __post_init__(self):
         _check_object(self.shape, self.color, self.size, self.direction, self.speed, self.start)
@@ -83,8 +83,8 @@ class ShapeScene:
     direction: str
     background: str
     speed: float
-    start: Tuple[float, float]
-    second: Optional[ShapeObject] = None
+    start: tuple[float, float]
+    second: ShapeObject | None = None
 
     def __post_init__(self):
         _check_object(self.shape, self.color, self.size, self.direction, self.speed, self.start)
@@ -95,7 +95,7 @@ class ShapeScene:
             raise ValueError(f"Object colours {colors} must differ from each other and from the background {self.background!r}.")
 
     @property
-    def objects(self) -> List[ShapeObject]:
+    def objects(self) -> list[ShapeObject]:
         """Every object of the scene, the first one first."""
         first = ShapeObject(self.shape, self.color, self.size, self.direction, self.speed, self.start)
         return [first] + ([self.second] if self.second is not None else [])
@@ -110,12 +110,12 @@ class ShapeScene:
         ]
         return " and ".join(phrases) + f" on a {self.background} background"
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain-Python fields (``second`` is a dict or None), as the dataset returns them."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "ShapeScene":
+    def from_dict(cls, data: dict[str, Any]) -> "ShapeScene":
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
         data["start"] = tuple(data["start"])
@@ -143,7 +143,7 @@ _OBJECT_RE = rf"a ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) 
 _CAPTION_RE = re.compile(rf"{_OBJECT_RE}(?: and {_OBJECT_RE})? on a ({'|'.join(COLORS)}) background")
 
 
-def parse_caption(text: str) -> Dict[str, Any]:
+def parse_caption(text: str) -> dict[str, Any]:
     """Inverse of :attr:`ShapeScene.caption`: ``{"shape", "color", "size", "direction", "background", "second"}``
     where ``second`` is None or ``{"shape", "color", "size", "direction"}``.
 
@@ -171,7 +171,7 @@ def parse_caption(text: str) -> Dict[str, Any]:
     return parsed
 
 
-def shapes_vocabulary() -> List[str]:
+def shapes_vocabulary() -> list[str]:
     """Every word a caption can contain, in a fixed order (for word-level tokenizers)."""
     return ["a", "and", "on", "background", "moving", "standing", *SIZES, *COLORS, *SHAPES, *DIRECTIONS]
 
@@ -193,7 +193,7 @@ def _pick(rng: np.random.Generator, options) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _sample_motion(rng: np.random.Generator, size: str, direction: str) -> Tuple[float, Tuple[float, float]]:
+def _sample_motion(rng: np.random.Generator, size: str, direction: str) -> tuple[float, tuple[float, float]]:
     """A speed and a start position whose whole path (object included) stays ``MARGIN`` inside a square frame."""
     r = SIZE_RADIUS[size]
     speed = 0.0 if direction == "still" else float(rng.uniform(*SPEED_RANGE))
@@ -205,7 +205,7 @@ def _sample_motion(rng: np.random.Generator, size: str, direction: str) -> Tuple
     return speed, (float(x), float(y))
 
 
-def _swept_box(o: ShapeObject) -> Tuple[float, float, float, float]:
+def _swept_box(o: ShapeObject) -> tuple[float, float, float, float]:
     r = SIZE_RADIUS[o.size]
     dx, dy = _DELTAS[o.direction]
     (x0, y0), (x1, y1) = o.start, (o.start[0] + dx * o.speed, o.start[1] + dy * o.speed)
@@ -225,7 +225,7 @@ def _sample_object(rng: np.random.Generator, color: str, shape=None, size=None, 
     return ShapeObject(shape, color, size, direction, speed, start)
 
 
-def _place_second(rng: np.random.Generator, first: ShapeObject, attrs: Optional[Dict[str, str]] = None, tries: int = 100):
+def _place_second(rng: np.random.Generator, first: ShapeObject, attrs: dict[str, str] | None = None, tries: int = 100):
     """Sample the second object's attributes (those not given) and motion until its path misses the first's."""
     attrs = attrs or {}
     for _ in range(tries):
@@ -257,7 +257,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", two_objects_pro
             return scene
 
 
-def scene_from_caption(text: str, rng: Optional[np.random.Generator] = None, tries: int = 1000) -> ShapeScene:
+def scene_from_caption(text: str, rng: np.random.Generator | None = None, tries: int = 1000) -> ShapeScene:
     """A scene that ``text`` describes, its unstated speed and positions drawn from ``rng`` (default: seed 0); used to
     render the ground truth of a benchmark prompt."""
     parsed = parse_caption(text)
@@ -273,7 +273,7 @@ def scene_from_caption(text: str, rng: Optional[np.random.Generator] = None, tri
     raise ValueError(f"Could not place the two objects of {text!r} on non-overlapping paths in {tries} tries.")
 
 
-def fixed_prompt_set(split: str = "seen", n: int = 32) -> List[str]:
+def fixed_prompt_set(split: str = "seen", n: int = 32) -> list[str]:
     """``n`` distinct deterministic single-object benchmark captions: ``"seen"`` ones use only training combinations,
     ``"heldout"`` ones each contain a held-out pair. Prompt ``i`` moves ``DIRECTIONS[i % 5]`` and has size
     ``SIZES[(i // 5) % 2]``, so every block of ten is balanced in motion and size; a smaller ``n`` gives a prefix."""
@@ -282,7 +282,7 @@ def fixed_prompt_set(split: str = "seen", n: int = 32) -> List[str]:
     if not isinstance(n, int) or not 1 <= n <= 200:
         raise ValueError(f"`n` must be an int in [1, 200], got {n!r}.")
     rng = np.random.default_rng(1000 if split == "seen" else 2000)
-    prompts: List[str] = []
+    prompts: list[str] = []
     while len(prompts) < n:
         i = len(prompts)
         scene = sample_scene(rng, "train" if split == "seen" else "heldout")
@@ -358,7 +358,7 @@ def render_scene(scene: ShapeScene, num_frames: int, height: int, width: int) ->
 _TO_UNIT_RANGE = (np.arange(256) / 127.5 - 1.0).astype(np.float32)
 
 
-def collate_fn(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
+def collate_fn(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack videos to ``[B, 3, F, H, W]``; captions and scene dicts stay lists (``second`` may be None, which the
     default collate cannot batch)."""
     return {
@@ -403,7 +403,7 @@ class ShapesVideoDataset(torch.utils.data.Dataset):
             raise IndexError(f"Index {index} out of range for {self.num_samples} samples.")
         return sample_scene(np.random.default_rng([self.seed, index]), self.split, self.two_objects_prob)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         """``{"video": float [3, F, H, W] in [-1, 1], "caption": str, "scene": dict}``."""
         scene = self.scene(index)
         # Channels-first copy in uint8, then a lookup table to [-1, 1]: several times faster than torch's permute/float.

@@ -5,7 +5,7 @@ Tests and the synthetic Shapes world need tokenizers that behave like the real o
 cannot download the real vocabularies. A closed vocabulary of whole words is enough for templated captions.
 """
 
-from typing import Iterable, List, Optional
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
@@ -22,7 +22,7 @@ def build_word_level_tokenizer(
     model_max_length: int,
     pad_token: str = "<pad>",
     eos_token: str = "</s>",
-    bos_token: Optional[str] = None,
+    bos_token: str | None = None,
     unk_token: str = "<unk>",
 ) -> PreTrainedTokenizerFast:
     """Build a lowercasing word-level tokenizer over ``words`` that appends ``eos_token`` (and prepends
@@ -40,7 +40,7 @@ def build_word_level_tokenizer(
     """
     if not isinstance(model_max_length, int) or model_max_length < 2:
         raise ValueError(f"`model_max_length` must be an int >= 2 (room for a word and the EOS), got {model_max_length!r}.")
-    specials: List[str] = [pad_token, eos_token, unk_token] + ([bos_token] if bos_token is not None else [])
+    specials: list[str] = [pad_token, eos_token, unk_token] + ([bos_token] if bos_token is not None else [])
     if any(not isinstance(t, str) or not t for t in specials) or len(set(specials)) != len(specials):
         raise ValueError(f"Special tokens must be distinct non-empty strings, got {specials}.")
 

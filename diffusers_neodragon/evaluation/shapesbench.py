@@ -40,7 +40,8 @@ Supported input: at least ``MIN_FRAMES`` frames of at least ``MIN_SIZE`` pixels 
 stay out of :func:`diffusers_neodragon.data.shapes.fixed_prompt_set`, which is what the benchmark uses.
 """
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def _palette_distance2(x: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0).reshape(len(_PALETTE), *x.shape[1:])
 
 
-def _nearest_palette(x: np.ndarray, exclude: Optional[int] = None) -> np.ndarray:
+def _nearest_palette(x: np.ndarray, exclude: int | None = None) -> np.ndarray:
     """Index of the nearest palette colour of every pixel of planar ``x`` ``[3, ...]`` (never ``exclude``)."""
     d2 = _palette_distance2(x)
     if exclude is not None:
@@ -270,7 +271,7 @@ def _object_coverage(x: np.ndarray, bg_idx: int, bg_colors: np.ndarray, min_area
     return obj_idx, frame_obj_idx, np.where(off2 < LINE_TOLERANCE**2, t, 0.0).astype(np.float32)
 
 
-def _cleanliness(x: np.ndarray, bg_idx: int, obj_idx: Optional[int]) -> float:
+def _cleanliness(x: np.ndarray, bg_idx: int, obj_idx: int | None) -> float:
     """Fraction of pixels within ``CLEAN_TOLERANCE`` of the palette background-object segment or of any palette
     colour. Most pixels lie on the segment; only the others are compared with the whole palette."""
     bg_end = _PALETTE[bg_idx][:, None, None, None]
@@ -282,7 +283,7 @@ def _cleanliness(x: np.ndarray, bg_idx: int, obj_idx: Optional[int]) -> float:
     return float(clean.mean())
 
 
-def _edge_width(coverage: np.ndarray, per_frame: List[Optional[Dict[str, Any]]]) -> Optional[float]:
+def _edge_width(coverage: np.ndarray, per_frame: list[dict[str, Any] | None]) -> float | None:
     """Edge width in pixels around the found objects, ``6 sum g(1-g) / sum |grad g|`` of the rescaled coverage ``g``:
     by the coarea formula the total variation is the perimeter whatever the blur, while ``sum g(1-g)`` grows with
     the width of the ramp (a box-filtered edge: about 1 px; a Gaussian blur: about 3.4 sigma)."""
@@ -297,7 +298,7 @@ def _edge_width(coverage: np.ndarray, per_frame: List[Optional[Dict[str, Any]]])
     return 6.0 * transition / total_variation if total_variation > 1e-6 else None
 
 
-def evaluate_video(frames, prompt: str) -> Dict[str, Any]:
+def evaluate_video(frames, prompt: str) -> dict[str, Any]:
     """Score one video against a single-object Shapes ``prompt``.
 
     Args:
@@ -330,8 +331,8 @@ def evaluate_video(frames, prompt: str) -> Dict[str, Any]:
     found = [m for m in per_frame if m is not None]
 
     # Semantics.
-    predicted: Dict[str, Optional[str]] = {"background": _PALETTE_NAMES[bg_idx], "color": None, "shape": None, "size": None, "direction": None}
-    measurements: Dict[str, Any] = {"present_fraction": len(found) / num_frames, "shape_features": None, "radius": None, "displacement": None}
+    predicted: dict[str, str | None] = {"background": _PALETTE_NAMES[bg_idx], "color": None, "shape": None, "size": None, "direction": None}
+    measurements: dict[str, Any] = {"present_fraction": len(found) / num_frames, "shape_features": None, "radius": None, "displacement": None}
     frame_shapes = [None] * num_frames
     if found:
         features = np.median([m["features"] for m in found], axis=0)
@@ -389,7 +390,7 @@ def evaluate_video(frames, prompt: str) -> Dict[str, Any]:
     }
 
 
-def summarize(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Means over a list of :func:`evaluate_video` results: per-attribute accuracy (and ``all_correct``, every
     attribute right at once) in [0, 1], sub-scores in [0, 1], and ``semantic`` / ``quality`` / ``temporal`` /
     ``score`` in 0-100."""
@@ -421,13 +422,13 @@ def format_shape_confusion(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_table(summary: Union[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]) -> str:
+def format_table(summary: Mapping[str, Any] | Mapping[str, Mapping[str, Any]]) -> str:
     """A plain-text table of one :func:`summarize` output, or of several side by side (``{"seen": s1, "heldout": s2}``);
     accuracies and sub-scores in percent."""
     columns = {"": summary} if "accuracy" in summary else dict(summary)
     if not columns:
         raise ValueError("Nothing to format: `summary` is empty.")
-    rows: List[tuple] = [("prompts", [f"{s['n']:d}" for s in columns.values()])]
+    rows: list[tuple] = [("prompts", [f"{s['n']:d}" for s in columns.values()])]
     for k in (*ATTRIBUTES, "all_correct"):
         rows.append((f"{k} acc", [f"{100 * s['accuracy'][k]:.1f}" for s in columns.values()]))
     for k in next(iter(columns.values()))["subscores"]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def client_ini_path() -> Path:
     return Path(os.path.expanduser(os.environ.get("QAIHUB_CLIENT_INI", "~/.qai_hub/client.ini")))
 
 
-def configured_token(path: Optional[Path] = None) -> Optional[str]:
+def configured_token(path: Path | None = None) -> str | None:
     path = Path(path) if path else client_ini_path()
     if not path.is_file():
         return None
@@ -62,7 +63,7 @@ def configured_token(path: Optional[Path] = None) -> Optional[str]:
     return token or None
 
 
-def require_token(path: Optional[Path] = None) -> str:
+def require_token(path: Path | None = None) -> str:
     """The configured API token, or :class:`AIHubConfigurationError` with how to configure one."""
     path = Path(path) if path else client_ini_path()
     token = configured_token(path)
@@ -77,12 +78,12 @@ class PlannedJob:
 
     kind: str  # compile | link | profile | inference
     name: str
-    inputs: List[str] = field(default_factory=list)  # names of the jobs whose output it consumes
+    inputs: list[str] = field(default_factory=list)  # names of the jobs whose output it consumes
     options: str = ""
     job: Any = None
 
 
-def compile_options(precision: str, target: str = "qnn_context_binary", graph_name: Optional[str] = None) -> str:
+def compile_options(precision: str, target: str = "qnn_context_binary", graph_name: str | None = None) -> str:
     options = [f"--target_runtime {target}"]
     if precision == "fp16":
         options.append("--quantize_full_type float16")
@@ -93,7 +94,7 @@ def compile_options(precision: str, target: str = "qnn_context_binary", graph_na
     return " ".join(options)
 
 
-def _input_specs(entry: dict) -> Dict[str, tuple]:
+def _input_specs(entry: dict) -> dict[str, tuple]:
     return {name: (tuple(info["shape"]), info["dtype"]) for name, info in entry["inputs"].items()}
 
 
@@ -111,14 +112,14 @@ def submit_jobs(
     export_dir,
     device: str,
     precision: str = "fp16",
-    components: Optional[List[str]] = None,
+    components: list[str] | None = None,
     hub=None,
-    sample_inputs: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
+    sample_inputs: dict[str, dict[str, np.ndarray]] | None = None,
     profile: bool = True,
     inference: bool = True,
-    progress: Optional[Callable[[str], None]] = None,
-    config_path: Optional[Path] = None,
-) -> List[PlannedJob]:
+    progress: Callable[[str], None] | None = None,
+    config_path: Path | None = None,
+) -> list[PlannedJob]:
     """Submit the job graph for ``device``; returns the planned jobs with their ``job`` handles.
 
     ``hub`` is the ``qai_hub`` module (injectable for tests). The token check comes first, before anything is
@@ -137,8 +138,8 @@ def submit_jobs(
              if not components or n in components or e["kind"] in components]
     stages = [n for n in names if manifest["components"][n]["kind"] == "transformer_stage"]
     others = [n for n in names if n not in stages]
-    plan: List[PlannedJob] = []
-    targets: Dict[str, Any] = {}  # component -> (target model, graph name or None)
+    plan: list[PlannedJob] = []
+    targets: dict[str, Any] = {}  # component -> (target model, graph name or None)
 
     for name in others:
         entry = manifest["components"][name]

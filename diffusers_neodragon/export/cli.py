@@ -10,7 +10,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -39,7 +38,7 @@ def build_export_parser() -> argparse.ArgumentParser:
         prog="neodragon export", description="Export a Neodragon pipeline for Snapdragon NPUs (ONNX, QNN HTP, AI Hub)"))
 
 
-def export_main(argv: Optional[List[str]] = None) -> int:
+def export_main(argv: list[str] | None = None) -> int:
     args = build_export_parser().parse_args(argv)
     return run_export(args)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ def _export_optimum(spec: ComponentSpec, path: Path, opset: int) -> None:
     )
 
 
-def onnx_io(path: Path) -> Dict[str, Dict[str, dict]]:
+def onnx_io(path: Path) -> dict[str, dict[str, dict]]:
     """Names, shapes and element types of a graph's inputs and outputs."""
     import onnx
 
@@ -204,14 +204,14 @@ def _save_host_side(pipe, output_dir: Path) -> dict:
 def export_pipeline(
     pipe,
     output_dir,
-    size: Optional[ExportSize] = None,
-    components: Optional[List[str]] = None,
+    size: ExportSize | None = None,
+    components: list[str] | None = None,
     backend: str = "auto",
     opset: int = DEFAULT_OPSET,
     mask_value: float = DEFAULT_MASK_VALUE,
     validate: bool = True,
     fold_shapes: bool = True,
-    progress: Optional[Callable[[str], None]] = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Export every component of ``pipe`` (a ``NeodragonPipeline``) for one generation size and write the manifest.
 

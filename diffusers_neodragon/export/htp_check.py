@@ -21,7 +21,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -38,16 +37,16 @@ class HTPReport:
     component: str
     precision: str
     on_htp: bool
-    error: Optional[str] = None
-    max_abs_error: Optional[float] = None
-    rel_error: Optional[float] = None
-    reference_max_abs: Optional[float] = None
-    context_binary_bytes: Optional[int] = None
-    compile_seconds: Optional[float] = None
-    run_seconds: Optional[float] = None
+    error: str | None = None
+    max_abs_error: float | None = None
+    rel_error: float | None = None
+    reference_max_abs: float | None = None
+    context_binary_bytes: int | None = None
+    compile_seconds: float | None = None
+    run_seconds: float | None = None
     num_nodes: int = 0
-    op_types: List[str] = field(default_factory=list)
-    memory: Dict[str, float] = field(default_factory=dict)
+    op_types: list[str] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +82,7 @@ def _qnn_devices():
 
 
 def htp_session_options(
-    precision: str = "fp16", context_path: Optional[Path] = None, soc_model: str = DEFAULT_SOC_MODEL,
+    precision: str = "fp16", context_path: Path | None = None, soc_model: str = DEFAULT_SOC_MODEL,
     htp_arch: str = DEFAULT_HTP_ARCH,
 ):
     """Session options for the HTP backend with CPU fallback disabled (optionally writing a context binary)."""
@@ -110,7 +109,7 @@ def htp_session_options(
 # --------------------------------------------------------------------------------------------- memory estimate
 
 
-def graph_memory(path, precision: str = "fp16") -> Dict[str, float]:
+def graph_memory(path, precision: str = "fp16") -> dict[str, float]:
     """Weights at ``precision`` and a liveness estimate of peak activation bytes (topological order, each tensor
     freed after its last consumer), in MiB. Shapes come from ONNX shape inference on the static graph."""
     import onnx
@@ -165,14 +164,14 @@ def graph_memory(path, precision: str = "fp16") -> Dict[str, float]:
 # ------------------------------------------------------------------------------------------------------ check
 
 
-def _op_types(path) -> List[str]:
+def _op_types(path) -> list[str]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     return sorted({n.op_type for n in model.graph.node}), len(model.graph.node)
 
 
-def _context_size(context_path: Path) -> Optional[int]:
+def _context_size(context_path: Path) -> int | None:
     if not context_path.exists():
         return None
     total = context_path.stat().st_size
@@ -183,10 +182,10 @@ def _context_size(context_path: Path) -> Optional[int]:
 
 def check_graph(
     path,
-    feeds: Dict[str, np.ndarray],
-    reference: Optional[List[np.ndarray]] = None,
+    feeds: dict[str, np.ndarray],
+    reference: list[np.ndarray] | None = None,
     precision: str = "fp16",
-    component: Optional[str] = None,
+    component: str | None = None,
     work_dir=None,
     run: bool = True,
     soc_model: str = DEFAULT_SOC_MODEL,
@@ -243,7 +242,7 @@ def check_spec(spec, onnx_path, precision: str = "fp16", work_dir=None, run: boo
     return check_graph(onnx_path, feeds, reference, precision, spec.name, work_dir, run, **kwargs)
 
 
-def format_report(reports: List[HTPReport]) -> str:
+def format_report(reports: list[HTPReport]) -> str:
     """A fixed-width table of HTP reports, with the end-to-end memory sum against the paper's budget."""
     lines = [
         f"{'component':24} {'prec':6} {'on HTP':7} {'nodes':>6} {'max|err|':>10} {'rel':>9} {'ctx MiB':>9} "
@@ -272,9 +271,9 @@ def format_report(reports: List[HTPReport]) -> str:
 
 
 def check_export(
-    export_dir, precision: str = "fp16", components: Optional[List[str]] = None, feeds_by_component=None,
+    export_dir, precision: str = "fp16", components: list[str] | None = None, feeds_by_component=None,
     references_by_component=None, run: bool = True, progress=None, cpu_reference: bool = True,
-) -> List[HTPReport]:
+) -> list[HTPReport]:
     """HTP-check the graphs of an export folder (``precision`` "fp16": the fp32 graphs compiled in fp16;
     "w8a16": the ``<name>.w8a16.onnx`` QDQ graphs, text graphs kept in fp16). Inputs default to random data of the
     right shapes; errors are measured against ``references_by_component`` or, with ``cpu_reference``, against the
@@ -315,7 +314,7 @@ def check_export(
     return reports
 
 
-def random_feeds(inputs: Dict[str, dict], seed: int = 0) -> Dict[str, np.ndarray]:
+def random_feeds(inputs: dict[str, dict], seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, info in inputs.items():
@@ -339,7 +338,7 @@ def random_feeds(inputs: Dict[str, dict], seed: int = 0) -> Dict[str, np.ndarray
     return feeds
 
 
-def env_info() -> Dict[str, str]:
+def env_info() -> dict[str, str]:
     info = {}
     try:
         import onnxruntime

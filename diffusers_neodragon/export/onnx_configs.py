@@ -9,7 +9,6 @@ nothing of pyramid layouts or decoder memories). :func:`onnx_config_for` builds 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Type
 
 import numpy as np
 
@@ -56,11 +55,11 @@ class NeodragonOnnxConfig(_onnx.OnnxConfig):
         super().__init__(spec.module.config, task=task)
 
     @property
-    def inputs(self) -> Dict[str, Dict[int, str]]:
+    def inputs(self) -> dict[str, dict[int, str]]:
         return OrderedDict((name, {}) for name in self.spec.inputs)
 
     @property
-    def outputs(self) -> Dict[str, Dict[int, str]]:
+    def outputs(self) -> dict[str, dict[int, str]]:
         return OrderedDict((name, {}) for name in self.spec.output_names)
 
     def generate_dummy_inputs(self, framework: str = "pt", **input_shapes):
@@ -131,7 +130,7 @@ class T2IVaeDecoderOnnxConfig(NeodragonOnnxConfig):
     ATOL_FOR_VALIDATION = 1e-3
 
 
-ONNX_CONFIGS: Dict[str, Type[NeodragonOnnxConfig]] = {
+ONNX_CONFIGS: dict[str, type[NeodragonOnnxConfig]] = {
     cls.KIND: cls
     for cls in (
         TextEncoderOnnxConfig, PooledTextOnnxConfig, TransformerStageOnnxConfig, DecoderStepOnnxConfig,

@@ -20,10 +20,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from typing import Optional, Tuple
 
 
-_STATUS: Optional[Tuple[bool, str]] = None
+_STATUS: tuple[bool, str] | None = None
 
 
 def _define_missing_transformers_names() -> list:
@@ -90,7 +89,7 @@ def import_optimum_exporter():
         return module
 
 
-def optimum_status() -> Tuple[bool, str]:
+def optimum_status() -> tuple[bool, str]:
     """(usable, how) for the manifest and the CLI."""
     if _STATUS is None:
         try:

@@ -12,8 +12,9 @@ One prompt and one video per call.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -60,8 +61,8 @@ class ORTNeodragonPipeline:
             calibrate quantisation.
     """
 
-    def __init__(self, export_dir, session_factory: Optional[Callable] = None, precision: str = "fp32",
-                 recorder: Optional[Dict[str, List[Dict[str, np.ndarray]]]] = None):
+    def __init__(self, export_dir, session_factory: Callable | None = None, precision: str = "fp32",
+                 recorder: dict[str, list[dict[str, np.ndarray]]] | None = None):
         from transformers import AutoTokenizer
 
         self.export_dir = Path(export_dir)
@@ -69,7 +70,7 @@ class ORTNeodragonPipeline:
         self.session_factory = session_factory or cpu_session_factory
         self.precision = precision
         self.recorder = recorder
-        self._sessions: Dict[str, Any] = {}
+        self._sessions: dict[str, Any] = {}
         files = self.manifest["files"]
         self.tokenizers = {k: AutoTokenizer.from_pretrained(self.export_dir / v) for k, v in files.items()
                            if "tokenizer" in k}
@@ -111,7 +112,7 @@ class ORTNeodragonPipeline:
             self._sessions[name] = self.session_factory(str(path))
         return self._sessions[name]
 
-    def run(self, name: str, feeds: Dict[str, Any]) -> List[np.ndarray]:
+    def run(self, name: str, feeds: dict[str, Any]) -> list[np.ndarray]:
         session = self.session(name)
         wanted = [i.name for i in session.get_inputs()]
         arrays = {}
@@ -226,18 +227,18 @@ class ORTNeodragonPipeline:
         self,
         prompt: str,
         image=None,
-        negative_prompt: Optional[str] = None,
-        mode: Optional[str] = None,
-        num_frames: Optional[int] = None,
+        negative_prompt: str | None = None,
+        mode: str | None = None,
+        num_frames: int | None = None,
         num_inference_steps=None,
         video_num_inference_steps=None,
-        guidance_scale: Optional[float] = None,
-        video_guidance_scale: Optional[float] = None,
-        history_noise: Optional[float] = None,
-        generator: Optional[torch.Generator] = None,
-        latents: Optional[torch.Tensor] = None,
-        super_resolution: Optional[bool] = None,
-        first_frame_kwargs: Optional[Dict[str, Any]] = None,
+        guidance_scale: float | None = None,
+        video_guidance_scale: float | None = None,
+        history_noise: float | None = None,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        super_resolution: bool | None = None,
+        first_frame_kwargs: dict[str, Any] | None = None,
         output_type: str = "np",
     ):
         """Generate one video; arguments as ``NeodragonPipeline.__call__`` (height/width are the export's)."""

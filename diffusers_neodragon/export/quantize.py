@@ -11,8 +11,8 @@ The recipe is ONNX Runtime's for QNN (``qnn_preprocess_model`` + ``get_qnn_qdq_c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ DEFAULT_CALIBRATION_PROMPTS = (
 class ListDataReader:
     """``CalibrationDataReader`` over a list of feed dicts."""
 
-    def __init__(self, feeds: Sequence[Dict[str, np.ndarray]]):
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]):
         self._feeds = list(feeds)
         self._index = 0
 
@@ -50,7 +50,7 @@ class ListDataReader:
 def collect_calibration_data(
     export_dir, prompts: Sequence[str] = DEFAULT_CALIBRATION_PROMPTS, seeds: Sequence[int] = (0,),
     max_per_component: int = 16, modes: Sequence[str] = ("monolithic", "hybrid"), **call_kwargs,
-) -> Dict[str, List[Dict[str, np.ndarray]]]:
+) -> dict[str, list[dict[str, np.ndarray]]]:
     """Feeds of every graph during ONNX-pipeline generations (fp32, CPU) of ``prompts`` x ``seeds``.
 
     By default each prompt runs twice: with a DiT-made first frame (monolithic, 1 step per stage, no CFG) and with
@@ -60,7 +60,7 @@ def collect_calibration_data(
 
     from .ort_pipeline import ORTNeodragonPipeline
 
-    recorder: Dict[str, List[Dict[str, np.ndarray]]] = {}
+    recorder: dict[str, list[dict[str, np.ndarray]]] = {}
     pipe = ORTNeodragonPipeline(export_dir, recorder=recorder)
     runs = []
     if "monolithic" in modes:
@@ -81,7 +81,7 @@ def collect_calibration_data(
 
 
 def quantize_w8a16(
-    onnx_path, calibration: Sequence[Dict[str, np.ndarray]], output_path=None, per_channel: bool = False,
+    onnx_path, calibration: Sequence[dict[str, np.ndarray]], output_path=None, per_channel: bool = False,
 ) -> Path:
     """Write the w8a16 QDQ version of ``onnx_path`` (default ``<name>.w8a16.onnx``), calibrated on ``calibration``."""
     from onnxruntime.quantization import QuantType, quantize
@@ -111,9 +111,9 @@ def quantize_w8a16(
 
 
 def quantize_export(
-    export_dir, components: Optional[Sequence[str]] = None, calibration=None, progress=None,
+    export_dir, components: Sequence[str] | None = None, calibration=None, progress=None,
     keep_fp16_kinds: Sequence[str] = KEEP_FP16_KINDS, **collect_kwargs,
-) -> Dict[str, Path]:
+) -> dict[str, Path]:
     """Quantise the graphs of an export folder to w8a16 (all, or those named, except ``keep_fp16_kinds``);
     records them in the manifest."""
     from .exporter import read_manifest, write_manifest

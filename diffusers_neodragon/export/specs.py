@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,14 +34,14 @@ class ComponentSpec:
     name: str
     kind: str
     module: nn.Module
-    inputs: "OrderedDict[str, torch.Tensor]"
-    output_names: List[str]
-    metadata: Dict[str, Any] = field(default_factory=dict)
+    inputs: OrderedDict[str, torch.Tensor]
+    output_names: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
 
-    def input_shapes(self) -> Dict[str, List[int]]:
+    def input_shapes(self) -> dict[str, list[int]]:
         return {k: list(v.shape) for k, v in self.inputs.items()}
 
-    def input_dtypes(self) -> Dict[str, str]:
+    def input_dtypes(self) -> dict[str, str]:
         return {k: str(v.dtype).replace("torch.", "") for k, v in self.inputs.items()}
 
 
@@ -95,7 +95,7 @@ def pooled_text_spec(text_encoder, text_encoder_2, tokenizer=None, tokenizer_2=N
 def transformer_stage_specs(
     transformer, num_stages: int, size: ExportSize, mask_value: float = W.DEFAULT_MASK_VALUE,
     vae_spatial: int = 8, vae_temporal: int = 8,
-) -> List[ComponentSpec]:
+) -> list[ComponentSpec]:
     cfg = transformer.config
     frames, lh, lw = size.latent(vae_spatial, vae_temporal)
     width = cfg.attention_head_dim * cfg.num_attention_heads
@@ -152,7 +152,7 @@ def super_resolution_spec(model, size: ExportSize) -> ComponentSpec:
                          {"scale_factor": model.config.scale_factor})
 
 
-def first_frame_specs(first_frame_pipeline, size: ExportSize) -> List[ComponentSpec]:
+def first_frame_specs(first_frame_pipeline, size: ExportSize) -> list[ComponentSpec]:
     """SDXL-style text-to-image parts (SSD-1B in the release), at twice the video size as the pipeline runs it."""
     pipe = first_frame_pipeline
     height, width = 2 * size.height, 2 * size.width
@@ -190,8 +190,8 @@ def first_frame_specs(first_frame_pipeline, size: ExportSize) -> List[ComponentS
     return specs
 
 
-def pipeline_specs(pipe, size: ExportSize, components: Optional[List[str]] = None,
-                   mask_value: float = W.DEFAULT_MASK_VALUE) -> List[ComponentSpec]:
+def pipeline_specs(pipe, size: ExportSize, components: list[str] | None = None,
+                   mask_value: float = W.DEFAULT_MASK_VALUE) -> list[ComponentSpec]:
     """Specs for every exportable component of a ``NeodragonPipeline`` (optionally only those named)."""
     vae_s, vae_t = pipe.vae_spatial_scale, pipe.vae_temporal_scale
     specs = [text_encoder_spec(pipe.text_encoder_3, pipe.context_adapter, size)]

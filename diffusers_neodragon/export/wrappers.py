@@ -22,15 +22,15 @@ cannot take as it is:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..models.autoencoder_asymmetric import MemBlock
-from ..models.transformer_neodragon import JointAttentionLayout, temporal_rope_frequencies
+from ..models.autoencoders.autoencoder_asymmetric import MemBlock
+from ..models.transformers.transformer_neodragon import JointAttentionLayout, temporal_rope_frequencies
 
 
 MAX_HISTORY_SLOTS = 4
@@ -79,7 +79,7 @@ class StageLayout:
     channels: int
     noisy_height: int
     noisy_width: int
-    slots: Tuple[HistorySlot, ...] = field(default_factory=tuple)
+    slots: tuple[HistorySlot, ...] = field(default_factory=tuple)
 
     def tokens_per_frame(self, height: int, width: int) -> int:
         return (height // self.patch_size) * (width // self.patch_size)
@@ -106,7 +106,7 @@ class StageLayout:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "StageLayout":
+    def from_dict(cls, data: dict) -> StageLayout:
         slots = tuple(HistorySlot(**s) for s in data["slots"])
         keys = ("stage", "num_latent_frames", "text_len", "patch_size", "channels", "noisy_height", "noisy_width")
         return cls(**{k: data[k] for k in keys}, slots=slots)
@@ -146,13 +146,13 @@ def stage_layout(
 
 def pack_history(
     layout: StageLayout, conditions: Sequence[torch.Tensor]
-) -> Tuple[Dict[str, torch.Tensor], Dict[str, int]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Put the clips of ``history_conditions(...)`` (oldest first) into the layout's zero-padded slots.
 
     Clips are grouped by resolution (the level-0 clips of stage 0 are concatenated); each slot is filled
     right-aligned. Returns the slot tensors and the number of valid frames in each slot.
     """
-    by_size: Dict[Tuple[int, int], List[torch.Tensor]] = {}
+    by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
     for clip in conditions:
         by_size.setdefault(tuple(clip.shape[-2:]), []).append(clip)
     tensors, valid = {}, {}
@@ -180,12 +180,12 @@ def pack_history(
 
 def stage_attention_inputs(
     layout: StageLayout,
-    valid_frames: Dict[str, int],
-    text_mask: Optional[torch.Tensor],
+    valid_frames: dict[str, int],
+    text_mask: torch.Tensor | None,
     head_dim: int,
     rope_theta: float,
     mask_value: float = DEFAULT_MASK_VALUE,
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """Host-side layout inputs of a stage graph: ``attention_bias`` [1, 1, S, S] and ``rope_cos/sin`` [N, 1, d/2].
 
     Valid tokens follow the model's rule exactly: query i sees key j iff j is valid and frame(i) >= frame(j)
@@ -235,7 +235,7 @@ def unpatchify_low_rank(tokens: torch.Tensor, shape, patch_size: int) -> torch.T
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
-def timestep_projection(timestep: torch.Tensor, params: Dict[str, float]) -> torch.Tensor:
+def timestep_projection(timestep: torch.Tensor, params: dict[str, float]) -> torch.Tensor:
     """The transformer's ``time_text_embed.time_proj`` (diffusers ``Timesteps``) from its recorded ``params``."""
     from diffusers.models.embeddings import get_timestep_embedding
 
@@ -245,7 +245,7 @@ def timestep_projection(timestep: torch.Tensor, params: Dict[str, float]) -> tor
     )
 
 
-def timestep_projection_params(transformer) -> Dict[str, float]:
+def timestep_projection_params(transformer) -> dict[str, float]:
     proj = transformer.time_text_embed.time_proj
     return {"num_channels": proj.num_channels, "flip_sin_to_cos": proj.flip_sin_to_cos,
             "downscale_freq_shift": proj.downscale_freq_shift, "scale": proj.scale}
@@ -270,23 +270,23 @@ class TransformerStageWrapper(_ExportModule):
         self.layout = layout
 
     @property
-    def input_names(self) -> List[str]:
+    def input_names(self) -> list[str]:
         return ["hidden_states", *[s.name for s in self.layout.slots], "encoder_hidden_states", "pooled_projections",
                 "timestep_proj", "attention_bias", "rope_cos", "rope_sin"]
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        history_0: Optional[torch.Tensor] = None,
-        history_1: Optional[torch.Tensor] = None,
-        history_2: Optional[torch.Tensor] = None,
-        history_3: Optional[torch.Tensor] = None,
-        encoder_hidden_states: Optional[torch.Tensor] = None,
-        pooled_projections: Optional[torch.Tensor] = None,
-        timestep_proj: Optional[torch.Tensor] = None,
-        attention_bias: Optional[torch.Tensor] = None,
-        rope_cos: Optional[torch.Tensor] = None,
-        rope_sin: Optional[torch.Tensor] = None,
+        history_0: torch.Tensor | None = None,
+        history_1: torch.Tensor | None = None,
+        history_2: torch.Tensor | None = None,
+        history_3: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        pooled_projections: torch.Tensor | None = None,
+        timestep_proj: torch.Tensor | None = None,
+        attention_bias: torch.Tensor | None = None,
+        rope_cos: torch.Tensor | None = None,
+        rope_sin: torch.Tensor | None = None,
     ) -> torch.Tensor:
         model = self.transformer
         given = {"history_0": history_0, "history_1": history_1, "history_2": history_2, "history_3": history_3}
@@ -340,7 +340,7 @@ class PooledTextWrapper(_ExportModule):
         self.text_encoder = text_encoder
         self.text_encoder_2 = text_encoder_2
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None, input_ids_2: Optional[torch.Tensor] = None):
+    def forward(self, input_ids: torch.Tensor | None = None, input_ids_2: torch.Tensor | None = None):
         pooled = []
         for ids, encoder in ((input_ids, self.text_encoder), (input_ids_2, self.text_encoder_2)):
             if encoder is not None:
@@ -364,11 +364,11 @@ class ClipHiddenWrapper(_ExportModule):
 # ------------------------------------------------------------------------------------------------------- decoder
 
 
-def decoder_memory_blocks(decoder) -> List[MemBlock]:
+def decoder_memory_blocks(decoder) -> list[MemBlock]:
     return [block for block in decoder.blocks if isinstance(block, MemBlock)]
 
 
-def decoder_memory_shapes(vae, latent_height: int, latent_width: int) -> List[Tuple[int, ...]]:
+def decoder_memory_shapes(vae, latent_height: int, latent_width: int) -> list[tuple[int, ...]]:
     """Shapes [1, C, H, W] of every MemBlock memory for one latent frame of this size (found by a dry run)."""
     decoder = vae.decoder
     cache: dict = {}
@@ -396,11 +396,11 @@ class DecoderStepWrapper(_ExportModule):
             raise ValueError(f"at most {MAX_DECODER_MEMORIES} MemBlocks are supported, got {self.num_memories}")
 
     @property
-    def input_names(self) -> List[str]:
+    def input_names(self) -> list[str]:
         return ["latents", *[f"memory_{k}" for k in range(self.num_memories)]]
 
     @property
-    def output_names(self) -> List[str]:
+    def output_names(self) -> list[str]:
         return ["sample", *[f"memory_{k}_out" for k in range(self.num_memories)]]
 
     def forward(self, latents: torch.Tensor, **memories: torch.Tensor):

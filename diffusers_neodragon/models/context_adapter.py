@@ -7,7 +7,7 @@ first) rather than adding a residual, so the input stays visible at every depth.
 """
 
 import re
-from typing import Dict, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -87,7 +87,7 @@ class ContextAdapter(ModelMixin, ConfigMixin):
 _OFFICIAL_KEY = re.compile(r"^network_layers\.(\d+)\.(\d+)\.(weight|bias)$")
 
 
-def convert_official_context_adapter_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def convert_official_context_adapter_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an official Neodragon ``ContextAdapter`` (``SkipMLP``) state dict to this class's keys.
 
     The official layout is ``network_layers.{k}.1.{weight,bias}`` for the ``n`` hidden layers (index 1 of each
@@ -118,7 +118,7 @@ def convert_official_context_adapter_state_dict(state_dict: Dict[str, torch.Tens
     return {mapping[key]: value for key, value in state_dict.items()}
 
 
-def convert_official_context_adapter_config(config: Dict) -> Dict:
+def convert_official_context_adapter_config(config: dict) -> dict:
     """Translate an official ``SkipMLP`` config (``input_dims``, ``output_dims``, ``layer_depths``, …) into this
     class's ``__init__`` arguments; raises ``ValueError`` for official settings this class does not implement."""
     defaults = {
@@ -128,7 +128,7 @@ def convert_official_context_adapter_config(config: Dict) -> Dict:
         "out_activation_fn": "linear",
     }
     settings = {**defaults, **{k: v for k, v in config.items() if k in defaults}}
-    layer_depths: Tuple[int, ...] = tuple(config.get("layer_depths", (4096, 4096, 4096, 4096)))
+    layer_depths: tuple[int, ...] = tuple(config.get("layer_depths", (4096, 4096, 4096, 4096)))
     unsupported = []
     if settings["skips"] is not None and not all(settings["skips"]):
         unsupported.append(f"skips={settings['skips']} (only all-True is supported)")

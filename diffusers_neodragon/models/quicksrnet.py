@@ -13,13 +13,14 @@ network start as exact nearest-neighbour upsampling when the last conv is zero-i
 the residual detail.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-import torch.nn.functional as F
 from torch import nn
+
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -53,7 +54,7 @@ class QuickSRNet(ModelMixin, ConfigMixin):
         num_intermediate_layers: int = 2,
         scale_factor: int = 2,
         activation: str = "relu",
-        clamp_output: Optional[Sequence[float]] = None,
+        clamp_output: Sequence[float] | None = None,
     ):
         super().__init__()
         if type(scale_factor) is not int or scale_factor not in (2, 3, 4):
@@ -99,7 +100,7 @@ class QuickSRNet(ModelMixin, ConfigMixin):
             out = out.clamp(min=self.config.clamp_output[0], max=self.config.clamp_output[1])
         return out
 
-    def upscale_video(self, video: torch.Tensor, chunk_size: Optional[int] = None) -> torch.Tensor:
+    def upscale_video(self, video: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Upscale ``[B, in_channels, F, H, W]`` frame by frame → ``[B, in_channels, F, s·H, s·W]``.
 
         Frames are run through the network ``chunk_size`` at a time (all at once when ``None``) to bound the

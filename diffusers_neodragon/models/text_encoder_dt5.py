@@ -6,11 +6,17 @@ ContextAdapter then maps them to the transformer's width. The state-dict keys fo
 (``encoder.shared.weight``, ``encoder.encoder.block.{i}...``, ``final_projection.{0,3}.weight``) so they load as-is.
 """
 
-from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel, T5Config, T5EncoderModel, T5PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    PreTrainedModel,
+    T5Config,
+    T5EncoderModel,
+    T5PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -84,12 +90,12 @@ class DT5EncoderModel(T5PreTrainedModel):
 
     def forward(
         self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        return_dict: Optional[bool] = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> Union[BaseModelOutput, Tuple[torch.Tensor]]:
+    ) -> BaseModelOutput | tuple[torch.Tensor]:
         """Encode tokens and project them: ``[B, L]`` ids (and optional ``[B, L]`` mask) → ``[B, L, projection_dim]``.
 
         The result is cast to the encoder's dtype (T5 keeps its ``wo`` layers in fp32 under half precision, so the

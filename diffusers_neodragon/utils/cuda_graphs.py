@@ -36,8 +36,9 @@ Rules that follow from replaying:
 import contextlib
 import functools
 import logging
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, List, Optional
+from typing import Any
 
 import torch
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
@@ -56,7 +57,7 @@ def _leaf_key(leaf) -> Hashable:
     return (type(leaf), leaf)  # the type keeps 1, 1.0 and True apart
 
 
-def _key_from_flat(leaves: List[Any], spec: TreeSpec) -> Optional[Hashable]:
+def _key_from_flat(leaves: list[Any], spec: TreeSpec) -> Hashable | None:
     try:
         hash(spec)
         structure = spec
@@ -74,7 +75,7 @@ def _key_from_flat(leaves: List[Any], spec: TreeSpec) -> Optional[Hashable]:
     return structure, leaf_keys, mode
 
 
-def graph_key(args=(), kwargs=None) -> Optional[Hashable]:
+def graph_key(args=(), kwargs=None) -> Hashable | None:
     """The key under which a call ``fn(*args, **kwargs)`` is captured; ``None`` when it cannot be keyed.
 
     Equal for calls with the same nesting structure, the same shape, dtype and device for every tensor leaf, the
@@ -88,11 +89,11 @@ def graph_key(args=(), kwargs=None) -> Optional[Hashable]:
 @dataclass
 class _CapturedGraph:
     graph: Any  # torch.cuda.CUDAGraph
-    static_inputs: List[torch.Tensor]  # the tensor leaves of (args, kwargs), in order
-    output_leaves: List[Any]
+    static_inputs: list[torch.Tensor]  # the tensor leaves of (args, kwargs), in order
+    output_leaves: list[Any]
     output_spec: TreeSpec
 
-    def replay(self, tensors: List[torch.Tensor], clone_outputs: bool):
+    def replay(self, tensors: list[torch.Tensor], clone_outputs: bool):
         for buffer, value in zip(self.static_inputs, tensors):
             if buffer is not value:
                 buffer.copy_(value)
@@ -135,14 +136,14 @@ class CUDAGraphRunner:
             buffers.
     """
 
-    def __init__(self, fn: Callable, clone_outputs: bool = False, pool: Optional[GraphPool] = None,
-                 weights: Optional[torch.nn.Module] = None):
+    def __init__(self, fn: Callable, clone_outputs: bool = False, pool: GraphPool | None = None,
+                 weights: torch.nn.Module | None = None):
         self.fn = fn
         self.clone_outputs = clone_outputs
         self.graph_pool = pool if pool is not None else GraphPool()
         self.weights = weights
         self._weights_address = None
-        self.graphs: Dict[Hashable, Any] = {}
+        self.graphs: dict[Hashable, Any] = {}
         self.previous_forward = None  # set by enable_module_cuda_graphs: the instance forward it replaced
         self._paused = 0
         # Name, docstring and (through __wrapped__) inspect.signature of fn; never fn's attributes.
@@ -206,7 +207,7 @@ class CUDAGraphRunner:
                 return self.fn(*args, **kwargs)
             return entry.replay(tensors, self.clone_outputs)
 
-    def _capture(self, leaves: List[Any], spec: TreeSpec):
+    def _capture(self, leaves: list[Any], spec: TreeSpec):
         """The captured graph of this call, or ``EAGER`` when ``fn`` cannot be captured (errors of ``fn`` itself
         surface from the eager warm-up)."""
         static_leaves = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
@@ -232,7 +233,7 @@ class CUDAGraphRunner:
         return _CapturedGraph(graph, static_inputs, output_leaves, output_spec)
 
 
-def module_cuda_graph_runner(module: torch.nn.Module) -> Optional[CUDAGraphRunner]:
+def module_cuda_graph_runner(module: torch.nn.Module) -> CUDAGraphRunner | None:
     """The runner installed by :func:`enable_module_cuda_graphs` on ``module``, if any."""
     return module.__dict__.get("_cuda_graph_runner")
 

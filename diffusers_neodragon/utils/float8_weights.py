@@ -13,11 +13,12 @@ plain cast has a relative L2 error of 11 %, the per-channel scale here 2.6 % (st
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 
 FLOAT8_DTYPE = torch.float8_e4m3fn
 _FLOAT8_MAX = torch.finfo(FLOAT8_DTYPE).max  # 448

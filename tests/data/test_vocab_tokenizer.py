@@ -4,6 +4,7 @@ from transformers import AutoTokenizer
 
 from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
 
+
 WORDS = ["a", "red", "blue", "circle", "square", "moving", "left", "on", "background", ",", "."]
 
 

@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from diffusers_neodragon.models.autoencoder_asymmetric import AsymmetricVAE, TinyVideoDecoder
+from diffusers_neodragon.models.autoencoders.autoencoder_asymmetric import AsymmetricVAE, TinyVideoDecoder
 from tests.reference_utils import import_reference
 
 

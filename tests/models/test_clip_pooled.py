@@ -6,6 +6,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
 
+
 WORDS = "a red blue green circle square triangle moving left right up down on background".split()
 
 

@@ -11,6 +11,7 @@ from diffusers_neodragon.models.context_adapter import (
     convert_official_context_adapter_state_dict,
 )
 
+
 REF_FILE = "/work/ref/neodragon/neodragon/context_adapter.py"
 TINY = dict(in_features=8, out_features=6, hidden_features=(5, 7, 4))
 

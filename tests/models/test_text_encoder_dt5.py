@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel
 
 from diffusers_neodragon.models.text_encoder_dt5 import DT5Config, DT5EncoderModel
 
+
 REF_FILE = "/work/ref/neodragon/neodragon/distil_t5.py"
 TINY = dict(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
             projection_dim=20)

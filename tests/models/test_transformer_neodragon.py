@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-from diffusers_neodragon.models.transformer_neodragon import (
+from diffusers_neodragon.models.transformers.transformer_neodragon import (
     JointAttentionLayout,
     NeodragonTransformer3DModel,
     apply_temporal_rope,

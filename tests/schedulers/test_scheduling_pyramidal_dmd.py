@@ -16,6 +16,7 @@ from diffusers_neodragon.schedulers.scheduling_pyramidal_dmd import (
     PyramidalDMDSchedulerOutput,
 )
 
+
 REF_PACKAGE = Path("/work/ref/neodragon/neodragon")
 
 

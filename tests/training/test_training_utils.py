@@ -16,14 +16,13 @@ from diffusers_neodragon.training_utils import (
     compute_latent_statistics,
     drop_captions,
     encode_prompts,
-    fill_template,
     flow_matching_loss,
     flow_matching_loss_per_sample,
     foreground_mask,
     frames_from_true_history,
-    latent_foreground_mask,
     freeze_unused_parameters,
     initialize_transformer_weights,
+    latent_foreground_mask,
     list_checkpoints,
     load_vae_folder,
     parse_resolution,
@@ -41,6 +40,7 @@ from diffusers_neodragon.training_utils import (
     video_strip,
     write_model_card,
 )
+from diffusers_neodragon.utils.model_cards import render_model_card
 
 
 WORDS = "a small large red blue green circle square moving left right on background".split()
@@ -532,7 +532,9 @@ def test_checkpoint_rotation_and_resolution(tmp_path):
 
 
 def test_model_card_and_small_utilities(tmp_path):
-    assert fill_template("a {{ x }} b {{y}} {{ missing }}", {"x": 1, "y": "two"}) == "a 1 b two n/a"
+    template = tmp_path / "t.md"
+    template.write_text("---\nlicense: mit\n---\na {{ x }} b {{y}} {{ missing }} {{ empty }}\n")
+    assert render_model_card(template, {"x": 1, "y": "two", "empty": None}).text.strip() == "a 1 b two n/a n/a"
     path = write_model_card(tmp_path, "vae.md", {"title": "T", "psnr": "30.1", "command": "accelerate launch x"},
                             tags=["shapes", "neodragon"])
     text = path.read_text()

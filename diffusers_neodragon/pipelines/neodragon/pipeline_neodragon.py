@@ -7,7 +7,8 @@ first latent frame comes from a user image, from a text-to-image pipeline (``hyb
 """
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -125,8 +126,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         default_height: int = 320,
         default_width: int = 512,
         default_num_frames: int = 49,
-        default_guidance_scale: Optional[float] = None,
-        default_video_guidance_scale: Optional[float] = None,
+        default_guidance_scale: float | None = None,
+        default_video_guidance_scale: float | None = None,
         default_history_noise: float = 0.0,
     ):
         super().__init__()
@@ -157,7 +158,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             self.first_frame_pipeline.to(*args, **kwargs)
         return self
 
-    def enable_model_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[torch.device, str] = None):
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = None):
         """diffusers' model offload, also for the first-frame pipeline; turns CUDA graphs off (weights move)."""
         self._disable_cuda_graphs_for_offload()
         super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
@@ -211,7 +212,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             logger.info("CPU offload moves the weights that CUDA graphs replay from: turning CUDA graphs off")
             self.enable_cuda_graphs(False)
 
-    def _graphable_models(self) -> Dict[str, torch.nn.Module]:
+    def _graphable_models(self) -> dict[str, torch.nn.Module]:
         """The models replayed from CUDA graphs beside the transformer, each once (a shared encoder appears once):
         the text encoders and ContextAdapter, and the first-frame pipeline's text encoders and UNet."""
         models = {name: getattr(self, name, None) for name in ("text_encoder", "text_encoder_2", "text_encoder_3",
@@ -384,7 +385,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             raise ValueError(f"Got {count} images for {num_prompts} prompts; give one image or one per prompt")
 
     # ------------------------------------------------------------------ text
-    def _pooled_embeddings(self, texts: List[str], device) -> torch.Tensor:
+    def _pooled_embeddings(self, texts: list[str], device) -> torch.Tensor:
         pooled = []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             if encoder is None:
@@ -398,7 +399,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             raise ValueError("The pipeline needs at least one of text_encoder / text_encoder_2 for the pooled vector")
         return torch.cat(pooled, dim=-1)
 
-    def encode_prompt(self, texts: List[str], device, dtype, max_sequence_length: int = 128):
+    def encode_prompt(self, texts: list[str], device, dtype, max_sequence_length: int = 128):
         """Token features (through the ContextAdapter), their mask and the pooled vector for a list of texts.
 
         Trailing padding common to all texts is cut off: padded tokens influence nothing (the reference masks
@@ -421,7 +422,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         return embeds.to(dtype), mask, pooled.to(dtype)
 
     # ------------------------------------------------------------------ first frame
-    def _first_frame_images(self, prompts: List[str], height, width, generator, first_frame_kwargs):
+    def _first_frame_images(self, prompts: list[str], height, width, generator, first_frame_kwargs):
         kwargs = {**FIRST_FRAME_DEFAULTS, "height": 2 * height, "width": 2 * width, **(first_frame_kwargs or {})}
         accepted = inspect.signature(self.first_frame_pipeline.__call__).parameters
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
@@ -435,7 +436,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         latent = self.vae.encode(pixels).latent_dist.sample(generator=generator)
         return self.vae.normalize_latents(latent).to(dtype)
 
-    def _decode(self, latents: torch.Tensor, upscale: bool, chunk_size: Optional[int]) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, upscale: bool, chunk_size: int | None) -> torch.Tensor:
         """Normalised latents -> pixels [B, 3, F, H, W] in [-1, 1], super-resolved when ``upscale``; with a
         ``chunk_size`` each video streams through the decoder and SR that many latent frames at a time."""
         raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
@@ -453,14 +454,14 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     def denoise_unit(
         self,
         x: torch.Tensor,
-        history: Optional[List[torch.Tensor]],
+        history: list[torch.Tensor] | None,
         text: tuple,
-        num_inference_steps: List[int],
-        guidance_scale: Optional[float] = None,
-        generator: Optional[torch.Generator] = None,
-        history_sigma: Optional[torch.Tensor] = None,
+        num_inference_steps: list[int],
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        history_sigma: torch.Tensor | None = None,
         start_stage: int = 0,
-        on_step: Optional[Callable] = None,
+        on_step: Callable | None = None,
     ) -> torch.Tensor:
         """Sample one latent frame through the pyramid stages ``start_stage`` .. last (the body of the autoregressive
         loop, also used by training to sample frames from a true history).
@@ -512,29 +513,29 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: Union[str, List[str]],
-        image: Optional[Any] = None,
-        negative_prompt: Optional[Union[str, List[str]]] = None,
-        mode: Optional[str] = None,
-        height: Optional[int] = None,
-        width: Optional[int] = None,
-        num_frames: Optional[int] = None,
-        num_inference_steps: Optional[Union[int, Sequence[int]]] = None,
-        video_num_inference_steps: Optional[Union[int, Sequence[int]]] = None,
-        guidance_scale: Optional[float] = None,
-        video_guidance_scale: Optional[float] = None,
-        history_noise: Optional[float] = None,
+        prompt: str | list[str],
+        image: Any | None = None,
+        negative_prompt: str | list[str] | None = None,
+        mode: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | Sequence[int] | None = None,
+        video_num_inference_steps: int | Sequence[int] | None = None,
+        guidance_scale: float | None = None,
+        video_guidance_scale: float | None = None,
+        history_noise: float | None = None,
         num_videos_per_prompt: int = 1,
-        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
-        latents: Optional[torch.Tensor] = None,
-        super_resolution: Optional[bool] = None,
-        decode_chunk_size: Optional[int] = None,
-        first_frame_kwargs: Optional[Dict[str, Any]] = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        super_resolution: bool | None = None,
+        decode_chunk_size: int | None = None,
+        first_frame_kwargs: dict[str, Any] | None = None,
         max_sequence_length: int = 128,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Optional[Callable] = None,
-        callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ):
         r"""Generate videos.
 

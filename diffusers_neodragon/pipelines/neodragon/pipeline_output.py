@@ -1,5 +1,4 @@
 from dataclasses import dataclass
-from typing import List, Union
 
 import numpy as np
 import PIL.Image
@@ -17,4 +16,4 @@ class NeodragonPipelineOutput(BaseOutput):
             [B, C, T, h, w] (``"latent"``).
     """
 
-    frames: Union[List[List[PIL.Image.Image]], np.ndarray, torch.Tensor]
+    frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor

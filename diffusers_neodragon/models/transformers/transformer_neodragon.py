@@ -11,8 +11,8 @@ padded text tokens may be dropped, queries of the last frame attend without a ma
 final block computes only the noisy clip's tokens (the rest is discarded by the reference anyway).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, RMSNorm
 from torch import nn
 
-from ..utils.cuda_graphs import CUDAGraphRunner
+from ...utils.cuda_graphs import CUDAGraphRunner
 
 
 def sincos_2d_crop(dim: int, grid_size: int, base_size: int, top: int, left: int, height: int, width: int):
@@ -61,7 +61,7 @@ class PyramidPatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
         self._pos_cache = {}
 
-    def spatial_embedding(self, grid: Tuple[int, int], target_grid: Tuple[int, int], device) -> torch.Tensor:
+    def spatial_embedding(self, grid: tuple[int, int], target_grid: tuple[int, int], device) -> torch.Tensor:
         key = (grid, target_grid, str(device))
         if key not in self._pos_cache:
             th, tw = target_grid
@@ -102,9 +102,9 @@ class JointAttentionLayout:
     """
 
     num_free: int  # trailing query tokens (in [text; image] order) with unrestricted attention
-    prefix_mask: Optional[torch.Tensor]  # [B|1, 1, S - num_free, S] bool, None when num_free == S
-    key_padding: Optional[torch.Tensor]  # [B, 1, 1, S] bool, None when all text is valid
-    rope: Optional[Tuple[torch.Tensor, torch.Tensor]]  # cos, sin [N_img, 1, D_head/2] fp32 (None: 1 frame)
+    prefix_mask: torch.Tensor | None  # [B|1, 1, S - num_free, S] bool, None when num_free == S
+    key_padding: torch.Tensor | None  # [B, 1, 1, S] bool, None when all text is valid
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin [N_img, 1, D_head/2] fp32 (None: 1 frame)
     num_text: int
     num_last: int  # image tokens of the noisy clip
 
@@ -268,12 +268,12 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         attention_head_dim: int = 64,
         num_attention_heads: int = 24,
         pooled_projection_dim: int = 2048,
-        context_embedder_dim: Optional[int] = None,
+        context_embedder_dim: int | None = None,
         sample_size: int = 128,
         pos_embed_max_size: int = 192,
         qk_norm_eps: float = 1e-5,
         rope_theta: float = 10000.0,
-        block_origin: Optional[List[int]] = None,
+        block_origin: list[int] | None = None,
     ):
         super().__init__()
         if num_layers < 1:
@@ -297,7 +297,7 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self._layout_cache = {}
         self._cuda_graphs = None
 
-    def _layout(self, clips, text_mask: Optional[torch.Tensor], num_text: int, device) -> JointAttentionLayout:
+    def _layout(self, clips, text_mask: torch.Tensor | None, num_text: int, device) -> JointAttentionLayout:
         """The attention layout of this token sequence.
 
         Everything that depends only on the shapes is cached, so repeated calls do no host work and CUDA-graph
@@ -356,8 +356,8 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         encoder_hidden_states: torch.Tensor,
         pooled_projections: torch.Tensor,
         timestep: torch.Tensor,
-        history: Optional[Sequence[torch.Tensor]] = None,
-        encoder_attention_mask: Optional[torch.Tensor] = None,
+        history: Sequence[torch.Tensor] | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         return_dict: bool = True,
     ):
         r"""Predict the velocity (noisier minus cleaner endpoint) of the noisy clip.

@@ -15,17 +15,14 @@ from diffusers.models.activations import get_activation
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from diffusers_neodragon.models.autoencoder_asymmetric import (
-    CausalVideoAutoencoderMixin,
-    CausalVideoEncoder,
-    check_scale,
-)
-from diffusers_neodragon.models.causal_video_blocks import (
+from .causal_video_autoencoder_mixin import CausalVideoAutoencoderMixin
+from .causal_video_blocks import (
     CausalConv3d,
     CausalGroupNorm,
     CausalMidBlock3D,
     CausalUpDecoderBlock3D,
 )
+from .causal_video_encoder import CausalVideoEncoder, check_scale
 
 
 class CausalVideoDecoder(nn.Module):

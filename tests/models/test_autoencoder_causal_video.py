@@ -8,8 +8,8 @@ import types
 import pytest
 import torch
 
-from diffusers_neodragon.models.autoencoder_asymmetric import AsymmetricVAE
-from diffusers_neodragon.models.causal_video_decoder import CausalVideoDecoder, CausalVideoVAE
+from diffusers_neodragon.models.autoencoders.autoencoder_asymmetric import AsymmetricVAE
+from diffusers_neodragon.models.autoencoders.autoencoder_causal_video import CausalVideoDecoder, CausalVideoVAE
 from tests.models.test_autoencoder_asymmetric import latents, randomize_, single_thread, video  # noqa: F401
 
 
