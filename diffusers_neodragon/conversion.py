@@ -41,6 +41,7 @@ from .models.context_adapter import (
 )
 from .models.text_encoder_dt5 import DT5Config, DT5EncoderModel
 from .models.transformers.transformer_neodragon import NeodragonTransformer3DModel, sincos_2d_crop
+from .pipelines.neodragon.mode_defaults import MODES
 from .schedulers.scheduling_pyramidal_dmd import PyramidalDMDScheduler
 
 
@@ -48,7 +49,6 @@ logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------- constants
 
-MODES = ("hybrid", "monolithic")
 NEODRAGON_HUB_ID = "Qualcomm-AI-Research/Neodragon"
 PYRAMID_FLOW_HUB_ID = "rain1011/pyramid-flow-sd3"
 

@@ -368,19 +368,6 @@ def sample_num_history(
     return _randint(generator, 1, num_latent_frames)
 
 
-def corrupt_history(
-    clips: Sequence[torch.Tensor], sigma: torch.Tensor, generator: torch.Generator | None = None
-) -> list[torch.Tensor]:
-    """cond = sigma_c · noise + (1 - sigma_c) · clean, with one sigma_c per sample shared by all clips and fresh
-    Gaussian noise drawn at each clip's own resolution (as Pyramid-Flow corrupts each pyramid level's clip)."""
-    out = []
-    for clip in clips:
-        noise = randn_tensor(tuple(clip.shape), generator=generator, device=clip.device, dtype=torch.float32)
-        s = sigma.to(device=clip.device, dtype=torch.float32).reshape(-1, *([1] * (clip.ndim - 1)))
-        out.append((s * noise + (1.0 - s) * clip.float()).to(clip.dtype))
-    return out
-
-
 def pyramid_training_batch(
     scheduler,
     latents: torch.Tensor,
@@ -407,7 +394,7 @@ def pyramid_training_batch(
        ``velocity_target`` the target ``start - end``;
     4. the history clips are laid out exactly as at inference (``scheduler.history_conditions``: newest frame at
        the stage's resolution, older ones lower) and corrupted with one sigma_c ~ U(0, ``corrupt_ratio``) per
-       sample (:func:`corrupt_history`).
+       sample (``PyramidalDMDScheduler.add_history_noise``).
 
     Args:
         scheduler: a :class:`~diffusers_neodragon.PyramidalDMDScheduler`.
@@ -473,7 +460,7 @@ def pyramid_training_batch(
             history_levels = scheduler.pyramid(history_latents[:, :, :u].to(latents.dtype))
         clips = scheduler.history_conditions(history_levels, stage)
         corruption_sigma = (_rand(generator, batch) * corrupt_ratio).to(device)
-        history = corrupt_history(clips, corruption_sigma, generator)
+        history = scheduler.add_history_noise(clips, corruption_sigma, generator)
     if foreground is not None:
         pool = 2 ** (stages - 1 - stage)
         foreground = F.max_pool3d(foreground[:, :, u : u + 1].float(), (1, pool, pool))

@@ -49,7 +49,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel, PyramidalDMDScheduler
-from diffusers_neodragon.pipelines.neodragon.pipeline_neodragon import MODE_DEFAULTS, _first_given
+from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODE_DEFAULTS, first_given
 from diffusers_neodragon.training_utils import (
     CAPTION_DROPOUT_PROBABILITY,
     DEFAULT_SAMPLE_RATIOS,
@@ -230,10 +230,10 @@ def parse_args(input_args=None):
     args.validation_video_num_inference_steps = _steps(args.validation_video_num_inference_steps)
     # The CFG scales the saved pipeline samples with, and those of the validation videos (None: the former).
     mode = MODE_DEFAULTS["monolithic"]
-    args.sampler_guidance_scale = _first_given(args.default_guidance_scale, mode["guidance_scale"])
-    args.sampler_video_guidance_scale = _first_given(args.default_video_guidance_scale, mode["video_guidance_scale"])
-    args.validation_guidance_scale = _first_given(args.validation_guidance_scale, args.sampler_guidance_scale)
-    args.validation_video_guidance_scale = _first_given(
+    args.sampler_guidance_scale = first_given(args.default_guidance_scale, mode["guidance_scale"])
+    args.sampler_video_guidance_scale = first_given(args.default_video_guidance_scale, mode["video_guidance_scale"])
+    args.validation_guidance_scale = first_given(args.validation_guidance_scale, args.sampler_guidance_scale)
+    args.validation_video_guidance_scale = first_given(
         args.validation_video_guidance_scale, args.sampler_video_guidance_scale)
     if args.vae_path is None and args.pretrained_model_name_or_path is None:
         raise ValueError("Give --vae_path (a trained CausalVideoVAE) or --pretrained_model_name_or_path.")

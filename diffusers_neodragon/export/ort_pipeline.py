@@ -23,9 +23,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
-from ..pipelines.neodragon.pipeline_neodragon import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, _first_given
+from ..pipelines.neodragon.mode_defaults import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, first_given
 from ..schedulers.scheduling_pyramidal_dmd import PyramidalDMDScheduler
-from ..training_utils import corrupt_history
 from .exporter import read_manifest
 from .wrappers import StageLayout, pack_history, stage_attention_inputs, timestep_projection
 
@@ -261,10 +260,10 @@ class ORTNeodragonPipeline:
         steps_first = per_stage(num_inference_steps, defaults["num_inference_steps"])
         steps_video = per_stage(video_num_inference_steps, defaults["video_num_inference_steps"])
         # A call's value, then the exported pipeline's config (older manifests lack it), then the mode's.
-        guidance_scale = _first_given(guidance_scale, config.get("default_guidance_scale"), defaults["guidance_scale"])
-        video_guidance_scale = _first_given(
+        guidance_scale = first_given(guidance_scale, config.get("default_guidance_scale"), defaults["guidance_scale"])
+        video_guidance_scale = first_given(
             video_guidance_scale, config.get("default_video_guidance_scale"), defaults["video_guidance_scale"])
-        history_noise = _first_given(history_noise, config.get("default_history_noise"), 0.0)
+        history_noise = first_given(history_noise, config.get("default_history_noise"), 0.0)
         if not 0 <= history_noise < 1:
             raise ValueError(f"`history_noise` must be a number in [0, 1), got {history_noise!r}")
         first_from_dit = image is None and mode == "monolithic"
@@ -307,7 +306,7 @@ class ORTNeodragonPipeline:
                     x = self.scheduler.renoise(x, stage, generator=generator)
                 conditions = self.scheduler.history_conditions(history, stage)
                 if history_sigma is not None and conditions:
-                    conditions = corrupt_history(conditions, history_sigma, generator)
+                    conditions = self.scheduler.add_history_noise(conditions, history_sigma, generator)
                 timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
                 for i in range(len(timesteps)):
                     velocity = self.velocity(stage, x, conditions, positive, timesteps[i])

@@ -352,6 +352,20 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
 
     # ------------------------------------------------------------------------------------------- training
 
+    @staticmethod
+    def add_history_noise(
+        clips: list[torch.Tensor], sigma: torch.Tensor, generator: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
+        """Noisy history ``sigma * noise + (1 - sigma) * clean``, one sigma per sample [B] shared by all clips, fresh
+        Gaussian noise at each clip's own resolution: training's history corruption (Pyramid-Flow corrupts each
+        pyramid level's clip so) and the pipelines' ``history_noise``."""
+        out = []
+        for clip in clips:
+            noise = randn_tensor(tuple(clip.shape), generator=generator, device=clip.device, dtype=torch.float32)
+            s = sigma.to(device=clip.device, dtype=torch.float32).reshape(-1, *([1] * (clip.ndim - 1)))
+            out.append((s * noise + (1.0 - s) * clip.float()).to(clip.dtype))
+        return out
+
     def stage_endpoints(
         self,
         clean: torch.Tensor,

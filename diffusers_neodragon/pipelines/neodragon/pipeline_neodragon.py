@@ -20,9 +20,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from ...conversion import OfficialLayoutLoaderMixin
-from ...training_utils import corrupt_history
 from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_runner
 from ...utils.float8_weights import quantize_weights_float8
+from .mode_defaults import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, MODES, OUTPUT_TYPES, first_given
 from .pipeline_output import NeodragonPipelineOutput
 
 
@@ -40,25 +40,6 @@ EXAMPLE_DOC_STRING = """
         >>> export_to_video(video, "drone.mp4", fps=24)
         ```
 """
-
-MODES = ("hybrid", "monolithic")
-# Per-mode defaults of the official release: hybrid = T2I first frame + step-distilled 1-1-1 without CFG;
-# monolithic = DiT first frame 20-20-20 with CFG 7, then 10-10-10 with CFG 5.
-MODE_DEFAULTS = {
-    "hybrid": dict(num_inference_steps=(20, 20, 20), video_num_inference_steps=(1, 1, 1), guidance_scale=0.0,
-                   video_guidance_scale=0.0),
-    "monolithic": dict(num_inference_steps=(20, 20, 20), video_num_inference_steps=(10, 10, 10), guidance_scale=7.0,
-                       video_guidance_scale=5.0),
-}
-# The release's first-frame generator: SSD-1B with LCM, 4 steps at fixed timesteps, no CFG.
-FIRST_FRAME_DEFAULTS = dict(num_inference_steps=4, timesteps=[999, 749, 499, 249], guidance_scale=0.0)
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
-
-def _first_given(*values):
-    """The first value that is not None (a call's argument, then the pipeline's config, then the mode's)."""
-    return next(v for v in values if v is not None)
-
 
 def _has_offload_hooks(model: torch.nn.Module) -> bool:
     """Whether accelerate's offload/device-map hooks or diffusers' group offloading move this model's weights."""
@@ -486,7 +467,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                 x = self.scheduler.renoise(x, stage, generator=generator)
             conditions = self.scheduler.history_conditions(history, stage)
             if history_sigma is not None and conditions:
-                conditions = corrupt_history(conditions, history_sigma, generator)
+                conditions = self.scheduler.add_history_noise(conditions, history_sigma, generator)
             if guidance_scale is not None:
                 conditions = [torch.cat([c, c]) for c in conditions]
             timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
@@ -590,10 +571,10 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
 
         num_inference_steps = per_stage(num_inference_steps, defaults["num_inference_steps"])
         video_num_inference_steps = per_stage(video_num_inference_steps, defaults["video_num_inference_steps"])
-        guidance_scale = _first_given(guidance_scale, self.config.default_guidance_scale, defaults["guidance_scale"])
-        video_guidance_scale = _first_given(
+        guidance_scale = first_given(guidance_scale, self.config.default_guidance_scale, defaults["guidance_scale"])
+        video_guidance_scale = first_given(
             video_guidance_scale, self.config.default_video_guidance_scale, defaults["video_guidance_scale"])
-        history_noise = _first_given(history_noise, self.config.default_history_noise)
+        history_noise = first_given(history_noise, self.config.default_history_noise)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
