@@ -179,7 +179,7 @@ class OfficialLayoutLoaderMixin:
         nested = [n for n in nested_pipeline_folders(path, config) if n not in kwargs]
         options = {k: kwargs[k] for k in _NESTED_LOAD_KWARGS if k in kwargs}
         for component in nested:
-            kwargs[component] = DiffusionPipeline.from_pretrained(path / component, **options)
+            kwargs[component] = DiffusionPipeline.from_pretrained(os.fspath(path / component), **options)
         if not nested or kwargs.get("variant") is None:
             pipe = super().from_pretrained(path, **kwargs)
             pipe.register_to_config(_name_or_path=os.fspath(name))
