@@ -94,3 +94,18 @@ def test_hub_ids_are_not_taken_for_local_paths():
     assert not looks_like_local_path("Qualcomm-AI-Research/Neodragon")
     assert not looks_like_local_path("gpt2")
     assert all(looks_like_local_path(p) for p in ("/abs", "./rel", "../up", "~/home", "a/b/c"))
+
+
+def test_hub_repo_in_diffusers_layout_is_downloaded_then_loaded_like_a_folder(saved, monkeypatch):
+    import diffusers_neodragon.loaders.pipeline_loading as pipeline_loading
+
+    probes, downloads = [], []
+    monkeypatch.setattr(pipeline_loading, "snapshot_download",
+                        lambda repo_id, allow_patterns=None, **kw: probes.append(allow_patterns) or str(saved / "fp16"))
+    monkeypatch.setattr(NeodragonPipeline, "download",
+                        classmethod(lambda cls, name, **kw: downloads.append((name, kw)) or str(saved / "fp16")))
+    pipe = NeodragonPipeline.from_pretrained("me/tiny-neodragon", variant="fp16", revision="abc", dtype=torch.float16)
+    assert probes == [["*.json"]]
+    assert downloads == [("me/tiny-neodragon", {"variant": "fp16", "use_safetensors": True, "revision": "abc"})]
+    assert pipe.config._name_or_path == "me/tiny-neodragon"
+    assert pipe.first_frame_pipeline.unet.dtype == torch.float16
