@@ -8,10 +8,12 @@ explicitly), a truncated or corrupted safetensors file.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging as std_logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,25 @@ def resolve_snapshot(
     allow = None if folders is None else ["*.json", *[f"{name}/*" for name in folders]]
     kwargs = {k: v for k, v in download_kwargs.items() if k in _DOWNLOAD_KWARGS and v is not None}
     return Path(snapshot_download(os.fspath(repo_or_path), allow_patterns=allow, **kwargs))
+
+
+class _NestedPipelineNotice(std_logging.Filter):
+    """Drops diffusers' "You have passed a non-standard module <whole config dump>. We cannot verify whether it has
+    the correct type" for the nested pipelines this loader itself built from the folder's own model_index.json."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("You have passed a non-standard module")
+
+
+@contextlib.contextmanager
+def _quiet_nested_pipeline_notice() -> Iterator[None]:
+    diffusers_logger = logging.get_logger("diffusers.pipelines.pipeline_loading_utils")
+    notice = _NestedPipelineNotice()
+    diffusers_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        diffusers_logger.removeFilter(notice)
 
 
 def nested_pipeline_folders(root: Path, config: dict[str, Any]) -> list[str]:
@@ -180,17 +201,17 @@ class OfficialLayoutLoaderMixin:
         options = {k: kwargs[k] for k in _NESTED_LOAD_KWARGS if k in kwargs}
         for component in nested:
             kwargs[component] = DiffusionPipeline.from_pretrained(os.fspath(path / component), **options)
-        if not nested or kwargs.get("variant") is None:
-            pipe = super().from_pretrained(path, **kwargs)
-            pipe.register_to_config(_name_or_path=os.fspath(name))
-            return pipe
-        # diffusers 0.42 looks for variant files in every component folder and fails (IndexError) on a nested
-        # pipeline's sub-folders, whose names have no extension. The nested pipelines are already loaded, so the
-        # rest loads from a view of the folder without them.
-        with tempfile.TemporaryDirectory(prefix="neodragon_view_") as view:
-            for entry in path.iterdir():
-                if entry.name not in nested:
-                    os.symlink(entry.resolve(), Path(view) / entry.name)
-            pipe = super().from_pretrained(view, **kwargs)
+        with _quiet_nested_pipeline_notice():
+            if not nested or kwargs.get("variant") is None:
+                pipe = super().from_pretrained(path, **kwargs)
+            else:
+                # diffusers 0.42 looks for variant files in every component folder and fails (IndexError) on a
+                # nested pipeline's sub-folders, whose names have no extension. The nested pipelines are already
+                # loaded, so the rest loads from a view of the folder without them.
+                with tempfile.TemporaryDirectory(prefix="neodragon_view_") as view:
+                    for entry in path.iterdir():
+                        if entry.name not in nested:
+                            os.symlink(entry.resolve(), Path(view) / entry.name)
+                    pipe = super().from_pretrained(view, **kwargs)
         pipe.register_to_config(_name_or_path=os.fspath(name))
         return pipe

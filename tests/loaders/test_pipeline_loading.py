@@ -109,3 +109,9 @@ def test_hub_repo_in_diffusers_layout_is_downloaded_then_loaded_like_a_folder(sa
     assert downloads == [("me/tiny-neodragon", {"variant": "fp16", "use_safetensors": True, "revision": "abc"})]
     assert pipe.config._name_or_path == "me/tiny-neodragon"
     assert pipe.first_frame_pipeline.unet.dtype == torch.float16
+
+
+def test_loading_the_nested_pipeline_dumps_no_notice(saved, caplog):
+    with caplog.at_level("WARNING"):
+        NeodragonPipeline.from_pretrained(saved / "plain")
+    assert not [r for r in caplog.records if "non-standard module" in r.getMessage()]
