@@ -10,7 +10,7 @@ it is imported from there and never copied into this repository. The script
    ``T5EncoderWithProjection``) with random weights — tiny by default, the released sizes with ``--full-size`` —
    plus tiny CLIP-L/G stand-ins, word-level tokenizers and a tiny SSD-1B, and writes them with their own
    ``save_pretrained`` in the official snapshot layout (a folder per component, no ``model_index.json``);
-2. converts that folder with ``diffusers_neodragon.conversion.load_official_neodragon`` and compares outputs,
+2. converts that folder with ``diffusers_neodragon.loaders.load_official_neodragon`` and compares outputs,
    fp32: transformer (history clips at three resolutions, padded text), VAE encoder (posterior mean and log-variance),
    VAE decoder, context adapter and DT5 — max abs diff, tolerance 1e-4;
 3. runs a full generation both ways on the tiny models (49 frames = 7 latent frames, 64x128): the official
@@ -473,7 +473,7 @@ def compare_generation(official, built, pipe, device, mode: str, height=64, widt
 def run(reference, device="cpu", full_size=False, pyramid_flow=None, workdir=None, log=print) -> list:
     """All comparisons; returns rows (name, value, limit, ok, note)."""
     from diffusers_neodragon import NeodragonPipeline
-    from diffusers_neodragon.conversion import (
+    from diffusers_neodragon.loaders import (
         load_official_neodragon,
         load_official_transformer,
         load_pyramid_flow_vae,

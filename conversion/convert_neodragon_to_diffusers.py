@@ -29,8 +29,7 @@ if str(ROOT) not in sys.path:  # run from a source checkout without installing
 import torch  # noqa: E402
 
 from diffusers_neodragon import NeodragonPipeline  # noqa: E402
-from diffusers_neodragon.conversion import (  # noqa: E402
-    MODES,
+from diffusers_neodragon.loaders import (  # noqa: E402
     NEODRAGON_HUB_ID,
     OFFICIAL_ADAPTER_FOLDERS,
     OFFICIAL_TRANSFORMER_FOLDERS,
@@ -45,6 +44,7 @@ from diffusers_neodragon.conversion import (  # noqa: E402
     resolve_snapshot,
     write_conversion_model_card,
 )
+from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODES  # noqa: E402
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

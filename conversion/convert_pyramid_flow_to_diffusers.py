@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_neodragon_to_diffusers import DTYPES, command_line, push, source_revision  # noqa: E402
 
 from diffusers_neodragon import NeodragonPipeline  # noqa: E402
-from diffusers_neodragon.conversion import (  # noqa: E402
+from diffusers_neodragon.loaders import (  # noqa: E402
     OFFICIAL_VAE_FOLDER,
     PYRAMID_FLOW_HUB_ID,
     PYRAMID_FLOW_VARIANTS,

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from diffusers_neodragon import NeodragonPipeline
-from diffusers_neodragon.conversion import (
+from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
+from diffusers_neodragon.loaders import (
     NEODRAGON_NEGATIVE_PROMPT,
     NEODRAGON_PROMPT_SUFFIX,
     PYRAMID_FLOW_PROMPT_SUFFIX,
@@ -34,7 +35,6 @@ from diffusers_neodragon.conversion import (
     load_pyramid_flow,
     load_pyramid_flow_vae,
 )
-from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
 from tests.script_loading import load_script
 from tests.tiny_components import WORDS, clip_encoder, clip_tokenizer, first_frame_pipeline
 
@@ -581,12 +581,12 @@ def test_pos_embed_saved_through_half_precision_is_recognised(official, tmp_path
     root, states = official
     exact = facts_sincos_table(WIDTH, POS_GRID, SAMPLE_SIZE // PATCH)
     bf16 = _rewrite_dit(root, tmp_path / "x", lambda s: s.update({k: v.bfloat16() for k, v in s.items()}), name="bf16")
-    with caplog.at_level("WARNING", logger="diffusers_neodragon.conversion"):
+    with caplog.at_level("WARNING", logger="diffusers_neodragon.loaders.transformer_official"):
         model = load_official_transformer(bf16)
     assert model.dtype == torch.float32 and not [r for r in caplog.records if "pos_embed" in r.getMessage()]
     via_fp16 = _rewrite_dit(root, tmp_path / "y", _set("pos_embed.pos_embed", exact.half().float()), name="fp16")
     assert (exact.half().float() - exact).abs().max() > 1e-6  # the case is real at this size
-    with caplog.at_level("WARNING", logger="diffusers_neodragon.conversion"):
+    with caplog.at_level("WARNING", logger="diffusers_neodragon.loaders.transformer_official"):
         model = load_official_transformer(via_fp16)
     assert [r for r in caplog.records if "pos_embed.pos_embed differs from the exact" in r.getMessage()]
     assert torch.equal(model.proj_out.weight, states["diffusion_transformer_320p"]["proj_out.weight"])
@@ -690,7 +690,8 @@ def test_truncated_and_pickle_checkpoints_give_clear_errors(official, tmp_path):
         load_official_transformer(dit)
     weights.unlink()
     (dit / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(ValueError, match="pickle checkpoints are never loaded"):
+    pickle_refused = r"dit/diffusion_pytorch_model\.bin is a pickle checkpoint.*safetensors is required"
+    with pytest.raises(ValueError, match=pickle_refused):
         load_official_transformer(dit)
     (dit / "config.json").write_text('{"num_layers": 3,')
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -758,12 +759,12 @@ def test_load_pyramid_flow(pyramid_flow):
 
 def _conversion_warnings(caplog):
     return [r.getMessage() for r in caplog.records
-            if r.name == "diffusers_neodragon.conversion" and "converted on the fly" in r.getMessage()]
+            if r.name == "diffusers_neodragon.loaders.pipeline_loading" and "converted on the fly" in r.getMessage()]
 
 
 def test_from_pretrained_detects_the_official_layout(official, tmp_path, caplog):
     root, states = official
-    with caplog.at_level("WARNING", logger="diffusers_neodragon.conversion"):
+    with caplog.at_level("WARNING", logger="diffusers_neodragon.loaders.pipeline_loading"):
         pipe = NeodragonPipeline.from_pretrained(root)
     assert type(pipe) is NeodragonPipeline and pipe.config.mode == "hybrid" and pipe.first_frame_pipeline is not None
     (message,) = _conversion_warnings(caplog)  # exactly one line says what happened
@@ -786,7 +787,7 @@ def test_from_pretrained_detects_the_official_layout(official, tmp_path, caplog)
     # A diffusers-format folder goes through diffusers' loader (no conversion), `mode` overriding the saved config.
     pipe.save_pretrained(tmp_path / "saved")
     caplog.clear()
-    with caplog.at_level("WARNING", logger="diffusers_neodragon.conversion"):
+    with caplog.at_level("WARNING", logger="diffusers_neodragon.loaders.pipeline_loading"):
         loaded = NeodragonPipeline.from_pretrained(tmp_path / "saved", mode="hybrid")
     assert not _conversion_warnings(caplog)
     assert type(loaded) is NeodragonPipeline and loaded.config.mode == "hybrid"
@@ -795,7 +796,7 @@ def test_from_pretrained_detects_the_official_layout(official, tmp_path, caplog)
 
 def test_from_pretrained_detects_the_pyramid_flow_layout(pyramid_flow, caplog):
     root, states = pyramid_flow
-    with caplog.at_level("WARNING", logger="diffusers_neodragon.conversion"):
+    with caplog.at_level("WARNING", logger="diffusers_neodragon.loaders.pipeline_loading"):
         pipe = NeodragonPipeline.from_pretrained(root)
     (message,) = _conversion_warnings(caplog)
     assert "Pyramid-Flow SD3 (384p)" in message
@@ -810,7 +811,7 @@ def test_from_pretrained_detects_the_pyramid_flow_layout(pyramid_flow, caplog):
 
 
 def test_from_pretrained_hub_id_downloads_only_what_the_mode_needs(official, monkeypatch, tmp_path):
-    import diffusers_neodragon.conversion as conversion
+    import diffusers_neodragon.loaders.pipeline_loading as pipeline_loading
 
     root, _ = official
     calls = []
@@ -819,7 +820,7 @@ def test_from_pretrained_hub_id_downloads_only_what_the_mode_needs(official, mon
         calls.append((repo_id, allow_patterns, kwargs))
         return str(root)
 
-    monkeypatch.setattr(conversion, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(pipeline_loading, "snapshot_download", fake_snapshot_download)
     pipe = NeodragonPipeline.from_pretrained("Qualcomm-AI-Research/Neodragon", mode="monolithic", revision="abc")
     assert pipe.config.mode == "monolithic"
     (repo, probe, probe_kwargs), (_, patterns, _) = calls

@@ -90,7 +90,7 @@ def test_tiny_comparison_meets_every_tolerance(bench, official, tmp_path):
 def test_the_generation_comparison_notices_a_wrong_weight(bench, official, tmp_path):
     """Negative control: one perturbed converted tensor must show up in the generation comparison."""
     from diffusers_neodragon import NeodragonPipeline
-    from diffusers_neodragon.conversion import load_official_neodragon
+    from diffusers_neodragon.loaders import load_official_neodragon
 
     built = bench.build_official_snapshot(official, tmp_path, bench.sizes(False), modes=("hybrid",))
     pipe = NeodragonPipeline(**load_official_neodragon(tmp_path, mode="hybrid"))

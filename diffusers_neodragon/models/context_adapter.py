@@ -6,7 +6,6 @@ first, and the output layer, re-read the adapter's *original* input by concatena
 first) rather than adding a residual, so the input stays visible at every depth. It acts token-wise.
 """
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +32,7 @@ class ContextAdapter(ModelMixin, ConfigMixin):
         dropout (`float`): dropout after each hidden activation (0 in the reference; useful when distilling).
 
     State-dict keys: ``layers.{k}.weight``/``layers.{k}.bias`` for the hidden layers, ``proj_out.weight``/
-    ``proj_out.bias`` for the output layer; see [`convert_official_context_adapter_state_dict`] for the official names.
+    ``proj_out.bias`` for the output layer (``diffusers_neodragon.loaders`` maps the official names).
     """
 
     @register_to_config
@@ -65,7 +64,8 @@ class ContextAdapter(ModelMixin, ConfigMixin):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform weights and zero biases, as the reference initialises the adapter for training from scratch."""
+        """Xavier-uniform weights and zero biases, as the reference initialises the adapter for training from
+        scratch."""
         for linear in [*self.layers, self.proj_out]:
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
@@ -82,67 +82,3 @@ class ContextAdapter(ModelMixin, ConfigMixin):
         for layer in self.layers[1:]:
             y = self.hidden_dropout(self.act(layer(torch.cat([x, y], dim=-1))))
         return self.proj_out(torch.cat([x, y], dim=-1))
-
-
-_OFFICIAL_KEY = re.compile(r"^network_layers\.(\d+)\.(\d+)\.(weight|bias)$")
-
-
-def convert_official_context_adapter_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official Neodragon ``ContextAdapter`` (``SkipMLP``) state dict to this class's keys.
-
-    The official layout is ``network_layers.{k}.1.{weight,bias}`` for the ``n`` hidden layers (index 1 of each
-    ``[pre-act, Linear, act]`` Sequential) and ``network_layers.{n}.0.{weight,bias}`` for the output layer. The number
-    of hidden layers is read from the keys. Raises ``ValueError`` naming every missing and unexpected key.
-    """
-    indices = [int(m.group(1)) for m in map(_OFFICIAL_KEY.match, state_dict) if m is not None]
-    if not indices:
-        raise ValueError(
-            "No official ContextAdapter keys (`network_layers.{k}.{i}.{weight,bias}`) found; got keys "
-            f"{sorted(state_dict)[:8]}{' ...' if len(state_dict) > 8 else ''}."
-        )
-    num_hidden = max(indices)
-    mapping = {}
-    for k in range(num_hidden):
-        for p in ("weight", "bias"):
-            mapping[f"network_layers.{k}.1.{p}"] = f"layers.{k}.{p}"
-    for p in ("weight", "bias"):
-        mapping[f"network_layers.{num_hidden}.0.{p}"] = f"proj_out.{p}"
-
-    missing = sorted(set(mapping) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(mapping))
-    if missing or unexpected:
-        raise ValueError(
-            "State dict does not match the official ContextAdapter layout "
-            f"({num_hidden} hidden layers inferred): missing keys {missing}, unexpected keys {unexpected}."
-        )
-    return {mapping[key]: value for key, value in state_dict.items()}
-
-
-def convert_official_context_adapter_config(config: dict) -> dict:
-    """Translate an official ``SkipMLP`` config (``input_dims``, ``output_dims``, ``layer_depths``, …) into this
-    class's ``__init__`` arguments; raises ``ValueError`` for official settings this class does not implement."""
-    defaults = {
-        "skips": None,
-        "use_biases": True,
-        "pre_activation": False,
-        "out_activation_fn": "linear",
-    }
-    settings = {**defaults, **{k: v for k, v in config.items() if k in defaults}}
-    layer_depths: tuple[int, ...] = tuple(config.get("layer_depths", (4096, 4096, 4096, 4096)))
-    unsupported = []
-    if settings["skips"] is not None and not all(settings["skips"]):
-        unsupported.append(f"skips={settings['skips']} (only all-True is supported)")
-    if not settings["use_biases"]:
-        unsupported.append("use_biases=False")
-    if settings["pre_activation"]:
-        unsupported.append("pre_activation=True")
-    if str(settings["out_activation_fn"]).lower() != "linear":
-        unsupported.append(f"out_activation_fn={settings['out_activation_fn']!r} (only 'linear')")
-    if unsupported:
-        raise ValueError(f"Official ContextAdapter config uses unsupported settings: {', '.join(unsupported)}.")
-    return {
-        "in_features": int(config.get("input_dims", 4096)),
-        "out_features": int(config.get("output_dims", 1536)),
-        "hidden_features": layer_depths,
-        "activation": str(config.get("activation_fn", "gelu")).lower(),
-    }

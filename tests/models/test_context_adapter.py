@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusers_neodragon.models.context_adapter import (
-    ContextAdapter,
+from diffusers_neodragon.loaders import (
     convert_official_context_adapter_config,
     convert_official_context_adapter_state_dict,
 )
+from diffusers_neodragon.models.context_adapter import ContextAdapter
 
 
 REF_FILE = "/work/ref/neodragon/neodragon/context_adapter.py"
@@ -43,7 +43,8 @@ def _manual_forward(sd, x, n_hidden):
     """Independent formula: y0 = gelu(W0 x + b0); yk = gelu(Wk [x, y] + bk); out = Wn [x, y] + bn."""
     y = F.gelu(F.linear(x, sd["network_layers.0.1.weight"], sd["network_layers.0.1.bias"]))
     for k in range(1, n_hidden):
-        y = F.gelu(F.linear(torch.cat([x, y], -1), sd[f"network_layers.{k}.1.weight"], sd[f"network_layers.{k}.1.bias"]))
+        w, b = sd[f"network_layers.{k}.1.weight"], sd[f"network_layers.{k}.1.bias"]
+        y = F.gelu(F.linear(torch.cat([x, y], -1), w, b))
     w, b = sd[f"network_layers.{n_hidden}.0.weight"], sd[f"network_layers.{n_hidden}.0.bias"]
     return F.linear(torch.cat([x, y], -1), w, b)
 

@@ -19,7 +19,7 @@ from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
-from ...conversion import OfficialLayoutLoaderMixin
+from ...loaders import OfficialLayoutLoaderMixin
 from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_runner
 from ...utils.float8_weights import quantize_weights_float8
 from .mode_defaults import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, MODES, OUTPUT_TYPES, first_given
@@ -66,7 +66,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         super_resolution ([`QuickSRNet`], optional): 2x per-frame super-resolution of the decoded video.
 
     ``from_pretrained`` also takes the published releases as they are (the official Neodragon snapshot, Pyramid-Flow
-    SD3) and converts them on the fly; see [`~diffusers_neodragon.conversion.OfficialLayoutLoaderMixin`].
+    SD3) and converts them on the fly; see [`~diffusers_neodragon.loaders.OfficialLayoutLoaderMixin`].
 
     Config:
         mode: default generation mode, ``"hybrid"`` or ``"monolithic"``.
