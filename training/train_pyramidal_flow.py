@@ -8,9 +8,13 @@ The model has Pyramid-Flow's layout, scaled down: a ``NeodragonTransformer3DMode
 trained by ``train_vae.py``. Objective (``diffusers_neodragon.training_utils.pyramid_training_batch``): per forward
 one pyramid stage (mix ``--sample_ratios``), a random number u of clean history frames (the unit trained is latent
 frame u; u = 0 is the first frame, without history; ``--first_frame_prob`` trains it more often), history
-corrupted with sigma_c ~ U(0, 1/3) per sample, uniform stage-local timesteps, target = start - end, per-sample MSE;
-10% caption dropout for CFG. ``--transformer_path`` continues a saved transformer; with a ``--patch_size`` that
-divides its own, the model is first refined to the finer patch (``training_utils.refine_patch_size``).
+corrupted with sigma_c ~ U(0, ``--corrupt_ratio``) per sample, uniform stage-local timesteps, target = start - end,
+per-sample MSE; 10% caption dropout for CFG. ``--transformer_path`` continues a saved transformer;
+``--generated_history_prob`` trains it on histories it sampled itself.
+
+Defaults are the values of the embedded model's recipe (``training/recipes/shapes_default.sh``): stage mix 1:2:3,
+history corruption up to 0.5, the first frame trained 30 % of the time, cached latents, EMA 0.995, CFG 7 / 5 in the
+saved pipeline. Pyramid-Flow's own values are ``--sample_ratios 1,2,1 --corrupt_ratio 0.333 --no-use_ema``.
 
 The output folder is a complete ``NeodragonPipeline`` (mode "monolithic", default size = the training size):
 
@@ -19,8 +23,7 @@ The output folder is a complete ``NeodragonPipeline`` (mode "monolithic", defaul
 Example (one GPU, ~10 minutes on an H100):
 
     accelerate launch training/train_pyramidal_flow.py --vae_path runs/shapes-vae/vae --output_dir runs/shapes-base \\
-        --resolution 128 --num_frames 49 --train_samples 8192 --cache_latents --train_batch_size 64 \\
-        --max_train_steps 20000 --mixed_precision bf16 --allow_tf32
+        --mixed_precision bf16 --max_train_seconds 600
 """
 
 from __future__ import annotations
@@ -49,13 +52,13 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel, PyramidalDMDScheduler
+from diffusers_neodragon.data.shapes_text_encoders import build_shapes_text_encoders
 from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODE_DEFAULTS, first_given
 from diffusers_neodragon.training_utils import (
     CAPTION_DROPOUT_PROBABILITY,
-    DEFAULT_SAMPLE_RATIOS,
     HISTORY_CORRUPTION_RATIO,
+    TEXT_COMPONENT_NAMES,
     EpochShuffleSampler,
-    build_shapes_text_encoders,
     caption_dropout_mask,
     checkpoint_step,
     count_parameters,
@@ -74,23 +77,21 @@ from diffusers_neodragon.training_utils import (
     pooled_projection_dim,
     push_folder_to_hub,
     pyramid_training_batch,
-    refine_patch_size,
     resolve_resume_checkpoint,
     resolve_trackers,
     sample_stage,
     save_checkpoint,
     should_stop,
-    stage_columns,
     step_generator,
     training_command,
     video_strip,
-    write_model_card,
 )
+from diffusers_neodragon.utils.model_cards import write_model_card
 
 
 logger = get_logger(__name__)
 SCRIPT = "training/train_pyramidal_flow.py"
-TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -109,11 +110,7 @@ def parse_args(input_args=None):
     parser.add_argument("--num_layers", type=int, default=10)
     parser.add_argument("--num_attention_heads", type=int, default=4)
     parser.add_argument("--attention_head_dim", type=int, default=32)
-    parser.add_argument("--patch_size", type=int, default=None,
-                        help="Default: 2 for a new model, the loaded one's otherwise; a smaller divisor of the loaded "
-                             "one refines it (training_utils.refine_patch_size).")
-    parser.add_argument("--sample_size", type=int, default=None, help="sincos base size x patch; default: latent height.")
-    parser.add_argument("--pos_embed_max_size", type=int, default=None, help="Default: 2x the largest token grid side.")
+    parser.add_argument("--patch_size", type=int, default=2, help="Of a new model (a loaded one keeps its own).")
     # Text encoders (new stand-ins)
     parser.add_argument("--t5_dim", type=int, default=256, help="Width of the teacher T5 = context_embedder_dim.")
     parser.add_argument("--t5_layers", type=int, default=2)
@@ -127,28 +124,27 @@ def parse_args(input_args=None):
     # Data
     parser.add_argument("--resolution", type=str, default="128", help="`N` or `HxW`, multiples of 64.")
     parser.add_argument("--num_frames", type=int, default=49, help="1 + 8k frames.")
-    parser.add_argument("--train_samples", type=int, default=4096)
-    parser.add_argument("--two_objects_prob", type=float, default=0.0)
-    parser.add_argument("--cache_latents", action="store_true",
-                        help="Encode the (synthetic, deterministic) training set once and train from device memory.")
+    parser.add_argument("--train_samples", type=int, default=8192)
+    parser.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=True,
+                        help="Encode the (synthetic, deterministic) training set once and train from device memory "
+                             "(--no-cache_latents: encode every batch on the fly).")
     parser.add_argument("--latent_cache_path", type=str, default=None,
                         help="With --cache_latents: load the cache from / save it to this file (.safetensors).")
-    parser.add_argument("--encode_batch_size", type=int, default=16)
+    parser.add_argument("--encode_batch_size", type=int, default=32)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     # Objective
-    parser.add_argument("--sample_ratios", type=str, default=",".join(map(str, DEFAULT_SAMPLE_RATIOS)),
-                        help="Relative frequency of stages 0,1,2.")
+    parser.add_argument("--sample_ratios", type=str, default="1,2,3",
+                        help="Relative frequency of stages 0,1,2 (Pyramid-Flow: 1,2,1; the shape of a small object is "
+                             "decided at full resolution, the last stage).")
     parser.add_argument("--stage_range", type=str, default=None,
                         help="The scheduler's stage boundaries on the noise axis, e.g. 0,0.25,0.5,1 (stage 2, at full "
                              "resolution, then starts from more noise); default: those of the pipeline continued "
                              "(--pretrained_model_name_or_path), else Pyramid-Flow's equal thirds.")
-    parser.add_argument("--stage_sampling", type=str, default="random", choices=["random", "columns"],
-                        help="random: one stage per step drawn by --sample_ratios (one forward); columns: "
-                             "Pyramid-Flow's split of each batch over stages (one forward per stage; single GPU).")
-    parser.add_argument("--corrupt_ratio", type=float, default=HISTORY_CORRUPTION_RATIO)
-    parser.add_argument("--first_frame_prob", type=float, default=None,
-                        help="Train the first latent frame (no history) with this probability; default 1/T, "
-                             "like every other unit.")
+    parser.add_argument("--corrupt_ratio", type=float, default=0.5,
+                        help=f"History corruption sigma_c ~ U(0, this) (Pyramid-Flow: {HISTORY_CORRUPTION_RATIO:.3g}).")
+    parser.add_argument("--first_frame_prob", type=float, default=0.3,
+                        help="Train the first latent frame (no history) with this probability (a negative value: "
+                             "1/T, like every other unit).")
     parser.add_argument("--caption_dropout", type=float, default=CAPTION_DROPOUT_PROBABILITY)
     parser.add_argument("--generated_history_prob", type=float, default=0.0,
                         help="Probability that each history frame is the model's own sample of it from the true "
@@ -160,27 +156,28 @@ def parse_args(input_args=None):
                         help="Weight of an MSE term over the objects' latents only (training_utils."
                              "latent_foreground_mask): a small object is a few latent pixels of a frame-wide mean.")
     # Optimisation
-    parser.add_argument("--train_batch_size", type=int, default=16, help="Per device.")
+    parser.add_argument("--train_batch_size", type=int, default=128, help="Per device.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--max_train_seconds", type=float, default=None,
                         help="Also stop (and finish normally) once training has run this long.")
-    parser.add_argument("--max_train_steps", type=int, default=10_000)
-    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--max_train_steps", type=int, default=100_000)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--lr_scheduler", type=str, default="constant_with_warmup")
-    parser.add_argument("--lr_warmup_steps", type=int, default=500)
+    parser.add_argument("--lr_warmup_steps", type=int, default=200)
     parser.add_argument("--adam_beta1", type=float, default=0.9)
     parser.add_argument("--adam_beta2", type=float, default=0.95)
     parser.add_argument("--adam_weight_decay", type=float, default=1e-4)
     parser.add_argument("--adam_epsilon", type=float, default=1e-8)
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--use_ema", action="store_true")
-    parser.add_argument("--ema_decay", type=float, default=0.999)
+    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--ema_decay", type=float, default=0.995)
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the transformer blocks (regional, dynamic shapes): fewer kernel launches "
                         "for a small model whose step is launch-bound on a GPU; costs compile time at the start")
     parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
-    parser.add_argument("--allow_tf32", action="store_true")
+    parser.add_argument("--allow_tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="TF32 matmuls/convolutions on Ampere+ GPUs.")
     parser.add_argument("--seed", type=int, default=0)
     # Validation
     parser.add_argument("--validation_steps", type=int, default=0, help="Every N steps (0: only at the end).")
@@ -202,11 +199,12 @@ def parse_args(input_args=None):
     parser.add_argument("--logging_dir", type=str, default="logs")
     parser.add_argument("--tracker_project_name", type=str, default="neodragon-train-pyramidal-flow")
     parser.add_argument("--save_dtype", type=str, default="fp32", choices=list(DTYPES))
-    parser.add_argument("--default_guidance_scale", type=float, default=None,
+    parser.add_argument("--default_guidance_scale", type=float, default=MODE_DEFAULTS["monolithic"]["guidance_scale"],
                         help="First-frame CFG scale stored in the saved pipeline's config (used by calls without "
-                             "one, the validation videos and --eval_shapesbench); default: the monolithic mode's (7)")
-    parser.add_argument("--default_video_guidance_scale", type=float, default=None,
-                        help="The same for the later frames; default: the monolithic mode's (5)")
+                             "one, the validation videos and --eval_shapesbench); default: the monolithic mode's")
+    parser.add_argument("--default_video_guidance_scale", type=float,
+                        default=MODE_DEFAULTS["monolithic"]["video_guidance_scale"],
+                        help="The same for the later frames; default: the monolithic mode's")
     parser.add_argument("--default_history_noise", type=float, default=0.0,
                         help="The saved pipeline's history_noise (noise mixed into the history the later frames are "
                              "conditioned on at inference; within [0, --corrupt_ratio] the model has seen it)")
@@ -239,6 +237,8 @@ def parse_args(input_args=None):
         raise ValueError("Give --vae_path (a trained CausalVideoVAE) or --pretrained_model_name_or_path.")
     if args.num_frames < 1 or (args.num_frames - 1) % 8:
         raise ValueError(f"--num_frames must be 1 + 8k, got {args.num_frames}.")
+    if args.first_frame_prob is not None and args.first_frame_prob < 0:
+        args.first_frame_prob = None  # 1/T
     if args.first_frame_prob is not None and not 0.0 <= args.first_frame_prob <= 1.0:
         raise ValueError(f"--first_frame_prob must lie in [0, 1], got {args.first_frame_prob}.")
     if not 0.0 <= args.default_history_noise < 1.0:
@@ -264,13 +264,10 @@ def _steps(value: str):
 # ---------------------------------------------------------------------------------------------- components
 
 
-def shapes_dataset(num_samples, num_frames, height, width, seed, split="train", two_objects_prob=0.0):
+def shapes_dataset(num_samples, num_frames, height, width, seed, split="train"):
     from diffusers_neodragon.data.shapes import ShapesVideoDataset  # noqa: PLC0415
 
-    return ShapesVideoDataset(
-        num_samples, num_frames=num_frames, height=height, width=width, seed=seed, split=split,
-        two_objects_prob=two_objects_prob,
-    )
+    return ShapesVideoDataset(num_samples, num_frames=num_frames, height=height, width=width, seed=seed, split=split)
 
 
 def default_validation_prompts(n: int) -> list[str]:
@@ -296,7 +293,8 @@ def load_text_encoders(path: str) -> dict:
     for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
                       ("text_encoder_3", T5EncoderModel)):
         if (Path(path) / name).is_dir():
-            components[name] = cls.from_pretrained(path, subfolder=name, dtype=torch.float32).eval().requires_grad_(False)
+            model = cls.from_pretrained(path, subfolder=name, dtype=torch.float32)
+            components[name] = model.eval().requires_grad_(False)
             tokenizer = name.replace("text_encoder", "tokenizer")
             components[tokenizer] = AutoTokenizer.from_pretrained(path, subfolder=tokenizer)
     if "text_encoder_3" not in components:
@@ -330,11 +328,10 @@ def build_transformer(args, vae, text_components) -> NeodragonTransformer3DModel
     if path is None and args.pretrained_model_name_or_path:
         path = os.path.join(args.pretrained_model_name_or_path, "transformer")
     if path is not None:
-        transformer = NeodragonTransformer3DModel.from_pretrained(path, torch_dtype=torch.float32)
-        return refine_patch_size(transformer, args.patch_size or transformer.config.patch_size)
+        return NeodragonTransformer3DModel.from_pretrained(path, torch_dtype=torch.float32)
     spatial = vae.config.spatial_downsample_scale
     latent_h, latent_w = args.height // spatial, args.width // spatial
-    patch_size = args.patch_size or 2
+    patch_size = args.patch_size
     grid = max(latent_h, latent_w) // patch_size
     transformer = NeodragonTransformer3DModel(
         patch_size=patch_size,
@@ -344,8 +341,8 @@ def build_transformer(args, vae, text_components) -> NeodragonTransformer3DModel
         num_attention_heads=args.num_attention_heads,
         pooled_projection_dim=pooled_projection_dim(text_components),
         context_embedder_dim=text_components["text_encoder_3"].config.d_model,
-        sample_size=args.sample_size or latent_h,
-        pos_embed_max_size=args.pos_embed_max_size or 2 * grid,
+        sample_size=latent_h,
+        pos_embed_max_size=2 * grid,
     )
     return initialize_transformer_weights(transformer)
 
@@ -357,7 +354,7 @@ def make_pipeline(transformer, vae, text_components, scheduler, args) -> Neodrag
         default_num_frames=args.num_frames, default_guidance_scale=args.default_guidance_scale,
         default_video_guidance_scale=args.default_video_guidance_scale,
         default_history_noise=args.default_history_noise,
-        **{k: text_components.get(k) for k in TEXT_COMPONENTS},
+        **{k: text_components.get(k) for k in TEXT_COMPONENT_NAMES},
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -393,7 +390,7 @@ def cache_metadata(args, vae) -> dict:
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return dict(
         train_samples=args.train_samples, num_frames=args.num_frames, height=args.height, width=args.width,
-        seed=args.seed, two_objects_prob=args.two_objects_prob, max_sequence_length=args.max_sequence_length,
+        seed=args.seed, max_sequence_length=args.max_sequence_length,
         vae=json.dumps(dict(vae.config), sort_keys=True, default=str), vae_weights_sha256=digest.hexdigest(),
     )
 
@@ -468,7 +465,7 @@ def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, torch.Ten
     set. Process r encodes the contiguous shard r (the last index repeated to an equal length), so the gathered
     shards are the set in order."""
     dataset = shapes_dataset(
-        args.train_samples, args.num_frames, args.height, args.width, args.seed, "train", args.two_objects_prob
+        args.train_samples, args.num_frames, args.height, args.width, args.seed, "train"
     )
     total = len(dataset)
     indices = shard_indices(total, accelerator)
@@ -522,7 +519,7 @@ class IndexedShapes(torch.utils.data.Dataset):
         self.cached = cached
         self.num_samples = args.train_samples
         self.dataset = None if cached else shapes_dataset(
-            args.train_samples, args.num_frames, args.height, args.width, args.seed, "train", args.two_objects_prob
+            args.train_samples, args.num_frames, args.height, args.width, args.seed, "train"
         )
 
     def __len__(self):
@@ -649,14 +646,14 @@ def main(args):
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=resolve_trackers(args.report_to),
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if args.stage_sampling == "columns" and accelerator.num_processes > 1:
-        raise ValueError("--stage_sampling columns runs one forward per stage; use `random` with several processes.")
     set_seed(args.seed)
     repo_id = None
     if accelerator.is_main_process:
@@ -707,7 +704,9 @@ def main(args):
     def load_model_hook(models, folder):
         while models:
             model = accelerator.unwrap_model(models.pop())
-            loaded = NeodragonTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=torch.float32)
+            loaded = NeodragonTransformer3DModel.from_pretrained(
+                folder, subfolder="transformer", torch_dtype=torch.float32
+            )
             model.register_to_config(**loaded.config)
             model.load_state_dict(loaded.state_dict())
             del loaded
@@ -742,7 +741,9 @@ def main(args):
         args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
-    transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(transformer, optimizer, dataloader, lr_scheduler)
+    transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        transformer, optimizer, dataloader, lr_scheduler
+    )
     steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:
         raise ValueError("--train_samples is smaller than one batch.")
@@ -787,7 +788,9 @@ def main(args):
             embeds, mask, pooled = cache.embeds[ids], cache.mask[ids], cache.pooled[ids]
         else:
             captions = ["" if d else c for c, d in zip(batch["caption"], dropped.tolist())]
-            embeds, mask, pooled = encode_prompts(text_components, captions, accelerator.device, args.max_sequence_length)
+            embeds, mask, pooled = encode_prompts(
+                text_components, captions, accelerator.device, args.max_sequence_length
+            )
         keep = max(int(mask.sum(1).max()), 1)
         embeds, mask = embeds[:, :keep], mask[:, :keep]
         return embeds, (None if bool(mask.all()) else mask), pooled
@@ -822,28 +825,17 @@ def main(args):
                     latents = encode_videos(vae, batch["video"])
                     foreground = video_foreground(vae, batch["video"]) if args.foreground_weight else None
                 embeds, mask, pooled = text_inputs(batch, generator)
-                if args.stage_sampling == "random":
-                    groups = [(sample_stage(args.sample_ratios, generator), None)]
-                else:
-                    groups = stage_columns(latents.shape[0], args.sample_ratios)
-                preds, targets, foregrounds = [], [], []
-                for stage, rows in groups:
-                    select = (lambda x: x) if rows is None else (lambda x, r=rows.to(latents.device): None if x is None else x[r])
-                    example = pyramid_training_batch(
-                        scheduler, select(latents), stage, generator=generator, corrupt_ratio=args.corrupt_ratio,
-                        first_frame_prob=args.first_frame_prob, foreground=select(foreground),
-                        history_latents=select(history_latents),
-                    )
-                    with accelerator.autocast():
-                        pred = transformer(
-                            hidden_states=example.hidden_states, encoder_hidden_states=select(embeds),
-                            pooled_projections=select(pooled), timestep=example.timestep, history=example.history,
-                            encoder_attention_mask=select(mask),
-                        ).sample
-                    preds.append(pred)
-                    targets.append(example.target)
-                    foregrounds.append(example.foreground)
-                loss = flow_matching_loss(preds, targets, foregrounds, args.foreground_weight)
+                example = pyramid_training_batch(
+                    scheduler, latents, sample_stage(args.sample_ratios, generator), generator=generator,
+                    corrupt_ratio=args.corrupt_ratio, first_frame_prob=args.first_frame_prob, foreground=foreground,
+                    history_latents=history_latents,
+                )
+                with accelerator.autocast():
+                    pred = transformer(
+                        hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
+                        timestep=example.timestep, history=example.history, encoder_attention_mask=mask,
+                    ).sample
+                loss = flow_matching_loss(pred, example.target, example.foreground, args.foreground_weight)
                 window_losses.append(loss.detach())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -891,16 +883,18 @@ def main(args):
         result["shapesbench"] = scores
         model = pipe.transformer
         t5 = text_components["text_encoder_3"]
-        clips = [text_components.get(n) for n in ("text_encoder", "text_encoder_2") if text_components.get(n) is not None]
-        latent_shape = (vae.config.latent_channels, (args.num_frames - 1) // vae.config.temporal_downsample_scale + 1,
-                        args.height // vae.config.spatial_downsample_scale, args.width // vae.config.spatial_downsample_scale)
+        clips = [text_components[n] for n in ("text_encoder", "text_encoder_2") if text_components.get(n) is not None]
+        spatial, temporal = vae.config.spatial_downsample_scale, vae.config.temporal_downsample_scale
+        latent_shape = (vae.config.latent_channels, (args.num_frames - 1) // temporal + 1,
+                        args.height // spatial, args.width // spatial)
         values = dict(
             title=args.hub_model_id or f"Shapes pyramidal-flow base model ({output_dir.name})",
             command=training_command(SCRIPT, args.command_args),
             steps=global_step, final_loss=format_float(result["loss"]), loss_window=len(recent_losses),
             example_prompt=(validation_prompts or ["a large red circle moving left on a blue background"])[0],
             height=args.height, width=args.width, num_frames=args.num_frames,
-            first_frame_steps=args.validation_num_inference_steps, video_steps=args.validation_video_num_inference_steps,
+            first_frame_steps=args.validation_num_inference_steps,
+            video_steps=args.validation_video_num_inference_steps,
             guidance_scale=args.validation_guidance_scale, video_guidance_scale=args.validation_video_guidance_scale,
             default_guidance_scale=f"{args.sampler_guidance_scale:g}",
             default_video_guidance_scale=f"{args.sampler_video_guidance_scale:g}",
@@ -911,9 +905,10 @@ def main(args):
             t5_parameters=f"{count_parameters(t5) / 1e6:.2f}M",
             clip_parameters=f"{sum(count_parameters(c) for c in clips) / 1e6:.2f}M",
             pooled_projection_dim=model.config.pooled_projection_dim,
-            vae_parameters=f"{count_parameters(vae) / 1e6:.2f}M", vae_path=args.vae_path or args.pretrained_model_name_or_path,
+            vae_parameters=f"{count_parameters(vae) / 1e6:.2f}M",
+            vae_path=args.vae_path or args.pretrained_model_name_or_path,
             save_dtype=args.save_dtype, sample_ratios=list(args.sample_ratios),
-            stage_range=", ".join(f"{x:.3g}" for x in scheduler.config.stage_range), stage_sampling=args.stage_sampling,
+            stage_range=", ".join(f"{x:.3g}" for x in scheduler.config.stage_range),
             corrupt_ratio=f"{args.corrupt_ratio:.4g}",
             generated_history=(f"; each history frame replaced with probability {args.generated_history_prob:g} by "
                                "the initial transformer's own sample of it from the true frames before it "

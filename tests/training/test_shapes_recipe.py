@@ -14,7 +14,9 @@ RECIPE = Path(__file__).resolve().parents[2] / "training" / "recipes" / "shapes_
 
 
 def test_shapes_recipe_smoke_run_writes_a_loadable_pipeline(tmp_path):
-    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable}
+    repo = str(RECIPE.parents[2])  # the scripts import this checkout's package, not an installed copy
+    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable,
+           "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(["bash", str(RECIPE), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     for phase in ("vae-short", "vae-run", "vae-robust", "vae-whole", "pipeline-true-history", "pipeline-own-history-1"):
@@ -22,7 +24,8 @@ def test_shapes_recipe_smoke_run_writes_a_loadable_pipeline(tmp_path):
     pipe = NeodragonPipeline.from_pretrained(tmp_path / "pipeline")
     assert pipe.vae.config.latent_channels == pipe.transformer.config.in_channels
     assert "--generated_history_prob 1" in (tmp_path / "pipeline" / "README.md").read_text()
-    vaes = {phase: CausalVideoVAE.from_pretrained(tmp_path / phase / "vae") for phase in ("vae-run", "vae-robust", "vae-whole")}
+    vaes = {phase: CausalVideoVAE.from_pretrained(tmp_path / phase / "vae")
+            for phase in ("vae-run", "vae-robust", "vae-whole")}
 
     def equal(a, b):
         return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -55,7 +55,7 @@ def transformer_weights(folder):
 def test_training_writes_a_complete_monolithic_pipeline(vae_dir, tmp_path):
     out = tmp_path / "out"
     result = run(
-        vae_dir, out, "--max_train_steps", "3", "--train_samples", "4", "--cache_latents", "--use_ema", "--stage_sampling", "columns",
+        vae_dir, out, "--max_train_steps", "3", "--train_samples", "4",
         "--checkpointing_steps", "0", "--num_validation_prompts", "1", "--validation_num_inference_steps", "2",
         "--validation_video_num_inference_steps", "1", "--eval_shapesbench", "--shapesbench_num_prompts", "1",
         "--shapesbench_num_inference_steps", "1", "--default_guidance_scale", "12", "--default_history_noise", "0.2",
@@ -64,7 +64,7 @@ def test_training_writes_a_complete_monolithic_pipeline(vae_dir, tmp_path):
     index = json.loads((out / "model_index.json").read_text())
     assert index["context_adapter"] == [None, None] and index["mode"] == "monolithic"
     assert (index["default_height"], index["default_width"], index["default_num_frames"]) == (64, 64, 9)
-    assert (index["default_guidance_scale"], index["default_video_guidance_scale"]) == (12.0, None)
+    assert (index["default_guidance_scale"], index["default_video_guidance_scale"]) == (12.0, 5.0)
     assert index["default_history_noise"] == 0.2
     assert "history mixed with noise of sigma 0.2" in (out / "README.md").read_text()
     for name in ("transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
@@ -97,10 +97,9 @@ def test_resume_reaches_the_uninterrupted_weights(vae_dir, tmp_path):
     The uninterrupted run encodes its clips on the fly and the interrupted one trains from a latent cache file
     (built by its first part, loaded by the second), so the test also shows that both data paths train alike.
     """
-    common = ("--checkpointing_steps", "2", "--num_validation_prompts", "0", "--use_ema",
-              "--caption_dropout", "0.5")
-    cached = ("--cache_latents", "--latent_cache_path", str(tmp_path / "latents.safetensors"))
-    run(vae_dir, tmp_path / "full", "--max_train_steps", "6", *common)
+    common = ("--checkpointing_steps", "2", "--num_validation_prompts", "0", "--caption_dropout", "0.5")
+    cached = ("--latent_cache_path", str(tmp_path / "latents.safetensors"))
+    run(vae_dir, tmp_path / "full", "--max_train_steps", "6", "--no-cache_latents", *common)
     parts = tmp_path / "parts"
     run(vae_dir, parts, "--max_train_steps", "4", *common, *cached)
     assert (tmp_path / "latents.safetensors").is_file()
@@ -114,21 +113,6 @@ def test_resume_reaches_the_uninterrupted_weights(vae_dir, tmp_path):
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6)
 
 
-def test_a_loaded_transformer_keeps_its_patch_size_unless_a_finer_one_is_asked_for(vae_dir, tmp_path):
-    quick = ("--max_train_steps", "1", "--checkpointing_steps", "0", "--num_validation_prompts", "0")
-    run(vae_dir, tmp_path / "coarse", *quick)
-    coarse = str(tmp_path / "coarse" / "transformer")
-    run(vae_dir, tmp_path / "same", *quick, "--transformer_path", coarse)
-    run(vae_dir, tmp_path / "fine", *quick, "--transformer_path", coarse, "--patch_size", "1")
-    configs = {name: json.loads((tmp_path / name / "transformer" / "config.json").read_text())
-               for name in ("coarse", "same", "fine")}
-    assert configs["coarse"]["patch_size"] == configs["same"]["patch_size"] == 2 and configs["fine"]["patch_size"] == 1
-    assert configs["fine"]["pos_embed_max_size"] == 2 * configs["coarse"]["pos_embed_max_size"]
-    assert "--patch_size 1" in (tmp_path / "fine" / "README.md").read_text()
-    with pytest.raises(ValueError, match="divide"):
-        run(vae_dir, tmp_path / "coarser", *quick, "--transformer_path", coarse, "--patch_size", "4")
-
-
 def test_foreground_weight_trains_alike_from_the_cache_and_on_the_fly(vae_dir, tmp_path):
     """--foreground_weight: the cached object masks are those computed from the clips on the fly (same weights
     after 2 steps), the term changes what is learnt, and the card states it. (Both runs also move the stage
@@ -137,8 +121,8 @@ def test_foreground_weight_trains_alike_from_the_cache_and_on_the_fly(vae_dir, t
               "--num_validation_prompts", "0", "--first_frame_prob", "0.5")
     run(vae_dir, tmp_path / "plain", *common)
     weighted = (*common, "--foreground_weight", "5", "--stage_range", "0,0.25,0.5,1")
-    run(vae_dir, tmp_path / "fly", *weighted)
-    run(vae_dir, tmp_path / "cached", *weighted, "--cache_latents")
+    run(vae_dir, tmp_path / "fly", *weighted, "--no-cache_latents")
+    run(vae_dir, tmp_path / "cached", *weighted)
     plain, fly, cached = (transformer_weights(tmp_path / n) for n in ("plain", "fly", "cached"))
     for key in fly:
         torch.testing.assert_close(cached[key], fly[key], rtol=1e-5, atol=1e-6)
@@ -166,7 +150,20 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="generated_history_prob"):
         train.parse_args(["--vae_path", "v", "--generated_history_prob", "1.5"])
     with pytest.raises(ValueError, match="trained transformer"):
-        train.parse_args(["--vae_path", "v", "--generated_history_prob", "0.5", "--cache_latents"])
+        train.parse_args(["--vae_path", "v", "--generated_history_prob", "0.5"])
+    with pytest.raises(ValueError, match="cache_latents"):
+        train.parse_args(["--vae_path", "v", "--generated_history_prob", "0.5", "--transformer_path", "t",
+                          "--no-cache_latents"])
+
+
+def test_defaults_are_the_recipe_values():
+    """The recipe states only what differs from the defaults, so the defaults are its values."""
+    args = train.parse_args(["--vae_path", "v"])
+    assert (args.sample_ratios, args.corrupt_ratio, args.first_frame_prob) == ((1, 2, 3), 0.5, 0.3)
+    assert args.cache_latents and args.use_ema and args.ema_decay == 0.995 and args.allow_tf32
+    assert (args.train_samples, args.train_batch_size, args.num_layers, args.patch_size) == (8192, 128, 10, 2)
+    assert (args.default_guidance_scale, args.default_video_guidance_scale) == (7.0, 5.0)
+    assert train.parse_args(["--vae_path", "v", "--first_frame_prob", "-1"]).first_frame_prob is None  # 1/T
 
 
 def test_latent_cache_key_follows_the_vae_weights(vae_dir, tmp_path):
@@ -207,7 +204,9 @@ def test_latent_cache_sharded_over_two_processes_equals_one_process(vae_dir, tmp
     script.write_text(SHARDED_ENCODE)
     argv = json.dumps([*TINY, "--vae_path", str(vae_dir), "--output_dir", str(tmp_path), "--train_samples", "5",
                        "--encode_batch_size", "2"])
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    repo = str(SCRIPT.parents[1])  # the subprocesses import this checkout's package, not an installed copy
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     outputs = {}
     for name, launcher in (("one", [sys.executable]),
                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -228,7 +227,8 @@ def test_latent_cache_sharded_over_two_processes_equals_one_process(vae_dir, tmp
 def test_compiled_blocks_train_like_eager_blocks(vae_dir, tmp_path):
     """--compile (regional torch.compile of the blocks) changes kernels, not the maths: after 2 steps on the same
     data and noise the weights equal the eager run's to float tolerance (fused kernels reorder float sums)."""
-    common = ("--max_train_steps", "2", "--train_samples", "4", "--checkpointing_steps", "0", "--num_validation_prompts", "0")
+    common = ("--max_train_steps", "2", "--train_samples", "4", "--checkpointing_steps", "0",
+              "--num_validation_prompts", "0")
     run(vae_dir, tmp_path / "eager", *common)
     run(vae_dir, tmp_path / "compiled", *common, "--compile")
     eager, compiled = transformer_weights(tmp_path / "eager"), transformer_weights(tmp_path / "compiled")
@@ -241,7 +241,7 @@ def test_generated_history_trains_and_resumes_exactly(vae_dir, tmp_path):
     """--generated_history_prob: the initial transformer's own frames (sampled once, before any checkpoint is
     loaded) replace history frames; it changes what is learnt, and a resumed run still reaches the uninterrupted
     run's weights."""
-    quick = ("--checkpointing_steps", "2", "--num_validation_prompts", "0", "--train_samples", "4", "--cache_latents")
+    quick = ("--checkpointing_steps", "2", "--num_validation_prompts", "0", "--train_samples", "4")
     run(vae_dir, tmp_path / "base", "--max_train_steps", "1", *quick)
     base = ("--transformer_path", str(tmp_path / "base" / "transformer"), "--first_frame_prob", "0")
     run(vae_dir, tmp_path / "true", "--max_train_steps", "4", *quick, *base)

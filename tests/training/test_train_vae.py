@@ -63,7 +63,8 @@ def test_train_vae_fine_tunes_a_run_folder_and_validates_on_longer_clips(tmp_pat
     validated = []
     log_validation = train_vae.log_validation
     monkeypatch.setattr(train_vae, "log_validation",
-                        lambda vae, videos, *a, **k: validated.append(videos.shape) or log_validation(vae, videos, *a, **k))
+                        lambda vae, videos, *a, **k: validated.append(videos.shape)
+                        or log_validation(vae, videos, *a, **k))
     result = run(tmp_path / "long", "--pretrained_vae", str(tmp_path / "short"), "--validation_num_frames", "17",
                  "--max_train_steps", "1", "--num_validation_clips", "1", "--normalization_samples", "2",
                  "--checkpointing_steps", "0")
@@ -135,7 +136,8 @@ def test_decoder_only_fine_tune_keeps_the_encoder_and_constants(tmp_path):
     run(tmp_path / "base", "--max_train_steps", "1", "--num_validation_clips", "0", "--normalization_samples", "2",
         "--checkpointing_steps", "0")
     run(tmp_path / "tuned", "--pretrained_vae", str(tmp_path / "base"), "--decoder_only", "--latent_noise_std", "0.5",
-        "--foreground_weight", "2", "--first_frame_weight", "8", "--max_train_steps", "2", "--num_validation_clips", "0",
+        "--foreground_weight", "2", "--first_frame_weight", "8", "--max_train_steps", "2",
+        "--num_validation_clips", "0",
         "--checkpointing_steps", "0")
     assert "+ 2.0·foreground, the first frame counting as 8 frames" in (tmp_path / "tuned" / "README.md").read_text()
     before, after = weights(tmp_path / "base"), weights(tmp_path / "tuned")
@@ -190,7 +192,8 @@ def test_latent_noise_follows_the_latents_spread_while_the_encoder_trains():
             train_vae.VAEReconstruction(vae, 1.0, encoder_frozen)(video, torch.Generator().manual_seed(0))
         clean = vae.normalize_latents(decoded[0])
         delta = vae.normalize_latents(decoded[1]) - clean
-        return torch.stack([delta[:, :, :1].std() / clean[:, :, :1].std(), delta[:, :, 1:].std() / clean[:, :, 1:].std()])
+        first, later = delta[:, :, :1].std() / clean[:, :, :1].std(), delta[:, :, 1:].std() / clean[:, :, 1:].std()
+        return torch.stack([first, later])
 
     frozen, training = noise_over_spread(True), noise_over_spread(False)
     vae.register_to_config(image_latent_scale=40.0, video_latent_scale=20.0)  # latents 10x larger in normalised units

@@ -24,6 +24,7 @@
 # compilation are done; see the README).
 # LAUNCH runs each script under a launcher, e.g. LAUNCH="python3 -m torch.distributed.run --standalone
 # --nproc_per_node 4" (batch sizes are per process; the shipped model used four GPUs, see its model card).
+# The scripts' defaults are this recipe's values, so each command states only what differs from them.
 # SMOKE=1 shrinks every size so that the whole recipe runs on a CPU in a minute (to check it before GPU time).
 set -euo pipefail
 OUT=${1:?usage: shapes_default.sh OUTPUT_DIR}
@@ -50,13 +51,11 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
   WORKERS=0
   LONG_FRAMES=17
 else
+  # the scripts' defaults are this recipe's sizes (128x128, batch 8 / 128, 10 blocks, ...)
   LONG_FRAMES=49
-  VAE_SIZE=(--resolution 128 --num_frames 17 --train_batch_size 8 --max_train_steps 20000 --block_out_channels 32,64,64,64
-            --norm_num_groups 16 --normalization_samples 256 --mixed_precision bf16 --allow_tf32)
-  VAE_LONG_SIZE=(--resolution 128 --num_frames 49 --train_batch_size 8 --max_train_steps 20000
-                 --normalization_samples 256 --mixed_precision bf16 --allow_tf32)
-  DIT_SIZE=(--resolution 128 --num_frames 49 --train_samples 8192 --train_batch_size 128 --max_train_steps 100000
-            --num_layers 10 --mixed_precision bf16 --allow_tf32)
+  VAE_SIZE=(--mixed_precision bf16)
+  VAE_LONG_SIZE=(--num_frames 49 --mixed_precision bf16)
+  DIT_SIZE=(--mixed_precision bf16)
 fi
 if [[ "${COMPILE:-0}" == 1 ]]; then
   DIT_SIZE+=(--compile)
@@ -65,34 +64,27 @@ SHAPESBENCH=()
 if [[ "${SMOKE:-0}" != 1 && "$SHAPESBENCH_PROMPTS" != 0 ]]; then
   SHAPESBENCH=(--eval_shapesbench --shapesbench_num_prompts "$SHAPESBENCH_PROMPTS")
 fi
-COMMON=(--l1_weight 0 --init_logvar -30 --dataloader_num_workers "$WORKERS" --checkpointing_steps 0
-        --validation_steps 0 --num_validation_clips 2 --report_to none)
+COMMON=(--dataloader_num_workers "$WORKERS" --checkpointing_steps 0 --report_to none)
 
 "${LAUNCH[@]}" "$HERE/training/train_vae.py" --output_dir "$OUT/vae-short" "${VAE_SIZE[@]}" "${COMMON[@]}" \
-  --latent_channels 8 --layers_per_block 1,1,1,1 --learning_rate 3e-4 --lr_warmup_steps 100 \
-  --max_train_seconds "$VAE_SECONDS" --normalization_num_frames "${LONG_FRAMES}" --validation_num_frames "${LONG_FRAMES}" \
-  --seed 0
+  --l1_weight 0 --max_train_seconds "$VAE_SECONDS" --normalization_num_frames "${LONG_FRAMES}" \
+  --validation_num_frames "${LONG_FRAMES}" --seed 0
 
 "${LAUNCH[@]}" "$HERE/training/train_vae.py" --pretrained_vae "$OUT/vae-short" --output_dir "$OUT/vae-run" \
-  "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --learning_rate 2e-4 --lr_warmup_steps 50 \
-  --max_train_seconds "$VAE_LONG_SECONDS" --normalization_num_frames "${LONG_FRAMES}" --seed 1
+  "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --l1_weight 0 --learning_rate 2e-4 --lr_warmup_steps 50 \
+  --max_train_seconds "$VAE_LONG_SECONDS" --seed 1
 
 "${LAUNCH[@]}" "$HERE/training/train_vae.py" --pretrained_vae "$OUT/vae-run" --output_dir "$OUT/vae-robust" \
-  "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --decoder_only --latent_noise_std 0.3 --l1_weight 1 --foreground_weight 2 \
+  "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --decoder_only --latent_noise_std 0.3 --foreground_weight 2 \
   --learning_rate 1e-4 --lr_warmup_steps 50 --max_train_seconds "$VAE_ROBUST_SECONDS" --seed 2
 
 "${LAUNCH[@]}" "$HERE/training/train_vae.py" --pretrained_vae "$OUT/vae-robust" --output_dir "$OUT/vae-whole" \
-  "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --latent_noise_std 0.15 --l1_weight 1 --foreground_weight 2 \
-  --first_frame_weight 8 --learning_rate 1e-4 --lr_warmup_steps 50 --max_train_seconds "$VAE_WHOLE_SECONDS" \
-  --normalization_num_frames "${LONG_FRAMES}" --seed 3
+  "${VAE_LONG_SIZE[@]}" "${COMMON[@]}" --latent_noise_std 0.15 --foreground_weight 2 --first_frame_weight 8 \
+  --learning_rate 1e-4 --lr_warmup_steps 50 --max_train_seconds "$VAE_WHOLE_SECONDS" --seed 3
 
-DIT_COMMON=(--vae_path "$OUT/vae-whole" "${DIT_SIZE[@]}" --cache_latents --dataloader_num_workers "$WORKERS"
-            --encode_batch_size 32 --use_ema --ema_decay 0.995 --checkpointing_steps 0 --validation_steps 0
-            --first_frame_prob 0.3 --corrupt_ratio 0.5 --sample_ratios 1,2,3 --default_guidance_scale 7
-            --default_video_guidance_scale 5 --report_to none)
+DIT_COMMON=(--vae_path "$OUT/vae-whole" "${DIT_SIZE[@]}" "${COMMON[@]}")
 "${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --output_dir "$OUT/pipeline-true-history" "${DIT_COMMON[@]}" \
-  --num_attention_heads 4 --attention_head_dim 32 --patch_size 2 --learning_rate "${DIT_LR:-1e-3}" \
-  --lr_warmup_steps 200 --max_train_seconds "$DIT_SECONDS" --num_validation_prompts 0 --seed 0
+  --learning_rate "${DIT_LR:-1e-3}" --max_train_seconds "$DIT_SECONDS" --num_validation_prompts 0 --seed 0
 
 "${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --output_dir "$OUT/pipeline-own-history-1" "${DIT_COMMON[@]}" \
   --text_encoders_path "$OUT/pipeline-true-history" --transformer_path "$OUT/pipeline-true-history/transformer" \
@@ -102,4 +94,4 @@ DIT_COMMON=(--vae_path "$OUT/vae-whole" "${DIT_SIZE[@]}" --cache_latents --datal
 "${LAUNCH[@]}" "$HERE/training/train_pyramidal_flow.py" --output_dir "$OUT/pipeline" "${DIT_COMMON[@]}" \
   --text_encoders_path "$OUT/pipeline-own-history-1" --transformer_path "$OUT/pipeline-own-history-1/transformer" \
   --generated_history_prob 1 --learning_rate 2e-4 --lr_warmup_steps 20 --max_train_seconds "$OWN_SECONDS" \
-  --num_validation_prompts 2 --seed 2 "${SHAPESBENCH[@]}"
+  --seed 2 "${SHAPESBENCH[@]}"

@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What every training script shares (reachable by tests), one concern per module:
+
+* :mod:`.losses` — flow matching (per sample, optional object term), VAE reconstruction, object masks, PSNR, LPIPS;
+* :mod:`.pyramid_batch` — the stage mix, caption dropout, history sampling, one stage's training example
+  (all noise/sigma math through :class:`~diffusers_neodragon.PyramidalDMDScheduler`), the model's own frames as history;
+* :mod:`.randomness` — per-step generators and epoch shuffling that make a resumed run draw what the original drew;
+* :mod:`.initialization` — the transformer's from-scratch init and the parameters DDP must not train;
+* :mod:`.checkpoints` — ``checkpoint-<step>`` folders (save, rotate, resume) and a run's trained VAE;
+* :mod:`.run_control` — trackers, when to stop, the end of the loop;
+* :mod:`.hub` — ``--push_to_hub``;
+* :mod:`.latent_statistics` — a VAE's latent normalisation constants;
+* :mod:`.prompts` — prompt encoding for training (what the pipeline feeds the model, fixed length);
+* :mod:`.arguments`, :mod:`.reporting` — small argument helpers; parameter counts, card figures, video strips.
+
+Model cards: :func:`diffusers_neodragon.utils.model_cards.write_model_card`. The Shapes world's stand-in text
+encoders: :func:`diffusers_neodragon.data.shapes_text_encoders.build_shapes_text_encoders`.
+"""
+
+from .arguments import parse_int_list, parse_resolution, training_command
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    checkpoint_step,
+    list_checkpoints,
+    load_vae_folder,
+    prune_checkpoints,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+)
+from .hub import create_hub_repo, push_folder_to_hub
+from .initialization import freeze_unused_parameters, initialize_transformer_weights
+from .latent_statistics import compute_latent_statistics
+from .losses import (
+    build_lpips,
+    flow_matching_loss,
+    flow_matching_loss_per_sample,
+    foreground_mask,
+    gaussian_kl,
+    latent_foreground_mask,
+    psnr,
+    vae_reconstruction_loss,
+)
+from .prompts import TEXT_COMPONENT_NAMES, encode_prompts, pooled_projection_dim
+from .pyramid_batch import (
+    CAPTION_DROPOUT_PROBABILITY,
+    DEFAULT_SAMPLE_RATIOS,
+    HISTORY_CORRUPTION_RATIO,
+    PyramidTrainingBatch,
+    caption_dropout_mask,
+    drop_captions,
+    frames_from_true_history,
+    pyramid_training_batch,
+    sample_num_history,
+    sample_stage,
+)
+from .randomness import EpochShuffleSampler, randint, step_generator, uniform
+from .reporting import count_parameters, format_float, video_strip
+from .run_control import finish_training_loop, resolve_trackers, should_stop, training_time_is_up
+
+
+__all__ = [
+    "CAPTION_DROPOUT_PROBABILITY",
+    "CHECKPOINT_PREFIX",
+    "DEFAULT_SAMPLE_RATIOS",
+    "HISTORY_CORRUPTION_RATIO",
+    "TEXT_COMPONENT_NAMES",
+    "EpochShuffleSampler",
+    "PyramidTrainingBatch",
+    "build_lpips",
+    "caption_dropout_mask",
+    "checkpoint_step",
+    "compute_latent_statistics",
+    "count_parameters",
+    "create_hub_repo",
+    "drop_captions",
+    "encode_prompts",
+    "finish_training_loop",
+    "flow_matching_loss",
+    "flow_matching_loss_per_sample",
+    "foreground_mask",
+    "format_float",
+    "frames_from_true_history",
+    "freeze_unused_parameters",
+    "gaussian_kl",
+    "initialize_transformer_weights",
+    "latent_foreground_mask",
+    "list_checkpoints",
+    "load_vae_folder",
+    "parse_int_list",
+    "parse_resolution",
+    "pooled_projection_dim",
+    "prune_checkpoints",
+    "psnr",
+    "push_folder_to_hub",
+    "pyramid_training_batch",
+    "randint",
+    "resolve_resume_checkpoint",
+    "resolve_trackers",
+    "sample_num_history",
+    "sample_stage",
+    "save_checkpoint",
+    "should_stop",
+    "step_generator",
+    "training_command",
+    "training_time_is_up",
+    "uniform",
+    "vae_reconstruction_loss",
+    "video_strip",
+]

@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Prompt encoding for training: what ``NeodragonPipeline.encode_prompt`` feeds a model without a ContextAdapter,
+padded to a fixed length so that captions can be encoded once and cached."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+TEXT_COMPONENT_NAMES = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+
+
+def pooled_projection_dim(text_components: dict) -> int:
+    """Size of the pooled vector the CLIP encoders produce (sum of their projection dims)."""
+    return sum(
+        text_components[name].config.projection_dim
+        for name in ("text_encoder", "text_encoder_2")
+        if text_components.get(name) is not None
+    )
+
+
+@torch.no_grad()
+def encode_prompts(
+    text_components: dict,
+    texts: Sequence[str],
+    device: str | torch.device = "cpu",
+    max_sequence_length: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What ``NeodragonPipeline.encode_prompt`` computes without a ContextAdapter, padded to a fixed length.
+
+    Returns (token features [B, L, D] of ``text_encoder_3``, their mask [B, L] (1 = real token), pooled
+    [B, pooled_dim]) in float32 with ``L = max_sequence_length``. The pipeline trims the common padding instead;
+    padded tokens are masked out in the transformer, so both give the same result. Slice to
+    ``int(mask.sum(1).max())`` tokens to save attention work.
+    """
+    texts = list(texts)
+    tokens = text_components["tokenizer_3"](
+        texts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
+    )
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+    embeds = text_components["text_encoder_3"](ids, attention_mask=mask).last_hidden_state
+    pooled = []
+    for tokenizer_name, encoder_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+        encoder = text_components.get(encoder_name)
+        if encoder is None:
+            continue
+        tokenizer = text_components[tokenizer_name]
+        clip_ids = tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        pooled.append(encoder(clip_ids.to(device)).text_embeds)
+    if not pooled:
+        raise ValueError("At least one of text_encoder / text_encoder_2 is needed for the pooled vector.")
+    return embeds.float(), mask, torch.cat(pooled, dim=-1).float()
+
