@@ -407,6 +407,7 @@ def write_outputs(frames, output: Path, fps: int) -> Path:
 
 # ---------------------------------------------------------------------------------------------- commands
 def generate(args) -> int:
+    """``neodragon generate``: every check that needs no weights first (UsageError), then load and run."""
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
     model, limits = resolve_model(args.model)
@@ -419,11 +420,22 @@ def generate(args) -> int:
     device = check_device(args.device)
 
     import torch
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(args, model, output, device)
+    finally:
+        torch.set_num_threads(previous_threads)  # main() is also called in-process (tests, scripts)
+
+
+def _run(args, model: str, output: Path, device) -> int:
+    """Load, generate and write; what fails here is a runtime failure (exit code 1)."""
+    import torch
     from diffusers.utils import load_image
 
     from . import NeodragonPipeline
 
-    torch.set_num_threads(threads)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if args.model is None:
         print(f"using the embedded Shapes model ({model}); pass --model for another pipeline")
