@@ -246,27 +246,66 @@ def test_debug_shows_the_traceback(how, tmp_path, monkeypatch, capsys):
 
 
 def _print_table() -> None:
-    """The closing note's table: input, message, exit code, time to fail (in this process, after its imports)."""
+    """The closing note's table: input, message, exit code, time to fail (in this process, after its imports), the
+    usage errors then the runtime failures (a tiny pipeline with truncated weights, a folder that is no pipeline, a
+    Hub id offline, a failing video writer, export of the embedded model)."""
     import contextlib
     import io
+    import shutil
     import tempfile
 
+    import diffusers.utils
+
     from diffusers_neodragon.cli import main
+    from tests.tiny_components import pipeline
 
     rows = []
+
+    def run(shown: str, argv: list[str], tmp: str) -> None:
+        err = io.StringIO()
+        start = time.perf_counter()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+        seconds = time.perf_counter() - start
+        lines = [line for line in err.getvalue().splitlines() if line.startswith("neodragon")]
+        rows.append((shown, (lines[-1] if lines else err.getvalue().strip()).replace(tmp, "DIR"), code, seconds))
+
     with tempfile.TemporaryDirectory() as tmp:
         for index, (args, _) in enumerate(USAGE_ERRORS):
             scratch = Path(tmp) / str(index)
             scratch.mkdir()
             where = _scratch(scratch)
-            argv = _argv(args, where)
-            err = io.StringIO()
-            start = time.perf_counter()
-            with contextlib.redirect_stderr(err):
-                code = main(argv)
-            seconds = time.perf_counter() - start
-            shown = " ".join(args).replace(where["tmp"], "DIR") if args else "(no prompt)"
-            rows.append((shown or "(empty prompt)", err.getvalue().strip().replace(where["tmp"], "DIR"), code, seconds))
+            shown = " ".join(a.format(**where) for a in args).replace(where["tmp"], "DIR")
+            shown = shown if args != [""] else '"   " (empty prompt)'
+            run(shown or "(no prompt)", _argv(args, where), where["tmp"])
+        model = Path(tmp) / "tiny"
+        pipeline(with_first_frame=False, with_super_resolution=False).save_pretrained(model)
+        broken = Path(tmp) / "broken"
+        shutil.copytree(model, broken)
+        weights = broken / "transformer" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        (Path(tmp) / "empty").mkdir()
+        out = f"{tmp}/videos/out.mp4"
+        tiny = ["--mode", "monolithic", "--frames", "9", "--height", "64", "--width", "64", "--steps", "1",
+                "--first-frame-steps", "1", "--output", out]
+        run("--model DIR/broken (truncated safetensors)", ["generate", PROMPT, "--model", str(broken), *tiny], tmp)
+        run("--model DIR/empty (no model_index.json)", ["generate", PROMPT, "--model", f"{tmp}/empty", *tiny], tmp)
+        run("--model someone/nothing (Hub id, offline)", ["generate", PROMPT, "--model", "someone/nothing", *tiny], tmp)
+        original = diffusers.utils.export_to_video
+
+        def failing_writer(frames, path, fps):
+            Path(path).write_bytes(b"\0" * 100)
+            raise OSError("disk full")
+
+        diffusers.utils.export_to_video = failing_writer
+        try:
+            run("a video writer failing half-way (output left: none)",
+                ["generate", PROMPT, "--model", str(model), *tiny], tmp)
+        finally:
+            diffusers.utils.export_to_video = original
+        assert not Path(out).parent.exists()
+        run("export (embedded model)", ["export", str(Path(__file__).resolve().parents[1] / "diffusers_neodragon" /
+                                                  "pretrained" / "shapes"), "--output", f"{tmp}/onnx"], tmp)
     print("| input | message | exit | time to fail |\n|---|---|---|---|")
     for shown, message, code, seconds in rows:
         print(f"| `{shown}` | `{message}` | {code} | {seconds * 1000:.0f} ms |")
