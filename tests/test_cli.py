@@ -1,8 +1,17 @@
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import PIL.Image
 import pytest
 
 from diffusers_neodragon.cli import build_parser, frame_strip, main
 from tests.tiny_components import pipeline
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_generate_writes_mp4_and_strip(tmp_path):
@@ -72,3 +81,41 @@ def test_generate_passes_the_memory_and_history_noise_switches(tmp_path, monkeyp
                  "--decode-chunk-size", "1", "--float8-weights", "--history-noise", "0.2", "--output", str(out)]) == 0
     assert out.stat().st_size > 0 and seen["chunk"] == 1 and seen["noise"] == 0.2
     assert seen["saved"] == 0  # tiny layers stay as they are
+
+
+def test_a_successful_run_leaves_just_the_video_and_its_strip(tmp_path, monkeypatch):
+    """The outputs are renamed from temporary files: nothing else is left, with the usual (umask) permissions, and the
+    thread count asked for is used for the run and restored after it."""
+    import torch
+
+    model = tmp_path / "model"
+    pipeline(with_first_frame=False, with_super_resolution=False).save_pretrained(model)
+    threads, seen = torch.get_num_threads(), []
+    set_threads = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n) or set_threads(n))
+    out = tmp_path / "new" / "clip.gif"
+    assert main(["generate", "a red circle", "--model", str(model), "--mode", "monolithic", "--frames", "9",
+                 "--height", "64", "--width", "64", "--steps", "1", "--first-frame-steps", "1", "--threads", "3",
+                 "--fps", "8", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip.gif", "clip_frames.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert PIL.Image.open(out).n_frames == 9
+    assert seen == [3, threads] and torch.get_num_threads() == threads
+
+
+def test_neodragon_help_returns_in_under_two_seconds():
+    """`neodragon --help` in a fresh interpreter (about 0.1 s of the command's own; 2 s leaves room for a busy CI
+    machine). Needs a package __init__ that does not import torch: skipped while it does."""
+    script = ("import sys, time; start = time.perf_counter(); import diffusers_neodragon.cli as cli\n"
+              "eager = 'torch' in sys.modules; code = cli.main(['--help'])\n"
+              "print(code, eager, time.perf_counter() - start, file=sys.stderr)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - start
+    code, eager, _ = done.stderr.split()[-3:]
+    assert code == "0" and "generate" in done.stdout
+    if eager == "True":
+        pytest.skip(f"the package __init__ imports torch (--help took {wall:.1f} s)")
+    assert wall < 2.0, wall
