@@ -484,7 +484,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                 if guidance_scale is not None:
                     uncond, cond = velocity.chunk(2)
                     velocity = uncond + guidance_scale * (cond - uncond)
-                x = self.scheduler.step(velocity, x, sigmas[i].to(dtype), sigmas[i + 1].to(dtype)).prev_sample
+                x = self.scheduler.euler_step(velocity, x, sigmas[i].to(dtype), sigmas[i + 1].to(dtype)).prev_sample
                 if on_step is not None:
                     x = on_step(t, x)
         return x
