@@ -82,3 +82,15 @@ def build_word_level_tokenizer(
         bos_token=bos_token,
         model_input_names=["input_ids", "attention_mask"],
     )
+
+
+def known_words(tokenizer) -> list[str] | None:
+    """The words a word-level tokenizer knows (its vocabulary without the special tokens, in id order), so that a
+    warning about unknown words can say what to use instead; ``None`` for sub-word tokenizers (BPE, SentencePiece),
+    whose vocabulary is no list of words."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.model, WordLevel):
+        return None
+    special = set(tokenizer.all_special_tokens)
+    vocab = tokenizer.get_vocab()
+    return [word for word in sorted(vocab, key=vocab.get) if word not in special]

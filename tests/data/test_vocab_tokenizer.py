@@ -78,3 +78,17 @@ def test_bad_arguments_raise():
         build_word_level_tokenizer(WORDS, 1)
     with pytest.raises(ValueError, match="special token"):
         build_word_level_tokenizer(WORDS + ["<unk>"], 8)
+
+
+def test_known_words_lists_a_word_level_vocabulary_only():
+    from diffusers_neodragon.data.vocab_tokenizer import known_words
+
+    tokenizer = build_word_level_tokenizer(["Red", "circle", "red", "left"], model_max_length=8, bos_token="<s>")
+    assert known_words(tokenizer) == ["red", "circle", "left"]
+    assert known_words(object()) is None
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(BPE(vocab={"a": 0, "<unk>": 1}, merges=[], unk_token="<unk>")))
+    assert known_words(bpe) is None

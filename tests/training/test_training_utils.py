@@ -122,8 +122,9 @@ def test_frames_from_true_history_sees_only_the_true_frames_before_each_frame():
     from tests.tiny_components import pipeline
 
     pipe = pipeline(with_first_frame=False, with_super_resolution=False)
-    embeds, mask, pooled = pipe.encode_prompt(["", "", CAPTIONS[0], CAPTIONS[1]], "cpu", torch.float32)
-    negative, text = (embeds[:2], mask[:2], pooled[:2]), (embeds[2:], mask[2:], pooled[2:])
+    embeds, negative_embeds, pooled, negative_pooled, mask, negative_mask = pipe.encode_prompt(
+        CAPTIONS[:2], negative_prompt="", device="cpu", dtype=torch.float32)
+    negative, text = (negative_embeds, negative_mask, negative_pooled), (embeds, mask, pooled)
     clean = latents(frames=4, size=16)
     changed = clean.clone()
     changed[:, :, 2] += 1.0
@@ -502,7 +503,9 @@ def test_encode_prompts_matches_the_pipeline(text_components):
                              **text_components)
     texts = CAPTIONS + [""]
     ours = encode_prompts(text_components, texts, max_sequence_length=20)
-    theirs = pipe.encode_prompt(texts, "cpu", torch.float32, max_sequence_length=20)
+    embeds, _, pooled, _, mask, _ = pipe.encode_prompt(
+        texts, do_classifier_free_guidance=False, max_sequence_length=20, device="cpu", dtype=torch.float32)
+    theirs = (embeds, mask, pooled)
     keep = theirs[0].shape[1]
     torch.testing.assert_close(ours[0][:, :keep], theirs[0])
     torch.testing.assert_close(ours[1][:, :keep], theirs[1])
