@@ -42,7 +42,8 @@ def test_clip_like_bos_eos_and_padding():
     clip = _clip_like()
     enc = clip(["a red circle", "blue square"], padding="max_length", truncation=True, return_tensors="pt")
     assert enc.input_ids.shape == (2, 8)
-    assert clip.convert_ids_to_tokens(enc.input_ids[0, :5]) == ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]
+    tokens = clip.convert_ids_to_tokens(enc.input_ids[0, :5])
+    assert tokens == ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]
     assert (enc.input_ids[:, 0] == clip.bos_token_id).all()
     eos_positions = enc.attention_mask.sum(1) - 1
     assert (enc.input_ids[torch.arange(2), eos_positions] == clip.eos_token_id).all()
@@ -90,5 +91,6 @@ def test_known_words_lists_a_word_level_vocabulary_only():
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
 
-    bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(BPE(vocab={"a": 0, "<unk>": 1}, merges=[], unk_token="<unk>")))
+    bpe = Tokenizer(BPE(vocab={"a": 0, "<unk>": 1}, merges=[], unk_token="<unk>"))
+    bpe = PreTrainedTokenizerFast(tokenizer_object=bpe)
     assert known_words(bpe) is None

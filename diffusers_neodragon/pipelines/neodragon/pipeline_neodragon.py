@@ -914,6 +914,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         Returns:
             [`NeodragonPipelineOutput`] or a tuple ``(frames, nsfw_content_detected)``.
         """
+        self._require("transformer", "scheduler", purpose="denoises the video")
         mode = mode or self.config.mode
         height = self.config.default_height if height is None else height
         width = self.config.default_width if width is None else width
