@@ -289,7 +289,7 @@ def text_graph_vs_eager(pipe, device, dtype, calls=4):
     prompt = ["a red panda eating bamboo in a misty forest"]
 
     def features():
-        ours = pipe.encode_prompt(prompt, device, dtype)
+        ours = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, device=device, dtype=dtype)
         tensors = [ours[0], ours[2]]
         if pipe.first_frame_pipeline is not None:
             tensors += pipe.first_frame_pipeline.encode_prompt(

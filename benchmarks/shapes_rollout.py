@@ -81,7 +81,8 @@ def main(argv=None) -> dict:
     batch = data.collate_fn([data[i] for i in range(args.clips)])
     videos = batch["video"].to(device)
     latents = pipe.vae.normalize_latents(pipe.vae.encode(videos).latent_dist.mode()).float()
-    embeds, mask, pooled = pipe.encode_prompt(batch["caption"], device, torch.float32)
+    embeds, _, pooled, _, mask, _ = pipe.encode_prompt(
+        batch["caption"], do_classifier_free_guidance=False, device=device, dtype=torch.float32)
     num_latent_frames = latents.shape[2]
 
     start = time.perf_counter()
@@ -102,7 +103,9 @@ def main(argv=None) -> dict:
     texts = {"true caption": (embeds, mask, pooled)}
     for attribute in SWAPPED_ATTRIBUTES:
         captions = [swap_attribute(scene, attribute).caption for scene in scenes]
-        texts[f"{attribute} swapped"] = pipe.encode_prompt(captions, device, torch.float32)
+        swapped, _, swapped_pooled, _, swapped_mask, _ = pipe.encode_prompt(
+            captions, do_classifier_free_guidance=False, device=device, dtype=torch.float32)
+        texts[f"{attribute} swapped"] = (swapped, swapped_mask, swapped_pooled)
     caption_use = {}
     for stage in range(pipe.scheduler.config.stages):
         losses = {name: [] for name in texts}

@@ -107,3 +107,46 @@ def pipeline(seed=0, **kwargs):
     if pipe.first_frame_pipeline is not None:
         pipe.first_frame_pipeline.set_progress_bar_config(disable=True)
     return pipe
+
+
+def single_clip_components(seed=0, **kwargs):
+    """One CLIP text encoder filling the whole pooled vector (``text_encoder`` and its tokenizer absent)."""
+    parts = components(seed, **kwargs)
+    tokenizer = clip_tokenizer()
+    pooled_dim = parts["transformer"].config.pooled_projection_dim
+    parts.update(text_encoder=None, tokenizer=None, tokenizer_2=tokenizer,
+                 text_encoder_2=clip_encoder(CLIPTextModelWithProjection, tokenizer, projection=pooled_dim, seed=seed))
+    return parts
+
+
+def context_embedder_components(seed=0, **kwargs):
+    """A transformer with its own ``context_embedder`` (Pyramid-Flow layout) and no ContextAdapter."""
+    parts = components(seed, **kwargs)
+    torch.manual_seed(seed)
+    config = {k: v for k, v in parts["transformer"].config.items() if not k.startswith("_")}
+    config["context_embedder_dim"] = parts["text_encoder_3"].config.projection_dim
+    transformer = NeodragonTransformer3DModel.from_config(config)
+    with torch.no_grad():
+        for param in transformer.parameters():
+            param.normal_(0, 0.2)
+    parts.update(transformer=transformer.eval(), context_adapter=None)
+    return parts
+
+
+def safety_checker(seed=0, image_size=32):
+    """diffusers' StableDiffusionSafetyChecker on a tiny random CLIP vision tower, with its CLIPImageProcessor."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=32, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=8,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size,
+                                                                                  "width": image_size})
+    return checker, processor

@@ -39,7 +39,8 @@ def build_word_level_tokenizer(
     ``attention_mask`` only, and round-trips through ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
     """
     if not isinstance(model_max_length, int) or model_max_length < 2:
-        raise ValueError(f"`model_max_length` must be an int >= 2 (room for a word and the EOS), got {model_max_length!r}.")
+        raise ValueError(
+            f"`model_max_length` must be an int >= 2 (room for a word and the EOS), got {model_max_length!r}.")
     specials: list[str] = [pad_token, eos_token, unk_token] + ([bos_token] if bos_token is not None else [])
     if any(not isinstance(t, str) or not t for t in specials) or len(set(specials)) != len(specials):
         raise ValueError(f"Special tokens must be distinct non-empty strings, got {specials}.")
@@ -82,3 +83,15 @@ def build_word_level_tokenizer(
         bos_token=bos_token,
         model_input_names=["input_ids", "attention_mask"],
     )
+
+
+def known_words(tokenizer) -> list[str] | None:
+    """The words a word-level tokenizer knows (its vocabulary without the special tokens, in id order), so that a
+    warning about unknown words can say what to use instead; ``None`` for sub-word tokenizers (BPE, SentencePiece),
+    whose vocabulary is no list of words."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.model, WordLevel):
+        return None
+    special = set(tokenizer.all_special_tokens)
+    vocab = tokenizer.get_vocab()
+    return [word for word in sorted(vocab, key=vocab.get) if word not in special]

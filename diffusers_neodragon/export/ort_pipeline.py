@@ -313,7 +313,7 @@ class ORTNeodragonPipeline:
                     if use_cfg:
                         uncond = self.velocity(stage, x, conditions, negative, timesteps[i])
                         velocity = uncond + scale * (velocity - uncond)
-                    x = self.scheduler.step(velocity, x, sigmas[i], sigmas[i + 1]).prev_sample
+                    x = self.scheduler.euler_step(velocity, x, sigmas[i], sigmas[i + 1]).prev_sample
             generated.append(x)
         latents = torch.cat(generated, dim=2)
         if output_type == "latent":

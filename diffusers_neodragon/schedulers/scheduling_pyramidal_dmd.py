@@ -56,9 +56,16 @@ def _upsample_nearest_2x(video: torch.Tensor) -> torch.Tensor:
 class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
     """Stage-aware Euler scheduler for pyramidal flow matching, shared by inference and training.
 
-    The scheduler is stateless apart from the schedules `set_timesteps` stores: `step` takes the sigma
-    pair explicitly, so the same object serves multi-step sampling, the 1-1-1 DMD student, CUDA graphs
-    and training code without a step index.
+    Two interfaces share one schedule (`set_timesteps`):
+
+    - explicit sigmas (what the pipeline, the ONNX pipeline and training use): `euler_step` takes the sigma
+      pair from `stage_sigmas`, `renoise` jumps between stages; no step index, so the same object serves
+      multi-step sampling, the 1-1-1 DMD student, CUDA graphs and training.
+    - diffusers' stateful loop: `for t in scheduler.timesteps: x = scheduler.step(model(x, t), t, x,
+      generator=g).prev_sample`. After `set_timesteps` the walk covers the whole pyramid and `step`
+      re-noises into the next stage (doubling height and width) after each stage's last step;
+      `stage_index` tells the caller which stage (resolution, history clips) the next step is in.
+      `set_stage(stage)` restricts the walk to one stage (no re-noise at its end).
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): length of the global timestep axis and of each
@@ -72,8 +79,9 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
             the config.
     """
 
-    _compatibles = []
+    _compatibles = ["PyramidalDMDScheduler"]
     order = 1
+    init_noise_sigma = 1.0  # sampling starts from unit Gaussian noise; flow matching scales no model input
 
     @register_to_config
     def __init__(
@@ -157,6 +165,8 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
         self.stage_timesteps: list[torch.Tensor] | None = None
         self.stage_sigmas: list[torch.Tensor] | None = None
         self.timesteps: torch.Tensor | None = None
+        self._stage: int | None = None  # the stage `set_stage` restricted the stateful walk to
+        self._step_index: int | None = None
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -179,7 +189,7 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
             device: where the schedules live.
 
         Sets `stage_timesteps[s]` (n values: the transformer's timestep input), `stage_sigmas[s]` (n + 1
-        stage-local sigmas ending in 0, to pair as (sigma[i], sigma[i + 1]) in `step`) and `timesteps`
+        stage-local sigmas ending in 0, to pair as (sigma[i], sigma[i + 1]) in `euler_step`) and `timesteps`
         (all stages concatenated, the diffusers convention).
         """
         stages = self.config.stages
@@ -204,6 +214,88 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
             self.stage_timesteps.append(timesteps.to(device=device, dtype=torch.float32))
             self.stage_sigmas.append(sigmas.to(device=device, dtype=torch.float32))
         self.timesteps = torch.cat(self.stage_timesteps)
+        self._stage, self._step_index = None, None
+
+    @classmethod
+    def _get_compatibles(cls):
+        """diffusers resolves `_compatibles` in its own namespace only, where this class is not: add it."""
+        found = {c.__name__: c for c in super()._get_compatibles()}
+        found.setdefault(cls.__name__, cls)
+        return list(found.values())
+
+    # ----------------------------------------------------------------- diffusers' stateful interface
+
+    def set_stage(self, stage: int) -> None:
+        """Restrict the stateful walk (`timesteps`, `step`) to one stage of the current schedule; the caller
+        re-noises between stages with `renoise`. `set_timesteps` goes back to the whole pyramid."""
+        if self.stage_timesteps is None:
+            raise ValueError("Call `set_timesteps` before `set_stage`.")
+        self._check_stage(stage)
+        self._stage, self._step_index = stage, None
+        self.timesteps = self.stage_timesteps[stage]
+
+    @property
+    def step_index(self) -> int | None:
+        """Index into `timesteps` of the next `step` (None before the first)."""
+        return self._step_index
+
+    def _stage_and_index(self, step_index: int) -> tuple[int, int]:
+        if self._stage is not None:
+            return self._stage, step_index
+        for stage, count in enumerate(self.num_inference_steps):
+            if step_index < count:
+                return stage, step_index
+            step_index -= count
+        raise ValueError("`step` was called more times than there are `timesteps`; call `set_timesteps` again.")
+
+    @property
+    def stage_index(self) -> int | None:
+        """The pyramid stage the next `step` is in (None before `set_timesteps`)."""
+        if self.stage_timesteps is None:
+            return None
+        if self._step_index is None:
+            return self._stage if self._stage is not None else 0
+        if self._step_index >= len(self.timesteps):
+            return self._stage if self._stage is not None else self.config.stages - 1
+        return self._stage_and_index(self._step_index)[0]
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Flow matching feeds the sample unscaled (diffusers' interface)."""
+        return sample
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> PyramidalDMDSchedulerOutput | tuple:
+        """diffusers' stateful step: the Euler step at `timestep` (the next of `timesteps`), then, after the last
+        step of a stage when walking the whole pyramid, the re-noise into the next stage (drawn from `generator`).
+
+        The first call locates `timestep` in `timesteps`; later calls advance one step each, as diffusers'
+        schedulers do. The Euler arithmetic is `euler_step`'s, with the stage-local sigmas of `stage_sigmas`.
+        """
+        if self.stage_timesteps is None:
+            raise ValueError("Call `set_timesteps` before `step`.")
+        if self._step_index is None:
+            t = torch.as_tensor(timestep, dtype=torch.float32).to(self.timesteps.device).reshape(-1)[0]
+            matches = (self.timesteps == t).nonzero()
+            if len(matches) == 0:
+                raise ValueError(f"`timestep` {float(t)} is not one of `timesteps` {self.timesteps.tolist()}.")
+            self._step_index = int(matches[0])
+        stage, i = self._stage_and_index(self._step_index)
+        sigmas = self.stage_sigmas[stage]
+        prev_sample = self.euler_step(model_output, sample, sigmas[i], sigmas[i + 1]).prev_sample
+        self._step_index += 1
+        if self._stage is None and i + 1 == self.num_inference_steps[stage] and stage + 1 < self.config.stages:
+            prev_sample = self.renoise(prev_sample, stage + 1, generator=generator)
+        if not return_dict:
+            return (prev_sample,)
+        return PyramidalDMDSchedulerOutput(prev_sample=prev_sample)
+
+    # --------------------------------------------------------------------------- explicit sigmas
 
     @staticmethod
     def _broadcast(value: float | torch.Tensor, like: torch.Tensor, name: str) -> float | torch.Tensor:
@@ -220,7 +312,7 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
             f"got shape {tuple(value.shape)}."
         )
 
-    def step(
+    def euler_step(
         self,
         model_output: torch.Tensor,
         sample: torch.Tensor,
@@ -232,7 +324,8 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
 
         The arithmetic is done in float32 (low-precision latents drift otherwise) and the result is cast to
         `model_output`'s dtype, as in the reference. `sigma`/`sigma_next` are stage-local (from
-        `stage_sigmas`) and may be per-sample [B] tensors.
+        `stage_sigmas`) and may be per-sample [B] tensors. (diffusers' `step(model_output, timestep, sample)` is
+        the stateful form of this.)
         """
         delta = self._broadcast(sigma_next, sample, "sigma_next") - self._broadcast(sigma, sample, "sigma")
         prev_sample = (sample.float() + delta * model_output.float()).to(model_output.dtype)
@@ -455,6 +548,6 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
         stage-local sigma: a sample at global noise level g = sigma_end + sigma * (sigma_start - sigma_end)
         is one Euler step of length (g - sigma_end) / (sigma_start - sigma_end) = sigma away from the end,
         the paper's sigma being measured from the stage end (exactly the global level in the last stage,
-        where sigma_end = 0). Equal to `step(model_output, sample, sigma, 0.0)`, differentiable.
+        where sigma_end = 0). Equal to `euler_step(model_output, sample, sigma, 0.0)`, differentiable.
         """
-        return self.step(model_output, sample, sigma, 0.0).prev_sample
+        return self.euler_step(model_output, sample, sigma, 0.0).prev_sample

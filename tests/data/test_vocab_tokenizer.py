@@ -42,7 +42,8 @@ def test_clip_like_bos_eos_and_padding():
     clip = _clip_like()
     enc = clip(["a red circle", "blue square"], padding="max_length", truncation=True, return_tensors="pt")
     assert enc.input_ids.shape == (2, 8)
-    assert clip.convert_ids_to_tokens(enc.input_ids[0, :5]) == ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]
+    tokens = clip.convert_ids_to_tokens(enc.input_ids[0, :5])
+    assert tokens == ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]
     assert (enc.input_ids[:, 0] == clip.bos_token_id).all()
     eos_positions = enc.attention_mask.sum(1) - 1
     assert (enc.input_ids[torch.arange(2), eos_positions] == clip.eos_token_id).all()
@@ -78,3 +79,18 @@ def test_bad_arguments_raise():
         build_word_level_tokenizer(WORDS, 1)
     with pytest.raises(ValueError, match="special token"):
         build_word_level_tokenizer(WORDS + ["<unk>"], 8)
+
+
+def test_known_words_lists_a_word_level_vocabulary_only():
+    from diffusers_neodragon.data.vocab_tokenizer import known_words
+
+    tokenizer = build_word_level_tokenizer(["Red", "circle", "red", "left"], model_max_length=8, bos_token="<s>")
+    assert known_words(tokenizer) == ["red", "circle", "left"]
+    assert known_words(object()) is None
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(BPE(vocab={"a": 0, "<unk>": 1}, merges=[], unk_token="<unk>"))
+    bpe = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    assert known_words(bpe) is None

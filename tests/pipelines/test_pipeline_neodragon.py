@@ -151,7 +151,7 @@ def test_callback_on_step_end_sees_and_replaces_latents(pipe):
         (dict(video_num_inference_steps=[1, 1]), "list of 3 positive ints"),
         (dict(video_num_inference_steps=0), "list of 3 positive ints"),
         (dict(num_inference_steps=[1, -1, 1], mode="monolithic"), "`num_inference_steps` must be"),
-        (dict(guidance_scale=-1.0), "`guidance_scale` must be a number >= 0"),
+        (dict(guidance_scale=-1.0), "`guidance_scale` must be a finite number >= 0"),
         (dict(mode="fast"), "`mode` must be one of"),
         (dict(output_type="gif"), "`output_type` must be one of"),
         (dict(num_videos_per_prompt=0), "`num_videos_per_prompt` must be a positive int"),
@@ -216,8 +216,8 @@ def test_configured_mode_prompt_suffix_and_negative_default(tmp_path):
     # Without a first-frame pipeline the configured monolithic mode is what makes a call without image work.
     suffixed = run(loaded, **kwargs)
     texts = []
-    original = loaded.encode_prompt
-    loaded.encode_prompt = lambda t, *a, **k: texts.append(list(t)) or original(t, *a, **k)
+    original = loaded._encode_texts
+    loaded._encode_texts = lambda t, *a, **k: texts.append(list(t)) or original(t, *a, **k)
     np.testing.assert_array_equal(run(loaded, **kwargs), suffixed)
     assert texts[-1] == ["a dog", "a red circle moving left, red"]
 

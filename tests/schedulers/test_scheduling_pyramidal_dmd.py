@@ -100,7 +100,7 @@ def ref_generation(monkeypatch):
 
 def test_class_basics(scheduler):
     assert PyramidalDMDScheduler.order == 1
-    assert PyramidalDMDScheduler._compatibles == []
+    assert PyramidalDMDScheduler._compatibles == ["PyramidalDMDScheduler"]
     assert len(scheduler) == 1000
     assert scheduler.config.stage_range == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
 
@@ -217,7 +217,7 @@ def test_step_matches_reference(scheduler, ref_scheduler, dtype):
     sample = torch.randn(2, 4, 1, 6, 8, generator=gen(0)).to(dtype)
     model_output = torch.randn(2, 4, 1, 6, 8, generator=gen(1)).to(dtype)
     sigma, sigma_next = torch.tensor(0.9474).to(dtype), torch.tensor(0.8948).to(dtype)
-    ours = scheduler.step(model_output, sample, sigma, sigma_next).prev_sample
+    ours = scheduler.euler_step(model_output, sample, sigma, sigma_next).prev_sample
     ref = ref_scheduler.step(model_output=model_output, sigma=sigma, sigma_next=sigma_next, sample=sample).prev_sample
     assert ours.dtype == ref.dtype == dtype
     if dtype == torch.float32:
@@ -430,20 +430,20 @@ def test_step_forms(scheduler):
     sample = torch.randn(3, 2, 1, 4, 4, generator=gen(0))
     velocity = torch.randn(3, 2, 1, 4, 4, generator=gen(1))
     expected = sample - 0.25 * velocity
-    out = scheduler.step(velocity, sample, 1.0, 0.75)
+    out = scheduler.euler_step(velocity, sample, 1.0, 0.75)
     assert isinstance(out, PyramidalDMDSchedulerOutput)
     torch.testing.assert_close(out.prev_sample, expected)
-    as_tensors = scheduler.step(velocity, sample, torch.tensor(1.0), torch.tensor(0.75)).prev_sample
+    as_tensors = scheduler.euler_step(velocity, sample, torch.tensor(1.0), torch.tensor(0.75)).prev_sample
     torch.testing.assert_close(as_tensors, expected)
-    (tupled,) = scheduler.step(velocity, sample, 1.0, 0.75, return_dict=False)
+    (tupled,) = scheduler.euler_step(velocity, sample, 1.0, 0.75, return_dict=False)
     torch.testing.assert_close(tupled, expected)
     sigma = torch.tensor([1.0, 0.5, 0.2])
-    per_sample = scheduler.step(velocity, sample, sigma, torch.zeros(3)).prev_sample
+    per_sample = scheduler.euler_step(velocity, sample, sigma, torch.zeros(3)).prev_sample
     torch.testing.assert_close(per_sample, sample - sigma.view(3, 1, 1, 1, 1) * velocity)
-    half = scheduler.step(velocity.bfloat16(), sample, 1.0, 0.75).prev_sample
+    half = scheduler.euler_step(velocity.bfloat16(), sample, 1.0, 0.75).prev_sample
     assert half.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="batch size 3"):
-        scheduler.step(velocity, sample, torch.ones(2), 0.0)
+        scheduler.euler_step(velocity, sample, torch.ones(2), 0.0)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 10, 20])
@@ -457,7 +457,7 @@ def test_euler_with_exact_velocity_lands_on_end(scheduler, steps):
         x = scheduler.interpolate(start, end, sigmas[0])
         torch.testing.assert_close(x, start)
         for i in range(steps):
-            x = scheduler.step(velocity, x, sigmas[i], sigmas[i + 1]).prev_sample
+            x = scheduler.euler_step(velocity, x, sigmas[i], sigmas[i + 1]).prev_sample
             torch.testing.assert_close(x, scheduler.interpolate(start, end, sigmas[i + 1]), atol=1e-5, rtol=0)
         torch.testing.assert_close(x, end, atol=1e-5, rtol=0)
 
@@ -523,7 +523,7 @@ def test_training_point_is_on_the_global_flow_and_dmd_prediction_hits_the_end(sc
     torch.testing.assert_close(predicted, end, atol=1e-5, rtol=0)
     paper = x - (g - s_end) / (s_start - s_end) * velocity
     torch.testing.assert_close(predicted, paper, atol=1e-6, rtol=0)
-    torch.testing.assert_close(predicted, scheduler.step(velocity, x, ratio, 0.0).prev_sample)
+    torch.testing.assert_close(predicted, scheduler.euler_step(velocity, x, ratio, 0.0).prev_sample)
     if stage == 2:  # sigma_end = 0: the paper's formula with the global sigma itself
         torch.testing.assert_close(predicted, x - g / s_start * velocity, atol=1e-6, rtol=0)
 
@@ -565,3 +565,95 @@ def test_save_and_load_round_trip(tmp_path):
 def test_bad_config_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PyramidalDMDScheduler(**kwargs)
+
+
+# ---------------------------------------------------------------------- diffusers' stateful interface
+
+
+def _explicit_pyramid(scheduler, x, steps, model, generator):
+    """The explicit-sigma loop of the pipeline's `denoise_unit` (without history)."""
+    scheduler.set_timesteps(steps)
+    for stage in range(scheduler.config.stages):
+        if stage > 0:
+            x = scheduler.renoise(x, stage, generator=generator)
+        for i, t in enumerate(scheduler.stage_timesteps[stage]):
+            x = scheduler.euler_step(model(x, t), x, scheduler.stage_sigmas[stage][i],
+                                     scheduler.stage_sigmas[stage][i + 1]).prev_sample
+    return x
+
+
+def _toy_model(x, t):
+    return torch.sin(x + t / 1000)
+
+
+@pytest.mark.parametrize("steps", [[1, 1, 1], [2, 3, 1]])
+def test_stateful_loop_over_timesteps_equals_the_explicit_sigma_loop(scheduler, steps):
+    x0 = torch.randn(1, 2, 1, 4, 4, generator=gen(0))
+    expected = _explicit_pyramid(scheduler, x0, steps, _toy_model, gen(1))
+    scheduler.set_timesteps(steps)
+    assert scheduler.init_noise_sigma == 1.0 and scheduler.order == 1
+    x, generator, stages_seen = x0 * scheduler.init_noise_sigma, gen(1), []
+    for t in scheduler.timesteps:
+        stages_seen.append(scheduler.stage_index)
+        x_in = scheduler.scale_model_input(x, t)
+        assert x_in is x
+        x = scheduler.step(_toy_model(x_in, t), t, x, generator=generator).prev_sample
+    assert stages_seen == [s for s, k in enumerate(steps) for _ in range(k)]
+    assert x.shape == (1, 2, 1, 16, 16)  # re-noised into each next stage: 4 -> 8 -> 16
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+    fresh = PyramidalDMDScheduler()
+    fresh.set_timesteps(steps)
+    (tupled,) = fresh.step(torch.ones_like(x0), 1000.0, x0, return_dict=False)
+    assert tupled.shape == (x0.shape if steps[0] > 1 else (1, 2, 1, 8, 8))
+    with pytest.raises(ValueError, match="more times than there are"):
+        scheduler.step(x, scheduler.timesteps[-1], x)
+
+
+def test_set_stage_walks_one_stage_without_renoise(scheduler):
+    scheduler.set_timesteps([1, 3, 1])
+    scheduler.set_stage(1)
+    assert torch.equal(scheduler.timesteps, scheduler.stage_timesteps[1]) and scheduler.stage_index == 1
+    x = torch.randn(1, 2, 1, 8, 8, generator=gen(0))
+    expected = x
+    for i, t in enumerate(scheduler.stage_timesteps[1]):
+        expected = scheduler.euler_step(_toy_model(expected, t), expected, scheduler.stage_sigmas[1][i],
+                                        scheduler.stage_sigmas[1][i + 1]).prev_sample
+    for t in scheduler.timesteps:
+        x = scheduler.step(_toy_model(x, t), t, x).prev_sample
+    assert x.shape == (1, 2, 1, 8, 8)
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+    # The first step may start in the middle: it locates its timestep.
+    scheduler.set_stage(1)
+    scheduler.step(x, scheduler.timesteps[2], x)
+    assert scheduler.step_index == 3
+    with pytest.raises(ValueError, match="is not one of"):
+        scheduler.set_stage(1) or scheduler.step(x, 12345.0, x)
+    with pytest.raises(ValueError, match="`stage` must be an int"):
+        scheduler.set_stage(3)
+    with pytest.raises(ValueError, match="before `set_stage`"):
+        PyramidalDMDScheduler().set_stage(0)
+    with pytest.raises(ValueError, match="before `step`"):
+        PyramidalDMDScheduler().step(x, 1000.0, x)
+
+
+def test_compatibles_list_the_scheduler_itself(scheduler):
+    assert PyramidalDMDScheduler in scheduler.compatibles
+    assert "PyramidalDMDScheduler" in PyramidalDMDScheduler._compatibles
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
+    scheduler = PyramidalDMDScheduler(stages=3, gamma=0.25, stage_range=[0, 0.25, 0.6, 1])
+    scheduler.save_pretrained(tmp_path)
+    loaded = PyramidalDMDScheduler.from_pretrained(tmp_path)
+    assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == {
+        k: v for k, v in scheduler.config.items() if not k.startswith("_")
+    }
+    x = torch.randn(2, 2, 1, 4, 4, generator=gen(3))
+    a = _explicit_pyramid(scheduler, x, [2, 2, 2], _toy_model, gen(4))
+    b = _explicit_pyramid(loaded, x, [2, 2, 2], _toy_model, gen(4))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for s in (scheduler, loaded):
+        s.set_timesteps(2)
+    assert torch.equal(scheduler.timesteps, loaded.timesteps)
+    assert scheduler.start_sigmas == loaded.start_sigmas
+    assert scheduler.renoise_coefficients == loaded.renoise_coefficients

@@ -20,7 +20,9 @@ def test_encode_prompts_matches_the_pipeline(text_components):
                              **text_components)
     texts = CAPTIONS + [""]
     ours = encode_prompts(text_components, texts, max_sequence_length=20)
-    theirs = pipe.encode_prompt(texts, "cpu", torch.float32, max_sequence_length=20)
+    embeds, _, pooled, _, mask, _ = pipe.encode_prompt(
+        texts, do_classifier_free_guidance=False, max_sequence_length=20, device="cpu", dtype=torch.float32)
+    theirs = (embeds, mask, pooled)
     keep = theirs[0].shape[1]
     torch.testing.assert_close(ours[0][:, :keep], theirs[0])
     torch.testing.assert_close(ours[1][:, :keep], theirs[1])

@@ -74,8 +74,9 @@ def test_frames_from_true_history_sees_only_the_true_frames_before_each_frame():
     from tests.tiny_components import pipeline
 
     pipe = pipeline(with_first_frame=False, with_super_resolution=False)
-    embeds, mask, pooled = pipe.encode_prompt(["", "", CAPTIONS[0], CAPTIONS[1]], "cpu", torch.float32)
-    negative, text = (embeds[:2], mask[:2], pooled[:2]), (embeds[2:], mask[2:], pooled[2:])
+    embeds, negative_embeds, pooled, negative_pooled, mask, negative_mask = pipe.encode_prompt(
+        CAPTIONS[:2], negative_prompt="", device="cpu", dtype=torch.float32)
+    negative, text = (negative_embeds, negative_mask, negative_pooled), (embeds, mask, pooled)
     clean = latents(frames=4, size=16)
     changed = clean.clone()
     changed[:, :, 2] += 1.0

@@ -7,6 +7,7 @@ first latent frame comes from a user image, from a text-to-image pipeline (``hyb
 """
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
+from ...data.vocab_tokenizer import known_words
 from ...loaders import OfficialLayoutLoaderMixin
 from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_runner
 from ...utils.float8_weights import quantize_weights_float8
@@ -27,6 +29,9 @@ from .pipeline_output import NeodragonPipelineOutput
 
 
 logger = logging.get_logger(__name__)
+
+# Guidance beyond this only saturates the video (1e30 gives all black); real models use 1-15.
+MAX_GUIDANCE_SCALE = 100.0
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -50,6 +55,21 @@ def _has_offload_hooks(model: torch.nn.Module) -> bool:
     )
 
 
+def _join_rows(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([first, second])``, but without a copy when they are consecutive rows of one tensor (the negative
+    and positive halves of one encoding): the joined tensor then keeps that encoding's memory layout, and with it the
+    exact numerics of the transformer's kernels (a trimmed, non-contiguous view takes other paths than a copy)."""
+    if (
+        first.device == second.device and first.dtype == second.dtype and first.shape[1:] == second.shape[1:]
+        and first.stride() == second.stride()
+        and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
+        and second.storage_offset() == first.storage_offset() + first.shape[0] * first.stride(0)
+    ):
+        return first.as_strided((first.shape[0] + second.shape[0], *first.shape[1:]), first.stride(),
+                                first.storage_offset())
+    return torch.cat([first, second])
+
+
 class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     r"""Text-to-video and image-to-video generation with Neodragon.
 
@@ -64,6 +84,13 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             ``text_embeds`` concatenated); either may be absent if the other one fills ``pooled_projection_dim``.
         first_frame_pipeline (a diffusers text-to-image pipeline, optional): the ``hybrid`` first frame (SSD-1B).
         super_resolution ([`QuickSRNet`], optional): 2x per-frame super-resolution of the decoded video.
+        safety_checker ([`~diffusers.pipelines.stable_diffusion.StableDiffusionSafetyChecker`], optional) +
+            feature_extractor (`CLIPImageProcessor`): checks every decoded frame; flagged frames are blacked out and
+            reported in ``nsfw_content_detected``.
+
+    Components marked optional may be ``None``. Without ``text_encoder_3`` / ``tokenizer_3`` (or the CLIP pair) the
+    pipeline runs from ``prompt_embeds`` (and ``pooled_prompt_embeds``) only; a call that needs a missing component
+    raises a ``ValueError`` naming it.
 
     ``from_pretrained`` also takes the published releases as they are (the official Neodragon snapshot, Pyramid-Flow
     SD3) and converts them on the fly; see [`~diffusers_neodragon.loaders.OfficialLayoutLoaderMixin`].
@@ -78,12 +105,17 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             default) takes the mode's (monolithic 7 and 5, hybrid none). A model that uses its caption weakly may
             need more, as the embedded Shapes model does.
         default_history_noise: the ``history_noise`` of a call without it (0, the reference's sampler, by default).
+        requires_safety_checker: warn when the pipeline has no ``safety_checker`` (set for real-world releases;
+            ``False`` for the synthetic Shapes model and by default).
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->context_adapter->transformer->vae->super_resolution"
+    model_cpu_offload_seq = (
+        "text_encoder->text_encoder_2->text_encoder_3->context_adapter->transformer->vae->super_resolution"
+    )
+    _exclude_from_cpu_offload = ["safety_checker"]
     _optional_components = [
         "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "context_adapter", "first_frame_pipeline",
-        "super_resolution",
+        "super_resolution", "safety_checker", "feature_extractor",
     ]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "pooled_prompt_embeds"]
 
@@ -101,6 +133,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         tokenizer_2=None,
         first_frame_pipeline=None,
         super_resolution=None,
+        safety_checker=None,
+        feature_extractor=None,
         mode: str = "hybrid",
         prompt_suffix: str = "",
         default_negative_prompt: str = "",
@@ -110,25 +144,39 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         default_guidance_scale: float | None = None,
         default_video_guidance_scale: float | None = None,
         default_history_noise: float = 0.0,
+        requires_safety_checker: bool = False,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if safety_checker is not None and feature_extractor is None:
+            raise ValueError(
+                "A `safety_checker` needs the `feature_extractor` (a CLIPImageProcessor) that prepares its input; "
+                "pass both, or neither"
+            )
+        if safety_checker is None and requires_safety_checker:
+            logger.warning(
+                f"You have disabled the safety checker for {self.__class__} by passing `safety_checker=None`. Ensure"
+                " that you abide by the conditions of the model's license and do not expose unfiltered results in"
+                " services or applications open to the public. Pass `requires_safety_checker=False` to silence this."
+            )
         self.register_modules(
             transformer=transformer, scheduler=scheduler, vae=vae, text_encoder_3=text_encoder_3,
             tokenizer_3=tokenizer_3, context_adapter=context_adapter, text_encoder=text_encoder, tokenizer=tokenizer,
             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, first_frame_pipeline=first_frame_pipeline,
-            super_resolution=super_resolution,
+            super_resolution=super_resolution, safety_checker=safety_checker, feature_extractor=feature_extractor,
         )
         self.register_to_config(
             mode=mode, prompt_suffix=prompt_suffix, default_negative_prompt=default_negative_prompt,
             default_height=default_height, default_width=default_width, default_num_frames=default_num_frames,
             default_guidance_scale=default_guidance_scale, default_video_guidance_scale=default_video_guidance_scale,
-            default_history_noise=default_history_noise,
+            default_history_noise=default_history_noise, requires_safety_checker=requires_safety_checker,
         )
         self.vae_spatial_scale = getattr(vae.config, "spatial_downsample_scale", 8) if vae is not None else 8
         self.vae_temporal_scale = getattr(vae.config, "temporal_downsample_scale", 8) if vae is not None else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_spatial_scale, resample="lanczos")
+        self._guidance_scale = self._video_guidance_scale = None
+        self._num_timesteps, self._interrupt, self._unit = 0, False, 0
 
     # ------------------------------------------------------------------ devices
     def to(self, *args, **kwargs):
@@ -255,6 +303,24 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         """Height/width must be multiples of this: VAE scale x 2^(stages-1) x patch size (64 for Neodragon)."""
         return self.vae_spatial_scale * 2 ** (self.scheduler.config.stages - 1) * self.transformer.config.patch_size
 
+    # The state of the running call: a `callback_on_step_end` may change `_guidance_scale`,
+    # `_video_guidance_scale` or `_interrupt` on the pipeline; the loop reads them at every step.
+    @property
+    def guidance_scale(self) -> float | None:
+        """CFG scale of the DiT-generated first frame in the running call."""
+        return self._guidance_scale
+
+    @property
+    def video_guidance_scale(self) -> float | None:
+        """CFG scale of the later latent frames in the running call."""
+        return self._video_guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the latent frame being generated uses CFG now (its scale > 1)."""
+        scale = self._guidance_scale if self._unit == 0 else self._video_guidance_scale
+        return scale is not None and scale > 1.0
+
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
@@ -263,31 +329,73 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     def interrupt(self) -> bool:
         return self._interrupt
 
+    def _require(self, *names: str, purpose: str):
+        missing = [name for name in names if getattr(self, name, None) is None]
+        if missing:
+            raise ValueError(
+                f"This pipeline has no {', '.join(f'`{n}`' for n in missing)} component, which {purpose}; load the "
+                f"pipeline with it (`from_pretrained(..., {missing[0]}=...)`)"
+            )
+
+    def _text_feature_dim(self) -> int:
+        """Width of the token features the transformer takes (``prompt_embeds``' last dimension)."""
+        config = self.transformer.config
+        return config.context_embedder_dim or config.num_attention_heads * config.attention_head_dim
+
     # ------------------------------------------------------------------ inputs
     def check_inputs(
         self, prompt, negative_prompt, image, mode, height, width, num_frames, num_inference_steps,
         video_num_inference_steps, guidance_scale, video_guidance_scale, num_videos_per_prompt, output_type,
         generator, latents, callback_on_step_end_tensor_inputs, max_sequence_length, super_resolution=None,
-        decode_chunk_size=None, history_noise=0.0,
+        decode_chunk_size=None, history_noise=0.0, prompt_embeds=None, negative_prompt_embeds=None,
+        pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None, prompt_attention_mask=None,
+        negative_prompt_attention_mask=None,
     ):
         """Reject bad input with a ValueError that says what is allowed, before any model runs."""
+        self._require("transformer", "scheduler", purpose="denoises the video")
+        if output_type != "latent" or image is not None:
+            self._require("vae", purpose="encodes the first-frame image and decodes the video")
         if isinstance(history_noise, bool) or not isinstance(history_noise, (int, float)) or not 0 <= history_noise < 1:
             raise ValueError(f"`history_noise` must be a number in [0, 1), got {history_noise!r}")
         if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
             raise ValueError(
                 f"`decode_chunk_size` must be a positive int (latent frames) or None, got {decode_chunk_size!r}")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"`prompt` must be a non-empty string or a non-empty list of strings, got {prompt!r}")
-        if any(not p.strip() for p in prompts):
-            raise ValueError("`prompt` must not be empty or whitespace only")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds` (with `pooled_prompt_embeds`), not both")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Pass `prompt` (a string or list of strings) or `prompt_embeds` + `pooled_prompt_embeds`")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both")
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"`prompt` must be a non-empty string or a non-empty list of strings, got {prompt!r}")
+            if any(not p.strip() for p in prompts):
+                raise ValueError("`prompt` must not be empty or whitespace only")
+            num_prompts = len(prompts)
+            self._require("text_encoder_3", "tokenizer_3", purpose="encodes `prompt` (or pass `prompt_embeds`)")
+        else:
+            num_prompts = self._check_embeds(
+                "prompt", prompt_embeds, pooled_prompt_embeds, prompt_attention_mask, batch=None
+            )
+        if negative_prompt_embeds is not None:
+            self._check_embeds(
+                "negative_prompt", negative_prompt_embeds, negative_pooled_prompt_embeds,
+                negative_prompt_attention_mask, batch=num_prompts,
+            )
+        elif negative_pooled_prompt_embeds is not None or negative_prompt_attention_mask is not None:
+            raise ValueError(
+                "`negative_pooled_prompt_embeds` / `negative_prompt_attention_mask` need `negative_prompt_embeds`")
+        if prompt_embeds is None and (pooled_prompt_embeds is not None or prompt_attention_mask is not None):
+            raise ValueError("`pooled_prompt_embeds` / `prompt_attention_mask` need `prompt_embeds`")
         if negative_prompt is not None:
             negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
             if not isinstance(negatives, (list, tuple)) or not all(isinstance(p, str) for p in negatives):
                 raise ValueError("`negative_prompt` must be a string or a list of strings")
-            if len(negatives) not in (1, len(prompts)):
+            if len(negatives) not in (1, num_prompts):
                 raise ValueError(
-                    f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompts)}; give one or as many"
+                    f"`negative_prompt` has {len(negatives)} entries but `prompt` has {num_prompts}; give one or as "
+                    "many"
                 )
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
@@ -308,23 +416,32 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             ):
                 raise ValueError(f"`{name}` must be a positive int or a list of {stages} positive ints, got {steps!r}")
         for name, scale in (("guidance_scale", guidance_scale), ("video_guidance_scale", video_guidance_scale)):
-            if not isinstance(scale, (int, float)) or scale < 0:
-                raise ValueError(f"`{name}` must be a number >= 0, got {scale!r}")
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {scale!r}")
+            if scale > MAX_GUIDANCE_SCALE:
+                raise ValueError(
+                    f"`{name}` must be at most {MAX_GUIDANCE_SCALE:g} (models use 1-15; larger scales saturate the "
+                    f"video), got {scale!r}"
+                )
         if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
             raise ValueError(f"`num_videos_per_prompt` must be a positive int, got {num_videos_per_prompt!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if not isinstance(max_sequence_length, int) or max_sequence_length < 1:
             raise ValueError(f"`max_sequence_length` must be a positive int, got {max_sequence_length!r}")
-        batch = len(prompts) * num_videos_per_prompt
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"Got {len(generator)} generators for a batch of {batch} videos; give one or {batch}")
+        batch = num_prompts * num_videos_per_prompt
+        self._check_generator(generator, batch)
         if image is not None:
-            self._check_image(image, len(prompts))
+            self._check_image(image, num_prompts)
         elif mode == "hybrid" and self.first_frame_pipeline is None:
             raise ValueError(
                 "`mode='hybrid'` takes its first frame from `image` or from the `first_frame_pipeline` component; "
                 "this pipeline has no first_frame_pipeline, so pass `image=` or use `mode='monolithic'`"
+            )
+        elif mode == "hybrid" and prompt is None:
+            raise ValueError(
+                "`mode='hybrid'` draws its first frame with the `first_frame_pipeline` from the `prompt` text; with "
+                "`prompt_embeds` pass `image=` or use `mode='monolithic'`"
             )
         if latents is not None:
             expected = (
@@ -332,7 +449,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                 height // self.vae_spatial_scale, width // self.vae_spatial_scale,
             )
             if tuple(latents.shape) != expected:
-                raise ValueError(f"`latents` (full-resolution noise) must have shape {expected}, got {tuple(latents.shape)}")
+                raise ValueError(
+                    f"`latents` (full-resolution noise) must have shape {expected}, got {tuple(latents.shape)}")
         if super_resolution and self.super_resolution is None:
             raise ValueError("super_resolution=True but the pipeline has no super_resolution component")
         if callback_on_step_end_tensor_inputs is not None:
@@ -340,6 +458,47 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             if unknown:
                 raise ValueError(
                     f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not among {self._callback_tensor_inputs}"
+                )
+
+    def _check_embeds(self, name, embeds, pooled, mask, batch):
+        """``{name}_embeds`` [B, L, D], ``pooled_{name}_embeds`` [B, P] and the optional mask [B, L] (1 = token,
+        0 = padding) fit each other and the transformer; returns B."""
+        dim, pooled_dim = self._text_feature_dim(), self.transformer.config.pooled_projection_dim
+        if not torch.is_tensor(embeds) or embeds.ndim != 3 or embeds.shape[-1] != dim:
+            shape = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
+            raise ValueError(f"`{name}_embeds` must be a tensor [batch, tokens, {dim}], got {shape}")
+        if pooled is None:
+            raise ValueError(f"`{name}_embeds` needs `pooled_{name}_embeds` (the pooled CLIP vector) too")
+        if not torch.is_tensor(pooled) or tuple(pooled.shape) != (embeds.shape[0], pooled_dim):
+            shape = tuple(pooled.shape) if torch.is_tensor(pooled) else type(pooled).__name__
+            raise ValueError(f"`pooled_{name}_embeds` must be a tensor [{embeds.shape[0]}, {pooled_dim}], got {shape}")
+        mask_name = f"{name}_attention_mask"
+        if mask is not None and (not torch.is_tensor(mask) or tuple(mask.shape) != tuple(embeds.shape[:2])):
+            shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(
+                f"`{mask_name}` must be a tensor {tuple(embeds.shape[:2])} like `{name}_embeds`, got {shape}")
+        if batch is not None and embeds.shape[0] != batch:
+            raise ValueError(f"`{name}_embeds` has batch {embeds.shape[0]} but the prompts number {batch}")
+        return embeds.shape[0]
+
+    def _check_generator(self, generator, batch: int):
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is None:
+            return
+        if not generators or not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(
+                f"`generator` must be a torch.Generator or a list of them (one per video), got {generator!r}; "
+                "for a seed use `generator=torch.Generator().manual_seed(seed)`"
+            )
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"Got {len(generator)} generators for a batch of {batch} videos; give one or {batch}")
+        # As diffusers' randn_tensor: a CPU generator serves any device, another device's only its own.
+        device = torch.device(self._execution_device)
+        for g in generators:
+            if g.device.type != "cpu" and g.device.type != device.type:
+                raise ValueError(
+                    f"A generator on {g.device} cannot draw the noise of a pipeline running on {device}; use a CPU "
+                    f"generator or one on {device.type}"
                 )
 
     @staticmethod
@@ -360,47 +519,198 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                         f"[B, H, W, 3] in [0, 1]; got shape {tuple(item.shape)}"
                     )
                 continue
-            raise ValueError(f"`image` must be a PIL image, a tensor, a numpy array or a list of them, got {type(item)}")
+            raise ValueError(
+                f"`image` must be a PIL image, a tensor, a numpy array or a list of them, got {type(item)}")
         count = sum(i.shape[0] if getattr(i, "ndim", 0) == 4 else 1 for i in images)
         if count not in (1, num_prompts):
             raise ValueError(f"Got {count} images for {num_prompts} prompts; give one image or one per prompt")
 
     # ------------------------------------------------------------------ text
-    def _pooled_embeddings(self, texts: list[str], device) -> torch.Tensor:
+    def _tokenize(self, tokenizer, name: str, texts: list[str], max_length: int, dropped: dict):
+        """Pad/truncate to ``max_length``; record in ``dropped`` the words the tokenizer does not know (they become
+        its unknown token) and the text cut off at ``max_length``, for one warning per call."""
+        tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        unk = tokenizer.unk_token_id
+        for text in dict.fromkeys(texts):
+            full = tokenizer(text, return_offsets_mapping=tokenizer.is_fast, verbose=False)
+            if unk is not None and tokenizer.is_fast:
+                for token, (start, stop) in zip(full.input_ids, full.offset_mapping):
+                    if token == unk:
+                        dropped["unknown"].setdefault(text[start:stop], []).append(name)
+            if len(full.input_ids) > max_length:
+                if tokenizer.is_fast:
+                    kept = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
+                    cut = text[max(stop for _, stop in kept.offset_mapping):].strip()
+                else:
+                    cut = tokenizer.decode(full.input_ids[max_length - 1 : -1])
+                dropped["truncated"].setdefault((text, cut), []).append(f"{name} ({max_length} tokens)")
+        return tokens
+
+    def _warn_dropped(self, dropped: dict):
+        if dropped["unknown"]:
+            names = sorted({n for found in dropped["unknown"].values() for n in found})
+            message = (
+                f"These words are not in the vocabulary of {', '.join(names)} and were replaced by its unknown token: "
+                f"{sorted(dropped['unknown'])}."
+            )
+            vocabularies = [known_words(getattr(self, n)) for n in names]
+            if all(v is not None for v in vocabularies):
+                known = [w for w in vocabularies[0] if all(w in v for v in vocabularies[1:])]
+                message += f" The model knows only these words: {', '.join(known)}."
+            logger.warning(message)
+        for (text, cut), names in dropped["truncated"].items():
+            logger.warning(
+                f"The following part of your input was truncated because {', '.join(names)} can only handle "
+                f"sequences that long: {cut!r} (of {text!r})"
+            )
+
+    def _pooled_embeddings(self, texts: list[str], device, dropped: dict | None = None) -> torch.Tensor:
+        """The pooled vector: the ``text_embeds`` of ``text_encoder`` and ``text_encoder_2`` concatenated."""
+        dropped = {"unknown": {}, "truncated": {}} if dropped is None else dropped
         pooled = []
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(self, name)
             if encoder is None:
                 continue
-            ids = tokenizer(
-                texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                return_tensors="pt",
-            ).input_ids
+            tokenizer_name = name.replace("text_encoder", "tokenizer")
+            self._require(tokenizer_name, purpose=f"tokenizes the prompt for `{name}`")
+            tokenizer = getattr(self, tokenizer_name)
+            ids = self._tokenize(tokenizer, tokenizer_name, texts, tokenizer.model_max_length, dropped).input_ids
             pooled.append(encoder(ids.to(device)).text_embeds)
-        if not pooled:
-            raise ValueError("The pipeline needs at least one of text_encoder / text_encoder_2 for the pooled vector")
+        expected = self.transformer.config.pooled_projection_dim if self.transformer is not None else None
+        width = sum(p.shape[-1] for p in pooled)
+        if not pooled or (expected is not None and width != expected):
+            raise ValueError(
+                f"The pooled text vector needs `text_encoder` and/or `text_encoder_2` whose projections add up to the "
+                f"transformer's pooled_projection_dim ({expected}); this pipeline's give {width}. Pass "
+                "`pooled_prompt_embeds` (and `negative_pooled_prompt_embeds`) instead"
+            )
         return torch.cat(pooled, dim=-1)
 
-    def encode_prompt(self, texts: list[str], device, dtype, max_sequence_length: int = 128):
+    def _encode_texts(self, texts: list[str], device, max_sequence_length: int):
         """Token features (through the ContextAdapter), their mask and the pooled vector for a list of texts.
 
         Trailing padding common to all texts is cut off: padded tokens influence nothing (the reference masks
         them out), so dropping them gives identical results with shorter attention. The mask is returned as
         ``None`` when no padding remains, which lets the transformer run unmasked fused attention.
         """
-        tokens = self.tokenizer_3(
-            texts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
-        )
+        self._require("text_encoder_3", "tokenizer_3", purpose="encodes the prompt (or pass `prompt_embeds`)")
+        dropped = {"unknown": {}, "truncated": {}}
+        tokens = self._tokenize(self.tokenizer_3, "tokenizer_3", texts, max_sequence_length, dropped)
         ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
         embeds = self.text_encoder_3(ids, attention_mask=mask).last_hidden_state
         if self.context_adapter is not None:
             embeds = self.context_adapter(embeds.to(self.context_adapter.dtype))
+        if self.transformer is not None and embeds.shape[-1] != self._text_feature_dim():
+            raise ValueError(
+                f"`text_encoder_3` gives {embeds.shape[-1]}-wide token features but the transformer takes "
+                f"{self._text_feature_dim()}: this pipeline needs the `context_adapter` component that maps them"
+            )
         lengths = tokens.attention_mask.sum(1)
         keep = max(int(lengths.max()), 1)
         embeds, mask = embeds[:, :keep], mask[:, :keep]
         if bool((lengths == keep).all()):
             mask = None
-        pooled = self._pooled_embeddings(texts, device)
-        return embeds.to(dtype), mask, pooled.to(dtype)
+        pooled = self._pooled_embeddings(texts, device, dropped)
+        self._warn_dropped(dropped)
+        return embeds, mask, pooled
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int = 128,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        r"""Encode the prompt (and, for classifier-free guidance, the negative prompt) into what ``__call__`` takes.
+
+        The pipeline's ``prompt_suffix`` is appended to every prompt and ``default_negative_prompt`` stands in for a
+        missing ``negative_prompt``, as in ``__call__``. Embeddings given are used as they are (one row per
+        prompt); positive and negative texts that are encoded are encoded in one batch, so that they share one
+        trimmed length (see ``_encode_texts``). Every output has one row per video (rows repeated
+        ``num_videos_per_prompt`` times): pass them back to ``__call__`` with ``num_videos_per_prompt=1``.
+
+        Returns:
+            ``(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
+            prompt_attention_mask, negative_prompt_attention_mask)``: token features [B, L, D] (after the
+            ContextAdapter), pooled vectors [B, P], masks [B, L] (1 = token) or ``None`` when nothing is padded;
+            the negative ones are ``None`` without CFG.
+        """
+        device = device or self._execution_device
+        if dtype is None:
+            dtype = (self.transformer or self.text_encoder_3).dtype
+        prompts = None if prompt is None else [prompt] if isinstance(prompt, str) else list(prompt)
+        if prompts is None and prompt_embeds is None:
+            raise ValueError("Pass `prompt` or `prompt_embeds`")
+        batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        texts = [] if prompt_embeds is not None else [p + self.config.prompt_suffix for p in prompts]
+        negatives = []
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negatives = negative_prompt if negative_prompt is not None else self.config.default_negative_prompt
+            negatives = [negatives] * batch if isinstance(negatives, str) else list(negatives)
+            negatives = negatives * batch if len(negatives) == 1 else negatives
+        if texts or negatives:
+            if prompt_embeds is not None and pooled_prompt_embeds is None:
+                raise ValueError("`prompt_embeds` needs `pooled_prompt_embeds` too")
+            embeds, mask, pooled = self._encode_texts(negatives + texts, device, max_sequence_length)
+            split = len(negatives)
+            if negatives:
+                negative_prompt_embeds, negative_pooled_prompt_embeds = embeds[:split], pooled[:split]
+                negative_prompt_attention_mask = None if mask is None else mask[:split]
+            if texts:
+                prompt_embeds, pooled_prompt_embeds = embeds[split:], pooled[split:]
+                prompt_attention_mask = None if mask is None else mask[split:]
+
+        def per_video(tensor, cast=True):
+            if tensor is None:
+                return None
+            tensor = tensor.to(device=device, dtype=dtype if cast else tensor.dtype)
+            return tensor.repeat_interleave(num_videos_per_prompt, dim=0) if num_videos_per_prompt > 1 else tensor
+
+        prompt_embeds, pooled_prompt_embeds = per_video(prompt_embeds), per_video(pooled_prompt_embeds)
+        prompt_attention_mask = per_video(prompt_attention_mask, cast=False)
+        negative_prompt_embeds = per_video(negative_prompt_embeds)
+        negative_pooled_prompt_embeds = per_video(negative_pooled_prompt_embeds)
+        negative_prompt_attention_mask = per_video(negative_prompt_attention_mask, cast=False)
+        return (
+            prompt_embeds,
+            negative_prompt_embeds,
+            pooled_prompt_embeds,
+            negative_pooled_prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
+        )
+
+    @staticmethod
+    def _negative_then_positive(negative: tuple, positive: tuple) -> tuple:
+        """``(embeds, mask, pooled)`` of the CFG batch: negative rows first, both padded (masked) to one length; the
+        mask is ``None`` when no row has padding."""
+        (n_embeds, n_mask, n_pooled), (p_embeds, p_mask, p_pooled) = negative, positive
+        length = max(n_embeds.shape[1], p_embeds.shape[1])
+        if n_mask is None and p_mask is None and n_embeds.shape[1] == p_embeds.shape[1]:
+            return _join_rows(n_embeds, p_embeds), None, _join_rows(n_pooled, p_pooled)
+
+        def padded(embeds, mask):
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device) if mask is None else mask.long()
+            extra = length - embeds.shape[1]
+            if extra:
+                embeds = torch.cat([embeds, embeds.new_zeros(embeds.shape[0], extra, embeds.shape[2])], dim=1)
+                mask = torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
+            return embeds, mask
+
+        (n_embeds, n_mask), (p_embeds, p_mask) = padded(n_embeds, n_mask), padded(p_embeds, p_mask)
+        mask = _join_rows(n_mask, p_mask)
+        mask = None if bool(mask.bool().all()) else mask
+        return _join_rows(n_embeds, p_embeds), mask, _join_rows(n_pooled, p_pooled)
 
     # ------------------------------------------------------------------ first frame
     def _first_frame_images(self, prompts: list[str], height, width, generator, first_frame_kwargs):
@@ -416,6 +726,22 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         pixels = pixels.to(device=device, dtype=self.vae.dtype)[:, :, None]
         latent = self.vae.encode(pixels).latent_dist.sample(generator=generator)
         return self.vae.normalize_latents(latent).to(dtype)
+
+    def run_safety_checker(self, video: torch.Tensor, device) -> tuple[torch.Tensor, list[list[bool]] | None]:
+        """Check every frame of ``video`` [B, 3, F, H, W] in [-1, 1] with the ``safety_checker``; flagged frames are
+        blacked out. Returns the video and, per video, one flag per frame (``None`` without a safety checker)."""
+        if self.safety_checker is None:
+            return video, None
+        b, c, f, h, w = video.shape
+        frames = (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).reshape(b * f, h, w, c).cpu().numpy()
+        clip_input = self.feature_extractor(self.video_processor.numpy_to_pil(frames), return_tensors="pt").pixel_values
+        _, flags = self.safety_checker(
+            images=frames.copy(), clip_input=clip_input.to(device=device, dtype=self.safety_checker.dtype)
+        )
+        flags = torch.tensor([bool(flag) for flag in flags]).reshape(b, f)
+        black = flags.to(video.device)[:, None, :, None, None]
+        video = torch.where(black, torch.full_like(video, -1.0), video)
+        return video, flags.tolist()
 
     def _decode(self, latents: torch.Tensor, upscale: bool, chunk_size: int | None) -> torch.Tensor:
         """Normalised latents -> pixels [B, 3, F, H, W] in [-1, 1], super-resolved when ``upscale``; with a
@@ -438,7 +764,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         history: list[torch.Tensor] | None,
         text: tuple,
         num_inference_steps: list[int],
-        guidance_scale: float | None = None,
+        guidance_scale: float | Callable[[], float | None] | None = None,
         generator: torch.Generator | None = None,
         history_sigma: torch.Tensor | None = None,
         start_stage: int = 0,
@@ -453,7 +779,9 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             history: ``scheduler.pyramid`` of the earlier latent frames, or ``None`` for the first frame.
             text: ``(embeds, mask, pooled)``; with ``guidance_scale`` the negative rows come first, then the positive.
             num_inference_steps: steps per stage.
-            guidance_scale: CFG scale, or ``None`` for a single conditional pass.
+            guidance_scale: CFG scale, or ``None`` for a single conditional pass; or a function returning the scale,
+                called at every step (how ``__call__`` lets a callback change guidance mid-generation): a step uses
+                CFG when it returns a value > 1 and ``text`` holds negative rows, else the positive rows alone.
             history_sigma: per-sample history-noise sigma [B] (see ``history_noise``), or ``None``.
             on_step: ``on_step(t, x) -> x`` after every step (callbacks, progress).
         """
@@ -461,6 +789,12 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         if not 0 <= start_stage < stages:
             raise ValueError(f"`start_stage` must be in [0, {stages - 1}], got {start_stage}.")
         dtype = x.dtype
+        batch = x.shape[0]
+        paired = text[0].shape[0] == 2 * batch
+        if guidance_scale is not None and not callable(guidance_scale) and not paired:
+            raise ValueError(
+                f"CFG needs `text` with {2 * batch} rows (negative, then positive), got {text[0].shape[0]}")
+        positive = (text[0][batch:], None if text[1] is None else text[1][batch:], text[2][batch:]) if paired else text
         self.scheduler.set_timesteps(num_inference_steps, device=x.device)
         for stage in range(start_stage, stages):
             if stage > 0:
@@ -468,23 +802,31 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             conditions = self.scheduler.history_conditions(history, stage)
             if history_sigma is not None and conditions:
                 conditions = self.scheduler.add_history_noise(conditions, history_sigma, generator)
-            if guidance_scale is not None:
-                conditions = [torch.cat([c, c]) for c in conditions]
+            paired_conditions = None
             timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
             for i in range(len(timesteps)):
-                if getattr(self, "_interrupt", False):
+                if self.interrupt:
                     continue
-                model_input = torch.cat([x, x]) if guidance_scale is not None else x
+                if callable(guidance_scale):
+                    scale = guidance_scale()
+                    use_cfg = paired and scale is not None and scale > 1.0
+                else:
+                    scale, use_cfg = guidance_scale, guidance_scale is not None
+                if use_cfg and paired_conditions is None:
+                    paired_conditions = [torch.cat([c, c]) for c in conditions]
+                model_input = torch.cat([x, x]) if use_cfg else x
+                embeds, mask, pooled = text if use_cfg else positive
                 # The reference casts timestep and sigma to the model dtype (bf16 rounding included).
                 t = timesteps[i].to(dtype)
                 velocity = self.transformer(
-                    hidden_states=model_input, encoder_hidden_states=text[0], pooled_projections=text[2],
-                    timestep=t.float(), history=conditions, encoder_attention_mask=text[1],
+                    hidden_states=model_input, encoder_hidden_states=embeds, pooled_projections=pooled,
+                    timestep=t.float(), history=paired_conditions if use_cfg else conditions,
+                    encoder_attention_mask=mask,
                 ).sample
-                if guidance_scale is not None:
+                if use_cfg:
                     uncond, cond = velocity.chunk(2)
-                    velocity = uncond + guidance_scale * (cond - uncond)
-                x = self.scheduler.step(velocity, x, sigmas[i].to(dtype), sigmas[i + 1].to(dtype)).prev_sample
+                    velocity = uncond + scale * (cond - uncond)
+                x = self.scheduler.euler_step(velocity, x, sigmas[i].to(dtype), sigmas[i + 1].to(dtype)).prev_sample
                 if on_step is not None:
                     x = on_step(t, x)
         return x
@@ -494,7 +836,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         image: Any | None = None,
         negative_prompt: str | list[str] | None = None,
         mode: str | None = None,
@@ -509,6 +851,12 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         super_resolution: bool | None = None,
         decode_chunk_size: int | None = None,
         first_frame_kwargs: dict[str, Any] | None = None,
@@ -521,7 +869,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         r"""Generate videos.
 
         Args:
-            prompt: the text(s) to generate from.
+            prompt: the text(s) to generate from; or pass ``prompt_embeds`` instead.
             image: first frame(s) (PIL, numpy [H, W, 3] in [0, 1], or tensor [3, H, W] in [0, 1]) for image-to-video;
                 resized (Lanczos) to ``height`` x ``width``.
             negative_prompt: used when a guidance scale is > 1 (default: the pipeline's ``default_negative_prompt``).
@@ -542,6 +890,11 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             num_videos_per_prompt: videos per prompt.
             generator: torch generator(s) for all randomness (noise, stage re-noising, first-frame sampling).
             latents: full-resolution initial noise [B, C, T, h, w] (drawn from ``generator`` when omitted).
+            prompt_embeds, pooled_prompt_embeds, prompt_attention_mask: precomputed text conditioning (one row per
+                prompt) instead of ``prompt``, as [`encode_prompt`] returns it: token features [B, L, D], pooled
+                vector [B, P] (required with ``prompt_embeds``), mask [B, L] (1 = token; ``None``: no padding).
+            negative_prompt_embeds, negative_pooled_prompt_embeds, negative_prompt_attention_mask: the same for the
+                negative prompt (instead of ``negative_prompt``); used by CFG.
             super_resolution: apply the ``super_resolution`` component (default: when present).
             decode_chunk_size: decode (and super-resolve) that many latent frames at a time, carrying the decoder's
                 causal state between chunks (same result); bounds the memory of the full-resolution feature maps,
@@ -551,13 +904,17 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             max_sequence_length: text tokens for ``tokenizer_3``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             callback_on_step_end: called after every denoising step as ``fn(pipe, step, timestep, kwargs)``; may
-                return a dict replacing any of ``callback_on_step_end_tensor_inputs``.
+                return a dict replacing any of ``callback_on_step_end_tensor_inputs``, and may set
+                ``pipe._guidance_scale``, ``pipe._video_guidance_scale`` (read at every step; CFG can be turned off,
+                or on where the call encoded a negative prompt) or ``pipe._interrupt = True`` (skips every later
+                step; what was generated so far is decoded).
 
         Examples:
 
         Returns:
-            [`NeodragonPipelineOutput`] or a tuple ``(frames,)``.
+            [`NeodragonPipelineOutput`] or a tuple ``(frames, nsfw_content_detected)``.
         """
+        self._require("transformer", "scheduler", purpose="denoises the video")
         mode = mode or self.config.mode
         height = self.config.default_height if height is None else height
         width = self.config.default_width if width is None else width
@@ -567,7 +924,9 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
 
         def per_stage(steps, default):
             steps = default if steps is None else steps
-            return [steps] * stages if isinstance(steps, int) else list(steps) if isinstance(steps, (list, tuple)) else steps
+            if isinstance(steps, int):
+                return [steps] * stages
+            return list(steps) if isinstance(steps, (list, tuple)) else steps
 
         num_inference_steps = per_stage(num_inference_steps, defaults["num_inference_steps"])
         video_num_inference_steps = per_stage(video_num_inference_steps, defaults["video_num_inference_steps"])
@@ -582,28 +941,39 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             prompt, negative_prompt, image, mode, height, width, num_frames, num_inference_steps,
             video_num_inference_steps, guidance_scale, video_guidance_scale, num_videos_per_prompt, output_type,
             generator, latents, callback_on_step_end_tensor_inputs, max_sequence_length, super_resolution,
-            decode_chunk_size, history_noise,
+            decode_chunk_size, history_noise, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
         )
-        self._interrupt = False
+        self._interrupt, self._unit = False, 0
+        self._guidance_scale, self._video_guidance_scale = guidance_scale, video_guidance_scale
 
         device = self._execution_device
         dtype = self.transformer.dtype
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p + self.config.prompt_suffix for p in prompts]
-        batch = len(prompts) * num_videos_per_prompt
         first_from_dit = image is None and mode == "monolithic"
         cfg_first = first_from_dit and guidance_scale > 1.0
         cfg_video = num_frames > 1 and video_guidance_scale > 1.0
 
         # 1. Text: positive (and negative) prompts in one batch so they share one trimmed length.
-        texts = [p for p in prompts for _ in range(num_videos_per_prompt)]
+        (
+            prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
+            prompt_attention_mask, negative_prompt_attention_mask,
+        ) = self.encode_prompt(
+            prompt, negative_prompt, cfg_first or cfg_video, num_videos_per_prompt, prompt_embeds,
+            negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, prompt_attention_mask,
+            negative_prompt_attention_mask, max_sequence_length, device, dtype,
+        )
+        batch = prompt_embeds.shape[0]
         if cfg_first or cfg_video:
-            negatives = negative_prompt if negative_prompt is not None else self.config.default_negative_prompt
-            negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
-            if len(negatives) == 1:
-                negatives = negatives * len(prompts)
-            texts = [n for n in negatives for _ in range(num_videos_per_prompt)] + texts
-        embeds, mask, pooled = self.encode_prompt(texts, device, dtype, max_sequence_length)
+            embeds, mask, pooled = self._negative_then_positive(
+                (negative_prompt_embeds, negative_prompt_attention_mask, negative_pooled_prompt_embeds),
+                (prompt_embeds, prompt_attention_mask, pooled_prompt_embeds),
+            )
+        else:
+            embeds, mask, pooled = prompt_embeds, prompt_attention_mask, pooled_prompt_embeds
+        if prompt is not None:  # the first-frame pipeline's text
+            prompts = [p + self.config.prompt_suffix for p in ([prompt] if isinstance(prompt, str) else prompt)]
 
         # 2. Noise: full resolution, then down to stage 0 (variance preserving), one slice per latent frame.
         latent_frames = (num_frames - 1) // self.vae_temporal_scale + 1
@@ -641,29 +1011,28 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                 return x
 
             for unit in range(len(generated), latent_frames):
-                is_first = unit == 0
-                steps = num_inference_steps if is_first else video_num_inference_steps
-                scale = guidance_scale if is_first else video_guidance_scale
-                use_cfg = cfg_first if is_first else cfg_video
-                text = (embeds, mask, pooled) if use_cfg or not (cfg_first or cfg_video) else (
-                    embeds[batch:], None if mask is None else mask[batch:], pooled[batch:]
-                )
+                self._unit = unit
+                steps = num_inference_steps if unit == 0 else video_num_inference_steps
+                # Read at every step, so that a callback can change it.
+                scale = (lambda: self._guidance_scale) if unit == 0 else (lambda: self._video_guidance_scale)
                 history = self.scheduler.pyramid(torch.cat(generated, dim=2)) if generated else None
                 x = self.denoise_unit(
-                    noise[:, :, unit : unit + 1], history, text, steps, scale if use_cfg else None, generator,
+                    noise[:, :, unit : unit + 1], history, (embeds, mask, pooled), steps, scale, generator,
                     history_sigma, on_step=on_step,
                 )
                 generated.append(x)
         latents = torch.cat(generated, dim=2)
 
-        # 5. Decode, optional super-resolution, post-process.
+        # 5. Decode, optional super-resolution, safety check, post-process.
+        nsfw_content_detected = None
         if output_type == "latent":
             video = latents
         else:
             upscale = self.super_resolution is not None if super_resolution is None else super_resolution
             video = self._decode(latents, upscale, decode_chunk_size)
+            video, nsfw_content_detected = self.run_safety_checker(video, device)
             video = self.video_processor.postprocess_video(video.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (video,)
-        return NeodragonPipelineOutput(frames=video)
+            return (video, nsfw_content_detected)
+        return NeodragonPipelineOutput(frames=video, nsfw_content_detected=nsfw_content_detected)
