@@ -21,7 +21,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--check-htp", action="store_true",
                         help="compile and run every graph on the QNN HTP simulator with CPU fallback disabled")
     parser.add_argument("--aihub-device", metavar="NAME",
-                        help='submit Qualcomm AI Hub compile/link/profile/inference jobs, e.g. "Snapdragon 8 Elite QRD"')
+                        help="submit Qualcomm AI Hub compile/link/profile/inference jobs, e.g. "
+                             '"Snapdragon 8 Elite QRD"')
     parser.add_argument("--height", type=int, help="video height (default: the pipeline's)")
     parser.add_argument("--width", type=int, help="video width (default: the pipeline's)")
     parser.add_argument("--frames", type=int, help="number of frames, 8k+1 (default: the pipeline's)")

@@ -188,8 +188,8 @@ def _save_host_side(pipe, output_dir: Path) -> dict:
     return {
         "files": saved,
         "pipeline_config": {k: pipe.config.get(k) for k in (
-            "mode", "prompt_suffix", "default_negative_prompt", "default_guidance_scale", "default_video_guidance_scale",
-            "default_history_noise")},
+            "mode", "prompt_suffix", "default_negative_prompt", "default_guidance_scale",
+            "default_video_guidance_scale", "default_history_noise")},
         "vae": {k: vae[k] for k in ("latent_channels", "image_latent_shift", "image_latent_scale", "video_latent_shift",
                                     "video_latent_scale", "spatial_downsample_scale", "temporal_downsample_scale")},
         "transformer": {"in_channels": pipe.transformer.config.in_channels,

@@ -65,7 +65,8 @@ def _randn(*shape, seed=0):
 
 
 def _ids(length: int, vocab: int, seed=0):
-    return torch.randint(0, max(vocab, 2), (1, length), generator=torch.Generator().manual_seed(seed), dtype=torch.int32)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, max(vocab, 2), (1, length), generator=generator, dtype=torch.int32)
 
 
 def text_encoder_spec(text_encoder, context_adapter, size: ExportSize) -> ComponentSpec:

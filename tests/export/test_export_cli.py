@@ -1,4 +1,4 @@
-"""``neodragon export`` (the ``neodragon`` console script's subcommand, and ``export_main``) on a saved tiny pipeline."""
+"""``neodragon export`` (the ``neodragon`` console script's subcommand, and ``export_main``) on saved pipelines."""
 
 import json
 
