@@ -337,6 +337,13 @@ class ClipHiddenWrapper(_ExportModule):
 # ------------------------------------------------------------------------------------------------------- decoder
 
 
+def is_streaming_decoder(decoder) -> bool:
+    """Whether ``decoder`` is a tiny streaming decoder (``TinyVideoDecoder``: MemBlock memories are its only state),
+    the kind :class:`DecoderStepWrapper` exports."""
+    return isinstance(getattr(decoder, "blocks", None), nn.Sequential) and hasattr(decoder, "frames_to_trim") and any(
+        isinstance(block, MemBlock) for block in decoder.blocks)
+
+
 def decoder_memory_blocks(decoder) -> list[MemBlock]:
     return [block for block in decoder.blocks if isinstance(block, MemBlock)]
 
