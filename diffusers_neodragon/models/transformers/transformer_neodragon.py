@@ -377,9 +377,9 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 noisy clip is conditioned on; ``None`` or empty for the first frame.
             encoder_attention_mask: [B, L] with 1 for real tokens, 0 for padding; ``None`` = all real.
 
-        Precomputed inputs, for callers that fix the token layout ahead of time (the static-shape ONNX graphs of
-        ``diffusers_neodragon.export``, whose history slots are zero-padded); each replaces what the model would
-        otherwise derive from the shapes, so with values that describe the same layout the output is unchanged:
+        Precomputed inputs, for callers that fix the token layout ahead of time (static-shape graphs for NPUs, whose
+        history slots are zero-padded); each replaces what the model would otherwise derive from the shapes, so
+        with values that describe the same layout the output is unchanged:
 
             timestep_proj: [B|1, 256] sinusoidal projection of the timestep (``time_text_embed.time_proj``, see
                 :meth:`timestep_projection`), instead of ``timestep``.
