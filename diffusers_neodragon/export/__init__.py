@@ -3,12 +3,16 @@ w8a16 quantisation and Qualcomm AI Hub jobs.
 
 Modules (import what you need; the heavy optional dependencies are only imported there):
 
-* ``wrappers``: the components as fixed-shape modules (pyramid-stage transformer graphs with padded history,
-  additive attention mask and host-side RoPE / timestep projection; streaming decoder step; ...);
-* ``specs``: which graphs a pipeline exports and their example inputs;
+* ``wrappers``: the components as fixed-shape modules around the models' own forward (pyramid-stage transformer
+  graphs with padded history, additive attention mask and host-side RoPE / timestep projection; streaming decoder
+  step; ...);
+* ``specs``: which graphs a pipeline has, which of them can be exported (checked before any work), their example
+  inputs;
 * ``onnx_configs``: optimum ``OnnxConfig`` subclasses; ``optimum_compat``: importing optimum under transformers 5;
-* ``exporter``: ``export_pipeline`` / ``export_component`` and ``manifest.json``; ``graph_passes``: NPU clean-ups;
-* ``ort_pipeline``: ``ORTNeodragonPipeline``, the whole generation from the exported graphs;
+* ``exporter``: ``export_pipeline`` / ``export_component`` and ``manifest.json`` (written through a temporary folder,
+  so a failed export leaves nothing); ``graph_passes``: NPU clean-ups;
+* ``ort_pipeline``: ``ORTNeodragonPipeline``, the whole generation from the exported graphs (the torch pipeline's
+  own per-frame loop, its transformer calls answered by the stage graphs);
 * ``quantize``: w8a16 QDQ graphs calibrated with the ONNX pipeline;
 * ``htp_check``: compile/run on the QNN HTP simulator with CPU fallback disabled, errors, sizes, memory;
 * ``aihub``: AI Hub compile → link → profile → inference jobs; ``cli``: ``neodragon export``.
@@ -25,6 +29,7 @@ _EXPORTS = {
     "ComponentSpec": "specs",
     "ExportSize": "specs",
     "pipeline_specs": "specs",
+    "select_components": "specs",
     "export_pipeline": "exporter",
     "export_component": "exporter",
     "read_manifest": "exporter",

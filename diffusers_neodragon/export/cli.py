@@ -21,7 +21,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--check-htp", action="store_true",
                         help="compile and run every graph on the QNN HTP simulator with CPU fallback disabled")
     parser.add_argument("--aihub-device", metavar="NAME",
-                        help='submit Qualcomm AI Hub compile/link/profile/inference jobs, e.g. "Snapdragon 8 Elite QRD"')
+                        help="submit Qualcomm AI Hub compile/link/profile/inference jobs, e.g. "
+                             '"Snapdragon 8 Elite QRD"')
     parser.add_argument("--height", type=int, help="video height (default: the pipeline's)")
     parser.add_argument("--width", type=int, help="video width (default: the pipeline's)")
     parser.add_argument("--frames", type=int, help="number of frames, 8k+1 (default: the pipeline's)")
@@ -43,10 +44,26 @@ def export_main(argv: list[str] | None = None) -> int:
     return run_export(args)
 
 
+def _fail(message: str, code: int = 2) -> int:
+    print(f"neodragon: error: {message}", file=sys.stderr)
+    return code
+
+
 def run_export(args) -> int:
+    """Check the arguments, the model's sizes and that every requested graph is exportable, then export into a
+    temporary folder that becomes ``--output`` only when every step (export, w8a16, HTP check) succeeded."""
+
     def say(message: str) -> None:
         print(message, flush=True)
 
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        return _fail(f"--output {output} exists and is not a folder")
+    if args.check_htp:
+        from .htp_check import qnn_available
+
+        if not qnn_available():
+            return _fail("--check-htp needs onnxruntime-qnn (pip install onnxruntime-qnn)")
     # AI Hub: fail before any work when no token is configured.
     if args.aihub_device:
         from .aihub import AIHubConfigurationError, require_token
@@ -54,16 +71,14 @@ def run_export(args) -> int:
         try:
             require_token()
         except AIHubConfigurationError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+            return _fail(str(error))
 
     import torch
 
     from .. import NeodragonPipeline
-    from .exporter import export_pipeline, write_manifest
-    from .specs import ExportSize
+    from .exporter import export_pipeline, staged_output, write_manifest
+    from .specs import ExportSize, select_components
 
-    output = Path(args.output)
     start = time.perf_counter()
     say(f"loading {args.pipeline} ...")
     pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
@@ -73,38 +88,40 @@ def run_export(args) -> int:
     )
     multiple = pipe.size_multiple
     if size.height % multiple or size.width % multiple or (size.num_frames - 1) % pipe.vae_temporal_scale:
-        print(f"error: height/width must be multiples of {multiple} and frames {pipe.vae_temporal_scale}k+1; got "
-              f"{size.height}x{size.width}, {size.num_frames} frames", file=sys.stderr)
-        return 2
+        return _fail(f"height/width must be multiples of {multiple} and frames {pipe.vae_temporal_scale}k+1; got "
+                     f"{size.height}x{size.width}, {size.num_frames} frames")
+    try:
+        select_components(pipe, args.components)
+    except ValueError as error:
+        return _fail(str(error))
     say(f"exporting for {size.height}x{size.width}, {size.num_frames} frames to {output}")
-    manifest = export_pipeline(pipe, output, size, components=args.components, backend=args.backend,
-                               opset=args.opset, progress=say)
-    del pipe
-    manifest["precision"] = args.precision
-    write_manifest(output, manifest)
+    with staged_output(output) as work:
+        manifest = export_pipeline(pipe, work, size, components=args.components, backend=args.backend,
+                                   opset=args.opset, progress=say)
+        del pipe
+        manifest["precision"] = args.precision
+        write_manifest(work, manifest)
 
-    calibration = None
-    if args.precision == "w8a16":
-        from .quantize import collect_calibration_data, quantize_export
+        calibration = None
+        if args.precision == "w8a16":
+            from .quantize import collect_calibration_data, quantize_export
 
-        say("w8a16: collecting calibration data with the ONNX pipeline ...")
-        calibration = collect_calibration_data(output)
-        quantize_export(output, calibration=calibration, progress=say)
+            say("w8a16: collecting calibration data with the ONNX pipeline ...")
+            calibration = collect_calibration_data(work)
+            quantize_export(work, calibration=calibration, progress=say)
 
-    if args.check_htp:
-        from .htp_check import check_export, env_info, format_report, qnn_available
+        if args.check_htp:
+            from .htp_check import check_export, env_info, format_report
 
-        if not qnn_available():
-            print("error: --check-htp needs onnxruntime-qnn (pip install onnxruntime-qnn)", file=sys.stderr)
-            return 2
-        feeds = {name: samples[0] for name, samples in (calibration or {}).items() if samples}
-        reports = check_export(output, args.precision, feeds_by_component=feeds, progress=say)
-        say(format_report(reports))
-        report_path = output / f"htp_report_{args.precision}.json"
-        report_path.write_text(json.dumps({"env": env_info(), "reports": [r.to_dict() for r in reports]}, indent=2))
-        say(f"wrote {report_path}")
-        if not all(r.on_htp for r in reports):
-            say("some graphs did not place fully on the HTP (see above)")
+            feeds = {name: samples[0] for name, samples in (calibration or {}).items() if samples}
+            reports = check_export(work, args.precision, feeds_by_component=feeds, progress=say)
+            say(format_report(reports))
+            report_name = f"htp_report_{args.precision}.json"
+            (work / report_name).write_text(
+                json.dumps({"env": env_info(), "reports": [r.to_dict() for r in reports]}, indent=2))
+            say(f"wrote {output / report_name}")
+            if not all(r.on_htp for r in reports):
+                say("some graphs did not place fully on the HTP (see above)")
 
     if args.aihub_device:
         from .aihub import submit_jobs

@@ -8,16 +8,23 @@ Backends, same interface (:func:`export_component`):
   (``dynamo=False``, constant folding, no dynamic axes).
 * ``"auto"`` (default): optimum when it imports, else torch.
 
+The requested components are checked before anything is built or written (:func:`.specs.select_components`), and
+the files are written into a temporary folder beside the output that replaces it only when everything succeeded
+(:func:`staged_output`), so a failed export leaves nothing behind.
+
 Every graph is checked after export: ONNX Runtime (CPU) on the spec's example inputs against the torch wrapper; the
 maximum absolute error goes into the manifest next to opset, shapes and dtypes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -188,8 +195,8 @@ def _save_host_side(pipe, output_dir: Path) -> dict:
     return {
         "files": saved,
         "pipeline_config": {k: pipe.config.get(k) for k in (
-            "mode", "prompt_suffix", "default_negative_prompt", "default_guidance_scale", "default_video_guidance_scale",
-            "default_history_noise")},
+            "mode", "prompt_suffix", "default_negative_prompt", "default_guidance_scale",
+            "default_video_guidance_scale", "default_history_noise")},
         "vae": {k: vae[k] for k in ("latent_channels", "image_latent_shift", "image_latent_scale", "video_latent_shift",
                                     "video_latent_scale", "spatial_downsample_scale", "temporal_downsample_scale")},
         "transformer": {"in_channels": pipe.transformer.config.in_channels,
@@ -199,6 +206,43 @@ def _save_host_side(pipe, output_dir: Path) -> dict:
             "force_zeros_for_empty_prompt": ff.config.get("force_zeros_for_empty_prompt", False),
         },
     }
+
+
+@contextlib.contextmanager
+def staged_output(output_dir) -> Iterator[Path]:
+    """Yield a fresh temporary folder to write into; on success its entries move into ``output_dir`` (created when
+    missing; same-named entries of an existing folder are replaced, others kept), on failure it is deleted.
+
+    The temporary folder sits in the nearest existing ancestor of ``output_dir`` (same file system, so the final
+    moves are renames), and missing parents are created only on success: an export that fails, or that cannot
+    write there at all, leaves no file or folder behind.
+    """
+    output_dir = Path(output_dir).absolute()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"the output {output_dir} exists and is not a folder")
+    anchor = output_dir.parent
+    while not anchor.exists():
+        anchor = anchor.parent
+    work = anchor / f".{output_dir.name}.partial-{uuid.uuid4().hex[:12]}"
+    work.mkdir()  # default permissions (mkdtemp's are owner-only), kept by the final rename
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        if not output_dir.exists():
+            output_dir.parent.mkdir(parents=True, exist_ok=True)
+            work.rename(output_dir)
+            return
+        for entry in work.iterdir():
+            target = output_dir / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        work.rmdir()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def export_pipeline(
@@ -215,15 +259,16 @@ def export_pipeline(
 ) -> dict:
     """Export every component of ``pipe`` (a ``NeodragonPipeline``) for one generation size and write the manifest.
 
-    Returns the manifest (also written to ``output_dir/manifest.json``).
+    ``components`` (names or kinds) limits the export; each requested graph is checked to be exportable before any
+    work, and a ``ValueError`` names those that are not and why. The files appear in ``output_dir`` only when the
+    whole export succeeded (see :func:`staged_output`). Returns the manifest (also written to
+    ``output_dir/manifest.json``).
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     size = size or ExportSize(pipe.config.default_height, pipe.config.default_width, pipe.config.default_num_frames)
     progress = progress or (lambda message: None)
-    pipe.set_progress_bar_config(disable=True)
     backend = resolve_backend(backend)
     specs = pipeline_specs(pipe, size, components, mask_value=mask_value)
+    pipe.set_progress_bar_config(disable=True)
     manifest = {
         "format": MANIFEST_FORMAT,
         "backend": backend,
@@ -238,17 +283,18 @@ def export_pipeline(
         from .optimum_compat import optimum_status
 
         manifest["optimum"] = optimum_status()[1]
-    manifest.update(_save_host_side(pipe, output_dir))
-    for index, spec in enumerate(specs, 1):
-        progress(f"[{index}/{len(specs)}] exporting {spec.name} ({spec.kind}) with {backend}")
-        entry = export_component(spec, output_dir, backend=backend, opset=opset, validate=validate,
-                                 fold_shapes=fold_shapes)
-        manifest["components"][spec.name] = entry
-        error = entry.get("max_abs_error_vs_torch")
-        progress(f"      {entry['file']}: {entry['parameters']:,} parameters, {entry['export_seconds']} s"
-                 + ("" if error is None else f", ORT vs torch max abs error {error:.2e}"))
-        spec.module = None  # release the wrapper (large for full-size models)
-    write_manifest(output_dir, manifest)
+    with staged_output(output_dir) as work:
+        manifest.update(_save_host_side(pipe, work))
+        for index, spec in enumerate(specs, 1):
+            progress(f"[{index}/{len(specs)}] exporting {spec.name} ({spec.kind}) with {backend}")
+            entry = export_component(spec, work, backend=backend, opset=opset, validate=validate,
+                                     fold_shapes=fold_shapes)
+            manifest["components"][spec.name] = entry
+            error = entry.get("max_abs_error_vs_torch")
+            progress(f"      {entry['file']}: {entry['parameters']:,} parameters, {entry['export_seconds']} s"
+                     + ("" if error is None else f", ORT vs torch max abs error {error:.2e}"))
+            spec.module = None  # release the wrapper (large for full-size models)
+        write_manifest(work, manifest)
     return manifest
 
 

@@ -127,7 +127,8 @@ def graph_memory(path, precision: str = "fp16") -> dict[str, float]:
             weight_elems += count
     # QDQ graphs: their weights are already integer initializers; count them at their own width.
     int_weight_bytes = sum(
-        (int(np.prod(i.dims)) if len(i.dims) else 1) * numpy_helper.helper.tensor_dtype_to_np_dtype(i.data_type).itemsize
+        (int(np.prod(i.dims)) if len(i.dims) else 1)
+        * numpy_helper.helper.tensor_dtype_to_np_dtype(i.data_type).itemsize
         for i in model.graph.initializer
         if i.data_type in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
                            onnx.TensorProto.INT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)

@@ -1,13 +1,14 @@
 """Run a whole Neodragon generation from an export folder with ONNX Runtime.
 
-The graphs do the networks; the host does what the torch pipeline does around them, with the same code where it
-is pure tensor math (``PyramidalDMDScheduler`` for noise, renoising, Euler steps and the history pyramid;
-diffusers' ``LCMScheduler`` and image/video processors for the first frame). Random numbers are drawn from the
-torch ``generator`` in the same order as ``NeodragonPipeline``, so with the same seed (or ``latents``) the result
-matches the torch pipeline up to floating-point error (see ``tests/export``).
+The graphs do the networks; the host does what the torch pipeline does around them, with the same code: the
+per-latent-frame pyramid sampling is the torch pipeline's own ``sample_latent_frame``, whose transformer calls
+:class:`ORTStageTransformer` answers with the stage graphs (``PyramidalDMDScheduler`` does noise, renoising, Euler
+steps and the history pyramid; diffusers' ``LCMScheduler`` and image/video processors the first frame). Random
+numbers are drawn from the torch ``generator`` in the same order as ``NeodragonPipeline``, so with the same seed (or
+``latents``) the result matches the torch pipeline up to floating-point error (see ``tests/export``).
 
-Every graph runs at batch 1: classifier-free guidance runs the stage graph twice (negative, then positive text).
-One prompt and one video per call.
+Every graph runs at batch 1: classifier-free guidance runs the stage graph once per row of the loop's batch
+(negative, then positive text). One prompt and one video per call.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from ..pipelines.neodragon.mode_defaults import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, first_given
+from ..pipelines.neodragon.pyramid_sampling import sample_latent_frame
 from ..schedulers.scheduling_pyramidal_dmd import PyramidalDMDScheduler
 from .exporter import read_manifest
 from .wrappers import StageLayout, pack_history, stage_attention_inputs, timestep_projection
@@ -47,6 +50,33 @@ def htp_session_factory(precision: str = "fp16"):
         return ort.InferenceSession(path, htp_session_options(precision))
 
     return factory
+
+
+class ORTStageTransformer:
+    """The transformer call of ``sample_latent_frame``, answered by the exported stage graphs.
+
+    The stage is the one whose noisy-clip size matches ``hidden_states``; each batch row (the negative and positive
+    halves of classifier-free guidance) runs the batch-1 graph on its own.
+    """
+
+    def __init__(self, pipeline: ORTNeodragonPipeline):
+        self.pipeline = pipeline
+        self.stages = {(layout.noisy_height, layout.noisy_width): stage for stage, layout in pipeline.layouts.items()}
+
+    def __call__(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, history=None,
+                 encoder_attention_mask=None) -> Transformer2DModelOutput:
+        size = tuple(hidden_states.shape[-2:])
+        if size not in self.stages:
+            raise ValueError(f"no stage graph denoises a {size} latent; exported stages: {self.stages}")
+        timestep = torch.as_tensor(timestep).reshape(-1).expand(hidden_states.shape[0])
+        rows = []
+        for b in range(hidden_states.shape[0]):
+            mask = None if encoder_attention_mask is None else encoder_attention_mask[b : b + 1]
+            text = (encoder_hidden_states[b : b + 1], mask, pooled_projections[b : b + 1])
+            conditions = [clip[b : b + 1] for clip in history or []]
+            rows.append(self.pipeline.velocity(self.stages[size], hidden_states[b : b + 1], conditions, text,
+                                               timestep[b : b + 1]))
+        return Transformer2DModelOutput(sample=torch.cat(rows))
 
 
 class ORTNeodragonPipeline:
@@ -162,7 +192,8 @@ class ORTNeodragonPipeline:
         from diffusers.image_processor import VaeImageProcessor
 
         if self.t2i_scheduler is None or not self.has("t2i_unet"):
-            raise ValueError("this export has no first-frame (text-to-image) graphs: pass `image=` or mode='monolithic'")
+            raise ValueError(
+                "this export has no first-frame (text-to-image) graphs: pass `image=` or mode='monolithic'")
         kwargs = {**FIRST_FRAME_DEFAULTS, **overrides}
         if kwargs.get("guidance_scale", 0.0) > 1.0:
             raise ValueError("the exported first-frame graphs run without classifier-free guidance")
@@ -199,6 +230,8 @@ class ORTNeodragonPipeline:
     # ------------------------------------------------------------------------------------------ decode
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [1, C, T, h, w] → video [1, 3, 8T - 7, H, W], one latent frame per decoder step."""
+        if not self.has("decoder_step"):
+            raise ValueError("this export has no decoder_step graph: pass output_type='latent' (or export it)")
         vae = self.manifest["vae"]
         entry = self.manifest["components"]["decoder_step"]
         memories = [np.zeros(shape, dtype=np.float32) for shape in entry["metadata"]["memory_shapes"]]
@@ -249,7 +282,8 @@ class ORTNeodragonPipeline:
             raise ValueError(f"`mode` must be one of {sorted(MODE_DEFAULTS)}, got {mode!r}")
         num_frames = self.max_frames if num_frames is None else num_frames
         if (num_frames - 1) % self.vae_temporal or not 1 <= num_frames <= self.max_frames:
-            raise ValueError(f"`num_frames` must be {self.vae_temporal}k+1 and at most {self.max_frames} (the export's)")
+            raise ValueError(
+                f"`num_frames` must be {self.vae_temporal}k+1 and at most {self.max_frames} (the export's)")
         defaults = MODE_DEFAULTS[mode]
         stages = self.scheduler.config.stages
 
@@ -293,27 +327,18 @@ class ORTNeodragonPipeline:
             generated.append(self.encode_first_frame(image, generator))
 
         history_sigma = torch.full((1,), float(history_noise)) if history_noise > 0 else None
+        stage_graphs = ORTStageTransformer(self)
+        cfg_text = None if negative is None else tuple(torch.cat([n, p]) for n, p in zip(negative, positive))
         for unit in range(len(generated), latent_frames):
             is_first = unit == 0
-            steps = steps_first if is_first else steps_video
-            scale = guidance_scale if is_first else video_guidance_scale
             use_cfg = cfg_first if is_first else cfg_video
             history = self.scheduler.pyramid(torch.cat(generated, dim=2)) if generated else None
-            self.scheduler.set_timesteps(steps)
-            x = noise[:, :, unit : unit + 1]
-            for stage in range(stages):
-                if stage > 0:
-                    x = self.scheduler.renoise(x, stage, generator=generator)
-                conditions = self.scheduler.history_conditions(history, stage)
-                if history_sigma is not None and conditions:
-                    conditions = self.scheduler.add_history_noise(conditions, history_sigma, generator)
-                timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
-                for i in range(len(timesteps)):
-                    velocity = self.velocity(stage, x, conditions, positive, timesteps[i])
-                    if use_cfg:
-                        uncond = self.velocity(stage, x, conditions, negative, timesteps[i])
-                        velocity = uncond + scale * (velocity - uncond)
-                    x = self.scheduler.euler_step(velocity, x, sigmas[i], sigmas[i + 1]).prev_sample
+            # The torch pipeline's own per-frame loop, its transformer calls answered by the stage graphs.
+            x = sample_latent_frame(
+                stage_graphs, self.scheduler, noise[:, :, unit : unit + 1], history, cfg_text if use_cfg else positive,
+                steps_first if is_first else steps_video,
+                (guidance_scale if is_first else video_guidance_scale) if use_cfg else None, generator, history_sigma,
+            )
             generated.append(x)
         latents = torch.cat(generated, dim=2)
         if output_type == "latent":

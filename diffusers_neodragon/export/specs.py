@@ -65,7 +65,8 @@ def _randn(*shape, seed=0):
 
 
 def _ids(length: int, vocab: int, seed=0):
-    return torch.randint(0, max(vocab, 2), (1, length), generator=torch.Generator().manual_seed(seed), dtype=torch.int32)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, max(vocab, 2), (1, length), generator=generator, dtype=torch.int32)
 
 
 def text_encoder_spec(text_encoder, context_adapter, size: ExportSize) -> ComponentSpec:
@@ -190,23 +191,89 @@ def first_frame_specs(first_frame_pipeline, size: ExportSize) -> list[ComponentS
     return specs
 
 
+def pipeline_components(pipe) -> list[tuple[str, str]]:
+    """``(name, kind)`` of every graph ``pipe`` (a ``NeodragonPipeline``) has, in export order; builds nothing."""
+    names = [("text_encoder", "text_encoder")]
+    if pipe.text_encoder is not None or pipe.text_encoder_2 is not None:
+        names.append(("pooled_text", "pooled_text"))
+    names += [(f"transformer_stage_{stage}", "transformer_stage") for stage in range(pipe.scheduler.config.stages)]
+    names += [("decoder_step", "decoder_step"), ("vae_encoder", "vae_encoder")]
+    if pipe.super_resolution is not None:
+        names.append(("super_resolution", "super_resolution"))
+    ff = pipe.first_frame_pipeline
+    if ff is not None:
+        names += [(name, "t2i_text_encoder") for name, encoder in (
+            ("t2i_text_encoder", ff.text_encoder), ("t2i_text_encoder_2", ff.text_encoder_2)) if encoder is not None]
+        names += [("t2i_unet", "t2i_unet"), ("t2i_vae_decoder", "t2i_vae_decoder")]
+    return names
+
+
+def unexportable_reason(pipe, kind: str) -> str | None:
+    """Why the graphs of ``kind`` cannot be exported from ``pipe``, or ``None`` when they can."""
+    if kind == "text_encoder" and pipe.text_encoder_3 is None:
+        return "the pipeline has no text_encoder_3"
+    if kind == "transformer_stage" and pipe.scheduler.config.stages > W.MAX_HISTORY_SLOTS:
+        return f"the stage graphs support at most {W.MAX_HISTORY_SLOTS} pyramid stages, the scheduler has " \
+            f"{pipe.scheduler.config.stages}"
+    if kind in ("decoder_step", "vae_encoder") and pipe.vae is None:
+        return "the pipeline has no vae"
+    if kind == "decoder_step" and not W.is_streaming_decoder(pipe.vae.decoder):
+        return (
+            f"the VAE ({type(pipe.vae).__name__}) has a {type(pipe.vae.decoder).__name__}, and only the tiny "
+            "streaming decoder of AsymmetricVAE (MemBlock memories) exports as a one-latent-frame step; distil one "
+            "with training/distill_decoder.py"
+        )
+    if kind == "vae_encoder" and not (hasattr(pipe.vae, "encoder") and hasattr(pipe.vae, "quant_conv")):
+        return f"the VAE ({type(pipe.vae).__name__}) has no causal encoder + quant_conv"
+    return None
+
+
+def select_components(pipe, components: list[str] | None = None) -> list[tuple[str, str]]:
+    """The ``(name, kind)`` of the graphs to export: all, or those named (by name or kind), each checked.
+
+    Raises one ``ValueError`` naming every unknown name, or every requested graph that cannot be exported and
+    why, before anything is built.
+    """
+    available = pipeline_components(pipe)
+    selected = available
+    if components:
+        unknown = set(components) - {name for name, _ in available} - {kind for _, kind in available}
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; available: {[name for name, _ in available]}")
+        selected = [(name, kind) for name, kind in available if name in components or kind in components]
+    reasons = {name: reason for name, kind in selected if (reason := unexportable_reason(pipe, kind))}
+    if reasons:
+        exportable = [name for name, _ in selected if name not in reasons]
+        problems = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+        hint = f"; to export the others, name them (--components / components=): {' '.join(exportable)}" \
+            if exportable else ""
+        raise ValueError(f"cannot export {problems}{hint}")
+    return selected
+
+
 def pipeline_specs(pipe, size: ExportSize, components: list[str] | None = None,
                    mask_value: float = W.DEFAULT_MASK_VALUE) -> list[ComponentSpec]:
-    """Specs for every exportable component of a ``NeodragonPipeline`` (optionally only those named)."""
+    """Specs for every exportable component of a ``NeodragonPipeline`` (optionally only those named).
+
+    The selection is checked first (:func:`select_components`), and only the selected graphs are built.
+    """
+    names = [name for name, _ in select_components(pipe, components)]
+    kinds = {kind for name, kind in pipeline_components(pipe) if name in names}
     vae_s, vae_t = pipe.vae_spatial_scale, pipe.vae_temporal_scale
-    specs = [text_encoder_spec(pipe.text_encoder_3, pipe.context_adapter, size)]
-    if pipe.text_encoder is not None or pipe.text_encoder_2 is not None:
+    specs = []
+    if "text_encoder" in kinds:
+        specs.append(text_encoder_spec(pipe.text_encoder_3, pipe.context_adapter, size))
+    if "pooled_text" in kinds:
         specs.append(pooled_text_spec(pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2))
-    specs += transformer_stage_specs(pipe.transformer, pipe.scheduler.config.stages, size, mask_value, vae_s, vae_t)
-    specs.append(decoder_step_spec(pipe.vae, size))
-    specs.append(vae_encoder_spec(pipe.vae, size))
-    if pipe.super_resolution is not None:
+    if "transformer_stage" in kinds:
+        specs += transformer_stage_specs(pipe.transformer, pipe.scheduler.config.stages, size, mask_value, vae_s,
+                                         vae_t)
+    if "decoder_step" in kinds:
+        specs.append(decoder_step_spec(pipe.vae, size))
+    if "vae_encoder" in kinds:
+        specs.append(vae_encoder_spec(pipe.vae, size))
+    if "super_resolution" in kinds:
         specs.append(super_resolution_spec(pipe.super_resolution, size))
-    if pipe.first_frame_pipeline is not None:
+    if kinds & {"t2i_text_encoder", "t2i_unet", "t2i_vae_decoder"}:
         specs += first_frame_specs(pipe.first_frame_pipeline, size)
-    if components:
-        unknown = set(components) - {s.name for s in specs} - {s.kind for s in specs}
-        if unknown:
-            raise ValueError(f"unknown components {sorted(unknown)}; available: {[s.name for s in specs]}")
-        specs = [s for s in specs if s.name in components or s.kind in components]
-    return specs
+    return [spec for spec in specs if spec.name in names]

@@ -1,15 +1,15 @@
 """Export wrappers: each pipeline component as an ``nn.Module`` with plain, fixed-shape tensor inputs and outputs.
 
-The wrappers call the models' own submodules; they only re-express what an ahead-of-time compiled NPU graph
-cannot take as it is:
+The wrappers call the models' own ``forward``; they only pack what an ahead-of-time compiled NPU graph cannot take
+as it is into plain, static-shape tensors:
 
 * **Transformer** (:class:`TransformerStageWrapper`): one graph per pyramid stage, the history padded to the
   largest history the generation loop uses at that stage (see :class:`StageLayout`). The layout-dependent parts of
-  the model's attention are inputs computed on the host (:func:`stage_attention_inputs`): an *additive float mask*
-  ``attention_bias`` (instead of the boolean prefix mask + unmasked fused attention, and covering the padding) and
-  the temporal RoPE ``rope_cos`` / ``rope_sin`` tables (instead of computing frame indices in the graph). The model's
-  own blocks run unchanged on that layout (``JointAttentionLayout`` with every query in the masked group), so the
-  velocity of the noisy clip equals the unpadded model's.
+  the model's attention are inputs computed on the host (:func:`stage_attention_inputs`) and handed to the model's
+  forward through its precomputed-layout arguments: an *additive float mask* ``attention_bias`` (instead of the
+  boolean prefix mask + unmasked fused attention, and covering the padding), the temporal RoPE ``rope_cos`` /
+  ``rope_sin`` tables (instead of frame indices, which would count the padded frames) and the timestep projection
+  ``timestep_proj``. The velocity of the noisy clip equals the unpadded model's.
 * **Text** (:class:`TextEncoderWrapper`): DT5 + ContextAdapter on 128 padded tokens with their mask.
 * **Pooled text** (:class:`PooledTextWrapper`): CLIP-L / CLIP-G ``text_embeds`` concatenated.
 * **Decoder** (:class:`DecoderStepWrapper`): one latent frame per call; the MemBlock memories (the decoder's only
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..models.autoencoders.autoencoder_asymmetric import MemBlock
-from ..models.transformers.transformer_neodragon import JointAttentionLayout, temporal_rope_frequencies
+from ..models.transformers.transformer_neodragon import temporal_rope_frequencies
 
 
 MAX_HISTORY_SLOTS = 4
@@ -217,26 +217,9 @@ def stage_attention_inputs(
     return {"attention_bias": bias[None, None], "rope_cos": cos, "rope_sin": sin}
 
 
-def unpatchify_low_rank(tokens: torch.Tensor, shape, patch_size: int) -> torch.Tensor:
-    """The model's unpatchify (a rank-7 reshape/permute, which the HTP does not support) with tensors of rank <= 4.
-
-    ``tokens`` [B, h'*w', p*p*C] (last axis ordered (i, j, c)) → [B, C, 1, h'*p, w'*p]: per sample,
-    [h', w', p, p*C] → [h', p, w', p*C] → [h, w, C] → [C, h, w]. Equal to the model's
-    ``reshape(b, t, h', w', p, p, c).permute(0, 6, 1, 2, 4, 3, 5)`` for a one-frame clip.
-    """
-    b, c, t, h, w = shape
-    if t != 1:
-        raise ValueError(f"the stage graphs denoise one latent frame, got {t}")
-    p = patch_size
-    outs = []
-    for sample in tokens.unbind(0) if b > 1 else [tokens[0]]:
-        x = sample.reshape(h // p, w // p, p, p * c).permute(0, 2, 1, 3).reshape(h, w, c).permute(2, 0, 1)
-        outs.append(x.reshape(1, c, 1, h, w))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
-
-
 def timestep_projection(timestep: torch.Tensor, params: dict[str, float]) -> torch.Tensor:
-    """The transformer's ``time_text_embed.time_proj`` (diffusers ``Timesteps``) from its recorded ``params``."""
+    """``NeodragonTransformer3DModel.timestep_projection`` from its recorded ``params``, for hosts (the ONNX
+    pipeline) that have the graphs but not the torch model."""
     from diffusers.models.embeddings import get_timestep_embedding
 
     return get_timestep_embedding(
@@ -257,7 +240,8 @@ class TransformerStageWrapper(_ExportModule):
     Inputs: ``hidden_states`` (noisy clip [1, C, 1, h, w]), the history slots ``history_k``, ``encoder_hidden_states``
     [1, text_len, width], ``pooled_projections`` [1, P], ``timestep_proj`` [1, 256] (:func:`timestep_projection` of
     the raw 0-1000 timestep), ``attention_bias`` [1, 1, S, S], ``rope_cos`` / ``rope_sin`` [N_img, 1, head_dim / 2].
-    Output ``sample``: the velocity [1, C, 1, h, w].
+    Output ``sample``: the velocity [1, C, 1, h, w]. The wrapper only gathers the history slots and calls the model's
+    own ``forward`` with the precomputed layout (``attention_bias``, ``rotary_emb``, ``timestep_proj``).
 
     The sinusoidal timestep projection (``time_text_embed.time_proj``, weight-free) runs on the host: in fp16 on the
     HTP, ``sin``/``cos`` of angles up to 1000 rad lose most of their precision (max error grew from 1e-2 at t=1 to
@@ -288,27 +272,16 @@ class TransformerStageWrapper(_ExportModule):
         rope_cos: torch.Tensor | None = None,
         rope_sin: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        model = self.transformer
         given = {"history_0": history_0, "history_1": history_1, "history_2": history_2, "history_3": history_3}
-        clips = [given[slot.name] for slot in self.layout.slots] + [hidden_states]
-        if any(c is None for c in clips) or encoder_hidden_states is None or attention_bias is None:
+        history = [given[slot.name] for slot in self.layout.slots]
+        needed = (hidden_states, *history, encoder_hidden_states, pooled_projections, timestep_proj, attention_bias,
+                  rope_cos, rope_sin)
+        if any(value is None for value in needed):
             raise ValueError(f"the stage-{self.layout.stage} graph needs inputs {self.input_names}")
-        embed = model.time_text_embed  # CombinedTimestepTextProjEmbeddings, its time_proj done on the host
-        temb = embed.timestep_embedder(timestep_proj.to(pooled_projections.dtype)) + embed.text_embedder(
-            pooled_projections)
-        txt = encoder_hidden_states
-        if model.context_embedder is not None:
-            txt = model.context_embedder(txt)
-        img = model.pos_embed(clips)
-        layout = JointAttentionLayout(
-            num_free=0, prefix_mask=attention_bias.to(img.dtype), key_padding=None, rope=(rope_cos, rope_sin),
-            num_text=txt.shape[1], num_last=self.layout.num_noisy_tokens,
-        )
-        last = len(model.transformer_blocks) - 1
-        for index, block in enumerate(model.transformer_blocks):
-            img, txt = block(img, txt, temb, layout, index == last)
-        img = model.proj_out(model.norm_out(img, temb))
-        return unpatchify_low_rank(img, hidden_states.shape, model.config.patch_size)
+        return self.transformer(
+            hidden_states, encoder_hidden_states, pooled_projections, history=history, return_dict=False,
+            timestep_proj=timestep_proj, attention_bias=attention_bias, rotary_emb=(rope_cos, rope_sin),
+        )[0]
 
 
 # ---------------------------------------------------------------------------------------------------------- text
@@ -362,6 +335,13 @@ class ClipHiddenWrapper(_ExportModule):
 
 
 # ------------------------------------------------------------------------------------------------------- decoder
+
+
+def is_streaming_decoder(decoder) -> bool:
+    """Whether ``decoder`` is a tiny streaming decoder (``TinyVideoDecoder``: MemBlock memories are its only state),
+    the kind :class:`DecoderStepWrapper` exports."""
+    return isinstance(getattr(decoder, "blocks", None), nn.Sequential) and hasattr(decoder, "frames_to_trim") and any(
+        isinstance(block, MemBlock) for block in decoder.blocks)
 
 
 def decoder_memory_blocks(decoder) -> list[MemBlock]:

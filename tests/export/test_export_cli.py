@@ -1,4 +1,4 @@
-"""``neodragon export`` (the ``neodragon`` console script's subcommand, and ``export_main``) on a saved tiny pipeline."""
+"""``neodragon export`` (the ``neodragon`` console script's subcommand, and ``export_main``) on saved pipelines."""
 
 import json
 
@@ -50,3 +50,30 @@ def test_neodragon_export_subcommand_parses_the_documented_arguments():
     assert (args.command, args.pipeline, args.output, args.precision, args.check_htp, args.aihub_device) == (
         "export", "model", "out", "w8a16", True, "Snapdragon 8 Elite QRD")
     assert build_parser().parse_args(["export", "model", "--output", "out"]).precision == "fp16"
+
+
+def test_embedded_model_export_names_the_full_decoder_and_leaves_no_folder(tmp_path, capsys):
+    """The embedded model's VAE has the full causal decoder: the export says so before any work and writes nothing;
+    the graphs that can be exported are exported when named."""
+    from diffusers_neodragon.pretrained import shapes_model_path
+
+    out = tmp_path / "onnx"
+    assert main(["export", shapes_model_path(), "--output", str(out), "--backend", "torch"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # not progress bars
+    assert len(err) == 1 and err[0].startswith(
+        "neodragon: error: cannot export decoder_step: the VAE (CausalVideoVAE) has a CausalVideoDecoder"), err
+    assert "--components" in err[0] and "vae_encoder" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+    code = main(["export", shapes_model_path(), "--output", str(out), "--backend", "torch", "--frames", "9",
+                 "--components", "text_encoder"])
+    assert code == 0, capsys.readouterr().err
+    assert list(json.loads((out / "manifest.json").read_text())["components"]) == ["text_encoder"]
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
+
+
+def test_output_that_is_a_file_is_rejected_before_loading(tmp_path, capsys):
+    target = tmp_path / "out.onnx"
+    target.write_text("")
+    assert export_main([str(tmp_path / "no_model"), "--output", str(target)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err

@@ -79,6 +79,15 @@ def test_ort_pipeline_rejects_sizes_beyond_the_export(ort_pipe):
         ort_pipe(["a", "b"])
 
 
+def test_ort_pipeline_without_a_decoder_step_says_so(tiny_export):
+    from diffusers_neodragon.export.ort_pipeline import ORTNeodragonPipeline
+
+    pipe = ORTNeodragonPipeline(tiny_export[0])
+    del pipe.manifest["components"]["decoder_step"]  # as exported from a VAE with the full causal decoder
+    with pytest.raises(ValueError, match="no decoder_step graph: pass output_type='latent'"):
+        pipe.decode(torch.zeros(1, 4, 2, 8, 8))
+
+
 def test_optimum_backend_exports_the_same_graph(tiny_pipe, tmp_path):
     """optimum's export_models with our OnnxConfig subclasses (through the transformers-5 compat import)."""
     from diffusers_neodragon.export.exporter import export_component

@@ -67,13 +67,6 @@ def test_attention_bias_masks_padding_and_keeps_rows_finite():
     assert torch.isfinite(bias).all() and inputs["rope_cos"].shape == (9, 1, 4)
 
 
-def test_unpatchify_low_rank_equals_the_model_rank_7_form():
-    c, h, w, p = 3, 8, 12, 2
-    tokens = torch.randn(1, (h // p) * (w // p), p * p * c)
-    want = tokens.reshape(1, 1, h // p, w // p, p, p, c).permute(0, 6, 1, 2, 4, 3, 5).reshape(1, c, 1, h, w)
-    torch.testing.assert_close(W.unpatchify_low_rank(tokens, (1, c, 1, h, w), p), want, rtol=0, atol=0)
-
-
 def test_decoder_step_streams_like_the_model(tiny_pipe):
     """Zero memories at the first step + keeping its last frame, then the memories carried: the model's decode."""
     vae = tiny_pipe.vae

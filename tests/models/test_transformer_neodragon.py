@@ -229,3 +229,49 @@ def test_cuda_graphs_are_a_passthrough_off_the_gpu():
     assert model._cuda_graphs.graphs == {}
     model.enable_cuda_graphs(False)
     assert model._cuda_graphs is None
+
+
+def _reference_rule_inputs(model, kw, text_mask):
+    """The precomputed-layout arguments that describe ``kw``'s own layout (additive bias from the reference rule)."""
+    frame_ids, frame = [], 0
+    for clip in [*kw["history"], kw["hidden_states"]]:
+        for _ in range(clip.shape[2]):
+            frame_ids += [frame] * ((clip.shape[3] // 2) * (clip.shape[4] // 2))
+            frame += 1
+    frame_ids = torch.tensor(frame_ids)
+    num_text = kw["encoder_hidden_states"].shape[1]
+    tpos = torch.cat([torch.zeros(num_text, dtype=torch.long), frame_ids])
+    valid = torch.cat([text_mask.bool(), torch.ones(text_mask.shape[0], len(frame_ids), dtype=torch.bool)], 1)
+    allowed = (tpos[:, None] >= tpos[None, :]) & (valid[:, :, None] == valid[:, None, :])
+    bias = torch.zeros(allowed.shape).masked_fill(~allowed, -1e4)[:, None]
+    rope = temporal_rope_frequencies(frame_ids, model.config.attention_head_dim, model.config.rope_theta)
+    return dict(attention_bias=bias, rotary_emb=rope, timestep_proj=model.timestep_projection(kw["timestep"]))
+
+
+def test_precomputed_layout_arguments_equal_the_models_own_layout():
+    """What the static-shape export passes (additive bias, RoPE tables, timestep projection) gives the same
+    velocity as the model's own causal rule, padding mask and timestep."""
+    model = tiny_model()
+    kw = inputs()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        want = model(**kw, encoder_attention_mask=mask).sample
+        given = _reference_rule_inputs(model, kw, mask)
+        got = model(**{**kw, "timestep": None}, **given).sample
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="exactly one of `timestep` and `timestep_proj`"):
+        model(**kw, timestep_proj=given["timestep_proj"])
+    with pytest.raises(ValueError, match="no `encoder_attention_mask`"):
+        model(**kw, encoder_attention_mask=mask, attention_bias=given["attention_bias"])
+    with pytest.raises(ValueError, match="attention_bias must be"):
+        model(**kw, attention_bias=given["attention_bias"][..., 1:])
+    with pytest.raises(ValueError, match="rotary_emb covers"):
+        model(**kw, rotary_emb=tuple(r[1:] for r in given["rotary_emb"]))
+
+
+def test_unpatchify_equals_the_rank_7_form_bitwise():
+    model = tiny_model()
+    b, c, t, h, w, p = 2, 4, 3, 8, 12, 2
+    tokens = torch.randn(b, t * (h // p) * (w // p), p * p * c)
+    want = tokens.reshape(b, t, h // p, w // p, p, p, c).permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, t, h, w)
+    torch.testing.assert_close(model.unpatchify(tokens, (b, c, t, h, w)), want, rtol=0, atol=0)

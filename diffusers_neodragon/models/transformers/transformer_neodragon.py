@@ -126,7 +126,8 @@ class NeodragonJointAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.context_pre_only = context_pre_only
         self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.add_q_proj, self.add_k_proj, self.add_v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.add_q_proj, self.add_k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.add_v_proj = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(self.head_dim, eps=qk_norm_eps)
         self.norm_k = RMSNorm(self.head_dim, eps=qk_norm_eps)
         self.norm_add_q = RMSNorm(self.head_dim, eps=qk_norm_eps)
@@ -355,10 +356,14 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         pooled_projections: torch.Tensor,
-        timestep: torch.Tensor,
+        timestep: torch.Tensor | None = None,
         history: Sequence[torch.Tensor] | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         return_dict: bool = True,
+        *,
+        timestep_proj: torch.Tensor | None = None,
+        attention_bias: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         r"""Predict the velocity (noisier minus cleaner endpoint) of the noisy clip.
 
@@ -371,6 +376,18 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             history: chronological clean clips [B, C, T_i, H_i, W_i] (any resolution whose grid fits) that the
                 noisy clip is conditioned on; ``None`` or empty for the first frame.
             encoder_attention_mask: [B, L] with 1 for real tokens, 0 for padding; ``None`` = all real.
+
+        Precomputed inputs, for callers that fix the token layout ahead of time (static-shape graphs for NPUs, whose
+        history slots are zero-padded); each replaces what the model would otherwise derive from the shapes, so
+        with values that describe the same layout the output is unchanged:
+
+            timestep_proj: [B|1, 256] sinusoidal projection of the timestep (``time_text_embed.time_proj``, see
+                :meth:`timestep_projection`), instead of ``timestep``.
+            attention_bias: additive float mask [B|1, 1, S, S] over the ``[text; image tokens]`` sequence (0 where
+                query i may see key j, a large negative value elsewhere), instead of the causal frame rule and
+                ``encoder_attention_mask``; every query then runs through it.
+            rotary_emb: temporal RoPE ``(cos, sin)``, each [N_img, 1, head_dim / 2] (see
+                :func:`temporal_rope_frequencies`), instead of the frame indices of the clips.
         """
         clips = [*(history or []), hidden_states]
         for clip in clips:
@@ -387,23 +404,51 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 f"encoder_attention_mask {tuple(encoder_attention_mask.shape)} must match the text tokens "
                 f"{tuple(encoder_hidden_states.shape[:2])}"
             )
-        timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch_size)
-        inputs = (hidden_states, encoder_hidden_states, pooled_projections, timestep, encoder_attention_mask, *clips[:-1])
+        if (timestep is None) == (timestep_proj is None):
+            raise ValueError("Give exactly one of `timestep` and `timestep_proj`")
+        if attention_bias is not None and encoder_attention_mask is not None:
+            raise ValueError("`attention_bias` already masks the padded text: pass no `encoder_attention_mask` with it")
+        if timestep is not None:
+            timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch_size)
+        inputs = (hidden_states, encoder_hidden_states, pooled_projections, timestep, encoder_attention_mask,
+                  timestep_proj, attention_bias, rotary_emb, *clips[:-1])
         # The runner replays a captured graph on CUDA without autograd and runs eagerly otherwise.
         out = (self._forward_impl if self._cuda_graphs is None else self._cuda_graphs)(*inputs)
         if not return_dict:
             return (out,)
         return Transformer2DModelOutput(sample=out)
 
+    def timestep_projection(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The weight-free sinusoidal projection [B, 256] of raw timesteps that ``timestep_proj`` replaces."""
+        return self.time_text_embed.time_proj(torch.as_tensor(timestep).reshape(-1))
+
+    def _conditioning(self, timestep, timestep_proj, pooled_projections) -> torch.Tensor:
+        if timestep_proj is None:
+            return self.time_text_embed(timestep, pooled_projections)
+        # CombinedTimestepTextProjEmbeddings.forward after its time_proj.
+        embed = self.time_text_embed
+        return embed.timestep_embedder(timestep_proj.to(pooled_projections.dtype)) + embed.text_embedder(
+            pooled_projections)
+
     def _forward_impl(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, encoder_attention_mask,
-                      *history) -> torch.Tensor:
+                      timestep_proj, attention_bias, rotary_emb, *history) -> torch.Tensor:
         clips = [*history, hidden_states]
-        temb = self.time_text_embed(timestep, pooled_projections)
+        temb = self._conditioning(timestep, timestep_proj, pooled_projections)
         txt = encoder_hidden_states
         if self.context_embedder is not None:
             txt = self.context_embedder(txt)
         img = self.pos_embed(clips)
         layout = self._layout(clips, encoder_attention_mask, txt.shape[1], img.device)
+        if rotary_emb is not None:
+            if rotary_emb[0].shape[0] != img.shape[1]:
+                raise ValueError(f"rotary_emb covers {rotary_emb[0].shape[0]} image tokens, the clips {img.shape[1]}")
+            layout = replace(layout, rope=tuple(rotary_emb))
+        if attention_bias is not None:
+            seq_len = txt.shape[1] + img.shape[1]
+            if tuple(attention_bias.shape[-2:]) != (seq_len, seq_len):
+                raise ValueError(
+                    f"attention_bias must be [B|1, 1, {seq_len}, {seq_len}], got {tuple(attention_bias.shape)}")
+            layout = replace(layout, num_free=0, prefix_mask=attention_bias.to(img.dtype), key_padding=None)
 
         last = len(self.transformer_blocks) - 1
         for index, block in enumerate(self.transformer_blocks):
@@ -414,6 +459,16 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 img, txt = block(*args)
 
         img = self.proj_out(self.norm_out(img, temb))
-        b, c, t, h, w = hidden_states.shape
+        return self.unpatchify(img, hidden_states.shape)
+
+    def unpatchify(self, tokens: torch.Tensor, shape) -> torch.Tensor:
+        """Tokens [B, T*h'*w', p*p*C] (last axis ordered (row offset, column offset, channel)) -> [B, C, T, H, W].
+
+        Only reshapes and permutes of rank <= 4 (the rank-7 form
+        ``reshape(b, t, h', w', p, p, c).permute(0, 6, 1, 2, 4, 3, 5)`` moves the same elements, but rank > 4
+        transposes do not compile for Qualcomm's HTP, where the exported graphs run).
+        """
+        b, c, t, h, w = shape
         p = self.config.patch_size
-        return img.reshape(b, t, h // p, w // p, p, p, c).permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, t, h, w)
+        x = tokens.reshape(b * t * (h // p), w // p, p, p * c).permute(0, 2, 1, 3)  # [., p, w', p*c]: rows, cols
+        return x.reshape(b, t, h * w, c).permute(0, 3, 1, 2).reshape(b, c, t, h, w)

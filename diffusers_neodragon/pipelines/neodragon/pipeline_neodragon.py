@@ -26,6 +26,7 @@ from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_ru
 from ...utils.float8_weights import quantize_weights_float8
 from .mode_defaults import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, MODES, OUTPUT_TYPES, first_given
 from .pipeline_output import NeodragonPipelineOutput
+from .pyramid_sampling import sample_latent_frame
 
 
 logger = logging.get_logger(__name__)
@@ -770,66 +771,13 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         start_stage: int = 0,
         on_step: Callable | None = None,
     ) -> torch.Tensor:
-        """Sample one latent frame through the pyramid stages ``start_stage`` .. last (the body of the autoregressive
-        loop, also used by training to sample frames from a true history).
-
-        Args:
-            x: stage-0 noise [B, C, 1, h, w] (``start_stage`` 0), or the clean estimate of stage ``start_stage - 1``,
-                which is re-noised into stage ``start_stage`` (an SDEdit-like partial regeneration).
-            history: ``scheduler.pyramid`` of the earlier latent frames, or ``None`` for the first frame.
-            text: ``(embeds, mask, pooled)``; with ``guidance_scale`` the negative rows come first, then the positive.
-            num_inference_steps: steps per stage.
-            guidance_scale: CFG scale, or ``None`` for a single conditional pass; or a function returning the scale,
-                called at every step (how ``__call__`` lets a callback change guidance mid-generation): a step uses
-                CFG when it returns a value > 1 and ``text`` holds negative rows, else the positive rows alone.
-            history_sigma: per-sample history-noise sigma [B] (see ``history_noise``), or ``None``.
-            on_step: ``on_step(t, x) -> x`` after every step (callbacks, progress).
-        """
-        stages = self.scheduler.config.stages
-        if not 0 <= start_stage < stages:
-            raise ValueError(f"`start_stage` must be in [0, {stages - 1}], got {start_stage}.")
-        dtype = x.dtype
-        batch = x.shape[0]
-        paired = text[0].shape[0] == 2 * batch
-        if guidance_scale is not None and not callable(guidance_scale) and not paired:
-            raise ValueError(
-                f"CFG needs `text` with {2 * batch} rows (negative, then positive), got {text[0].shape[0]}")
-        positive = (text[0][batch:], None if text[1] is None else text[1][batch:], text[2][batch:]) if paired else text
-        self.scheduler.set_timesteps(num_inference_steps, device=x.device)
-        for stage in range(start_stage, stages):
-            if stage > 0:
-                x = self.scheduler.renoise(x, stage, generator=generator)
-            conditions = self.scheduler.history_conditions(history, stage)
-            if history_sigma is not None and conditions:
-                conditions = self.scheduler.add_history_noise(conditions, history_sigma, generator)
-            paired_conditions = None
-            timesteps, sigmas = self.scheduler.stage_timesteps[stage], self.scheduler.stage_sigmas[stage]
-            for i in range(len(timesteps)):
-                if self.interrupt:
-                    continue
-                if callable(guidance_scale):
-                    scale = guidance_scale()
-                    use_cfg = paired and scale is not None and scale > 1.0
-                else:
-                    scale, use_cfg = guidance_scale, guidance_scale is not None
-                if use_cfg and paired_conditions is None:
-                    paired_conditions = [torch.cat([c, c]) for c in conditions]
-                model_input = torch.cat([x, x]) if use_cfg else x
-                embeds, mask, pooled = text if use_cfg else positive
-                # The reference casts timestep and sigma to the model dtype (bf16 rounding included).
-                t = timesteps[i].to(dtype)
-                velocity = self.transformer(
-                    hidden_states=model_input, encoder_hidden_states=embeds, pooled_projections=pooled,
-                    timestep=t.float(), history=paired_conditions if use_cfg else conditions,
-                    encoder_attention_mask=mask,
-                ).sample
-                if use_cfg:
-                    uncond, cond = velocity.chunk(2)
-                    velocity = uncond + scale * (cond - uncond)
-                x = self.scheduler.euler_step(velocity, x, sigmas[i].to(dtype), sigmas[i + 1].to(dtype)).prev_sample
-                if on_step is not None:
-                    x = on_step(t, x)
-        return x
+        """Sample one latent frame through the pyramid stages ``start_stage`` .. last with this pipeline's transformer
+        and scheduler: [`~pipelines.neodragon.pyramid_sampling.sample_latent_frame`], whose arguments these are; it
+        stops stepping once ``interrupt`` is set."""
+        return sample_latent_frame(
+            self.transformer, self.scheduler, x, history, text, num_inference_steps, guidance_scale, generator,
+            history_sigma, start_stage, on_step, interrupted=lambda: self.interrupt,
+        )
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
