@@ -1,13 +1,10 @@
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import PIL.Image
 import pytest
 
-from diffusers_neodragon.cli import build_parser, frame_strip, main
+from diffusers_neodragon_cli import build_parser, frame_strip, main
 from tests.tiny_components import pipeline
 
 
@@ -103,19 +100,3 @@ def test_a_successful_run_leaves_just_the_video_and_its_strip(tmp_path, monkeypa
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     assert PIL.Image.open(out).n_frames == 9
     assert seen == [3, threads] and torch.get_num_threads() == threads
-
-
-def test_neodragon_help_returns_in_under_two_seconds():
-    """`neodragon --help` in a fresh interpreter (about 0.1 s of the command's own; 2 s leaves room for a busy CI
-    machine). Needs a package __init__ that does not import torch: skipped while it does."""
-    script = ("import sys, time; start = time.perf_counter(); import diffusers_neodragon.cli as cli\n"
-              "eager = 'torch' in sys.modules; code = cli.main(['--help'])\n"
-              "print(code, eager, time.perf_counter() - start, file=sys.stderr)")
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    wall = time.perf_counter() - start
-    code, eager, _ = done.stderr.split()[-3:]
-    assert code == "0" and "generate" in done.stdout
-    if eager == "True":
-        pytest.skip(f"the package __init__ imports torch (--help took {wall:.1f} s)")
-    assert wall < 2.0, wall

@@ -8,7 +8,7 @@ import imageio.v3
 import torch
 
 from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel
-from diffusers_neodragon.cli import main
+from diffusers_neodragon_cli import main
 from diffusers_neodragon.evaluation import evaluate_video
 from diffusers_neodragon.pretrained import SHAPES_MODEL_PATH, shapes_model_path
 

@@ -51,7 +51,7 @@ def test_no_token_stops_before_any_work_and_says_how_to_configure(tmp_path, monk
 
 
 def test_cli_refuses_aihub_without_token_before_loading_anything(tmp_path, monkeypatch, capsys):
-    from diffusers_neodragon.cli import main
+    from diffusers_neodragon_cli import main
 
     monkeypatch.setenv("QAIHUB_CLIENT_INI", str(tmp_path / "missing.ini"))
     code = main(["export", str(tmp_path / "does-not-exist"), "--output", str(tmp_path / "out"),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diffusers_neodragon.cli import build_parser, main
+from diffusers_neodragon_cli import build_parser, main
 from diffusers_neodragon.export.cli import build_export_parser, export_main
 
 

@@ -1,5 +1,6 @@
 """The ``neodragon`` command: ``neodragon generate PROMPT ...`` writes a video and a PNG strip of frames;
-``neodragon export PIPELINE_FOLDER --output DIR ...`` exports it for Snapdragon NPUs (see ``export/cli.py``).
+``neodragon export PIPELINE_FOLDER --output DIR ...`` exports it for Snapdragon NPUs (see
+``diffusers_neodragon/export/cli.py``).
 
 Bad input costs a fraction of a second and one line: everything that can be checked from the arguments and from the
 model folder's JSON configs is checked before torch is imported or a weight is read. Errors go to stderr as
@@ -9,6 +10,7 @@ destination and renamed, so a failed run leaves nothing behind.
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -156,11 +158,15 @@ def read_model_limits(folder: os.PathLike) -> ModelLimits | None:
     )
 
 
+def embedded_model_folder() -> Path:
+    """The embedded Shapes pipeline's folder, found without importing diffusers_neodragon (which loads torch)."""
+    spec = importlib.util.find_spec("diffusers_neodragon")
+    return Path(next(iter(spec.submodule_search_locations))) / "pretrained" / "shapes"
+
+
 def _embedded_limits() -> ModelLimits | None:
     try:
-        from .pretrained import SHAPES_MODEL_PATH
-
-        return read_model_limits(SHAPES_MODEL_PATH)
+        return read_model_limits(embedded_model_folder())
     except Exception:  # the help text must not fail because of an incomplete install
         return None
 
@@ -237,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "NAME_frames.png (default: out.mp4)")
     gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
-    from .export.cli import add_export_arguments  # argparse only: the export dependencies load when it runs
+    from .export_arguments import add_export_arguments
 
     export = commands.add_parser(
         "export", help="export a pipeline to static-shape ONNX graphs for Snapdragon NPUs (QNN HTP check, AI Hub)")
@@ -264,10 +270,11 @@ def frame_strip(frames, count: int = 8, height: int = 128):
 def resolve_model(model: str | None) -> tuple[str, ModelLimits | None]:
     """The folder (or Hub id) to load and its limits; a local-looking path that does not exist is a usage error."""
     if model is None:
-        from .pretrained import shapes_model_path
-
-        folder = shapes_model_path()
-        return folder, read_model_limits(folder)
+        folder = embedded_model_folder()
+        if not (folder / "model_index.json").is_file():
+            raise UsageError(f"the embedded Shapes model is missing from {folder} (an incomplete install?); "
+                             "reinstall diffusers-neodragon or pass --model")
+        return str(folder), read_model_limits(folder)
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -434,7 +441,7 @@ def _run(args, model: str, output: Path, device) -> int:
     import torch
     from diffusers.utils import load_image
 
-    from . import NeodragonPipeline
+    from diffusers_neodragon import NeodragonPipeline
 
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if args.model is None:
@@ -479,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return generate(args)
-        from .export.cli import run_export
+        from diffusers_neodragon.export.cli import run_export
 
         return run_export(args)
     except UsageError as error:

@@ -1,0 +1,25 @@
+"""The arguments of ``neodragon export`` (argparse only: the exporter's dependencies load when it runs)."""
+
+import argparse
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("pipeline", help="NeodragonPipeline folder (save_pretrained output)")
+    parser.add_argument("--output", required=True, help="folder for the ONNX graphs, manifest.json and reports")
+    parser.add_argument("--precision", choices=["fp16", "w8a16"], default="fp16",
+                        help="NPU precision: fp16 (fp32 graphs compiled in fp16) or w8a16 (adds QDQ graphs "
+                             "calibrated with the ONNX pipeline)")
+    parser.add_argument("--check-htp", action="store_true",
+                        help="compile and run every graph on the QNN HTP simulator with CPU fallback disabled")
+    parser.add_argument("--aihub-device", metavar="NAME",
+                        help="submit Qualcomm AI Hub compile/link/profile/inference jobs, e.g. "
+                             '"Snapdragon 8 Elite QRD"')
+    parser.add_argument("--height", type=int, help="video height (default: the pipeline's)")
+    parser.add_argument("--width", type=int, help="video width (default: the pipeline's)")
+    parser.add_argument("--frames", type=int, help="number of frames, 8k+1 (default: the pipeline's)")
+    parser.add_argument("--components", nargs="+", help="export only these graphs (names or kinds)")
+    parser.add_argument("--backend", choices=["auto", "optimum", "torch"], default="auto",
+                        help="exporter: optimum's export_models with our OnnxConfigs, or torch.onnx (auto: optimum "
+                             "when it imports)")
+    parser.add_argument("--opset", type=int, default=17)
+    return parser
