@@ -45,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------------------- argument types
-def _int_at_least(minimum: int):
+def int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -209,11 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "Shapes model embedded in the package, which works offline)")
     gen.add_argument("--image", help="first frame (image-to-video)")
     gen.add_argument("--mode", choices=["hybrid", "monolithic"], help="default: the pipeline's configured mode")
-    gen.add_argument("--frames", type=_int_at_least(1),
+    gen.add_argument("--frames", type=int_at_least(1),
                      help=f"8k+1 frames (default: the model's: {embedded['frames']}49 for Neodragon)")
-    gen.add_argument("--height", type=_int_at_least(1),
+    gen.add_argument("--height", type=int_at_least(1),
                      help=f"multiple of {multiple} (default: the model's: {embedded['height']}320 for Neodragon)")
-    gen.add_argument("--width", type=_int_at_least(1),
+    gen.add_argument("--width", type=int_at_least(1),
                      help=f"multiple of {multiple} (default: the model's: {embedded['width']}512 for Neodragon)")
     gen.add_argument("--seed", type=_seed, default=0, help="in [0, 2**63) (default: 0)")
     gen.add_argument("--steps", type=_steps, help="video DiT steps per stage, e.g. 1,1,1 (default: the mode's)")
@@ -227,17 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the model's)")
     gen.add_argument("--negative-prompt")
     gen.add_argument("--no-super-resolution", action="store_true", help="skip the 2x super-resolution stage")
-    gen.add_argument("--decode-chunk-size", type=_int_at_least(1),
+    gen.add_argument("--decode-chunk-size", type=int_at_least(1),
                      help="decode (and super-resolve) this many latent frames at a time: less memory, same video")
     gen.add_argument("--float8-weights", action="store_true",
                      help="store the large models' weights in float8 (about half the memory; outputs change slightly)")
     gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="default: bfloat16 on cuda, float32 on cpu")
-    gen.add_argument("--threads", type=_int_at_least(1),
+    gen.add_argument("--threads", type=int_at_least(1),
                      help=f"CPU threads for torch (default: the idle cores, at most 4; {default_threads()} now). "
                      "torch's own default, every core, is many times slower on a machine busy with other work")
-    gen.add_argument("--fps", type=_int_at_least(1), default=24, help="frames per second of the video (default: 24)")
+    gen.add_argument("--fps", type=int_at_least(1), default=24, help="frames per second of the video (default: 24)")
     gen.add_argument("--output", default="out.mp4",
                      help=f"video path ({', '.join(VIDEO_EXTENSIONS)}); the PNG strip goes next to it as "
                      "NAME_frames.png (default: out.mp4)")

@@ -1,6 +1,11 @@
-"""The arguments of ``neodragon export`` (argparse only: the exporter's dependencies load when it runs)."""
+"""The arguments of ``neodragon export`` (argparse only: the exporter's dependencies load when it runs).
+
+``export_main(argv)`` takes the arguments after ``export``.
+"""
 
 import argparse
+
+from .cli import int_at_least
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -14,12 +19,24 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--aihub-device", metavar="NAME",
                         help="submit Qualcomm AI Hub compile/link/profile/inference jobs, e.g. "
                              '"Snapdragon 8 Elite QRD"')
-    parser.add_argument("--height", type=int, help="video height (default: the pipeline's)")
-    parser.add_argument("--width", type=int, help="video width (default: the pipeline's)")
-    parser.add_argument("--frames", type=int, help="number of frames, 8k+1 (default: the pipeline's)")
+    parser.add_argument("--height", type=int_at_least(1), help="video height (default: the pipeline's)")
+    parser.add_argument("--width", type=int_at_least(1), help="video width (default: the pipeline's)")
+    parser.add_argument("--frames", type=int_at_least(1), help="number of frames, 8k+1 (default: the pipeline's)")
     parser.add_argument("--components", nargs="+", help="export only these graphs (names or kinds)")
     parser.add_argument("--backend", choices=["auto", "optimum", "torch"], default="auto",
                         help="exporter: optimum's export_models with our OnnxConfigs, or torch.onnx (auto: optimum "
                              "when it imports)")
     parser.add_argument("--opset", type=int, default=17)
     return parser
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    return add_export_arguments(argparse.ArgumentParser(
+        prog="neodragon export", description="Export a Neodragon pipeline for Snapdragon NPUs (ONNX, QNN HTP, AI Hub)"))
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    args = build_export_parser().parse_args(argv)
+    from diffusers_neodragon.export.cli import run_export
+
+    return run_export(args)

@@ -1,28 +1,15 @@
 """``neodragon export PIPELINE_FOLDER --output DIR ...``: ONNX export, optional w8a16, HTP check and AI Hub jobs.
 
-``export_main(argv)`` takes the arguments after ``export``; the arguments themselves are defined beside the rest of
-the command's in ``diffusers_neodragon_cli.export_arguments`` (parsed before torch loads).
+``run_export(args)`` runs it on the arguments that ``diffusers_neodragon_cli.export_arguments`` defines and parses
+(before torch loads).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
-
-from diffusers_neodragon_cli.export_arguments import add_export_arguments
-
-
-def build_export_parser() -> argparse.ArgumentParser:
-    return add_export_arguments(argparse.ArgumentParser(
-        prog="neodragon export", description="Export a Neodragon pipeline for Snapdragon NPUs (ONNX, QNN HTP, AI Hub)"))
-
-
-def export_main(argv: list[str] | None = None) -> int:
-    args = build_export_parser().parse_args(argv)
-    return run_export(args)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -112,6 +99,3 @@ def run_export(args) -> int:
     say(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(export_main())

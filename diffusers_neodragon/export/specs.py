@@ -220,8 +220,8 @@ def unexportable_reason(pipe, kind: str) -> str | None:
     if kind == "decoder_step" and not W.is_streaming_decoder(pipe.vae.decoder):
         return (
             f"the VAE ({type(pipe.vae).__name__}) has a {type(pipe.vae.decoder).__name__}, and only the tiny "
-            "streaming decoder of AsymmetricVAE (MemBlock memories) exports as a one-latent-frame step; distil one "
-            "with training/distill_decoder.py"
+            "streaming decoder of AsymmetricVAE (MemBlock memories) exports as a one-latent-frame step "
+            "(a pipeline whose vae is an AsymmetricVAE, e.g. the official release's)"
         )
     if kind == "vae_encoder" and not (hasattr(pipe.vae, "encoder") and hasattr(pipe.vae, "quant_conv")):
         return f"the VAE ({type(pipe.vae).__name__}) has no causal encoder + quant_conv"

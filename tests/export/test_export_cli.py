@@ -5,7 +5,7 @@ import json
 import pytest
 
 from diffusers_neodragon_cli import build_parser, main
-from diffusers_neodragon.export.cli import build_export_parser, export_main
+from diffusers_neodragon_cli.export_arguments import build_export_parser, export_main
 
 
 pytest.importorskip("onnx")

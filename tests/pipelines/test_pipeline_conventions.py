@@ -203,8 +203,8 @@ def _optional_cases():
 
 def test_optional_components_are_the_honest_list():
     assert set(NeodragonPipeline._optional_components) == {
-        "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "context_adapter", "first_frame_pipeline",
-        "super_resolution", "safety_checker", "feature_extractor",
+        "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3",
+        "context_adapter", "first_frame_pipeline", "super_resolution", "safety_checker", "feature_extractor",
     }
 
 

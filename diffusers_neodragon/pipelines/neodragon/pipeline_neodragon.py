@@ -115,7 +115,8 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
     )
     _exclude_from_cpu_offload = ["safety_checker"]
     _optional_components = [
-        "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "context_adapter", "first_frame_pipeline",
+        "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3",
+        "context_adapter", "first_frame_pipeline",
         "super_resolution", "safety_checker", "feature_extractor",
     ]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "pooled_prompt_embeds"]
@@ -177,7 +178,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
         self.vae_temporal_scale = getattr(vae.config, "temporal_downsample_scale", 8) if vae is not None else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_spatial_scale, resample="lanczos")
         self._guidance_scale = self._video_guidance_scale = None
-        self._num_timesteps, self._interrupt, self._unit = 0, False, 0
+        self._num_timesteps, self._interrupt, self._unit, self._negatives_encoded = 0, False, 0, False
 
     # ------------------------------------------------------------------ devices
     def to(self, *args, **kwargs):
@@ -318,9 +319,15 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        """Whether the latent frame being generated uses CFG now (its scale > 1)."""
+        """Whether the latent frame being generated uses CFG now: its scale > 1 and the call encoded negatives."""
         scale = self._guidance_scale if self._unit == 0 else self._video_guidance_scale
-        return scale is not None and scale > 1.0
+        return self._negatives_encoded and scale is not None and scale > 1.0
+
+    @property
+    def max_size(self) -> int | None:
+        """The largest height/width the transformer's position grid covers (``pos_embed_max_size`` tokens)."""
+        grid = self.transformer.config.pos_embed_max_size
+        return None if grid is None else grid * self.transformer.config.patch_size * self.vae_spatial_scale
 
     @property
     def num_timesteps(self) -> int:
@@ -400,10 +407,12 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
                 )
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
-        multiple = self.size_multiple
+        multiple, largest = self.size_multiple, self.max_size
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % multiple:
                 raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value!r}")
+            if largest is not None and value > largest:
+                raise ValueError(f"`{name}` must be at most {largest} (the transformer's position grid), got {value}")
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % self.vae_temporal_scale:
             raise ValueError(
                 f"`num_frames` must be {self.vae_temporal_scale}k+1 (1, 9, 17, ..., 49), got {num_frames!r}"
@@ -536,7 +545,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             full = tokenizer(text, return_offsets_mapping=tokenizer.is_fast, verbose=False)
             if unk is not None and tokenizer.is_fast:
                 for token, (start, stop) in zip(full.input_ids, full.offset_mapping):
-                    if token == unk:
+                    if token == unk and start < stop:  # CLIP's unk is its end-of-text token (an empty span)
                         dropped["unknown"].setdefault(text[start:stop], []).append(name)
             if len(full.input_ids) > max_length:
                 if tokenizer.is_fast:
@@ -913,6 +922,7 @@ class NeodragonPipeline(OfficialLayoutLoaderMixin, DiffusionPipeline):
             negative_prompt_attention_mask, max_sequence_length, device, dtype,
         )
         batch = prompt_embeds.shape[0]
+        self._negatives_encoded = cfg_first or cfg_video
         if cfg_first or cfg_video:
             embeds, mask, pooled = self._negative_then_positive(
                 (negative_prompt_embeds, negative_prompt_attention_mask, negative_pooled_prompt_embeds),
