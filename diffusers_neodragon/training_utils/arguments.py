@@ -34,7 +34,6 @@ def parse_int_list(value: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-
 def training_command(script: str, argv: Sequence[str] | None) -> str:
     """The command line that reproduces a run (``accelerate launch <script> <args>``)."""
     return "accelerate launch " + shlex.join([script, *(argv or [])])

@@ -37,7 +37,6 @@ def load_vae_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     return cls.from_pretrained(str(folder), subfolder=subfolder, dtype=dtype)
 
 
-
 def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """``checkpoint-<step>`` folders of ``output_dir`` as (step, path), oldest first."""
     folder = Path(output_dir)

@@ -34,7 +34,6 @@ def initialize_transformer_weights(transformer: torch.nn.Module) -> torch.nn.Mod
     return transformer
 
 
-
 def freeze_unused_parameters(transformer: torch.nn.Module) -> list[str]:
     """Stop training the last block's text-query projection (``add_q_proj``, ``norm_add_q``), which cannot change
     the output: that block is context-pre-only, so its text outputs are discarded (the model skips those queries).

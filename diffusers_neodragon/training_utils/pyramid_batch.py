@@ -38,7 +38,6 @@ def sample_stage(
     return int(min(int((cumulative <= u).sum()), len(ratios) - 1))
 
 
-
 def caption_dropout_mask(
     batch_size: int, probability: float = CAPTION_DROPOUT_PROBABILITY, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -54,7 +53,6 @@ def drop_captions(
     """Replace each caption by ``""`` with ``probability`` (classifier-free guidance). Returns (captions, dropped)."""
     dropped = caption_dropout_mask(len(captions), probability, generator)
     return ["" if d else c for c, d in zip(captions, dropped.tolist())], dropped
-
 
 
 @dataclass

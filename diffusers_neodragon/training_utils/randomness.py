@@ -35,7 +35,6 @@ def randint(generator: torch.Generator | None, low: int, high: int) -> int:
     return int(torch.randint(low, high, (1,), generator=generator, device=device).item())
 
 
-
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """Shuffled indices whose order is a pure function of (seed, epoch): resumable without saved RNG state.
 

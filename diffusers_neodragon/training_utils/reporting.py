@@ -38,4 +38,3 @@ def video_strip(videos: Sequence[torch.Tensor], max_frames: int = 8):
     return PIL.Image.fromarray(array)
 
 
-
