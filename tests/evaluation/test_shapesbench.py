@@ -259,14 +259,10 @@ def test_benchmark_script_ground_truth(tmp_path, capsys):
 
 def test_benchmark_script_on_a_tiny_random_pipeline(tmp_path, capsys):
     """The whole path on CPU: load a saved pipeline folder, generate at its configured default size, score, print."""
-    from diffusers_neodragon import NeodragonPipeline
-    from tests.tiny_components import components
+    from tests.tiny_components import monolithic_pipeline
 
     folder = tmp_path / "tiny"
-    pipe = NeodragonPipeline(
-        **components(0, with_first_frame=False), mode="monolithic", default_height=64, default_width=64,
-        default_num_frames=9,
-    )
+    pipe = monolithic_pipeline()
     pipe.save_pretrained(folder)
     out = tmp_path / "tiny.json"
     report = _benchmark_script().main([str(folder), "--num-prompts", "1", "--steps", "1", "--first-frame-steps", "1",
@@ -292,8 +288,7 @@ def test_benchmark_script_on_a_tiny_random_pipeline(tmp_path, capsys):
 def test_benchmark_script_first_frame(tmp_path, capsys):
     """--first-frame: one frame per prompt, judged on colour, shape, size and background only. Rendered first frames
     score 100 on all four; a tiny random pipeline is asked for one frame (doubled in size by its super-resolution)."""
-    from diffusers_neodragon import NeodragonPipeline
-    from tests.tiny_components import components
+    from tests.tiny_components import monolithic_pipeline
 
     script = _benchmark_script()
     report = script.main(["--ground-truth", "--first-frame", "--num-prompts", "4"])
@@ -302,8 +297,7 @@ def test_benchmark_script_first_frame(tmp_path, capsys):
     assert [line.split()[0] for line in lines[2:7]] == ["color", "shape", "size", "background", "all"]
     assert all(line.split()[-2:] == ["100.0", "100.0"] for line in lines[2:7]) and lines[7] == ""
     folder = tmp_path / "tiny"
-    NeodragonPipeline(**components(0, with_first_frame=False), mode="monolithic", default_height=64,
-                      default_width=64, default_num_frames=9).save_pretrained(folder)
+    monolithic_pipeline().save_pretrained(folder)
     report = script.main([str(folder), "--first-frame", "--num-prompts", "1", "--first-frame-steps", "1",
                           "--device", "cpu"])
     assert report["video_size_fhw"] == [1, 128, 128] and "shape acc" in capsys.readouterr().out
@@ -313,12 +307,10 @@ def test_benchmark_script_first_frame(tmp_path, capsys):
 
 def test_benchmark_script_vae_roundtrip_scores_the_pipelines_vae(tmp_path, capsys, monkeypatch):
     """--vae-roundtrip renders, encodes and decodes with the pipeline's own VAE (checked by counting its calls)."""
-    from diffusers_neodragon import NeodragonPipeline
-    from tests.tiny_components import components
+    from tests.tiny_components import monolithic_pipeline
 
     folder = tmp_path / "tiny"
-    NeodragonPipeline(**components(0, with_first_frame=False), mode="monolithic", default_height=64,
-                      default_width=64, default_num_frames=9).save_pretrained(folder)
+    monolithic_pipeline().save_pretrained(folder)
     script = _benchmark_script()
     calls = []
     original = script._vae_roundtrip
