@@ -15,13 +15,20 @@ model. ``--profile`` prints the top operators of one step (``torch.profiler``).
 import argparse
 import contextlib
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffusers_neodragon import NeodragonTransformer3DModel, PyramidalDMDScheduler
+from diffusers_neodragon import PyramidalDMDScheduler
 from diffusers_neodragon.training_utils import pyramid_training_batch, step_generator
+
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +76,9 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     size = args.latent_size
-    transformer = NeodragonTransformer3DModel(
+    from benchmarks import full_size
+
+    transformer = full_size.transformer(
         patch_size=args.patch_size, in_channels=args.latent_channels, num_layers=args.num_layers,
         attention_head_dim=args.head_dim, num_attention_heads=args.heads, pooled_projection_dim=args.pooled_dim,
         context_embedder_dim=args.text_dim, sample_size=size, pos_embed_max_size=2 * size // args.patch_size,
