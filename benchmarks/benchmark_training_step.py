@@ -124,8 +124,10 @@ def main(argv=None) -> dict:
                   + f" | {cases[-1]['model_tflops_per_s']:.1f} TFLOP/s in the model, "
                   f"{cases[-1]['samples_per_s']:.0f} samples/s", flush=True)
     if args.profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
-                                    + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
             step(scheduler.config.stages - 1, args.latent_frames - 1, 0, _Timer(device))
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=25))
