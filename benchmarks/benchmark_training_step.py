@@ -15,13 +15,20 @@ model. ``--profile`` prints the top operators of one step (``torch.profiler``).
 import argparse
 import contextlib
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffusers_neodragon import NeodragonTransformer3DModel, PyramidalDMDScheduler
+from diffusers_neodragon import PyramidalDMDScheduler
 from diffusers_neodragon.training_utils import pyramid_training_batch, step_generator
+
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +76,9 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     size = args.latent_size
-    transformer = NeodragonTransformer3DModel(
+    from benchmarks import full_size
+
+    transformer = full_size.transformer(
         patch_size=args.patch_size, in_channels=args.latent_channels, num_layers=args.num_layers,
         attention_head_dim=args.head_dim, num_attention_heads=args.heads, pooled_projection_dim=args.pooled_dim,
         context_embedder_dim=args.text_dim, sample_size=size, pos_embed_max_size=2 * size // args.patch_size,
@@ -115,8 +124,10 @@ def main(argv=None) -> dict:
                   + f" | {cases[-1]['model_tflops_per_s']:.1f} TFLOP/s in the model, "
                   f"{cases[-1]['samples_per_s']:.0f} samples/s", flush=True)
     if args.profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
-                                    + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
             step(scheduler.config.stages - 1, args.latent_frames - 1, 0, _Timer(device))
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=25))

@@ -158,13 +158,19 @@ def import_pyramid_flow(path: os.PathLike) -> types.SimpleNamespace:
 
 
 def sizes(full_size: bool) -> dict:
-    if full_size:  # the released configurations (fact sheet §1, §4, §5)
+    if full_size:  # the released configurations (fact sheet §1, §4, §5), as benchmarks/full_size.py builds them
+        from benchmarks import full_size as released
+
+        configs = released.configs()
+        dit, adapter, dt5 = configs["transformer"], configs["context_adapter"], configs["text_encoder_3"]
         return dict(
-            dit=dict(num_layers=18), pf_dit=dict(num_layers=24),
-            adapter=dict(input_dims=4096, output_dims=1536, layer_depths=(4096,) * 4, skips=(True,) * 4),
+            dit=dict(num_layers=dit.num_layers), pf_dit=dict(num_layers=24),
+            adapter=dict(input_dims=adapter.in_features, output_dims=adapter.out_features,
+                         layer_depths=tuple(adapter.hidden_features), skips=(True,) * len(adapter.hidden_features)),
             vae={}, pf_vae=dict(encoder_out_channels=16, decoder_in_channels=16),
-            dt5=dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
-                     feed_forward_proj="gated-gelu", project_in_dim=768, out_dim=4096),
+            dt5=dict(vocab_size=dt5.vocab_size, d_model=dt5.d_model, d_kv=dt5.d_kv, d_ff=dt5.d_ff,
+                     num_layers=dt5.num_layers, num_heads=dt5.num_heads, feed_forward_proj=dt5.feed_forward_proj,
+                     project_in_dim=dt5.d_model, out_dim=dt5.projection_dim),
             clip_projection=1024, latent_channels=16, latent_hw=(16, 16), t5_width=4096,
         )
     return dict(

@@ -21,26 +21,23 @@ from pathlib import Path
 import torch
 
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
 def build(name):
-    from diffusers_neodragon import (
-        AsymmetricVAE,
-        ContextAdapter,
-        DT5Config,
-        DT5EncoderModel,
-        NeodragonTransformer3DModel,
-        QuickSRNet,
-    )
+    from benchmarks import full_size
 
     torch.manual_seed(0)
     if name.startswith("transformer"):
-        return NeodragonTransformer3DModel().eval()
+        return full_size.transformer().eval()
     if name == "text_encoder":
-        return (DT5EncoderModel(DT5Config(vocab_size=32128, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval(),
-                ContextAdapter().eval())
+        return full_size.text_encoder_3().eval(), full_size.context_adapter().eval()
     if name in ("decoder_step", "vae_encoder"):
-        return AsymmetricVAE().eval()
+        return full_size.vae().eval()
     if name == "super_resolution":
-        model = QuickSRNet().eval()
+        model = full_size.super_resolution().eval()
         torch.nn.init.normal_(model.conv_out.weight, std=0.05)  # not the zero init: a non-trivial function to check
         return model
     raise ValueError(name)

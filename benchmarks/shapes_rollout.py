@@ -62,8 +62,9 @@ def swap_attribute(scene: ShapeScene, attribute: str) -> ShapeScene:
 def teacher_forced_loss(pipe, example, text, history) -> float:
     """The training objective's MSE on one `pyramid_training_batch` example, for the given text and history."""
     embeds, mask, pooled = text
-    pred = pipe.transformer(hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
-                            timestep=example.timestep, history=history, encoder_attention_mask=mask).sample
+    pred = pipe.transformer(hidden_states=example.hidden_states, encoder_hidden_states=embeds,
+                            pooled_projections=pooled, timestep=example.timestep, history=history,
+                            encoder_attention_mask=mask).sample
     return float(((pred.float() - example.target.float()) ** 2).mean())
 
 

@@ -101,7 +101,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
 def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
     """A function prompt -> ``[F, H, W, 3]`` video, from the pipeline or from the renderer."""
     if args.ground_truth:
-        return functools.partial(_render, size=(args.frames or 49, args.height or 128, args.width or 128), seed=args.seed)
+        return functools.partial(_render, size=(args.frames or 49, args.height or 128, args.width or 128),
+                                 seed=args.seed)
 
     from diffusers_neodragon import NeodragonPipeline
 
@@ -189,11 +190,13 @@ def main(argv: list[str] | None = None) -> dict:
             results[name].append(evaluate_video(video, prompt))
             evaluation_seconds += time.perf_counter() - start
     summaries = {name: summarize(r) for name, r in results.items()}
-    source = "ground truth" if args.ground_truth else args.pipeline + (" (VAE round trip)" if args.vae_roundtrip else "")
+    roundtrip = " (VAE round trip)" if args.vae_roundtrip else ""
+    source = "ground truth" if args.ground_truth else args.pipeline + roundtrip
     num_videos = sum(len(r) for r in results.values())
     unit = "first frame" if args.first_frame else "video"
     print(f"ShapesBench: {source}, {num_videos} {unit}s of {size[0]}x{size[1]}x{size[2]} (FxHxW), seed {args.seed}, "
-          f"{generation_seconds / num_videos:.2f} s to make and {evaluation_seconds / num_videos:.2f} s to score a {unit}")
+          f"{generation_seconds / num_videos:.2f} s to make and {evaluation_seconds / num_videos:.2f} s to score "
+          f"a {unit}")
     print(_still_table(results) if args.first_frame else format_table(summaries))
     for name, split_results in results.items():
         print(f"\nshape verdicts, {name} (rows: prompted, columns: judged)\n{format_shape_confusion(split_results)}")

@@ -92,7 +92,9 @@ class ShapeScene:
             raise ValueError(f"Unknown background colour {self.background!r}; expected one of {list(COLORS)}.")
         colors = [self.color] + ([self.second.color] if self.second is not None else [])
         if self.background in colors or len(set(colors)) != len(colors):
-            raise ValueError(f"Object colours {colors} must differ from each other and from the background {self.background!r}.")
+            raise ValueError(
+                f"Object colours {colors} must differ from each other and from the background {self.background!r}."
+            )
 
     @property
     def objects(self) -> list[ShapeObject]:
@@ -105,7 +107,8 @@ class ShapeScene:
         """``"a small red circle moving left on a blue background"``; two objects are joined by ``and`` before
         ``on a ... background``, each with its own motion (``moving <direction>`` or ``standing still``)."""
         phrases = [
-            f"a {o.size} {o.color} {o.shape} " + ("standing still" if o.direction == "still" else f"moving {o.direction}")
+            f"a {o.size} {o.color} {o.shape} "
+            + ("standing still" if o.direction == "still" else f"moving {o.direction}")
             for o in self.objects
         ]
         return " and ".join(phrases) + f" on a {self.background} background"
@@ -127,7 +130,8 @@ class ShapeScene:
 
 
 def _check_object(shape, color, size, direction, speed, start) -> None:
-    for value, vocabulary, name in ((shape, SHAPES, "shape"), (color, COLORS, "colour"), (size, SIZES, "size"), (direction, DIRECTIONS, "direction")):
+    for value, vocabulary, name in ((shape, SHAPES, "shape"), (color, COLORS, "colour"), (size, SIZES, "size"),
+                                    (direction, DIRECTIONS, "direction")):
         if value not in vocabulary:
             raise ValueError(f"Unknown {name} {value!r}; expected one of {list(vocabulary)}.")
     if not speed >= 0 or (direction == "still") != (speed == 0):
@@ -157,7 +161,8 @@ def parse_caption(text: str) -> dict[str, Any]:
     if match is None:
         raise ValueError(
             f"Cannot parse {text!r} as a Shapes caption; expected e.g. 'a small red circle moving left on a blue "
-            "background' or 'a large green square standing still and a small white diamond moving up on a black background'."
+            "background' or 'a large green square standing still and a small white diamond moving up on a black "
+            "background'."
         )
     g = match.groups()
 
@@ -252,7 +257,8 @@ def sample_scene(rng: np.random.Generator, split: str = "train", two_objects_pro
             second = _place_second(rng, first, {"background": background})
             if second is None:
                 continue
-        scene = ShapeScene(first.shape, first.color, first.size, first.direction, background, first.speed, first.start, second)
+        scene = ShapeScene(first.shape, first.color, first.size, first.direction, background, first.speed, first.start,
+                           second)
         if is_heldout(scene) == (split == "heldout"):
             return scene
 
@@ -269,7 +275,8 @@ def scene_from_caption(text: str, rng: np.random.Generator | None = None, tries:
             second = _place_second(rng, first, parsed["second"])
             if second is None:
                 continue
-        return ShapeScene(first.shape, first.color, first.size, first.direction, parsed["background"], first.speed, first.start, second)
+        return ShapeScene(first.shape, first.color, first.size, first.direction, parsed["background"], first.speed,
+                          first.start, second)
     raise ValueError(f"Could not place the two objects of {text!r} on non-overlapping paths in {tries} tries.")
 
 

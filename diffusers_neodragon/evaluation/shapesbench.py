@@ -5,11 +5,12 @@ prompt without any learned model (a small, honest stand-in for VBench):
 
 * background: the most common nearest-palette colour over whole frames (an object covers at most 16% of one);
 * object: pixels farther than half the smallest palette distance from the background give the object colour (nearest
-  palette colour of the mean of their core, those nearest the median distance); a per-pixel coverage ``alpha`` is then the projection of each pixel on the
-  background-to-object colour segment (0 for pixels far off that segment), and the object is the connected run of
-  rows and columns around the peak of ``alpha > 0.5`` after a morphological opening; coverage away from that solid
-  blob (noise specks, lines a few pixels thin) and in the ``MARGIN`` band along the frame border (which sampled objects
-  never enter, and where convolutional decoders leave dark or smeared edges) is ignored;
+  palette colour of the mean of their core, those nearest the median distance); a per-pixel coverage ``alpha`` is
+  then the projection of each pixel on the background-to-object colour segment (0 for pixels far off that
+  segment), and the object is the connected run of rows and columns around the peak of ``alpha > 0.5`` after a
+  morphological opening; coverage away from that solid blob (noise specks, lines a few pixels thin) and in the
+  ``MARGIN`` band along the frame border (which sampled objects never enter, and where convolutional decoders leave
+  dark or smeared edges) is ignored;
 * shape: nearest prototype of three scale-free cumulants of the ``alpha`` mass: the mean fourth cumulant of the x and
   y marginals and the mixed (x^2 y^2) fourth cumulant over area^2 (separate circle, square and diamond), and the
   third cumulant of the y marginal over area^1.5 (the triangle's apex). Cumulants of order >= 3 and the area are
@@ -97,7 +98,9 @@ def _as_planar_video(frames) -> np.ndarray:
         raise ValueError(f"`frames` must be [F, H, W, 3] RGB, got shape {video.shape}.")
     num_frames, height, width, _ = video.shape
     if num_frames < MIN_FRAMES or min(height, width) < MIN_SIZE:
-        raise ValueError(f"ShapesBench needs >= {MIN_FRAMES} frames of >= {MIN_SIZE}x{MIN_SIZE} pixels, got {video.shape[:3]}.")
+        raise ValueError(
+            f"ShapesBench needs >= {MIN_FRAMES} frames of >= {MIN_SIZE}x{MIN_SIZE} pixels, got {video.shape[:3]}."
+        )
     planar = np.moveaxis(video, 3, 0).copy()
     if planar.dtype == np.uint8:
         return planar.astype(np.float32)
@@ -175,8 +178,9 @@ def _open(mask: np.ndarray, r: int) -> np.ndarray:
 
 def _frame_object(coverage: np.ndarray, hard: np.ndarray, min_area: float, max_area: float, pad: int):
     """Measurements of the object in one frame's coverage map (unclipped), or None when there is no object-sized,
-    solid blob. ``hard`` is the opened ``coverage > 0.5`` mask (and ``coverage`` is zero away from it). Moments use the unclipped coverage, whose zero-mean pixel noise averages out; clipping it to [0, 1] first
-    would add a positive pedestal over the whole window."""
+    solid blob. ``hard`` is the opened ``coverage > 0.5`` mask (and ``coverage`` is zero away from it). Moments use
+    the unclipped coverage, whose zero-mean pixel noise averages out; clipping it to [0, 1] first would add a
+    positive pedestal over the whole window."""
     alpha = np.clip(coverage, 0.0, 1.0)
     if not min_area <= hard.sum() <= max_area:
         return None
@@ -331,13 +335,16 @@ def evaluate_video(frames, prompt: str) -> dict[str, Any]:
     found = [m for m in per_frame if m is not None]
 
     # Semantics.
-    predicted: dict[str, str | None] = {"background": _PALETTE_NAMES[bg_idx], "color": None, "shape": None, "size": None, "direction": None}
-    measurements: dict[str, Any] = {"present_fraction": len(found) / num_frames, "shape_features": None, "radius": None, "displacement": None}
+    predicted: dict[str, str | None] = {"background": _PALETTE_NAMES[bg_idx], "color": None, "shape": None,
+                                        "size": None, "direction": None}
+    measurements: dict[str, Any] = {"present_fraction": len(found) / num_frames, "shape_features": None,
+                                    "radius": None, "displacement": None}
     frame_shapes = [None] * num_frames
     if found:
         features = np.median([m["features"] for m in found], axis=0)
         radius = float(np.median([m["radius"] for m in found])) / height
-        predicted.update(color=_PALETTE_NAMES[obj_idx], shape=_classify_shape(features), size=SIZES[int(radius > SIZE_THRESHOLD)])
+        predicted.update(color=_PALETTE_NAMES[obj_idx], shape=_classify_shape(features),
+                         size=SIZES[int(radius > SIZE_THRESHOLD)])
         frame_shapes = [_classify_shape(m["features"]) if m else None for m in per_frame]
         measurements.update(shape_features=[float(f) for f in features], radius=radius)
     path = np.array([[m["cx"] / width, m["cy"] / height] for m in found]).reshape(-1, 2)
@@ -355,10 +362,12 @@ def evaluate_video(frames, prompt: str) -> dict[str, Any]:
     # Quality; undefined measurements (no object, too few frames with one) score 0.
     cleanliness = _cleanliness(x, bg_idx, obj_idx)
     edge_width = _edge_width(coverage, per_frame)
-    sharpness = 0.0 if edge_width is None else float(np.clip((BLURRED_EDGE - edge_width) / (BLURRED_EDGE - SHARP_EDGE), 0.0, 1.0))
+    sharpness = 0.0 if edge_width is None else float(
+        np.clip((BLURRED_EDGE - edge_width) / (BLURRED_EDGE - SHARP_EDGE), 0.0, 1.0))
 
     # Temporal.
-    same = [m is not None and s == predicted["shape"] and o == obj_idx for m, s, o in zip(per_frame, frame_shapes, frame_obj_idx)]
+    same = [m is not None and s == predicted["shape"] and o == obj_idx
+            for m, s, o in zip(per_frame, frame_shapes, frame_obj_idx)]
     areas = np.array([m["area"] for m in found])
     area_cv = float(areas.std() / areas.mean()) if len(found) >= 2 else None
     steady_area = 0.0 if area_cv is None else float(np.clip(1.0 - area_cv / AREA_CV_LIMIT, 0.0, 1.0))
@@ -381,7 +390,8 @@ def evaluate_video(frames, prompt: str) -> dict[str, Any]:
         "expected": expected,
         "predicted": predicted,
         "correct": correct,
-        "subscores": {"cleanliness": cleanliness, "sharpness": sharpness, "identity": identity, "smoothness": smoothness},
+        "subscores": {"cleanliness": cleanliness, "sharpness": sharpness, "identity": identity,
+                      "smoothness": smoothness},
         "measurements": measurements,
         "semantic": semantic,
         "quality": quality,

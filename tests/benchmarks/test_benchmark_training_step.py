@@ -7,10 +7,11 @@ from tests.script_loading import load_script
 
 def test_training_step_breakdown_on_cpu(tmp_path, capsys):
     out = tmp_path / "step.json"
-    report = load_script("benchmarks/benchmark_training_step.py").main(["--batch", "2", "--latent-channels", "4", "--latent-frames", "3", "--latent-size", "8",
-                             "--num-layers", "1", "--heads", "2", "--head-dim", "8", "--text-dim", "16",
-                             "--pooled-dim", "8", "--text-tokens", "3", "--steps", "1", "--device", "cpu",
-                             "--profile", "--json", str(out)])
+    report = load_script("benchmarks/benchmark_training_step.py").main([
+        "--batch", "2", "--latent-channels", "4", "--latent-frames", "3", "--latent-size", "8", "--num-layers", "1",
+        "--heads", "2", "--head-dim", "8", "--text-dim", "16", "--pooled-dim", "8", "--text-tokens", "3",
+        "--steps", "1", "--device", "cpu", "--profile", "--json", str(out),
+    ])
     # Three stages, each for the first frame (no history) and a frame with the whole history.
     assert [(c["stage"], c["num_history"]) for c in report["cases"]] == [(s, u) for s in range(3) for u in (0, 2)]
     for case in report["cases"]:

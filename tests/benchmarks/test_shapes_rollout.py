@@ -2,16 +2,14 @@
 
 import json
 
-from diffusers_neodragon import NeodragonPipeline
 from diffusers_neodragon.data.shapes import ShapeObject, ShapeScene
 from tests.script_loading import load_script
-from tests.tiny_components import components
+from tests.tiny_components import monolithic_pipeline
 
 
 def test_rollout_report_on_a_tiny_pipeline(tmp_path, capsys):
     folder = tmp_path / "tiny"
-    NeodragonPipeline(**components(0, with_first_frame=False), mode="monolithic", default_height=64,
-                      default_width=64, default_num_frames=17).save_pretrained(folder)
+    monolithic_pipeline(num_frames=17).save_pretrained(folder)
     out = tmp_path / "rollout.json"
     report = load_script("benchmarks/shapes_rollout.py").main(
         [str(folder), "--clips", "2", "--repeats", "1", "--steps", "1", "--device", "cpu", "--json", str(out)])

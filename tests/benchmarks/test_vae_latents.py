@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from diffusers_neodragon import CausalVideoVAE
 from tests.script_loading import load_script
+from tests.tiny_components import tiny_causal_vae
 
 
 vae_latents = load_script("benchmarks/vae_latents.py")
@@ -31,10 +31,7 @@ def test_separation_is_the_rms_difference_over_the_masked_cells_only():
 
 
 def test_report_on_a_tiny_random_vae(tmp_path, capsys):
-    torch.manual_seed(0)
-    CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                   encoder_layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
-                   norm_num_groups=4).save_pretrained(tmp_path / "vae")
+    tiny_causal_vae(seed=0, init=None).save_pretrained(tmp_path / "vae")
     out = tmp_path / "latents.json"
     report = vae_latents.main([str(tmp_path), "--clips", "1", "--pairs", "2", "--json", str(out)])
     figures = report[str(tmp_path)]

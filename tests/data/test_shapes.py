@@ -58,7 +58,8 @@ def test_captions_round_trip_through_parse_caption():
         assert {k: parsed[k] for k in ("shape", "color", "size", "direction", "background")} == {
             k: getattr(scene, k) for k in ("shape", "color", "size", "direction", "background")
         }
-        second = None if scene.second is None else {k: getattr(scene.second, k) for k in ("shape", "color", "size", "direction")}
+        keys = ("shape", "color", "size", "direction")
+        second = None if scene.second is None else {k: getattr(scene.second, k) for k in keys}
         assert parsed["second"] == second
     assert ShapeScene("square", "green", "large", "still", "black", 0.0, (0.5, 0.5)).caption == (
         "a large green square standing still on a black background"
@@ -96,7 +97,8 @@ def test_heldout_combinations_never_appear_in_train():
     assert not pairs & set(HELDOUT_COMBINATIONS["shape_color"])
     assert not backgrounds & set(HELDOUT_COMBINATIONS["color_background"])
     # Every single word still occurs in training.
-    for name, vocabulary in (("shape", SHAPES), ("color", COLORS), ("size", SIZES), ("direction", DIRECTIONS), ("background", COLORS)):
+    for name, vocabulary in (("shape", SHAPES), ("color", COLORS), ("size", SIZES), ("direction", DIRECTIONS),
+                             ("background", COLORS)):
         assert {getattr(s, name) for s in train} == set(vocabulary)
     heldout = _scenes(500, "heldout")
     assert all(is_heldout(s) for s in heldout)
@@ -185,10 +187,12 @@ def test_dataset_items_and_collate():
     assert batch["video"].shape == (4, 3, 9, 64, 96)
     assert batch["caption"] == [dataset[i]["caption"] for i in range(4)] and len(batch["scene"]) == 4
     assert ShapesVideoDataset.collate_fn is collate_fn
-    assert all(is_heldout(ShapeScene.from_dict(ShapesVideoDataset(20, 3, 64, 64, split="heldout")[i]["scene"])) for i in range(20))
+    heldout = ShapesVideoDataset(20, 3, 64, 64, split="heldout")
+    assert all(is_heldout(ShapeScene.from_dict(heldout[i]["scene"])) for i in range(20))
     with pytest.raises(IndexError):
         dataset[6]
-    for kwargs in ({"num_samples": 0}, {"num_samples": 2, "split": "val"}, {"num_samples": 2, "height": 0}, {"num_samples": 2, "two_objects_prob": 2.0}):
+    for kwargs in ({"num_samples": 0}, {"num_samples": 2, "split": "val"}, {"num_samples": 2, "height": 0},
+                   {"num_samples": 2, "two_objects_prob": 2.0}):
         with pytest.raises(ValueError):
             ShapesVideoDataset(**kwargs)
 
@@ -201,7 +205,8 @@ def test_scene_validation():
     with pytest.raises(ValueError, match="speed"):
         ShapeScene("circle", "red", "small", "still", "blue", 0.3, (0.5, 0.5))
     with pytest.raises(ValueError, match="differ"):
-        ShapeScene("circle", "red", "small", "left", "blue", 0.3, (0.5, 0.5), ShapeObject("square", "red", "small", "up", 0.3, (0.2, 0.8)))
+        ShapeScene("circle", "red", "small", "left", "blue", 0.3, (0.5, 0.5),
+                   ShapeObject("square", "red", "small", "up", 0.3, (0.2, 0.8)))
     with pytest.raises(ValueError):
         render_scene(_scenes(1)[0], 0, 64, 64)
 

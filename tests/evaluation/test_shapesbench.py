@@ -20,7 +20,8 @@ def _scenes(n, seed=0, moving=False):
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, "train" if i % 2 else "heldout") for i in range(n)]
     if moving:  # reversing or shuffling a still clip changes nothing
-        scenes = [dataclasses.replace(s, direction="right", speed=0.3, start=(0.3, s.start[1])) if s.direction == "still" else s for s in scenes]
+        scenes = [dataclasses.replace(s, direction="right", speed=0.3, start=(0.3, s.start[1]))
+                  if s.direction == "still" else s for s in scenes]
     return scenes
 
 
@@ -52,7 +53,8 @@ def test_input_forms_agree_and_bad_inputs_are_rejected():
     reference = evaluate_video(video, scene.caption)
     for frames in (video.astype(np.float32) / 255, [PIL.Image.fromarray(f) for f in video], torch.from_numpy(video)):
         result = evaluate_video(frames, scene.caption)
-        assert result["predicted"] == reference["predicted"] and result["score"] == pytest.approx(reference["score"], abs=1e-3)
+        assert result["predicted"] == reference["predicted"]
+        assert result["score"] == pytest.approx(reference["score"], abs=1e-3)
     two = "a small red circle moving left and a large blue square standing still on a white background"
     for frames, prompt in [
         (video, two),  # two objects: unsupported
@@ -115,7 +117,8 @@ def test_corruptions_score_low_in_the_right_part():
         assert s[name]["quality"] > 99 and s[name]["semantic"] == pytest.approx(40)
         assert s[name]["score"] == pytest.approx(clean["score"] - 30, abs=1)
     # Shuffled frames: the path jerks, temporal collapses; identity stays.
-    assert s["shuffled"]["subscores"]["smoothness"] < 0.1 and s["shuffled"]["temporal"] < 60 and s["shuffled"]["score"] < 75
+    shuffled = s["shuffled"]
+    assert shuffled["subscores"]["smoothness"] < 0.1 and shuffled["temporal"] < 60 and shuffled["score"] < 75
     assert s["shuffled"]["subscores"]["identity"] > 0.95
     # Blank frames: only the background is right; half blank: the object flickers in and out.
     assert s["blank"]["accuracy"] == {**{k: 0.0 for k in ATTRIBUTES}, "background": 1.0, "all_correct": 0.0}
@@ -175,7 +178,8 @@ def test_decisions_survive_the_softness_of_generated_video_at_128():
         for name, degrade in DEGRADATIONS.items():
             by_case.setdefault(name, []).append(evaluate_video(degrade(video), scene.caption))
             if i < 2:
-                by_case.setdefault(f"{name}+reversed", []).append(evaluate_video(degrade(video[::-1].copy()), scene.caption))
+                reversed_video = degrade(video[::-1].copy())
+                by_case.setdefault(f"{name}+reversed", []).append(evaluate_video(reversed_video, scene.caption))
                 by_case.setdefault(f"{name}+recolor", []).append(
                     evaluate_video(degrade(render_scene(wrong, 9, 128, 128)), scene.caption)
                 )
@@ -243,7 +247,8 @@ def _benchmark_script():
 def test_benchmark_script_ground_truth(tmp_path, capsys):
     script = _benchmark_script()
     out = tmp_path / "gt.json"
-    argv = ["--ground-truth", "--num-prompts", "3", "--height", "64", "--width", "64", "--frames", "9", "--json", str(out)]
+    argv = ["--ground-truth", "--num-prompts", "3", "--height", "64", "--width", "64", "--frames", "9",
+            "--json", str(out)]
     report = script.main(argv)
     printed = capsys.readouterr().out
     assert "seen" in printed and "held-out" in printed and "total" in printed
@@ -251,7 +256,8 @@ def test_benchmark_script_ground_truth(tmp_path, capsys):
     assert saved["summary"]["seen"]["n"] == saved["summary"]["held-out"]["n"] == 3
     assert saved["summary"]["held-out"]["accuracy"]["all_correct"] == 1.0 and report["video_size_fhw"] == [9, 64, 64]
     assert [r["prompt"] for r in saved["results"]["held-out"]] == fixed_prompt_set("heldout", 3)
-    for argv in ([], ["--ground-truth", "some/folder"], ["--ground-truth", "--steps", "x"], ["--ground-truth", "--num-prompts", "0"]):
+    for argv in ([], ["--ground-truth", "some/folder"], ["--ground-truth", "--steps", "x"],
+                 ["--ground-truth", "--num-prompts", "0"]):
         with pytest.raises(SystemExit):
             script.main(argv)
     assert script._steps("2") == 2 and script._steps("1,2,1") == [1, 2, 1]
@@ -259,14 +265,10 @@ def test_benchmark_script_ground_truth(tmp_path, capsys):
 
 def test_benchmark_script_on_a_tiny_random_pipeline(tmp_path, capsys):
     """The whole path on CPU: load a saved pipeline folder, generate at its configured default size, score, print."""
-    from diffusers_neodragon import NeodragonPipeline
-    from tests.tiny_components import components
+    from tests.tiny_components import monolithic_pipeline
 
     folder = tmp_path / "tiny"
-    pipe = NeodragonPipeline(
-        **components(0, with_first_frame=False), mode="monolithic", default_height=64, default_width=64,
-        default_num_frames=9,
-    )
+    pipe = monolithic_pipeline()
     pipe.save_pretrained(folder)
     out = tmp_path / "tiny.json"
     report = _benchmark_script().main([str(folder), "--num-prompts", "1", "--steps", "1", "--first-frame-steps", "1",
@@ -292,8 +294,7 @@ def test_benchmark_script_on_a_tiny_random_pipeline(tmp_path, capsys):
 def test_benchmark_script_first_frame(tmp_path, capsys):
     """--first-frame: one frame per prompt, judged on colour, shape, size and background only. Rendered first frames
     score 100 on all four; a tiny random pipeline is asked for one frame (doubled in size by its super-resolution)."""
-    from diffusers_neodragon import NeodragonPipeline
-    from tests.tiny_components import components
+    from tests.tiny_components import monolithic_pipeline
 
     script = _benchmark_script()
     report = script.main(["--ground-truth", "--first-frame", "--num-prompts", "4"])
@@ -302,8 +303,7 @@ def test_benchmark_script_first_frame(tmp_path, capsys):
     assert [line.split()[0] for line in lines[2:7]] == ["color", "shape", "size", "background", "all"]
     assert all(line.split()[-2:] == ["100.0", "100.0"] for line in lines[2:7]) and lines[7] == ""
     folder = tmp_path / "tiny"
-    NeodragonPipeline(**components(0, with_first_frame=False), mode="monolithic", default_height=64,
-                      default_width=64, default_num_frames=9).save_pretrained(folder)
+    monolithic_pipeline().save_pretrained(folder)
     report = script.main([str(folder), "--first-frame", "--num-prompts", "1", "--first-frame-steps", "1",
                           "--device", "cpu"])
     assert report["video_size_fhw"] == [1, 128, 128] and "shape acc" in capsys.readouterr().out
@@ -313,12 +313,10 @@ def test_benchmark_script_first_frame(tmp_path, capsys):
 
 def test_benchmark_script_vae_roundtrip_scores_the_pipelines_vae(tmp_path, capsys, monkeypatch):
     """--vae-roundtrip renders, encodes and decodes with the pipeline's own VAE (checked by counting its calls)."""
-    from diffusers_neodragon import NeodragonPipeline
-    from tests.tiny_components import components
+    from tests.tiny_components import monolithic_pipeline
 
     folder = tmp_path / "tiny"
-    NeodragonPipeline(**components(0, with_first_frame=False), mode="monolithic", default_height=64,
-                      default_width=64, default_num_frames=9).save_pretrained(folder)
+    monolithic_pipeline().save_pretrained(folder)
     script = _benchmark_script()
     calls = []
     original = script._vae_roundtrip

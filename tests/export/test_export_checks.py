@@ -3,13 +3,12 @@
 import json
 
 import pytest
-import torch
 
-from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline
+from diffusers_neodragon import NeodragonPipeline
 from diffusers_neodragon.export import exporter
 from diffusers_neodragon.export import wrappers as W
 from diffusers_neodragon.export.specs import ExportSize, pipeline_specs, select_components
-from tests.tiny_components import LATENT_CHANNELS, components
+from tests.tiny_components import components, tiny_causal_vae
 
 
 SIZE = ExportSize(64, 64, 9)
@@ -18,12 +17,7 @@ SIZE = ExportSize(64, 64, 9)
 @pytest.fixture(scope="module")
 def causal_vae_pipe():
     """The tiny pipeline with the full causal decoder (CausalVideoVAE), as the embedded model has."""
-    torch.manual_seed(0)
-    vae = CausalVideoVAE(
-        latent_channels=LATENT_CHANNELS, encoder_block_out_channels=(8, 8, 8, 8),
-        encoder_layers_per_block=(1, 1, 1, 1), decoder_block_out_channels=(8, 8, 8, 8),
-        decoder_layers_per_block=(1, 1, 1, 1), norm_num_groups=4,
-    ).eval()
+    vae = tiny_causal_vae(seed=0, init=None)
     return NeodragonPipeline(**{**components(with_first_frame=False, with_super_resolution=False), "vae": vae})
 
 

@@ -8,9 +8,10 @@ import torch
 
 from diffusers_neodragon.models.autoencoders.autoencoder_asymmetric import AsymmetricVAE, TinyVideoDecoder
 from tests.reference_utils import import_reference
+from tests.tiny_components import WIDE_ENCODER, fan_in_init_, tiny_asymmetric_vae
 
 
-TINY = dict(encoder_block_out_channels=(8, 16, 16, 16), norm_num_groups=4, decoder_num_features=(16, 8, 8, 8))
+TINY = dict(**WIDE_ENCODER, decoder_num_features=(16, 8, 8, 8))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,23 +24,8 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-def randomize_(model, seed=0):
-    """Replace the small reference init by fan-in scaled weights so every path carries an O(1) signal."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim > 1:
-                param.copy_(torch.randn(param.shape, generator=g) / (param[0].numel() ** 0.5))
-            elif "norm" in name and name.endswith("weight"):
-                param.copy_(1 + 0.2 * torch.randn(param.shape, generator=g))
-            else:
-                param.copy_(0.1 * torch.randn(param.shape, generator=g))
-    return model
-
-
 def tiny_vae(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return randomize_(AsymmetricVAE(**{**TINY, **overrides}).eval(), seed)
+    return tiny_asymmetric_vae(seed, init="fan_in", **{**TINY, **overrides})
 
 
 def video(frames, batch=1, height=16, width=24, seed=1):
@@ -111,7 +97,7 @@ def test_chunked_encode_equals_full_encode(vae):
 
 
 def test_streaming_decoder_holds_one_frame_per_memblock():
-    decoder = randomize_(TinyVideoDecoder(num_features=(16, 8, 8, 8)))
+    decoder = fan_in_init_(TinyVideoDecoder(num_features=TINY["decoder_num_features"]))
     cache = {}
     with torch.no_grad():
         decoder(latents(2), cache)
@@ -292,10 +278,11 @@ def test_full_size_encoder_matches_reference_parameter_count(reference_vae_modul
 
 def test_matches_reference_numerically(reference_vae_module):
     reference = reference_vae_module.AsymmetricCausalVideoVAE(
-        encoder_block_out_channels=(8, 16, 16, 16), encoder_norm_num_groups=4, decoder_num_features=(16, 8, 8, 8)
+        encoder_block_out_channels=TINY["encoder_block_out_channels"], encoder_norm_num_groups=TINY["norm_num_groups"],
+        decoder_num_features=TINY["decoder_num_features"],
     ).eval()
-    randomize_(reference, seed=3)
-    ours = AsymmetricVAE(**TINY).eval()
+    fan_in_init_(reference, seed=3)
+    ours = tiny_asymmetric_vae(seed=None, init=None, **TINY)
     ours.load_state_dict(reference.state_dict(), strict=True)
     x, z = video(17), latents(3)
     with torch.no_grad():

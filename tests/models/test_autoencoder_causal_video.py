@@ -10,18 +10,16 @@ import torch
 
 from diffusers_neodragon.models.autoencoders.autoencoder_asymmetric import AsymmetricVAE
 from diffusers_neodragon.models.autoencoders.autoencoder_causal_video import CausalVideoDecoder, CausalVideoVAE
-from tests.models.test_autoencoder_asymmetric import latents, randomize_, single_thread, video  # noqa: F401
+from tests.models.test_autoencoder_asymmetric import latents, single_thread, video  # noqa: F401
+from tests.tiny_components import WIDE_ENCODER, fan_in_init_, tiny_causal_vae
 
 
-TINY = dict(
-    encoder_block_out_channels=(8, 16, 16, 16), decoder_block_out_channels=(8, 16, 16, 16), norm_num_groups=4
-)
+TINY = dict(**WIDE_ENCODER, decoder_block_out_channels=(8, 16, 16, 16), decoder_layers_per_block=(3, 3, 3, 3))
 PYRAMID_FLOW_PATH = os.environ.get("PYRAMID_FLOW_REFERENCE_PATH", "/work/ref/pyramid-flow")
 
 
 def tiny_vae(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return randomize_(CausalVideoVAE(**{**TINY, **overrides}).eval(), seed)
+    return tiny_causal_vae(seed, init="fan_in", **{**TINY, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +175,14 @@ def test_matches_pyramid_flow_numerically(pyramid_flow_vae_module):
     reference = pyramid_flow_vae_module.CausalVideoVAE(
         encoder_out_channels=16,
         decoder_in_channels=16,
-        encoder_block_out_channels=(8, 16, 16, 16),
-        decoder_block_out_channels=(8, 16, 16, 16),
-        encoder_norm_num_groups=4,
-        decoder_norm_num_groups=4,
+        encoder_block_out_channels=TINY["encoder_block_out_channels"],
+        decoder_block_out_channels=TINY["decoder_block_out_channels"],
+        encoder_norm_num_groups=TINY["norm_num_groups"],
+        decoder_norm_num_groups=TINY["norm_num_groups"],
         interpolate=False,
     ).eval()
-    randomize_(reference, seed=5)
-    ours = CausalVideoVAE(**TINY).eval()
+    fan_in_init_(reference, seed=5)
+    ours = tiny_causal_vae(seed=None, init=None, **TINY)
     ours.load_state_dict(reference.state_dict(), strict=True)
     x, z = video(17), latents(3)
     with torch.no_grad():

@@ -2,25 +2,17 @@
 so pipeline tests can use tiny random CLIPs for the pooled prompt embedding."""
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from transformers import CLIPTextModelWithProjection
 
-from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
-
-
-WORDS = "a red blue green circle square triangle moving left right up down on background".split()
+from tests.tiny_components import clip_encoder, clip_tokenizer
 
 
 def test_text_embeds_are_projection_of_eos_hidden_state():
-    tok = build_word_level_tokenizer(WORDS, 16, bos_token="<|startoftext|>", eos_token="<|endoftext|>")
+    tok = clip_tokenizer()
     # CLIP pools at argmax(input_ids) when eos_token_id == 2 (legacy configs); ours must not take that path.
     assert tok.eos_token_id != 2
-    config = CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=37, projection_dim=16, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = CLIPTextModelWithProjection(config).eval()
+    # Two layers, so that the EOS position also carries what attention gathered in the first.
+    model = clip_encoder(CLIPTextModelWithProjection, tok, num_hidden_layers=2)
     prompts = ["a red circle moving left", "square", "a green triangle moving down on a blue background"]
     enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     with torch.no_grad():
@@ -29,7 +21,7 @@ def test_text_embeds_are_projection_of_eos_hidden_state():
     eos = enc.attention_mask.sum(1) - 1
     assert (enc.input_ids[torch.arange(3), eos] == tok.eos_token_id).all()
     expected = model.text_projection(out.last_hidden_state[torch.arange(3), eos])
-    assert out.text_embeds.shape == (3, 16)
+    assert out.text_embeds.shape == (3, model.config.projection_dim)
     torch.testing.assert_close(out.text_embeds, expected)
     # Causal attention: padding after the EOS cannot change the pooled vector, with or without the mask.
     torch.testing.assert_close(masked.text_embeds, out.text_embeds, atol=1e-5, rtol=1e-5)

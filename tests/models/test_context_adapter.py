@@ -10,15 +10,17 @@ from diffusers_neodragon.loaders import (
     convert_official_context_adapter_state_dict,
 )
 from diffusers_neodragon.models.context_adapter import ContextAdapter
+from tests.tiny_components import tiny_context_adapter
 
 
 REF_FILE = "/work/ref/neodragon/neodragon/context_adapter.py"
+# Every width different and three hidden layers, so that a transposed or misplaced weight cannot load.
 TINY = dict(in_features=8, out_features=6, hidden_features=(5, 7, 4))
 
 
 def _tiny(seed=0):
     torch.manual_seed(seed)
-    model = ContextAdapter(**TINY).eval()
+    model = tiny_context_adapter(**TINY)
     with torch.no_grad():  # non-zero biases so that bias handling is checked too
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -73,7 +75,7 @@ def test_shapes_and_tokenwise():
 
 def test_matches_formula_after_official_conversion():
     sd = _official_tiny_state_dict()
-    model = ContextAdapter(**TINY).eval()
+    model = tiny_context_adapter(**TINY)
     model.load_state_dict(convert_official_context_adapter_state_dict(sd), strict=True)
     x = torch.randn(3, 5, 8)
     torch.testing.assert_close(model(x), _manual_forward(sd, x, 3), atol=1e-5, rtol=1e-5)
@@ -101,7 +103,7 @@ def test_official_config_conversion():
 
 def test_init_is_xavier_uniform_with_zero_bias():
     torch.manual_seed(0)
-    model = ContextAdapter(**TINY)
+    model = tiny_context_adapter(**TINY)
     for linear in [*model.layers, model.proj_out]:
         fan_out, fan_in = linear.weight.shape
         assert linear.weight.abs().max() <= (6.0 / (fan_in + fan_out)) ** 0.5
@@ -136,11 +138,12 @@ def test_matches_reference_implementation():
     ref_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref_module)
     torch.manual_seed(0)
-    ref = ref_module.ContextAdapter(input_dims=8, output_dims=6, layer_depths=(5, 7, 4), skips=(True,) * 3).eval()
+    ref = ref_module.ContextAdapter(input_dims=TINY["in_features"], output_dims=TINY["out_features"],
+                                   layer_depths=TINY["hidden_features"], skips=(True,) * 3).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
-    ours = ContextAdapter(**TINY).eval()
+    ours = tiny_context_adapter(**TINY)
     ours.load_state_dict(convert_official_context_adapter_state_dict(ref.state_dict()), strict=True)
     x = torch.randn(2, 11, 8)
     torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)

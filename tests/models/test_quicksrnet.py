@@ -5,12 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from diffusers_neodragon.models.quicksrnet import QuickSRNet
+from tests.tiny_components import tiny_quicksrnet
 
 
 def _trained_like(scale_factor=2, seed=0, **kwargs):
     """A tiny model whose last conv is no longer zero, as after training."""
     torch.manual_seed(seed)
-    model = QuickSRNet(num_channels=8, num_intermediate_layers=1, scale_factor=scale_factor, **kwargs).eval()
+    model = tiny_quicksrnet(scale_factor=scale_factor, **kwargs)
     with torch.no_grad():
         model.conv_out.weight.normal_(std=0.1)
         model.conv_out.bias.normal_(std=0.1)

@@ -7,16 +7,16 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
 from diffusers_neodragon.models.text_encoder_dt5 import DT5Config, DT5EncoderModel
+from tests.tiny_components import DT5, tiny_dt5
 
 
 REF_FILE = "/work/ref/neodragon/neodragon/distil_t5.py"
-TINY = dict(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
-            projection_dim=20)
+# Two layers (only the first holds the relative attention bias), four heads narrower than d_model / heads.
+TINY = {**DT5, **dict(vocab_size=40, d_kv=4, d_ff=24, num_layers=2, num_heads=4, projection_dim=20)}
 
 
 def _tiny(seed=0):
-    torch.manual_seed(seed)
-    return DT5EncoderModel(DT5Config(**TINY)).eval()
+    return tiny_dt5(seed=seed, **TINY)
 
 
 def _inputs():
@@ -52,7 +52,7 @@ def test_state_dict_keys_follow_official_layout():
     }
     expected |= {f"encoder.encoder.block.1.layer.0.SelfAttention.{n}.weight" for n in "qkvo"}
     expected |= {f"encoder.encoder.block.1.layer.1.DenseReluDense.{n}.weight" for n in ("wi_0", "wi_1", "wo")}
-    expected |= {"encoder.encoder.block.1.layer.0.layer_norm.weight", "encoder.encoder.block.1.layer.1.layer_norm.weight"}
+    expected |= {f"encoder.encoder.block.1.layer.{i}.layer_norm.weight" for i in (0, 1)}
     assert expected <= keys
     assert all(k.startswith(("encoder.", "final_projection.")) for k in keys)
     assert not any("final_projection" in k and k.endswith("bias") for k in keys)
@@ -79,7 +79,8 @@ def test_save_load_round_trip_is_exact_and_complete(tmp_path):
     model = _tiny()
     model.save_pretrained(tmp_path)
     # transformers stores one copy of the tied embedding (encoder.shared.weight).
-    assert set(load_file(tmp_path / "model.safetensors")) == set(model.state_dict()) - {"encoder.encoder.embed_tokens.weight"}
+    saved = set(load_file(tmp_path / "model.safetensors"))
+    assert saved == set(model.state_dict()) - {"encoder.encoder.embed_tokens.weight"}
     loaded, info = DT5EncoderModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     loaded.eval()
@@ -87,7 +88,8 @@ def test_save_load_round_trip_is_exact_and_complete(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
     ids, mask = _inputs()
-    assert torch.equal(model(ids, attention_mask=mask).last_hidden_state, loaded(ids, attention_mask=mask).last_hidden_state)
+    assert torch.equal(model(ids, attention_mask=mask).last_hidden_state,
+                       loaded(ids, attention_mask=mask).last_hidden_state)
     # Registered with the Auto classes.
     assert type(AutoConfig.from_pretrained(tmp_path)) is DT5Config
     assert type(AutoModel.from_pretrained(tmp_path)) is DT5EncoderModel
@@ -122,7 +124,8 @@ def test_matches_reference_implementation():
     spec.loader.exec_module(ref_module)
     ours = _tiny()
     ref_kwargs = {k: v for k, v in TINY.items() if k != "projection_dim"}
-    ref_config = ref_module.T5ProjectionConfig(project_in_dim=TINY["d_model"], out_dim=TINY["projection_dim"], **ref_kwargs)
+    ref_config = ref_module.T5ProjectionConfig(project_in_dim=TINY["d_model"], out_dim=TINY["projection_dim"],
+                                               **ref_kwargs)
     ref = ref_module.T5EncoderWithProjection(ref_config).eval()
     missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=True)
     assert not missing and not unexpected

@@ -10,23 +10,15 @@ from diffusers_neodragon.models.transformers.transformer_neodragon import (
     temporal_rope_frequencies,
 )
 from tests.reference_utils import import_reference
+from tests.tiny_components import tiny_transformer, transformer_config
 
 
-TINY = dict(
-    num_layers=3, attention_head_dim=8, num_attention_heads=2, pooled_projection_dim=12, sample_size=32,
-    pos_embed_max_size=32, in_channels=4,
-)
+# Three blocks (the last one context-pre-only), a pooled width unlike the model width, a position table to crop.
+TINY = dict(num_layers=3, pooled_projection_dim=12, sample_size=32)
 
 
 def tiny_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    model = NeodragonTransformer3DModel(**{**TINY, **overrides}).eval()
-    # adaLN / output layers are zero in a fresh SD3 model only after training init; randomise every weight so
-    # that no path is silently multiplied by zero.
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.3)
-    return model
+    return tiny_transformer(seed, std=0.3, **{**TINY, **overrides})
 
 
 def inputs(batch=2, text_len=5, seed=1, channels=4):
@@ -169,7 +161,7 @@ def test_context_embedder_and_bad_inputs():
     with pytest.raises(ValueError, match="encoder_attention_mask"):
         model(**kw, encoder_attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="block_origin"):
-        NeodragonTransformer3DModel(**{**TINY, "block_origin": [0, 1]})
+        NeodragonTransformer3DModel(**transformer_config(**TINY, block_origin=[0, 1]))
 
 
 def test_save_load_round_trip_and_gradient_checkpointing(tmp_path):
@@ -196,14 +188,11 @@ def test_save_load_round_trip_and_gradient_checkpointing(tmp_path):
 def test_matches_official_pyramid_mmdit(with_padding):
     reference = import_reference("pyramid_mmdit")
     torch.manual_seed(0)
-    official = reference.PyramidMMDiT(
-        num_layers=3, attention_head_dim=8, num_attention_heads=2, pooled_projection_dim=12, sample_size=32,
-        pos_embed_max_size=32, in_channels=4, caption_projection_dim=16,
-    ).eval()
+    official = reference.PyramidMMDiT(**transformer_config(**TINY), caption_projection_dim=16).eval()
     with torch.no_grad():
         for param in official.parameters():
             param.normal_(0, 0.3)
-    ours = NeodragonTransformer3DModel(**TINY).eval()
+    ours = NeodragonTransformer3DModel(**transformer_config(**TINY)).eval()
     state = {k: v for k, v in official.state_dict().items() if k != "pos_embed.pos_embed"}
     ours.load_state_dict(state, strict=True)
     kw = inputs()

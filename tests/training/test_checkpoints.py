@@ -13,6 +13,7 @@ from diffusers_neodragon.training_utils import (
     prune_checkpoints,
     resolve_resume_checkpoint,
 )
+from tests.tiny_components import tiny_causal_vae
 
 
 def test_checkpoint_rotation_and_resolution(tmp_path):
@@ -34,8 +35,7 @@ def test_checkpoint_rotation_and_resolution(tmp_path):
 
 
 def test_load_vae_folder_finds_the_vae_of_a_vae_folder_or_of_a_folder_holding_vae(tmp_path):
-    vae = CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-                         encoder_layers_per_block=(1,) * 4, decoder_layers_per_block=(1,) * 4, norm_num_groups=4)
+    vae = tiny_causal_vae()
     vae.save_pretrained(tmp_path / "run" / "vae")
     vae.save_pretrained(tmp_path / "bare")
     for folder in (tmp_path / "run", tmp_path / "bare"):

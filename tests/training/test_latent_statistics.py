@@ -4,19 +4,14 @@
 import pytest
 import torch
 
-from diffusers_neodragon import CausalVideoVAE
 from diffusers_neodragon.training_utils import (
     compute_latent_statistics,
 )
+from tests.tiny_components import tiny_causal_vae
 
 
 def test_latent_statistics_normalise_image_and_video_frames():
-    torch.manual_seed(0)
-    vae = CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-                         encoder_layers_per_block=(1,) * 4, decoder_layers_per_block=(1,) * 4, norm_num_groups=4)
-    for module in vae.modules():
-        if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)):
-            module.reset_parameters()
+    vae = tiny_causal_vae(seed=0)
     videos = torch.rand(3, 3, 9, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     stats = compute_latent_statistics(vae, videos.split(2))
     vae.register_to_config(**stats)

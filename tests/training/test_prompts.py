@@ -3,19 +3,17 @@
 
 import torch
 
-from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel, PyramidalDMDScheduler
+from diffusers_neodragon import NeodragonPipeline, PyramidalDMDScheduler
 from diffusers_neodragon.training_utils import (
     encode_prompts,
 )
+from tests.tiny_components import tiny_causal_vae, tiny_transformer
 from tests.training.conftest import CAPTIONS
 
 
 def test_encode_prompts_matches_the_pipeline(text_components):
-    transformer = NeodragonTransformer3DModel(in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
-                                              pooled_projection_dim=16, context_embedder_dim=32, sample_size=8,
-                                              pos_embed_max_size=16)
-    vae = CausalVideoVAE(latent_channels=4, encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-                         encoder_layers_per_block=(1,) * 4, decoder_layers_per_block=(1,) * 4, norm_num_groups=4)
+    transformer = tiny_transformer(num_layers=1, context_embedder_dim=32)
+    vae = tiny_causal_vae()
     pipe = NeodragonPipeline(transformer=transformer, scheduler=PyramidalDMDScheduler(), vae=vae, mode="monolithic",
                              **text_components)
     texts = CAPTIONS + [""]

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline
 from tests.script_loading import load_script
+from tests.tiny_components import tiny_causal_vae
 
 
 SCRIPT = Path(__file__).resolve().parents[2] / "training" / "train_pyramidal_flow.py"
@@ -21,14 +22,7 @@ train = load_script("training/train_pyramidal_flow.py")
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     """A tiny random CausalVideoVAE folder standing in for train_vae.py's output."""
-    torch.manual_seed(0)
-    vae = CausalVideoVAE(
-        latent_channels=4, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-        encoder_layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1), norm_num_groups=4,
-    )
-    for module in vae.modules():  # keep signal flowing (the reference init decodes to grey)
-        if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)):
-            module.reset_parameters()
+    vae = tiny_causal_vae(seed=0)
     folder = tmp_path_factory.mktemp("shapes_vae")
     vae.save_pretrained(folder / "vae")
     return folder
