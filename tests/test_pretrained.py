@@ -8,9 +8,9 @@ import imageio.v3
 import torch
 
 from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel
-from diffusers_neodragon_cli import main
 from diffusers_neodragon.evaluation import evaluate_video
 from diffusers_neodragon.pretrained import SHAPES_MODEL_PATH, shapes_model_path
+from diffusers_neodragon_cli import main
 
 
 def test_embedded_model_files_are_safetensors_within_30_mb():
