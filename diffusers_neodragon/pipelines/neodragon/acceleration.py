@@ -1,0 +1,142 @@
+"""Where NeodragonPipeline's weights live and how its models run fast: device moves that include the nested
+first-frame pipeline, diffusers' offloading, float8 weights and CUDA graphs (which offloading must turn off)."""
+
+import torch
+from diffusers.utils import logging
+
+from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_runner
+from ...utils.float8_weights import quantize_weights_float8
+
+
+logger = logging.get_logger(__name__)
+
+
+def _has_offload_hooks(model: torch.nn.Module) -> bool:
+    """Whether accelerate's offload/device-map hooks or diffusers' group offloading move this model's weights."""
+    return hasattr(model, "_hf_hook") or any(
+        getattr(module, "_diffusers_hook", None) is not None
+        and module._diffusers_hook.get_hook("group_offloading") is not None
+        for module in model.modules()
+    )
+
+
+class NeodragonAccelerationMixin:
+    """Devices, offloading, float8 weights and CUDA graphs of [`NeodragonPipeline`]."""
+
+    def to(self, *args, **kwargs):
+        """Also moves the nested first-frame pipeline (diffusers only moves ``nn.Module`` components). Captured
+        CUDA graphs notice that the weights moved and are captured again."""
+        super().to(*args, **kwargs)
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.to(*args, **kwargs)
+        return self
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = None):
+        """diffusers' model offload, also for the first-frame pipeline; turns CUDA graphs off (weights move)."""
+        self._disable_cuda_graphs_for_offload()
+        super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+
+    def remove_all_hooks(self):
+        """Removes the offload hooks of the components and of the first-frame pipeline."""
+        super().remove_all_hooks()
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.remove_all_hooks()
+
+    def enable_sequential_cpu_offload(self, *args, **kwargs):
+        """diffusers' sequential offload; turns CUDA graphs off (weights move)."""
+        self._disable_cuda_graphs_for_offload()
+        super().enable_sequential_cpu_offload(*args, **kwargs)
+
+    def enable_group_offload(self, onload_device: torch.device, *args, **kwargs):
+        """diffusers' group offload, also for the first-frame pipeline; turns CUDA graphs off (weights move).
+
+        With ``offload_type="leaf_level", use_stream=True`` the next layer's weights are copied while the current
+        one computes, so a card that cannot hold every model at once runs far faster than with
+        [`enable_model_cpu_offload`], which moves a whole model before it starts."""
+        self._disable_cuda_graphs_for_offload()
+        super().enable_group_offload(onload_device, *args, **kwargs)
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.enable_group_offload(onload_device, *args, **kwargs)
+
+    def enable_float8_weights(self, min_numel: int = 65536) -> int:
+        """Store the weights of the transformer, the CLIP text encoders, ContextAdapter and the first-frame UNet and
+        text encoders in float8 (one scale per output channel), halving them; the VAEs, super-resolution and the
+        T5 encoder (small, and its feed-forward reads its weight's dtype at every call) stay as they are. Each layer
+        dequantizes its weight when called, so the outputs change by the float8 rounding of the weights (at most
+        2^-4 of each). Inference only and not undone by anything but reloading; CUDA graphs, when on, are captured
+        again. Returns the bytes saved. See :mod:`diffusers_neodragon.utils.float8_weights`."""
+        graphed = self.transformer._cuda_graphs is not None
+        if graphed:
+            self.enable_cuda_graphs(False)
+        models = {"transformer": self.transformer, **self._graphable_models()}
+        models.pop("text_encoder_3", None)
+        saved = sum(quantize_weights_float8(model, min_numel=min_numel) for model in models.values())
+        if graphed:
+            self.enable_cuda_graphs()
+        return saved
+
+    def _disable_cuda_graphs_for_offload(self):
+        graphed = self.transformer._cuda_graphs is not None or any(
+            module_cuda_graph_runner(model) is not None for model in self._graphable_models().values()
+        )
+        if graphed:
+            logger.info("CPU offload moves the weights that CUDA graphs replay from: turning CUDA graphs off")
+            self.enable_cuda_graphs(False)
+
+    def _graphable_models(self) -> dict[str, torch.nn.Module]:
+        """The models replayed from CUDA graphs beside the transformer, each once (a shared encoder appears once):
+        the text encoders and ContextAdapter, and the first-frame pipeline's text encoders and UNet."""
+        models = {name: getattr(self, name, None) for name in ("text_encoder", "text_encoder_2", "text_encoder_3",
+                                                               "context_adapter")}
+        if self.first_frame_pipeline is not None:
+            for name in ("text_encoder", "text_encoder_2", "unet"):
+                models[f"first_frame_pipeline.{name}"] = getattr(self.first_frame_pipeline, name, None)
+        unique, seen = {}, set()
+        for name, model in models.items():
+            if isinstance(model, torch.nn.Module) and id(model) not in seen:
+                unique[name] = model
+                seen.add(id(model))
+        return unique
+
+    def enable_cuda_graphs(self, enabled: bool = True):
+        """Replay the transformer, the text encoders and the first-frame UNet from CUDA graphs (CUDA only).
+
+        At batch 1 these models are bound by kernel-launch overhead: a DiT call issues about 2000 small kernels on
+        144-1728 tokens, the text encoders over 1000 kernels for 4 ms of GPU work, a first-frame UNet step 1400,
+        and the CPU launching them is slower than the GPU running them. Replaying a captured graph launches all of
+        them at once. The transformer uses [`NeodragonTransformer3DModel.enable_cuda_graphs`]; every other model
+        (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``, ``context_adapter`` and the first-frame
+        pipeline's ``text_encoder``, ``text_encoder_2`` and ``unet``, where present) gets its ``forward`` wrapped
+        by a [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes them all and
+        restores the original ``forward`` methods.
+
+        Caveats:
+            - Static shapes: every distinct input shape (resolution, batch, CFG on/off, history length) is run
+              eagerly once, captured on its second call and replayed from then on; each captured shape keeps
+              its static buffers and its output in one memory pool (shared by all these models, which never run
+              at once), so GPU memory grows with the number of shapes used. A model whose capture fails (a host
+              synchronisation inside it) runs eagerly for that shape.
+            - Replayed outputs live in static buffers that the next replay overwrites, so every model returns
+              copies (one output-sized copy per call).
+            - Inference only: with autograd on, CPU tensors, or while another capture is running, calls run
+              eagerly. Weights are read where they were at capture: when they move (``to()`` of the pipeline or
+              of a model) the graphs are dropped and recaptured, CPU offload turns them off, and enabling
+              them while offload hooks are installed raises.
+        """
+        models = self._graphable_models()
+        if enabled:
+            hooked = [name for name, model in {"transformer": self.transformer, **models}.items()
+                      if _has_offload_hooks(model)]
+            if hooked:
+                raise ValueError(
+                    f"CUDA graphs replay fixed weight addresses, but {hooked} have offload/device-map hooks that "
+                    "move their weights; call `remove_all_hooks()` and move the pipeline to the GPU first"
+                )
+        self.transformer.enable_cuda_graphs(enabled)
+        # One memory pool for all: they never run at once and all return copies of their outputs.
+        pool = self.transformer._cuda_graphs.graph_pool if enabled else None
+        for model in models.values():
+            enable_module_cuda_graphs(model, enabled, clone_outputs=True, pool=pool, weights=model)
+        return self
