@@ -172,6 +172,7 @@ def test_latent_cache_key_follows_the_vae_weights(vae_dir, tmp_path):
 
 SHARDED_ENCODE = """
 import importlib.util, json, sys
+import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 spec = importlib.util.spec_from_file_location("train_script", sys.argv[1])
@@ -183,6 +184,9 @@ latents, foreground, captions = train.encode_training_set(args, train.load_vae(a
 if accelerator.is_main_process:
     save_file({"latents": latents, "foreground": foreground}, sys.argv[3], metadata={"captions": json.dumps(captions),
                                                           "processes": str(accelerator.num_processes)})
+accelerator.wait_for_everyone()
+if torch.distributed.is_initialized():  # an undestroyed gloo group can abort a rank at exit
+    torch.distributed.destroy_process_group()
 """
 
 
