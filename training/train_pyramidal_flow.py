@@ -227,12 +227,9 @@ def parse_args(input_args=None):
     args.validation_num_inference_steps = _steps(args.validation_num_inference_steps)
     args.validation_video_num_inference_steps = _steps(args.validation_video_num_inference_steps)
     # The CFG scales the saved pipeline samples with, and those of the validation videos (None: the former).
-    mode = MODE_DEFAULTS["monolithic"]
-    args.sampler_guidance_scale = first_given(args.default_guidance_scale, mode["guidance_scale"])
-    args.sampler_video_guidance_scale = first_given(args.default_video_guidance_scale, mode["video_guidance_scale"])
-    args.validation_guidance_scale = first_given(args.validation_guidance_scale, args.sampler_guidance_scale)
+    args.validation_guidance_scale = first_given(args.validation_guidance_scale, args.default_guidance_scale)
     args.validation_video_guidance_scale = first_given(
-        args.validation_video_guidance_scale, args.sampler_video_guidance_scale)
+        args.validation_video_guidance_scale, args.default_video_guidance_scale)
     if args.vae_path is None and args.pretrained_model_name_or_path is None:
         raise ValueError("Give --vae_path (a trained CausalVideoVAE) or --pretrained_model_name_or_path.")
     if args.num_frames < 1 or (args.num_frames - 1) % 8:
@@ -502,7 +499,7 @@ def generate_history(args, transformer, vae, text_components, scheduler, cache, 
         with accelerator.autocast():
             frames.append(frames_from_true_history(
                 pipe, cache.latents[chunk].float(), text, negative, mode["num_inference_steps"],
-                mode["video_num_inference_steps"], args.sampler_guidance_scale, args.sampler_video_guidance_scale,
+                mode["video_num_inference_steps"], args.default_guidance_scale, args.default_video_guidance_scale,
                 generator=generator,
             ).to(cache.latents.dtype))
     frames = torch.cat(frames)
@@ -621,7 +618,7 @@ def run_shapesbench(pipe, args, accelerator) -> dict | None:
     table = format_table(summaries)
     print(f"[train_pyramidal_flow] ShapesBench ({args.shapesbench_num_prompts} prompts per split):\n{table}")
     num_steps = args.shapesbench_num_inference_steps
-    cfg = f"CFG {args.sampler_guidance_scale:g} / {args.sampler_video_guidance_scale:g}"
+    cfg = f"CFG {args.default_guidance_scale:g} / {args.default_video_guidance_scale:g}"
     default = f"the pipeline's default sampler (20 / 10 steps per stage, {cfg})"
     sampler = f"{num_steps} steps per stage, {cfg}" if num_steps else default
     return {**summaries, "table": table, "sampler": sampler}
@@ -896,8 +893,8 @@ def main(args):
             first_frame_steps=args.validation_num_inference_steps,
             video_steps=args.validation_video_num_inference_steps,
             guidance_scale=args.validation_guidance_scale, video_guidance_scale=args.validation_video_guidance_scale,
-            default_guidance_scale=f"{args.sampler_guidance_scale:g}",
-            default_video_guidance_scale=f"{args.sampler_video_guidance_scale:g}",
+            default_guidance_scale=f"{args.default_guidance_scale:g}",
+            default_video_guidance_scale=f"{args.default_video_guidance_scale:g}",
             default_history_noise=f"{args.default_history_noise:g}",
             transformer_parameters=f"{count_parameters(model) / 1e6:.2f}M", num_layers=model.config.num_layers,
             num_attention_heads=model.config.num_attention_heads, attention_head_dim=model.config.attention_head_dim,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,27 +37,12 @@ def flow_matching_loss_per_sample(
 
 
 def flow_matching_loss(
-    model_preds: torch.Tensor | Sequence[torch.Tensor],
-    targets: torch.Tensor | Sequence[torch.Tensor],
-    foregrounds: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+    model_pred: torch.Tensor, target: torch.Tensor, foreground: torch.Tensor | None = None,
     foreground_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Pyramid-Flow's loss: MSE averaged per sample, then over all samples of all groups (uniform weights).
-
-    ``model_preds``/``targets`` (and ``foregrounds``, the masks of the optional object term, see
-    :func:`flow_matching_loss_per_sample`) may be single tensors or lists of tensors of different shapes (one group
-    per stage when a batch is split over stages); every sample counts once whatever its resolution.
-    """
-    if torch.is_tensor(model_preds):
-        model_preds, targets, foregrounds = [model_preds], [targets], [foregrounds]
-    if len(model_preds) != len(targets) or not model_preds:
-        raise ValueError("Give as many predictions as targets (at least one).")
-    if foregrounds is None:
-        foregrounds = [None] * len(targets)
-    per_sample = [
-        flow_matching_loss_per_sample(p, t, m, foreground_weight) for p, t, m in zip(model_preds, targets, foregrounds)
-    ]
-    return torch.cat(per_sample).mean()
+    """Pyramid-Flow's loss: MSE averaged per sample, then over the samples (see
+    :func:`flow_matching_loss_per_sample` for the optional object term)."""
+    return flow_matching_loss_per_sample(model_pred, target, foreground, foreground_weight).mean()
 
 
 def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
