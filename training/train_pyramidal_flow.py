@@ -33,19 +33,15 @@ import collections
 import copy
 import hashlib
 import json
-import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
-from diffusers.optimization import get_scheduler
+from accelerate.utils import gather_object
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -57,12 +53,15 @@ from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODE_DEFAULTS,
 from diffusers_neodragon.training_utils import (
     CAPTION_DROPOUT_PROBABILITY,
     HISTORY_CORRUPTION_RATIO,
+    SAVE_DTYPES,
     TEXT_COMPONENT_NAMES,
     EpochShuffleSampler,
+    add_common_arguments,
+    build_lr_scheduler,
+    build_optimizer,
     caption_dropout_mask,
     checkpoint_step,
     count_parameters,
-    create_hub_repo,
     encode_prompts,
     finish_training_loop,
     flow_matching_loss,
@@ -74,13 +73,15 @@ from diffusers_neodragon.training_utils import (
     load_vae_folder,
     parse_int_list,
     parse_resolution,
+    parse_with_command,
     pooled_projection_dim,
     push_folder_to_hub,
     pyramid_training_batch,
+    register_folder_checkpoints,
     resolve_resume_checkpoint,
-    resolve_trackers,
     sample_stage,
     save_checkpoint,
+    setup_accelerator,
     should_stop,
     step_generator,
     training_command,
@@ -91,9 +92,6 @@ from diffusers_neodragon.utils.model_cards import write_model_card
 
 logger = get_logger(__name__)
 SCRIPT = "training/train_pyramidal_flow.py"
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="Pyramidal flow-matching training of a Shapes text-to-video model.")
@@ -155,30 +153,11 @@ def parse_args(input_args=None):
     parser.add_argument("--foreground_weight", type=float, default=0.0,
                         help="Weight of an MSE term over the objects' latents only (training_utils."
                              "latent_foreground_mask): a small object is a few latent pixels of a frame-wide mean.")
-    # Optimisation
-    parser.add_argument("--train_batch_size", type=int, default=128, help="Per device.")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--max_train_seconds", type=float, default=None,
-                        help="Also stop (and finish normally) once training has run this long.")
-    parser.add_argument("--max_train_steps", type=int, default=100_000)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--lr_scheduler", type=str, default="constant_with_warmup")
-    parser.add_argument("--lr_warmup_steps", type=int, default=200)
-    parser.add_argument("--adam_beta1", type=float, default=0.9)
-    parser.add_argument("--adam_beta2", type=float, default=0.95)
-    parser.add_argument("--adam_weight_decay", type=float, default=1e-4)
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--ema_decay", type=float, default=0.995)
-    parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the transformer blocks (regional, dynamic shapes): fewer kernel launches "
                         "for a small model whose step is launch-bound on a GPU; costs compile time at the start")
-    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
-    parser.add_argument("--allow_tf32", action=argparse.BooleanOptionalAction, default=True,
-                        help="TF32 matmuls/convolutions on Ampere+ GPUs.")
-    parser.add_argument("--seed", type=int, default=0)
     # Validation
     parser.add_argument("--validation_steps", type=int, default=0, help="Every N steps (0: only at the end).")
     parser.add_argument("--validation_prompts", type=str, nargs="*", default=None)
@@ -190,15 +169,7 @@ def parse_args(input_args=None):
     parser.add_argument("--validation_video_guidance_scale", type=float, default=None,
                         help="Later frames; default: the saved pipeline's (--default_video_guidance_scale).")
     parser.add_argument("--validation_fps", type=int, default=8)
-    # Output
-    parser.add_argument("--output_dir", type=str, default="shapes-pyramidal-flow")
-    parser.add_argument("--checkpointing_steps", type=int, default=1000)
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
-    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder or "latest".')
-    parser.add_argument("--report_to", type=str, default="tensorboard")
-    parser.add_argument("--logging_dir", type=str, default="logs")
-    parser.add_argument("--tracker_project_name", type=str, default="neodragon-train-pyramidal-flow")
-    parser.add_argument("--save_dtype", type=str, default="fp32", choices=list(DTYPES))
+    # The saved pipeline
     parser.add_argument("--default_guidance_scale", type=float, default=MODE_DEFAULTS["monolithic"]["guidance_scale"],
                         help="First-frame CFG scale stored in the saved pipeline's config (used by calls without "
                              "one, the validation videos and --eval_shapesbench); default: the monolithic mode's")
@@ -214,12 +185,13 @@ def parse_args(input_args=None):
     parser.add_argument("--shapesbench_num_inference_steps", type=int, default=None,
                         help="Steps per stage for ShapesBench videos (first frame and later ones); default: the "
                              "pipeline's monolithic defaults (20 / 10).")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", type=str, default=None)
-    parser.add_argument("--hub_token", type=str, default=None)
+    add_common_arguments(
+        parser, output_dir="shapes-pyramidal-flow", tracker_project_name="neodragon-train-pyramidal-flow",
+        learning_rate=1e-3, train_batch_size=128, max_train_steps=100_000, checkpointing_steps=1000,
+        lr_warmup_steps=200, adam_beta2=0.95,
+    )
 
-    args = parser.parse_args(input_args)
-    args.command_args = list(sys.argv[1:] if input_args is None else input_args)
+    args = parse_with_command(parser, input_args)
     args.height, args.width = parse_resolution(args.resolution)
     args.sample_ratios = parse_int_list(args.sample_ratios)
     if args.stage_range is not None:
@@ -639,23 +611,7 @@ def _shapesbench_markdown(scores: dict | None) -> str:
 
 def main(args):
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=resolve_trackers(args.report_to),
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
-        ),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    if args.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    set_seed(args.seed)
-    repo_id = None
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        repo_id = create_hub_repo(args)
+    accelerator, repo_id = setup_accelerator(args)
 
     # Frozen components.
     vae = load_vae(args).to(accelerator.device).eval().requires_grad_(False)
@@ -687,43 +643,9 @@ def main(args):
                        model_config=transformer.config, foreach=True)
         ema.to(accelerator.device)
 
-    # Checkpoints hold the transformer (and its EMA) as safetensors folders loadable with from_pretrained; only
-    # accelerate's own optimiser/scheduler/RNG state stays in its format (local training state, never published).
-    def save_model_hook(models, weights, folder):
-        if accelerator.is_main_process:
-            for model in models:
-                accelerator.unwrap_model(model).save_pretrained(os.path.join(folder, "transformer"))
-                if weights:
-                    weights.pop()
-            if ema is not None:
-                ema.save_pretrained(os.path.join(folder, "transformer_ema"))
-
-    def load_model_hook(models, folder):
-        while models:
-            model = accelerator.unwrap_model(models.pop())
-            loaded = NeodragonTransformer3DModel.from_pretrained(
-                folder, subfolder="transformer", torch_dtype=torch.float32
-            )
-            model.register_to_config(**loaded.config)
-            model.load_state_dict(loaded.state_dict())
-            del loaded
-        if ema is not None:
-            loaded = EMAModel.from_pretrained(
-                os.path.join(folder, "transformer_ema"), NeodragonTransformer3DModel, foreach=True
-            )
-            ema.load_state_dict(loaded.state_dict())
-            ema.to(accelerator.device)
-            del loaded
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
-
-    optimizer_kwargs = {"fused": True} if accelerator.device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(
-        [p for p in transformer.parameters() if p.requires_grad], lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-        **optimizer_kwargs,
-    )
+    register_folder_checkpoints(accelerator, [("transformer", NeodragonTransformer3DModel)],
+                                emas={"transformer_ema": ema} if ema is not None else None)
+    optimizer = build_optimizer(transformer.parameters(), args, accelerator)
 
     cache = build_latent_cache(args, vae, text_components, accelerator) if args.cache_latents else None
     generated_history = None
@@ -734,10 +656,7 @@ def main(args):
         dataset, batch_size=args.train_batch_size, sampler=EpochShuffleSampler(len(dataset), seed=args.seed),
         collate_fn=collate, num_workers=0 if cache is not None else args.dataloader_num_workers, drop_last=True,
     )
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
+    lr_scheduler = build_lr_scheduler(optimizer, args, accelerator)
     transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(
         transformer, optimizer, dataloader, lr_scheduler
     )
@@ -869,7 +788,7 @@ def main(args):
     result = {"global_step": global_step, "loss": float(np.mean(recent_losses)) if recent_losses else None}
     if accelerator.is_main_process:
         pipe = validation_pipeline()
-        save_dtype = DTYPES[args.save_dtype]
+        save_dtype = SAVE_DTYPES[args.save_dtype]
         to_save = pipe if save_dtype == torch.float32 else make_pipeline(
             copy.deepcopy(pipe.transformer).to(save_dtype), copy.deepcopy(vae).to(save_dtype),
             {k: (copy.deepcopy(v).to(save_dtype) if isinstance(v, torch.nn.Module) else v)

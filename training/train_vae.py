@@ -28,39 +28,38 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import logging
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from diffusers_neodragon import CausalVideoVAE
 from diffusers_neodragon.models.autoencoders.causal_video_blocks import CausalResnetBlock3D
 from diffusers_neodragon.training_utils import (
+    SAVE_DTYPES,
     EpochShuffleSampler,
+    add_common_arguments,
     build_lpips,
+    build_lr_scheduler,
+    build_optimizer,
     checkpoint_step,
     compute_latent_statistics,
     count_parameters,
-    create_hub_repo,
     finish_training_loop,
     format_float,
     load_vae_folder,
     parse_int_list,
     parse_resolution,
+    parse_with_command,
     psnr,
     push_folder_to_hub,
+    register_folder_checkpoints,
     resolve_resume_checkpoint,
-    resolve_trackers,
     save_checkpoint,
+    setup_accelerator,
     should_stop,
     step_generator,
     training_command,
@@ -125,30 +124,11 @@ def parse_args(input_args=None):
         "--lpips_weight", type=float, default=0.0,
         help="LPIPS weight; needs `lpips` and a network connection for its weights (off by default).",
     )
-    # Optimisation
-    parser.add_argument("--train_batch_size", type=int, default=8, help="Per device.")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--max_train_seconds", type=float, default=None,
-                        help="Also stop (and finish normally) once training has run this long.")
-    parser.add_argument("--max_train_steps", type=int, default=20_000)
-    parser.add_argument("--learning_rate", type=float, default=3e-4)
-    parser.add_argument("--lr_scheduler", type=str, default="constant_with_warmup")
-    parser.add_argument("--lr_warmup_steps", type=int, default=100)
-    parser.add_argument("--adam_beta1", type=float, default=0.9)
-    parser.add_argument("--adam_beta2", type=float, default=0.99)
-    parser.add_argument("--adam_weight_decay", type=float, default=1e-4)
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--gradient_checkpointing", action="store_true")
-    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
-    parser.add_argument("--allow_tf32", action=argparse.BooleanOptionalAction, default=True,
-                        help="Allow TF32 matmuls/convolutions on Ampere+.")
-    parser.add_argument("--seed", type=int, default=0)
-    # Checkpoints, logging, validation, output
-    parser.add_argument("--output_dir", type=str, default="shapes-vae")
-    parser.add_argument("--checkpointing_steps", type=int, default=500)
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
-    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder or "latest".')
+    add_common_arguments(
+        parser, output_dir="shapes-vae", tracker_project_name="neodragon-train-vae", learning_rate=3e-4,
+        train_batch_size=8, max_train_steps=20_000, checkpointing_steps=500, lr_warmup_steps=100, adam_beta2=0.99,
+    )
+    # Validation and the latent constants
     parser.add_argument("--validation_steps", type=int, default=0, help="Validate every N steps (0 = only at the end).")
     parser.add_argument("--num_validation_clips", type=int, default=2)
     parser.add_argument("--validation_num_frames", type=int, default=None,
@@ -157,16 +137,8 @@ def parse_args(input_args=None):
                              "(its receptive field always reached the first frame's padding in training).")
     parser.add_argument("--normalization_samples", type=int, default=256, help="Clips used for the latent constants.")
     parser.add_argument("--normalization_num_frames", type=int, default=None, help="Default: --num_frames.")
-    parser.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
-    parser.add_argument("--logging_dir", type=str, default="logs")
-    parser.add_argument("--tracker_project_name", type=str, default="neodragon-train-vae")
-    parser.add_argument("--save_dtype", type=str, default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", type=str, default=None)
-    parser.add_argument("--hub_token", type=str, default=None)
 
-    args = parser.parse_args(input_args)
-    args.command_args = list(sys.argv[1:] if input_args is None else input_args)
+    args = parse_with_command(parser, input_args)
     args.height, args.width = parse_resolution(args.resolution)
     if args.height % 8 or args.width % 8:
         raise ValueError(f"--resolution must be a multiple of 8, got {args.resolution}.")
@@ -326,23 +298,7 @@ def log_validation(vae, videos, accelerator, args, step: int) -> float:
 
 def main(args):
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=resolve_trackers(args.report_to),
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
-        ),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    if args.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    set_seed(args.seed)
-    repo_id = None
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        repo_id = create_hub_repo(args)
+    accelerator, repo_id = setup_accelerator(args)
 
     vae = build_vae(args)
     if args.gradient_checkpointing:
@@ -354,29 +310,8 @@ def main(args):
     model = VAEReconstruction(vae, args.latent_noise_std, encoder_frozen=args.decoder_only)
 
     # Checkpoints hold the VAE in diffusers format (loadable with from_pretrained) next to the optimiser state.
-    def save_model_hook(models, weights, folder):
-        if accelerator.is_main_process:
-            for wrapped in models:
-                accelerator.unwrap_model(wrapped).vae.save_pretrained(os.path.join(folder, "vae"))
-                if weights:
-                    weights.pop()
-
-    def load_model_hook(models, folder):
-        while models:
-            target = accelerator.unwrap_model(models.pop()).vae
-            loaded = CausalVideoVAE.from_pretrained(folder, subfolder="vae")
-            target.register_to_config(**loaded.config)
-            target.load_state_dict(loaded.state_dict())
-            del loaded
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
-
-    optimizer = torch.optim.AdamW(
-        [p for p in vae.parameters() if p.requires_grad], lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-    )
+    register_folder_checkpoints(accelerator, [("vae", CausalVideoVAE)], model_of=lambda wrapper: wrapper.vae)
+    optimizer = build_optimizer(vae.parameters(), args, accelerator)
     perceptual_fn = None
     if args.lpips_weight > 0:
         perceptual_fn = build_lpips(device=accelerator.device)
@@ -389,11 +324,7 @@ def main(args):
         collate_fn=collate_videos, num_workers=args.dataloader_num_workers, drop_last=True,
         persistent_workers=args.dataloader_num_workers > 0,
     )
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
+    lr_scheduler = build_lr_scheduler(optimizer, args, accelerator)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
     steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
@@ -509,7 +440,7 @@ def main(args):
             stats = compute_latent_statistics(vae, (b["video"] for b in stats_loader), device=accelerator.device)
             vae.register_to_config(**stats)
         logger.info(f"latent constants: {stats}")
-        save_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.save_dtype]
+        save_dtype = SAVE_DTYPES[args.save_dtype]
         if save_dtype == torch.float32:
             vae.save_pretrained(output_dir / "vae")
         else:

@@ -8,6 +8,7 @@
 * :mod:`.initialization` — the transformer's from-scratch init and the parameters DDP must not train;
 * :mod:`.checkpoints` — ``checkpoint-<step>`` folders (save, rotate, resume) and a run's trained VAE;
 * :mod:`.run_control` — trackers, when to stop, the end of the loop;
+* :mod:`.script_setup` — the common options, the accelerator, optimiser, schedule and folder checkpoints;
 * :mod:`.hub` — ``--push_to_hub``;
 * :mod:`.latent_statistics` — a VAE's latent normalisation constants;
 * :mod:`.prompts` — prompt encoding for training (what the pipeline feeds the model, fixed length);
@@ -56,9 +57,25 @@ from .pyramid_batch import (
 from .randomness import EpochShuffleSampler, randint, step_generator, uniform
 from .reporting import count_parameters, format_float, video_strip
 from .run_control import finish_training_loop, resolve_trackers, should_stop, training_time_is_up
+from .script_setup import (
+    SAVE_DTYPES,
+    add_common_arguments,
+    build_lr_scheduler,
+    build_optimizer,
+    parse_with_command,
+    register_folder_checkpoints,
+    setup_accelerator,
+)
 
 
 __all__ = [
+    "SAVE_DTYPES",
+    "add_common_arguments",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "parse_with_command",
+    "register_folder_checkpoints",
+    "setup_accelerator",
     "CAPTION_DROPOUT_PROBABILITY",
     "CHECKPOINT_PREFIX",
     "DEFAULT_SAMPLE_RATIOS",
