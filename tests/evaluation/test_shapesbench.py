@@ -263,6 +263,15 @@ def test_benchmark_script_ground_truth(tmp_path, capsys):
     assert script._steps("2") == 2 and script._steps("1,2,1") == [1, 2, 1]
 
 
+def test_benchmark_script_refuses_cuda_graphs_off_cuda(tmp_path):
+    from tests.tiny_components import monolithic_pipeline
+
+    folder = tmp_path / "tiny"
+    monolithic_pipeline().save_pretrained(folder)
+    with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device"):
+        _benchmark_script().main([str(folder), "--device", "cpu", "--cuda-graphs"])
+
+
 def test_benchmark_script_on_a_tiny_random_pipeline(tmp_path, capsys):
     """The whole path on CPU: load a saved pipeline folder, generate at its configured default size, score, print."""
     from tests.tiny_components import monolithic_pipeline
