@@ -566,7 +566,7 @@ def main(args):
         if args.mode == "LORA":
             if args.lora_save == "adapters":
                 encoder.save_pretrained(output_dir / LORA_FOLDER)
-                encoder = encoder.get_base_model()  # the adapters stay beside the pipeline, unmerged
+                encoder = encoder.unload()  # the base DT5 without the LoRA layers; the adapters stay beside it
             else:
                 encoder = encoder.merge_and_unload()
         encoder = encoder.cpu().eval()
