@@ -57,3 +57,17 @@ def test_renoise_sample_is_on_the_stage_path(stage):
     clean = scheduler.predict_clean_stage_latent(a.hidden_states, a.target, a.ratio, stage)
     torch.testing.assert_close(clean, sample, atol=1e-4, rtol=0)
     assert a.timestep.shape == (2,) and (a.timestep > 0).all()
+
+
+def test_pyramid_training_batch_takes_given_timesteps():
+    """A student's batch at its own sampler's grid: the given (ratio, timestep) are used, the rest is unchanged."""
+    from diffusers_neodragon.training_utils.pyramid_batch import pyramid_training_batch
+
+    scheduler = PyramidalDMDScheduler()
+    latents = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    given = (torch.tensor([1.0, 0.5]), torch.tensor([1000.0, 800.0]))
+    example = pyramid_training_batch(scheduler, latents, 1, num_history=2, generator=torch.Generator().manual_seed(1),
+                                     timesteps=given)
+    assert torch.equal(example.ratio, given[0]) and torch.equal(example.timestep, given[1])
+    start = example.hidden_states[:1] - 0.0  # at ratio 1 the point is the stage start: hidden - target = end
+    assert start.shape == (1, 4, 1, 4, 4) and len(example.history) == 2
