@@ -207,14 +207,20 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
             )
         self.num_inference_steps = [int(k) for k in steps]
         self.stage_timesteps, self.stage_sigmas = [], []
-        for (t_first, t_last, sigma_first, sigma_last), k in zip(self._grid_bounds, self.num_inference_steps):
-            timesteps = torch.linspace(t_first, t_last, k, dtype=torch.float64)
-            sigmas = torch.linspace(sigma_first, sigma_last, k, dtype=torch.float64)
-            sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
-            self.stage_timesteps.append(timesteps.to(device=device, dtype=torch.float32))
-            self.stage_sigmas.append(sigmas.to(device=device, dtype=torch.float32))
+        for stage, k in enumerate(self.num_inference_steps):
+            timesteps, sigmas = self._stage_schedule(stage, k, device)
+            self.stage_timesteps.append(timesteps)
+            self.stage_sigmas.append(sigmas)
         self.timesteps = torch.cat(self.stage_timesteps)
         self._stage, self._step_index = None, None
+
+    def _stage_schedule(self, stage: int, k: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k-step schedule of one stage: k timesteps and k + 1 stage-local sigmas ending in 0 (float32)."""
+        t_first, t_last, sigma_first, sigma_last = self._grid_bounds[stage]
+        timesteps = torch.linspace(t_first, t_last, k, dtype=torch.float64)
+        sigmas = torch.linspace(sigma_first, sigma_last, k, dtype=torch.float64)
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+        return timesteps.to(device=device, dtype=torch.float32), sigmas.to(device=device, dtype=torch.float32)
 
     @classmethod
     def _get_compatibles(cls):
@@ -529,6 +535,34 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
         timestep = self.timesteps_per_stage[stage][idx].to(device or u.device)
         return ratio, timestep
 
+    def sample_inference_timesteps(
+        self,
+        stage: int,
+        num_inference_steps: int,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: str | torch.device | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniformly pick one step of the stage's `num_inference_steps`-step sampling schedule per sample.
+
+        The training counterpart of `sample_training_timesteps` for a step-distilled (DMD) student: it is trained
+        only at the noise levels its own n-step sampler visits (those of `set_timesteps(n)`), e.g. only the stage
+        start for 1 step per stage.
+
+        Returns:
+            (ratio, timestep), both float32 [batch_size]: the stage-local sigma and the transformer's timestep input.
+        """
+        self._check_stage(stage)
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+        timesteps, sigmas = self._stage_schedule(stage, num_inference_steps)
+        rand_device = generator.device if generator is not None else "cpu"
+        u = torch.rand((batch_size,), generator=generator, device=rand_device)
+        idx = (u * num_inference_steps).long().clamp(0, num_inference_steps - 1).cpu()
+        return sigmas[idx].to(device or u.device), timesteps[idx].to(device or u.device)
+
     def interpolate(self, start: torch.Tensor, end: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
         """Point at stage-local sigma `ratio` on the straight path: ratio * start + (1 - ratio) * end."""
         ratio = self._broadcast(ratio, start, "ratio")
@@ -551,3 +585,20 @@ class PyramidalDMDScheduler(SchedulerMixin, ConfigMixin):
         where sigma_end = 0). Equal to `euler_step(model_output, sample, sigma, 0.0)`, differentiable.
         """
         return self.euler_step(model_output, sample, sigma, 0.0).prev_sample
+
+    def predict_clean_stage_latent(
+        self, sample: torch.Tensor, model_output: torch.Tensor, sigma: float | torch.Tensor, stage: int
+    ) -> torch.Tensor:
+        """The paper's DMD student step: the clean latent of `stage` in one Euler step,
+        z = z_sigma - g / (sigma_start - sigma_end) * D(z_sigma), with g the *global* noise level of `sample`.
+
+        `sigma` is the stage-local sigma r of `sample` (what the pipeline and training use); its global level is
+        g = sigma_end + r * (sigma_start - sigma_end), so the step runs the stage's straight line past the stage end
+        (local sigma 0) to global noise level 0, local sigma -sigma_end / (sigma_start - sigma_end), where the noise
+        cancels: the clean stage latent (for stage 0 and the last stage exactly the clean latent the stage was
+        built from; in between the mix of it and the upsampled lower stage the stage started from). In the last
+        stage (sigma_end = 0) it equals `predict_stage_end`. Differentiable; per-sample [B] `sigma` allowed.
+        """
+        self._check_stage(stage)
+        start, end = self.start_sigmas[stage], self.end_sigmas[stage]
+        return self.euler_step(model_output, sample, sigma, -end / (start - end)).prev_sample

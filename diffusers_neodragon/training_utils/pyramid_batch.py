@@ -114,6 +114,7 @@ def pyramid_training_batch(
     first_frame_prob: float | None = None,
     foreground: torch.Tensor | None = None,
     history_latents: torch.Tensor | None = None,
+    timesteps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PyramidTrainingBatch:
     """Build one stage's autoregressive training example from clean, normalised latents (Pyramid-Flow recipe).
 
@@ -144,6 +145,8 @@ def pyramid_training_batch(
             its frame u, max-pooled to the stage's resolution, is returned as ``foreground``.
         history_latents: optional latents [B, C, T, H, W] whose frames 0 .. u-1 replace ``latents``' as the history
             (e.g. the model's own frames, :func:`frames_from_true_history`); frame u always comes from ``latents``.
+        timesteps: optional ``(ratio, timestep)`` [B] each, instead of a uniform draw from the stage's training grid
+            (e.g. ``scheduler.sample_inference_timesteps``: a step-distilled student's own sampler steps).
     """
     if latents.ndim != 5:
         raise ValueError(f"`latents` must be [B, C, T, H, W], got shape {tuple(latents.shape)}.")
@@ -184,7 +187,10 @@ def pyramid_training_batch(
     clean = levels[stage][:, :, u : u + 1].float()
     clean_lower = levels[stage - 1][:, :, u : u + 1].float() if stage > 0 else None
     start, end = scheduler.stage_endpoints(clean, stage_noise, stage, clean_lower)
-    ratio, timestep = scheduler.sample_training_timesteps(stage, batch, generator=generator, device=device)
+    if timesteps is None:
+        ratio, timestep = scheduler.sample_training_timesteps(stage, batch, generator=generator, device=device)
+    else:
+        ratio, timestep = (t.to(device) for t in timesteps)
     hidden_states = scheduler.interpolate(start, end, ratio)
     target = scheduler.velocity_target(start, end)
 

@@ -535,6 +535,53 @@ def test_predict_stage_end_is_differentiable(scheduler):
     torch.testing.assert_close(model_output.grad, torch.full_like(sample, -0.7))
 
 
+def test_predict_clean_stage_latent_hand_computed(scheduler):
+    """The paper's z - g / (start - end) * D with hand-computed stage 1 values: start = 1 - a / (2 (1 - a) + a) with
+    a = 0.333 (= 0.800240), end = 0.334; at local sigma 0.5, g = 0.334 + 0.5 * 0.466240 = 0.567120, so the step
+    length is g / 0.466240 = 1.216369; in the last stage (end 0) it is the global sigma itself / start (= sigma)."""
+    sample = torch.zeros(1, 1, 1, 2, 2)
+    velocity = torch.ones(1, 1, 1, 2, 2)
+    out = scheduler.predict_clean_stage_latent(sample, velocity, 0.5, stage=1)
+    torch.testing.assert_close(out, torch.full_like(sample, -1.216369), atol=2e-6, rtol=0)
+    out = scheduler.predict_clean_stage_latent(sample + 2.0, velocity * 3.0, torch.tensor([0.25]), stage=0)
+    torch.testing.assert_close(out, torch.full_like(sample, 2.0 - 3.0 * (0.667 + 0.25 * 0.333) / 0.333))
+    torch.testing.assert_close(scheduler.predict_clean_stage_latent(sample, velocity, 0.3, stage=2),
+                               scheduler.predict_stage_end(sample, velocity, 0.3))
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_predict_clean_stage_latent_recovers_the_clean_latent(scheduler, stage):
+    """With the exact velocity and a clean latent constant on 2x2 blocks, the one-step rule lands on the clean
+    stage latent (noise level 0), from any point of the stage; differentiable in the model output."""
+    lower = torch.randn(2, 4, 1, 4, 4, generator=gen(0))
+    clean = up2(lower)
+    noise = torch.randn(2, 4, 1, 8, 8, generator=gen(1))
+    start, end = scheduler.stage_endpoints(clean, noise, stage, clean_lower=lower if stage else None)
+    ratio = torch.tensor([1.0, 0.35])
+    x = scheduler.interpolate(start, end, ratio)
+    velocity = scheduler.velocity_target(start, end).requires_grad_(True)
+    predicted = scheduler.predict_clean_stage_latent(x, velocity, ratio, stage)
+    torch.testing.assert_close(predicted, clean, atol=1e-5, rtol=0)
+    predicted.sum().backward()
+    assert velocity.grad is not None and (velocity.grad < 0).all()
+
+
+def test_sample_inference_timesteps_are_the_sampler_grid(scheduler):
+    """A student with n steps per stage is trained at exactly the (sigma, timestep) pairs set_timesteps(n) visits."""
+    fresh = PyramidalDMDScheduler()
+    fresh.set_timesteps([4, 4, 4])
+    ratio, timestep = scheduler.sample_inference_timesteps(1, 4, 64, generator=gen(0))
+    sigmas, timesteps = fresh.stage_sigmas[1][:-1], fresh.stage_timesteps[1]
+    for r, t in zip(ratio, timestep):
+        k = int((sigmas == r).nonzero()[0])
+        assert timesteps[k] == t
+    assert len(set(ratio.tolist())) == 4  # all four steps drawn
+    ratio, timestep = scheduler.sample_inference_timesteps(2, 1, 3, generator=gen(0))
+    assert ratio.tolist() == [1.0] * 3 and timestep.tolist() == [fresh.stage_timesteps[2][0].item()] * 3
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        scheduler.sample_inference_timesteps(0, 0, 2)
+
+
 # ---------------------------------------------------------------------------------------------- config
 
 

@@ -60,7 +60,10 @@ class NeodragonPipeline(
             absent when the transformer has its own ``context_embedder`` (Pyramid-Flow checkpoints).
         text_encoder / text_encoder_2 (CLIPTextModelWithProjection) + tokenizers: the pooled text vector (their
             ``text_embeds`` concatenated); either may be absent if the other one fills ``pooled_projection_dim``.
-        first_frame_pipeline (a diffusers text-to-image pipeline, optional): the ``hybrid`` first frame (SSD-1B).
+        first_frame_pipeline (a diffusers text-to-image pipeline, optional): the ``hybrid`` first frame (SSD-1B); or a
+            ``NeodragonPipeline`` sharing this one's latent space (the same VAE), e.g. the multi-step teacher of a
+            step-distilled student: it makes latent frame 0 with its own defaults in ``monolithic`` mode and hands
+            it over as latents (no decode/encode round trip); the paper's hybrid evaluation setting.
         super_resolution ([`QuickSRNet`], optional): 2x per-frame super-resolution of the decoded video.
         safety_checker ([`~diffusers.pipelines.stable_diffusion.StableDiffusionSafetyChecker`], optional) +
             feature_extractor (`CLIPImageProcessor`): checks every decoded frame; flagged frames are blacked out and
@@ -83,6 +86,9 @@ class NeodragonPipeline(
             default) takes the mode's (monolithic 7 and 5, hybrid none). A model that uses its caption weakly may
             need more, as the embedded Shapes model does.
         default_history_noise: the ``history_noise`` of a call without it (0, the reference's sampler, by default).
+        default_num_inference_steps, default_video_num_inference_steps: the steps per stage (an int or one per
+            stage) of a call without them; ``None`` (the default) takes the mode's. A step-distilled (DMD) student
+            stores its distilled steps here, e.g. 1 (1-1-1).
         requires_safety_checker: warn when the pipeline has no ``safety_checker`` (set for real-world releases;
             ``False`` for the synthetic Shapes model and by default).
     """
@@ -124,6 +130,8 @@ class NeodragonPipeline(
         default_video_guidance_scale: float | None = None,
         default_history_noise: float = 0.0,
         requires_safety_checker: bool = False,
+        default_num_inference_steps: int | list[int] | None = None,
+        default_video_num_inference_steps: int | list[int] | None = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -150,6 +158,8 @@ class NeodragonPipeline(
             default_height=default_height, default_width=default_width, default_num_frames=default_num_frames,
             default_guidance_scale=default_guidance_scale, default_video_guidance_scale=default_video_guidance_scale,
             default_history_noise=default_history_noise, requires_safety_checker=requires_safety_checker,
+            default_num_inference_steps=default_num_inference_steps,
+            default_video_num_inference_steps=default_video_num_inference_steps,
         )
         self.vae_spatial_scale = getattr(vae.config, "spatial_downsample_scale", 8) if vae is not None else 8
         self.vae_temporal_scale = getattr(vae.config, "temporal_downsample_scale", 8) if vae is not None else 8
@@ -400,6 +410,16 @@ class NeodragonPipeline(
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
         return self.first_frame_pipeline(prompt=prompts, generator=generator, output_type="pil", **kwargs).images
 
+    def _first_frame_latents(self, prompt, num_videos_per_prompt, height, width, generator, max_sequence_length,
+                             first_frame_kwargs):
+        """Latent frame 0 from a nested ``NeodragonPipeline`` (same latent space), made with its own monolithic
+        defaults (steps, CFG, prompt suffix and negative prompt) unless ``first_frame_kwargs`` override them."""
+        kwargs = dict(mode="monolithic", max_sequence_length=max_sequence_length, **(first_frame_kwargs or {}))
+        return self.first_frame_pipeline(
+            prompt=prompt, num_videos_per_prompt=num_videos_per_prompt, height=height, width=width, num_frames=1,
+            generator=generator, output_type="latent", **kwargs,
+        ).frames
+
     def _encode_first_frame(self, image, batch: int, height: int, width: int, generator, device, dtype):
         pixels = self.video_processor.preprocess(image, height=height, width=width)  # [N, 3, H, W] in [-1, 1]
         if pixels.shape[0] != batch:
@@ -556,8 +576,13 @@ class NeodragonPipeline(
                 return [steps] * stages
             return list(steps) if isinstance(steps, (list, tuple)) else steps
 
-        num_inference_steps = per_stage(num_inference_steps, defaults["num_inference_steps"])
-        video_num_inference_steps = per_stage(video_num_inference_steps, defaults["video_num_inference_steps"])
+        config = self.config
+        num_inference_steps = per_stage(
+            num_inference_steps,
+            first_given(config.get("default_num_inference_steps"), defaults["num_inference_steps"]))
+        video_num_inference_steps = per_stage(
+            video_num_inference_steps,
+            first_given(config.get("default_video_num_inference_steps"), defaults["video_num_inference_steps"]))
         guidance_scale = first_given(guidance_scale, self.config.default_guidance_scale, defaults["guidance_scale"])
         video_guidance_scale = first_given(
             video_guidance_scale, self.config.default_video_guidance_scale, defaults["video_guidance_scale"])
@@ -615,7 +640,10 @@ class NeodragonPipeline(
 
         # 3. First frame from an image or the text-to-image pipeline.
         generated = []
-        if not first_from_dit:
+        if not first_from_dit and image is None and isinstance(self.first_frame_pipeline, NeodragonPipeline):
+            generated.append(self._first_frame_latents(prompt, num_videos_per_prompt, height, width, generator,
+                                                       max_sequence_length, first_frame_kwargs).to(device, dtype))
+        elif not first_from_dit:
             if image is None:
                 image = self._first_frame_images(prompts, height, width, generator, first_frame_kwargs)
             generated.append(self._encode_first_frame(image, batch, height, width, generator, device, dtype))

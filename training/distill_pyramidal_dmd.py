@@ -1,0 +1,488 @@
+#!/usr/bin/env python
+# SPDX-License-Identifier: Apache-2.0
+"""Pyramidal DMD step distillation (Neodragon, operation 4): a few-step student from a multi-step pyramidal teacher.
+
+Three transformers: the frozen teacher ("real score", with CFG at the teacher's scales: its first-frame scale for
+latent frame 0, its video scale for later frames), a trainable "fake score" copy of the teacher, and the student
+(the teacher, or ``--student_path`` for the progressive schedule 4-4-4 -> 1-1-1). Per optimisation step, on a batch
+of cached Shapes latents (``training_utils.latent_cache``), one pyramid stage i and one unit u (u history frames
+from the data, corrupted as in training; u = 0 is the generated first frame, ``--first_frame_prob``):
+
+1. the student sees the stage's noisy point at one of its own sampler's steps (``--steps_per_stage``, one step drawn
+   per example, ``scheduler.sample_inference_timesteps``) and predicts the clean stage latent in one Euler step,
+   z = z_sigma - sigma / (sigma_start^i - sigma_end^i) D(z_sigma) (``scheduler.predict_clean_stage_latent``);
+2. student loss = ``--dmd_weight`` x the DMD surrogate (teacher minus fake clean estimate on z re-noised into the
+   stage, normalised by mean |z - x_real|) + ``--cauchy_weight`` x log(1 + ||z - Down(data, 2^i)||^2)
+   (``training_utils.dmd``);
+3. ``--fake_updates_per_student`` (2) updates of the fake model with the pyramidal flow-matching loss on z.
+
+The noisy points the student learns from are the data's at its sampler's noise levels (not its own rollouts).
+The output folder is a ``NeodragonPipeline`` whose config samples with the distilled steps and no CFG by default;
+with ``--save_mode hybrid`` (default) the teacher is nested as ``first_frame_pipeline`` and makes latent frame 0
+with its multi-step sampler (the paper's hybrid setting); ``mode="monolithic"`` on the same folder lets the student
+make its own first frame (1-1-1, no CFG).
+
+Example (one GPU, a few minutes; the second run starts from the first's student):
+
+    accelerate launch training/distill_pyramidal_dmd.py --teacher_path diffusers_neodragon/pretrained/shapes \\
+        --output_dir runs/dmd/444 --steps_per_stage 4 --mixed_precision bf16 --max_train_seconds 150
+    accelerate launch training/distill_pyramidal_dmd.py --teacher_path diffusers_neodragon/pretrained/shapes \\
+        --student_path runs/dmd/444 --output_dir runs/dmd/111 --steps_per_stage 1 --mixed_precision bf16
+
+Memory: three transformers (teacher frozen); ``--gradient_checkpointing`` checkpoints the student and the fake
+model. At the real scale shard them with accelerate's FSDP, e.g. a config file with
+
+    distributed_type: FSDP
+    mixed_precision: bf16
+    num_processes: 8
+    fsdp_config:
+      fsdp_sharding_strategy: FULL_SHARD
+      fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+      fsdp_transformer_layer_cls_to_wrap: NeodragonTransformerBlock
+      fsdp_state_dict_type: FULL_STATE_DICT
+      fsdp_use_orig_params: true
+
+(``accelerate launch --config_file fsdp.yaml training/distill_pyramidal_dmd.py ...``; DeepSpeed ZeRO-2 through
+``distributed_type: DEEPSPEED`` with ``zero_stage: 2`` works alike). The teacher is not prepared (frozen, replicated);
+the CPU tests run the same code path on tiny configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.logging import get_logger
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from diffusers_neodragon import NeodragonPipeline, NeodragonTransformer3DModel
+from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODE_DEFAULTS, first_given
+from diffusers_neodragon.training_utils import (
+    TEXT_COMPONENT_NAMES,
+    EpochShuffleSampler,
+    add_common_arguments,
+    build_lr_scheduler,
+    build_optimizer,
+    checkpoint_step,
+    count_parameters,
+    finish_training_loop,
+    flow_matching_loss,
+    format_float,
+    freeze_unused_parameters,
+    parse_int_list,
+    parse_with_command,
+    push_folder_to_hub,
+    pyramid_training_batch,
+    register_folder_checkpoints,
+    resolve_resume_checkpoint,
+    sample_num_history,
+    sample_stage,
+    save_checkpoint,
+    setup_accelerator,
+    should_stop,
+    step_generator,
+    training_command,
+    video_strip,
+)
+from diffusers_neodragon.training_utils.dmd import cauchy_loss, dmd_loss, renoise_sample
+from diffusers_neodragon.training_utils.latent_cache import build_latent_cache
+from diffusers_neodragon.utils.model_cards import write_model_card
+
+
+logger = get_logger(__name__)
+SCRIPT = "training/distill_pyramidal_dmd.py"
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Pyramidal DMD step distillation of a Neodragon pipeline.")
+    parser.add_argument("--teacher_path", type=str, required=True, help="The multi-step NeodragonPipeline folder.")
+    parser.add_argument("--student_path", type=str, default=None,
+                        help="Start the student from this pipeline folder's transformer (or a transformer folder): "
+                             "the progressive schedule (e.g. the 4-4-4 student for 1-1-1); default: the teacher.")
+    parser.add_argument("--steps_per_stage", type=str, default="1",
+                        help="The student's sampler: an int for every stage or one per stage (4 / 2,2,2 / 1).")
+    parser.add_argument("--fake_updates_per_student", type=int, default=2, help="Fake-model updates per student one.")
+    parser.add_argument("--fake_learning_rate", type=float, default=None, help="Default: --learning_rate.")
+    parser.add_argument("--dmd_weight", type=float, default=1.0)
+    parser.add_argument("--cauchy_weight", type=float, default=1.0)
+    parser.add_argument("--teacher_guidance_scale", type=float, default=None,
+                        help="Real-score CFG for latent frame 0; default: the teacher's first-frame scale.")
+    parser.add_argument("--teacher_video_guidance_scale", type=float, default=None,
+                        help="Real-score CFG for later frames; default: the teacher's video scale.")
+    parser.add_argument("--sample_ratios", type=str, default="1,1,1", help="Relative frequency of the stages.")
+    parser.add_argument("--first_frame_prob", type=float, default=0.3,
+                        help="Train the generated first frame (u = 0) with this probability; else u >= 1 with true "
+                             "history (negative: 1/T).")
+    parser.add_argument("--corrupt_ratio", type=float, default=0.5, help="History corruption sigma_c ~ U(0, this).")
+    # Data (the teacher's size by default)
+    parser.add_argument("--resolution", type=str, default=None, help="`N` or `HxW`; default: the teacher's.")
+    parser.add_argument("--num_frames", type=int, default=None, help="Default: the teacher's default_num_frames.")
+    parser.add_argument("--train_samples", type=int, default=2048)
+    parser.add_argument("--latent_cache_path", type=str, default=None)
+    parser.add_argument("--encode_batch_size", type=int, default=32)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--max_sequence_length", type=int, default=64)
+    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--ema_decay", type=float, default=0.99)
+    # Output
+    parser.add_argument("--save_mode", type=str, default="hybrid", choices=["hybrid", "monolithic"],
+                        help="hybrid: nest the teacher as first_frame_pipeline (its multi-step frame 0); monolithic: "
+                             "the student makes every frame.")
+    parser.add_argument("--validation_steps", type=int, default=0, help="Every N steps (0: only at the end).")
+    parser.add_argument("--num_validation_prompts", type=int, default=2)
+    parser.add_argument("--validation_fps", type=int, default=8)
+    add_common_arguments(
+        parser, output_dir="shapes-pyramidal-dmd", tracker_project_name="neodragon-distill-pyramidal-dmd",
+        learning_rate=1e-5, train_batch_size=64, max_train_steps=2000, checkpointing_steps=500, lr_warmup_steps=0,
+        adam_beta2=0.999, adam_weight_decay=0.0,
+    )
+    args = parse_with_command(parser, input_args)
+    steps = parse_int_list(args.steps_per_stage)
+    args.steps_per_stage = list(steps)
+    if any(s < 1 for s in steps):
+        raise ValueError(f"--steps_per_stage must be ints >= 1, got {steps}.")
+    args.sample_ratios = parse_int_list(args.sample_ratios)
+    if args.fake_updates_per_student < 0:
+        raise ValueError("--fake_updates_per_student must be >= 0.")
+    if args.gradient_accumulation_steps != 1:
+        raise ValueError("--gradient_accumulation_steps must be 1 (student and fake model alternate every step).")
+    if args.first_frame_prob is not None and args.first_frame_prob < 0:
+        args.first_frame_prob = None
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- components
+
+
+def load_teacher(args) -> NeodragonPipeline:
+    teacher = NeodragonPipeline.from_pretrained(args.teacher_path, dtype=torch.float32)
+    teacher.set_progress_bar_config(disable=True)
+    for name in ("transformer", "vae", *TEXT_COMPONENT_NAMES, "context_adapter"):
+        module = getattr(teacher, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.eval().requires_grad_(False)
+    return teacher
+
+
+def load_student(args, teacher) -> NeodragonTransformer3DModel:
+    if args.student_path is None:
+        return copy.deepcopy(teacher.transformer)
+    folder = Path(args.student_path)
+    subfolder = "transformer" if (folder / "transformer").is_dir() else None
+    return NeodragonTransformer3DModel.from_pretrained(folder, subfolder=subfolder, torch_dtype=torch.float32)
+
+
+def per_stage(steps, stages):
+    return list(steps) * stages if len(steps) == 1 else list(steps)
+
+
+def make_pipeline(student, teacher, args, mode=None) -> NeodragonPipeline:
+    """The student as a NeodragonPipeline sampling with its distilled steps and no CFG by default; in hybrid mode
+    the teacher (its own monolithic defaults) makes latent frame 0."""
+    mode = mode or args.save_mode
+    config = teacher.config
+    steps = per_stage(args.steps_per_stage, teacher.scheduler.config.stages)
+    pipe = NeodragonPipeline(
+        transformer=student, scheduler=teacher.scheduler, vae=teacher.vae, context_adapter=teacher.context_adapter,
+        first_frame_pipeline=teacher if mode == "hybrid" else None, mode=mode,
+        prompt_suffix=config.prompt_suffix, default_negative_prompt=config.default_negative_prompt,
+        default_height=args.height, default_width=args.width, default_num_frames=args.num_frames,
+        default_guidance_scale=0.0, default_video_guidance_scale=0.0,
+        default_num_inference_steps=steps, default_video_num_inference_steps=steps,
+        default_history_noise=config.default_history_noise,
+        **{k: getattr(teacher, k, None) for k in TEXT_COMPONENT_NAMES},
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def teacher_scales(args, teacher) -> tuple[float, float]:
+    mono = MODE_DEFAULTS["monolithic"]
+    first = first_given(args.teacher_guidance_scale, teacher.config.default_guidance_scale, mono["guidance_scale"])
+    video = first_given(args.teacher_video_guidance_scale, teacher.config.default_video_guidance_scale,
+                        mono["video_guidance_scale"])
+    return float(first), float(video)
+
+
+def velocity(model, x, text, timestep, history, scale=None, negative=None):
+    """The model's velocity; with ``scale`` > 1 classifier-free guided by the ``negative`` text rows."""
+    embeds, mask, pooled = text
+    if scale is None or scale <= 1.0:
+        return model(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=timestep,
+                     history=history, encoder_attention_mask=mask).sample
+    n_embeds, n_mask, n_pooled = negative
+    out = model(
+        hidden_states=torch.cat([x, x]), encoder_hidden_states=torch.cat([n_embeds, embeds]),
+        pooled_projections=torch.cat([n_pooled, pooled]), timestep=torch.cat([timestep, timestep]),
+        history=[torch.cat([h, h]) for h in history],
+        encoder_attention_mask=None if mask is None else torch.cat([n_mask, mask]),
+    ).sample
+    uncond, cond = out.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def log_validation(pipe, prompts, accelerator, args, step, tag="validation"):
+    """One video per prompt with the pipeline's defaults (the distilled sampler); mp4s + a PNG strip."""
+    from diffusers.utils import export_to_video  # noqa: PLC0415
+
+    if not prompts:
+        return []
+    folder = Path(args.output_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for i, prompt in enumerate(prompts):
+        with accelerator.autocast():
+            frames = pipe(prompt, generator=torch.Generator().manual_seed(args.seed + i), output_type="np").frames[0]
+        videos.append(frames)
+        try:
+            export_to_video(list(frames), str(folder / f"{tag}-step-{step:06d}-{i}.mp4"), fps=args.validation_fps)
+        except Exception as error:  # noqa: BLE001 - an mp4 encoder problem must not stop training
+            logger.warning(f"Could not write an mp4 ({error}); the PNG strip is still saved.")
+    tensors = [torch.from_numpy(np.asarray(v)).permute(3, 0, 1, 2).float() * 2 - 1 for v in videos]
+    video_strip(tensors).save(folder / f"{tag}-step-{step:06d}.png")
+    return videos
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+class Indices(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return index
+
+
+def main(args):
+    output_dir = Path(args.output_dir)
+    accelerator, repo_id = setup_accelerator(args)
+    teacher = load_teacher(args)
+    args.height, args.width = (teacher.config.default_height, teacher.config.default_width)
+    if args.resolution:
+        from diffusers_neodragon.training_utils import parse_resolution  # noqa: PLC0415
+
+        args.height, args.width = parse_resolution(args.resolution)
+    args.num_frames = args.num_frames or teacher.config.default_num_frames
+    scheduler = teacher.scheduler
+    stages = scheduler.config.stages
+    steps = per_stage(args.steps_per_stage, stages)
+    if len(steps) != stages or len(args.sample_ratios) != stages:
+        raise ValueError(f"--steps_per_stage and --sample_ratios need 1 or {stages} entries.")
+    device = accelerator.device
+    for name in ("transformer", "vae", *TEXT_COMPONENT_NAMES, "context_adapter"):
+        module = getattr(teacher, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.to(device)
+    real = teacher.transformer
+    text_components = {k: getattr(teacher, k, None) for k in TEXT_COMPONENT_NAMES}
+    if teacher.context_adapter is not None:
+        raise ValueError("The Shapes latent cache encodes text with the transformer's own context_embedder; a teacher "
+                         "with a ContextAdapter is not supported yet.")
+    first_scale, video_scale = teacher_scales(args, teacher)
+
+    student = load_student(args, teacher).to(device).train()
+    fake = copy.deepcopy(real).to(device).train().requires_grad_(True)
+    student.requires_grad_(True)
+    for model in (student, fake):
+        freeze_unused_parameters(model)
+        if args.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=NeodragonTransformer3DModel,
+                       model_config=student.config, foreach=True)
+        ema.to(device)
+    register_folder_checkpoints(accelerator, [("student", NeodragonTransformer3DModel),
+                                              ("fake", NeodragonTransformer3DModel)],
+                                emas={"student_ema": ema} if ema is not None else None)
+    opt_student = build_optimizer(student.parameters(), args, accelerator)
+    opt_fake = build_optimizer(fake.parameters(), args, accelerator,
+                               learning_rate=first_given(args.fake_learning_rate, args.learning_rate))
+    lr_student = build_lr_scheduler(opt_student, args, accelerator)
+    lr_fake = build_lr_scheduler(opt_fake, args, accelerator)
+
+    cache = build_latent_cache(args, teacher.vae, text_components, accelerator)
+    dataloader = torch.utils.data.DataLoader(
+        Indices(args.train_samples), batch_size=args.train_batch_size,
+        sampler=EpochShuffleSampler(args.train_samples, seed=args.seed), drop_last=True,
+    )
+    student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake = accelerator.prepare(
+        student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake
+    )
+    steps_per_epoch = len(dataloader)
+    if steps_per_epoch == 0:
+        raise ValueError("--train_samples is smaller than one batch.")
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    unwrapped = accelerator.unwrap_model(student)
+    if accelerator.is_main_process:
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+    from diffusers_neodragon.data.shapes import fixed_prompt_set  # noqa: PLC0415
+
+    validation_prompts = fixed_prompt_set("seen", args.num_validation_prompts) if args.num_validation_prompts else []
+    logger.info(f"***** Pyramidal DMD: student {count_parameters(unwrapped) / 1e6:.2f}M params, steps {steps}, "
+                f"teacher CFG {first_scale:g} / {video_scale:g} *****")
+
+    global_step, first_epoch, resume_batches = 0, 0, 0
+    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+    if resume_path is not None:
+        accelerator.print(f"Resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+        global_step = checkpoint_step(resume_path)
+        first_epoch, resume_batches = global_step // steps_per_epoch, global_step % steps_per_epoch
+
+    def validation_pipeline(mode=None):
+        model = unwrapped
+        if ema is not None:
+            model = copy.deepcopy(unwrapped)
+            ema.copy_to(model.parameters())
+        return make_pipeline(model.eval(), teacher, args, mode)
+
+    negative_row = torch.zeros(1, dtype=torch.long, device=cache.caption_ids.device)
+    history_log = collections.defaultdict(list)
+    start_step, start_time, stop = global_step, time.perf_counter(), False
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= args.max_train_steps:
+            break
+        dataloader.set_epoch(epoch)
+        active, offset = dataloader, 0
+        if epoch == first_epoch and resume_batches:
+            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
+        for batch_index, indices in enumerate(active, start=offset):
+            generator = step_generator(args.seed, epoch * steps_per_epoch + batch_index, accelerator.process_index,
+                                       device)
+            indices = indices.to(cache.latents.device)
+            latents = cache.latents[indices].float()
+            ids = cache.caption_ids[indices]
+            keep = max(int(cache.mask[ids].sum(1).max()), 1)
+            mask = cache.mask[ids][:, :keep]
+            text = (cache.embeds[ids][:, :keep], None if bool(mask.all()) else mask, cache.pooled[ids])
+            batch = latents.shape[0]
+            neg = negative_row.expand(batch)
+            negative = (cache.embeds[neg][:, :keep], None if text[1] is None else cache.mask[neg][:, :keep],
+                        cache.pooled[neg])
+            stage = sample_stage(args.sample_ratios, generator)
+            unit = sample_num_history(latents.shape[2], generator, args.first_frame_prob)
+            timesteps = scheduler.sample_inference_timesteps(stage, steps[stage], batch, generator, device)
+            example = pyramid_training_batch(scheduler, latents, stage, num_history=unit, generator=generator,
+                                             corrupt_ratio=args.corrupt_ratio, timesteps=timesteps)
+            target = scheduler.pyramid(latents[:, :, unit : unit + 1])[stage]
+            scale = first_scale if unit == 0 else video_scale
+
+            # Student update: DMD gradient + Cauchy loss to the data.
+            with accelerator.autocast():
+                v_student = velocity(student, example.hidden_states, text, example.timestep, example.history)
+            prediction = scheduler.predict_clean_stage_latent(example.hidden_states, v_student.float(),
+                                                              example.ratio, stage)
+            noisy = renoise_sample(scheduler, prediction.detach(), stage, generator)
+            with torch.no_grad(), accelerator.autocast():
+                v_real = velocity(real, noisy.hidden_states, text, noisy.timestep, example.history, scale, negative)
+                v_fake = velocity(fake, noisy.hidden_states, text, noisy.timestep, example.history)
+            real_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_real.float(), noisy.ratio, stage)
+            fake_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_fake.float(), noisy.ratio, stage)
+            loss_dmd = dmd_loss(prediction, real_clean, fake_clean)
+            loss_cauchy = cauchy_loss(prediction, target)
+            loss = args.dmd_weight * loss_dmd + args.cauchy_weight * loss_cauchy
+            accelerator.backward(loss)
+            if args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+            opt_student.step()
+            lr_student.step()
+            opt_student.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(student.parameters())
+
+            # Fake-score updates: pyramidal flow matching on the student's samples.
+            fake_losses = []
+            samples = prediction.detach()
+            for _ in range(args.fake_updates_per_student):
+                point = renoise_sample(scheduler, samples, stage, generator)
+                with accelerator.autocast():
+                    v = velocity(fake, point.hidden_states, text, point.timestep, example.history)
+                loss_fake = flow_matching_loss(v.float(), point.target.float())
+                accelerator.backward(loss_fake)
+                if args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(fake.parameters(), args.max_grad_norm)
+                opt_fake.step()
+                opt_fake.zero_grad(set_to_none=True)
+                fake_losses.append(loss_fake.detach())
+            lr_fake.step()
+
+            global_step += 1
+            progress.update(1)
+            logs = {"loss_dmd": loss_dmd.detach(), "loss_cauchy": loss_cauchy.detach()}
+            if fake_losses:
+                logs["loss_fake"] = torch.stack(fake_losses).mean()
+            logs = {k: accelerator.gather(v.reshape(1)).mean().item() for k, v in logs.items()}
+            for k, v in logs.items():
+                history_log[k].append(v)
+            progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+            accelerator.log({**logs, "lr": lr_student.get_last_lr()[0], "stage": stage, "unit": unit},
+                            step=global_step)
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
+                log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
+                unwrapped.train()
+            if should_stop(accelerator, args, global_step, start_time):
+                stop = True
+                break
+        if stop:
+            break
+    progress.close()
+    finish_training_loop("distill_pyramidal_dmd", accelerator, args, output_dir, start_step, global_step, start_time)
+
+    accelerator.wait_for_everyone()
+    window = {k: float(np.mean(v[-50:])) for k, v in history_log.items()}
+    result = {"global_step": global_step, **window}
+    if accelerator.is_main_process:
+        pipe = validation_pipeline()
+        pipe.save_pretrained(str(output_dir), safe_serialization=True)
+        log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
+        steps_text = "-".join(map(str, steps))
+        teacher_steps = (first_given(teacher.config.get("default_num_inference_steps"),
+                                     MODE_DEFAULTS["monolithic"]["num_inference_steps"]),
+                         first_given(teacher.config.get("default_video_num_inference_steps"),
+                                     MODE_DEFAULTS["monolithic"]["video_num_inference_steps"]))
+        values = dict(
+            title=args.hub_model_id or f"Shapes pyramidal DMD student {steps_text} ({output_dir.name})",
+            command=training_command(SCRIPT, args.command_args), steps=global_step,
+            loss_dmd=format_float(window.get("loss_dmd")), loss_cauchy=format_float(window.get("loss_cauchy")),
+            loss_fake=format_float(window.get("loss_fake")), steps_per_stage=steps_text,
+            nfe_per_frame=sum(steps), teacher_path=args.teacher_path, student_path=args.student_path or "the teacher",
+            teacher_first_steps=list(teacher_steps[0]) if not isinstance(teacher_steps[0], int) else teacher_steps[0],
+            teacher_video_steps=list(teacher_steps[1]) if not isinstance(teacher_steps[1], int) else teacher_steps[1],
+            teacher_cfg=f"{first_scale:g} / {video_scale:g}", save_mode=args.save_mode,
+            fake_updates=args.fake_updates_per_student, dmd_weight=args.dmd_weight, cauchy_weight=args.cauchy_weight,
+            learning_rate=args.learning_rate, batch_size=args.train_batch_size * accelerator.num_processes,
+            train_samples=args.train_samples, first_frame_prob=args.first_frame_prob,
+            corrupt_ratio=args.corrupt_ratio, ema=f"decay {args.ema_decay}" if args.use_ema else "off",
+            mixed_precision=args.mixed_precision or "no", height=args.height, width=args.width,
+            num_frames=args.num_frames,
+        )
+        write_model_card(output_dir, "pyramidal_dmd.md", values, tags=["text-to-video", "neodragon", "dmd", "shapes"])
+        if args.push_to_hub:
+            push_folder_to_hub(repo_id, output_dir, token=args.hub_token)
+    accelerator.end_training()
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
