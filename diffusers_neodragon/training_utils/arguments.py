@@ -34,6 +34,19 @@ def parse_int_list(value: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+SECRET_OPTIONS = ("--hub_token",)
+
+
 def training_command(script: str, argv: Sequence[str] | None) -> str:
-    """The command line that reproduces a run (``accelerate launch <script> <args>``)."""
-    return "accelerate launch " + shlex.join([script, *(argv or [])])
+    """The command line that reproduces a run (``accelerate launch <script> <args>``), with the values of secret
+    options (``--hub_token``) replaced by ``***``: the command goes into a model card that may be published."""
+    argv, shown = list(argv or []), []
+    for i, token in enumerate(argv):
+        option = token.split("=", 1)[0]
+        if option in SECRET_OPTIONS and "=" in token:
+            shown.append(f"{option}=***")
+        elif i > 0 and argv[i - 1] in SECRET_OPTIONS:
+            shown.append("***")
+        else:
+            shown.append(token)
+    return "accelerate launch " + shlex.join([script, *shown])

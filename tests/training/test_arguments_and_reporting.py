@@ -22,3 +22,11 @@ def test_model_card_and_small_utilities(tmp_path):
     assert parse_resolution("64x128") == (64, 128) and parse_resolution(96) == (96, 96)
     strip = video_strip([torch.zeros(3, 9, 8, 8), torch.ones(3, 2, 8, 8)], max_frames=4)
     assert strip.size == (32, 16)
+
+
+def test_training_command_hides_the_hub_token():
+    from diffusers_neodragon.training_utils import training_command
+
+    shown = training_command("training/x.py", ["--hub_token", "hf_secret", "--seed", "1", "--hub_token=hf_other"])
+    assert "hf_secret" not in shown and "hf_other" not in shown
+    assert shown == "accelerate launch training/x.py --hub_token '***' --seed 1 '--hub_token=***'"
