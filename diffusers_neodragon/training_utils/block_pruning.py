@@ -174,4 +174,5 @@ def prune_transformer(transformer, keep: Sequence[int]):
         new_state.update({f"transformer_blocks.{new_index}.{k}": v for k, v in block.items()})
     pruned.load_state_dict(new_state, strict=True)
     parameter = next(transformer.parameters())
-    return pruned.to(device=parameter.device, dtype=parameter.dtype)
+    pruned = pruned.to(parameter.device)
+    return pruned if parameter.dtype == torch.float32 else pruned.to(parameter.dtype)
