@@ -12,6 +12,12 @@ corrupted with sigma_c ~ U(0, ``--corrupt_ratio``) per sample, uniform stage-loc
 per-sample MSE; 10% caption dropout for CFG. ``--transformer_path`` continues a saved transformer;
 ``--generated_history_prob`` trains it on histories it sampled itself.
 
+Recovery of a pruned transformer (``training/prune_transformer.py``, Neodragon's two-stage curriculum): stage 1 is
+this script started from the pruned folder; stage 2 adds ``--teacher_path`` (the unpruned model): each kept block's
+output is matched to that of the teacher block it came from (``block_origin``; visual-token MSE, text-token cosine
+distance) and the prediction to the teacher's as well as to the data, weighted by ``--feature_loss_weights``. Stage 2
+refuses weights that did not go through stage 1 (``pruning_recovery.json`` beside them) unless ``--force``.
+
 Defaults are the values of the embedded model's recipe (``training/recipes/shapes_default.sh``): stage mix 1:2:3,
 history corruption up to 0.5, the first frame trained 30 % of the time, cached latents, EMA 0.995, CFG 7 / 5 in the
 saved pipeline. Pyramid-Flow's own values are ``--sample_ratios 1,2,1 --corrupt_ratio 0.333 --no-use_ema``.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import math
 import os
@@ -91,6 +98,16 @@ from diffusers_neodragon.training_utils.latent_cache import (  # noqa: F401 - th
     shard_indices,
     text_table,
     video_foreground,
+)
+from diffusers_neodragon.training_utils.pruning_recovery import (
+    BlockOutputs,
+    check_stage_2_start,
+    completed_stages,
+    feature_matching_losses,
+    new_recovery_record,
+    read_recovery_record,
+    with_stage,
+    write_recovery_record,
 )
 from diffusers_neodragon.utils.model_cards import write_model_card
 
@@ -160,6 +177,16 @@ def parse_args(input_args=None):
                              "latent_foreground_mask): a small object is a few latent pixels of a frame-wide mean.")
     parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--ema_decay", type=float, default=0.995)
+    # Pruning recovery (stage 2)
+    parser.add_argument("--teacher_path", type=str, default=None,
+                        help="Stage 2 of pruning recovery: the unpruned teacher (a pipeline folder or a transformer "
+                             "folder) whose blocks' features the pruned transformer matches through its block_origin.")
+    parser.add_argument("--feature_loss_weights", type=str, default="1,1,1,1",
+                        help="With --teacher_path: weights of flow matching to the data, flow matching to the "
+                             "teacher's prediction, visual-token MSE and text-token cosine distance of the kept "
+                             "blocks.")
+    parser.add_argument("--force", action="store_true",
+                        help="Start stage 2 from weights that did not go through stage 1 (the paper found this fails).")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the transformer blocks (regional, dynamic shapes): fewer kernel launches "
                         "for a small model whose step is launch-bound on a GPU; costs compile time at the start")
@@ -224,10 +251,49 @@ def parse_args(input_args=None):
     if not 0.0 <= args.generated_history_prob <= 1.0:
         raise ValueError(f"--generated_history_prob must lie in [0, 1], got {args.generated_history_prob}.")
     trained = args.transformer_path or args.pretrained_model_name_or_path
+    args.feature_loss_weights = [float(x) for x in args.feature_loss_weights.split(",")]
+    if len(args.feature_loss_weights) != 4 or min(args.feature_loss_weights) < 0:
+        raise ValueError("--feature_loss_weights takes four weights >= 0 (data, teacher, visual, text), got "
+                         f"{args.feature_loss_weights}.")
+    args.recovery_record = read_recovery_record(start_transformer_folder(args))
+    args.recovery_warning = None
+    if args.teacher_path is not None:
+        if not trained:
+            raise ValueError("--teacher_path (stage 2) continues a pruned transformer: give --transformer_path or "
+                             "--pretrained_model_name_or_path.")
+        args.recovery_warning = check_stage_2_start(args.recovery_record, args.force)
     if args.generated_history_prob and not (args.cache_latents and trained):
         raise ValueError("--generated_history_prob needs --cache_latents and a trained transformer to sample from "
                          "(--transformer_path or --pretrained_model_name_or_path).")
     return args
+
+
+def start_transformer_folder(args) -> str | None:
+    """The transformer folder training starts from (None: a new model)."""
+    if args.transformer_path:
+        return args.transformer_path
+    if args.pretrained_model_name_or_path:
+        return os.path.join(args.pretrained_model_name_or_path, "transformer")
+    return None
+
+
+def load_teacher(args, student) -> NeodragonTransformer3DModel:
+    """The frozen unpruned teacher of stage 2, checked against the student's block_origin and width."""
+    path = args.teacher_path
+    if (Path(path) / "transformer").is_dir():
+        path = str(Path(path) / "transformer")
+    teacher = NeodragonTransformer3DModel.from_pretrained(path, torch_dtype=torch.float32)
+    origin = student.config.block_origin
+    if origin is None:
+        raise ValueError("--teacher_path needs a pruned transformer (its config's block_origin maps its blocks to the "
+                         "teacher's); this one has none. Prune it with training/prune_transformer.py.")
+    if max(origin) >= teacher.config.num_layers:
+        raise ValueError(f"block_origin {list(origin)} points past the teacher's {teacher.config.num_layers} blocks.")
+    for key in ("attention_head_dim", "num_attention_heads", "patch_size", "in_channels", "context_embedder_dim"):
+        if teacher.config[key] != student.config[key]:
+            raise ValueError(
+                f"The teacher's {key} {teacher.config[key]} differs from the student's {student.config[key]}.")
+    return teacher.eval().requires_grad_(False)
 
 
 def _steps(value: str):
@@ -473,6 +539,32 @@ def run_shapesbench(pipe, args, accelerator) -> dict | None:
     return {**summaries, "table": table, "sampler": sampler}
 
 
+def record_recovery_stage(args, transformer_folder: Path, steps: int, loss: float | None) -> str:
+    """Append this run's recovery stage to a pruned transformer's record (stage 2 with --teacher_path, else 1); the
+    model card's sentence about it ("" for a model that is not being recovered from pruning)."""
+    record = args.recovery_record
+    if record is None and args.teacher_path is None:
+        return ""
+    if record is None:  # stage 2 forced on weights without a record
+        origin = NeodragonTransformer3DModel.load_config(str(transformer_folder))["block_origin"]
+        record = new_recovery_record(args.teacher_path, -1, origin)
+    stage = 2 if args.teacher_path else 1
+    details = dict(steps=steps, loss=loss, command=training_command(SCRIPT, args.command_args))
+    if stage == 2:
+        details.update(teacher=args.teacher_path, feature_loss_weights=args.feature_loss_weights,
+                       forced=1 not in completed_stages(record))
+    record = with_stage(record, stage, **details)
+    write_recovery_record(transformer_folder, record)
+    w = args.feature_loss_weights
+    what = ("stage 1 (flow matching on data)" if stage == 1 else
+            f"stage 2 (teacher `{args.teacher_path}`: {w[0]:g} x flow matching to the data + {w[1]:g} x to the "
+            f"teacher's prediction + {w[2]:g} x visual-token MSE + {w[3]:g} x text-token cosine distance of each kept "
+            "block to the teacher block of its `block_origin`)")
+    return (f"\n\nThis run is {what} of the recovery of a pruned transformer (`block_origin` "
+            f"{list(record['block_origin'])}); recovery stages so far: {completed_stages(record)} "
+            f"(`transformer/pruning_recovery.json`).")
+
+
 def _shapesbench_markdown(scores: dict | None) -> str:
     if not scores:
         return "Not evaluated (run with `--eval_shapesbench`)."
@@ -523,6 +615,11 @@ def main(args):
     register_folder_checkpoints(accelerator, [("transformer", NeodragonTransformer3DModel)],
                                 emas={"transformer_ema": ema} if ema is not None else None)
     optimizer = build_optimizer(transformer.parameters(), args, accelerator)
+    teacher = None
+    if args.teacher_path is not None:
+        if args.recovery_warning:
+            logger.warning(args.recovery_warning)
+        teacher = load_teacher(args, transformer).to(accelerator.device)
 
     cache = build_latent_cache(args, vae, text_components, accelerator) if args.cache_latents else None
     generated_history = None
@@ -588,6 +685,12 @@ def main(args):
         embeds, mask = embeds[:, :keep], mask[:, :keep]
         return embeds, (None if bool(mask.all()) else mask), pooled
 
+    feature_hooks = contextlib.ExitStack()
+    if teacher is not None:
+        student_blocks = feature_hooks.enter_context(BlockOutputs(unwrapped))
+        teacher_blocks = feature_hooks.enter_context(BlockOutputs(teacher))
+    w_data, w_teacher, w_visual, w_text = args.feature_loss_weights
+
     start_step, start_time = global_step, time.perf_counter()
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
@@ -629,6 +732,17 @@ def main(args):
                         timestep=example.timestep, history=example.history, encoder_attention_mask=mask,
                     ).sample
                 loss = flow_matching_loss(pred, example.target, example.foreground, args.foreground_weight)
+                if teacher is not None:
+                    with torch.no_grad(), accelerator.autocast():
+                        teacher_pred = teacher(
+                            hidden_states=example.hidden_states, encoder_hidden_states=embeds,
+                            pooled_projections=pooled, timestep=example.timestep, history=example.history,
+                            encoder_attention_mask=mask,
+                        ).sample
+                    visual, text = feature_matching_losses(student_blocks.outputs, teacher_blocks.outputs,
+                                                           unwrapped.config.block_origin, mask)
+                    loss = (w_data * loss + w_teacher * flow_matching_loss(pred, teacher_pred) + w_visual * visual
+                            + w_text * text)
                 window_losses.append(loss.detach())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -659,6 +773,7 @@ def main(args):
         if stop:
             break
     progress.close()
+    feature_hooks.close()
     finish_training_loop("train_pyramidal_flow", accelerator, args, output_dir, start_step, global_step, start_time)
 
     accelerator.wait_for_everyone()
@@ -671,6 +786,7 @@ def main(args):
             {k: (copy.deepcopy(v).to(save_dtype) if isinstance(v, torch.nn.Module) else v)
              for k, v in text_components.items()}, scheduler, args)
         to_save.save_pretrained(str(output_dir), safe_serialization=True)  # first: evaluation can be cut short
+        recovery = record_recovery_stage(args, output_dir / "transformer", global_step, result["loss"])
         log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
         scores = run_shapesbench(pipe, args, accelerator) if args.eval_shapesbench else None
         result["shapesbench"] = scores
@@ -715,6 +831,7 @@ def main(args):
             learning_rate=args.learning_rate, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
             ema=f"decay {args.ema_decay}" if args.use_ema else "off", batch_size=total_batch,
             mixed_precision=args.mixed_precision or "no", shapesbench=_shapesbench_markdown(scores),
+            recovery=recovery,
         )
         write_model_card(output_dir, "pyramidal_flow.md", values, tags=["text-to-video", "neodragon", "shapes"])
         if args.push_to_hub:
