@@ -35,5 +35,13 @@ def parse_int_list(value: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def training_command(script: str, argv: Sequence[str] | None) -> str:
-    """The command line that reproduces a run (``accelerate launch <script> <args>``)."""
-    return "accelerate launch " + shlex.join([script, *(argv or [])])
+    """The command line that reproduces a run (``accelerate launch <script> <args>``), the ``--hub_token`` value
+    masked (the command goes into a model card that may be published)."""
+    words = list(argv or [])
+    shown = []
+    for index, word in enumerate(words):
+        if index and words[index - 1] == "--hub_token":
+            shown.append("***")
+        else:
+            shown.append("--hub_token=***" if word.startswith("--hub_token=") else word)
+    return "accelerate launch " + shlex.join([script, *shown])

@@ -79,7 +79,7 @@ def build_student_vae(
         for name in (*ENCODER_MODULES, "post_quant_conv"):
             getattr(student, name).load_state_dict(getattr(teacher, name).state_dict())
     freeze_encoder(student)
-    return student.to(teacher.dtype)
+    return student if student.dtype == teacher.dtype else student.to(teacher.dtype)
 
 
 def freeze_encoder(vae) -> None:

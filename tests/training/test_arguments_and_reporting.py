@@ -22,3 +22,11 @@ def test_model_card_and_small_utilities(tmp_path):
     assert parse_resolution("64x128") == (64, 128) and parse_resolution(96) == (96, 96)
     strip = video_strip([torch.zeros(3, 9, 8, 8), torch.ones(3, 2, 8, 8)], max_frames=4)
     assert strip.size == (32, 16)
+
+
+def test_training_command_masks_the_hub_token():
+    from diffusers_neodragon.training_utils.arguments import training_command
+
+    command = training_command("training/x.py", ["--hub_token", "secret", "--hub_token=other", "--seed", "1"])
+    assert command == "accelerate launch training/x.py --hub_token '***' '--hub_token=***' --seed 1"
+    assert "secret" not in command and "other" not in command
