@@ -75,11 +75,32 @@ def build_student_vae(
         decoder_space_upscale=[bool(f) for f in space_upscale],
         decoder_blocks_per_stage=blocks_per_stage if isinstance(blocks_per_stage, int) else list(blocks_per_stage),
     )
+    initialize_decoder_(student.decoder)
     with torch.no_grad():
         for name in (*ENCODER_MODULES, "post_quant_conv"):
             getattr(student, name).load_state_dict(getattr(teacher, name).state_dict())
     freeze_encoder(student)
     return student if student.dtype == teacher.dtype else student.to(teacher.dtype)
+
+
+@torch.no_grad()
+def initialize_decoder_(decoder: torch.nn.Module) -> None:
+    """Unit-gain init of a tiny decoder trained from scratch: He-normal convs (ReLU gain), zero biases, and each
+    MemBlock's last conv at zero so that every block starts as the identity. The library's reference init (normal,
+    std 0.02) is calibrated for the released widths; through a narrow decoder it shrinks the output to ~1e-7 and
+    the first hundreds of steps are spent growing it back."""
+    from ..models.autoencoders.autoencoder_asymmetric import MemBlock  # noqa: PLC0415
+
+    convs = [m for m in decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        if conv.bias is not None:
+            torch.nn.init.zeros_(conv.bias)
+    torch.nn.init.kaiming_normal_(convs[-1].weight, nonlinearity="linear")  # the output conv: no ReLU after it
+    for block in decoder.modules():
+        if isinstance(block, MemBlock):
+            torch.nn.init.zeros_(block.conv[-1].weight)
+            torch.nn.init.zeros_(block.conv[-1].bias)
 
 
 def freeze_encoder(vae) -> None:

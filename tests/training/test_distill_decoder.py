@@ -228,3 +228,15 @@ def test_the_pipeline_with_the_distilled_decoder_exports(teacher_pipeline, tmp_p
     if check_htp:
         report = json.loads((out / "htp_report_fp16.json").read_text())
         assert [r["on_htp"] for r in report["reports"]] == [True]
+
+
+def test_the_student_decoder_starts_at_unit_gain():
+    """The reference init (std 0.02) shrinks a narrow decoder's output to ~1e-7; the student's starts O(1), with
+    every MemBlock the identity."""
+    from diffusers_neodragon.models.autoencoders.autoencoder_asymmetric import MemBlock
+
+    student = build_student_vae(tiny_causal_vae(), (32, 32, 16, 16), blocks_per_stage=3)
+    assert all(not b.conv[-1].weight.any() for b in student.decoder.modules() if isinstance(b, MemBlock))
+    with torch.no_grad():
+        out = student.decode(torch.randn(2, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))).sample
+    assert 0.1 < out.std().item() < 10
