@@ -294,3 +294,23 @@ def test_matches_reference_numerically(reference_vae_module):
         torch.testing.assert_close(
             ours.encode(image).latent_dist.mean, reference.encode(image).latent_dist.mean, rtol=0, atol=1e-5
         )
+
+
+def test_memblocks_per_stage_are_configurable_and_default_to_the_official_three():
+    from diffusers_neodragon.models.autoencoders.autoencoder_asymmetric import MemBlock
+
+    def count(vae):
+        return sum(isinstance(b, MemBlock) for b in vae.decoder.blocks)
+
+    assert count(tiny_asymmetric_vae()) == 9
+    assert count(tiny_asymmetric_vae(decoder_blocks_per_stage=1)) == 3
+    vae = tiny_asymmetric_vae(decoder_blocks_per_stage=(2, 0, 1))
+    assert count(vae) == 3
+    z = torch.randn(1, vae.config.latent_channels, 3, 2, 2)
+    with torch.no_grad():
+        whole = vae.decode(z).sample
+        streamed = torch.cat(list(vae.iter_decode(z, decode_chunk_size=1)), dim=2)
+    assert whole.shape == (1, 3, 17, 16, 16)
+    torch.testing.assert_close(streamed, whole)
+    with pytest.raises(ValueError, match="blocks_per_stage"):
+        tiny_asymmetric_vae(decoder_blocks_per_stage=(1, 1))

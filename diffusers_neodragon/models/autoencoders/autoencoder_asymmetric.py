@@ -69,7 +69,8 @@ class TinyVideoDecoder(nn.Module):
     """TAEHV-style decoder: latents [B, C, T, h, w] → frames [B, 3, 8T - 7, 8h, 8w] in about [-1, 1].
 
     ``blocks`` is laid out exactly as in the official checkpoint (Clamp, conv, ReLU, then per stage 3 MemBlocks,
-    nearest Upsample, TGrow, conv; ReLU, final conv). Each latent frame makes 8 frames and the first 7 of the
+    nearest Upsample, TGrow, conv; ReLU, final conv); ``blocks_per_stage`` changes the MemBlock count (smaller
+    decoders distilled from a teacher). Each latent frame makes 8 frames and the first 7 of the
     whole video are dropped, so latent frame 0 (the image) decodes to one frame. With a shared ``cache`` dict,
     successive chunks of latent frames decode exactly as the whole clip would, holding one frame per MemBlock.
     """
@@ -81,6 +82,7 @@ class TinyVideoDecoder(nn.Module):
         num_features: Sequence[int] = (256, 128, 64, 64),
         time_upscale: Sequence[bool] = (True, True, True),
         space_upscale: Sequence[bool] = (True, True, True),
+        blocks_per_stage: int | Sequence[int] = 3,
     ) -> None:
         super().__init__()
         if not len(num_features) - 1 == len(time_upscale) == len(space_upscale):
@@ -88,10 +90,16 @@ class TinyVideoDecoder(nn.Module):
                 "time_upscale and space_upscale need one flag per stage (len(num_features) - 1), got "
                 f"{num_features}, {time_upscale}, {space_upscale}"
             )
+        num_stages = len(time_upscale)
+        blocks = [blocks_per_stage] * num_stages if isinstance(blocks_per_stage, int) else list(blocks_per_stage)
+        if len(blocks) != num_stages or any(count < 0 for count in blocks):
+            raise ValueError(
+                f"blocks_per_stage must be one count >= 0 or one per stage ({num_stages}), got {blocks_per_stage}"
+            )
         layers: list[nn.Module] = [Clamp(), _conv3x3(latent_channels, num_features[0]), nn.ReLU()]
         for stage, (time_up, space_up) in enumerate(zip(time_upscale, space_upscale)):
             channels = num_features[stage]
-            layers += [MemBlock(channels) for _ in range(3)]
+            layers += [MemBlock(channels) for _ in range(blocks[stage])]
             layers += [
                 nn.Upsample(scale_factor=2 if space_up else 1),
                 TGrow(channels, 2 if time_up else 1),
@@ -152,6 +160,7 @@ class AsymmetricVAE(CausalVideoAutoencoderMixin, ModelMixin, ConfigMixin):
         decoder_num_features: Sequence[int] = (256, 128, 64, 64),
         decoder_time_upscale: Sequence[bool] = (True, True, True),
         decoder_space_upscale: Sequence[bool] = (True, True, True),
+        decoder_blocks_per_stage: int | Sequence[int] = 3,
         temporal_downsample_scale: int = 8,
         spatial_downsample_scale: int = 8,
         image_latent_shift: float = 0.1490,
@@ -183,6 +192,7 @@ class AsymmetricVAE(CausalVideoAutoencoderMixin, ModelMixin, ConfigMixin):
             num_features=decoder_num_features,
             time_upscale=decoder_time_upscale,
             space_upscale=decoder_space_upscale,
+            blocks_per_stage=decoder_blocks_per_stage,
         )
         self.use_slicing = False
         self.apply(self._init_weights)

@@ -1,0 +1,87 @@
+"""Video clips from a folder: ``*.mp4`` files (read with imageio) and sub-folders of frame images, one clip each.
+
+Minimal on purpose (reconstruction training needs pixels only): every clip is its first ``num_frames`` frames,
+resized so its shorter side covers the target and centre-cropped to ``height x width``, as ``[3, F, H, W]`` in
+[-1, 1]. Clips shorter than ``num_frames`` are left out (with their names in ``skipped``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+
+
+def read_frames(path: str | os.PathLike, num_frames: int) -> np.ndarray:
+    """The first ``num_frames`` frames of a video file or frame folder as uint8 [F, H, W, 3] (fewer if shorter)."""
+    import imageio.v3 as iio  # noqa: PLC0415
+
+    path = Path(path)
+    if path.is_dir():
+        frames = [np.asarray(iio.imread(p)) for p in _frame_files(path)[:num_frames]]
+    else:
+        frames = []
+        for frame in iio.imiter(path):
+            frames.append(np.asarray(frame))
+            if len(frames) == num_frames:
+                break
+    frames = [f[..., None].repeat(3, -1) if f.ndim == 2 else f[..., :3] for f in frames]
+    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[F, 3, h, w] float → [F, 3, height, width]: bilinear resize so both sides cover, then centre crop."""
+    h, w = video.shape[-2:]
+    scale = max(height / h, width / w)
+    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    if size != (h, w):
+        video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return video[..., top : top + height, left : left + width]
+
+
+class VideoFolderDataset(torch.utils.data.Dataset):
+    """The clips of ``root`` (video files and frame folders, sorted by name): ``{"video": [3, F, H, W] in [-1, 1],
+    "path": str}``. Clips shorter than ``num_frames`` are listed in ``skipped`` and left out."""
+
+    def __init__(self, root: str | os.PathLike, num_frames: int, height: int, width: int):
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"Video folder {root} does not exist.")
+        candidates = sorted(
+            p for p in root.iterdir()
+            if (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES) or (p.is_dir() and _frame_files(p))
+        )
+        self.num_frames, self.height, self.width = num_frames, height, width
+        self.paths, self.skipped = [], []
+        for path in candidates:
+            long_enough = len(_frame_files(path)) >= num_frames if path.is_dir() else True
+            (self.paths if long_enough else self.skipped).append(path)
+        if not self.paths:
+            raise ValueError(
+                f"No clip of >= {num_frames} frames in {root} (video files {VIDEO_SUFFIXES} or folders of frames "
+                f"{FRAME_SUFFIXES})."
+            )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        frames = read_frames(path, self.num_frames)
+        if len(frames) < self.num_frames:
+            raise ValueError(f"{path} has {len(frames)} frames, fewer than the {self.num_frames} asked for.")
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        video = resize_crop(video, self.height, self.width).clamp(-1, 1)
+        return {"video": video.transpose(0, 1).contiguous(), "path": str(path)}

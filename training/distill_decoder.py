@@ -1,0 +1,535 @@
+#!/usr/bin/env python
+# SPDX-License-Identifier: Apache-2.0
+"""Asymmetric decoder distillation (Neodragon's operation 2): keep a teacher VAE's encoder, train a tiny streaming
+decoder to decode its latents.
+
+The teacher is any ``CausalVideoVAE`` (a VAE folder, or a pipeline / run folder holding ``vae/``). Its encoder,
+posterior projection and latent normalisation constants are copied bit for bit into an ``AsymmetricVAE`` and frozen,
+so a transformer trained on the teacher's latent space keeps working; only the TAEHV-style decoder (widths, MemBlocks
+per stage and up-sampling flags from the command line; its up-sampling must undo the encoder's 8x8x8) is trained.
+
+Loss: ``--pixel_loss`` (MSE or L1) + ``--perceptual_weight`` x a perceptual term: LPIPS (``--perceptual lpips``, only
+with its backbone weights already on disk: nothing here can download them, the error says where to put the file), or
+an offline substitute: ``ssim`` (1 - SSIM, default) or ``encoder_features`` (feature distance in the frozen encoder).
+The decoder reads the teacher encoder's posterior mean (``--sample_posterior``: a sample) of each clip, and learns to
+reproduce ``--target data`` (default: the clip itself, as the paper does; the student can then beat the teacher's
+own reconstruction errors) or ``--target teacher`` (the teacher decoder's output: no ground truth needed, and the
+student inherits the teacher's look, errors included). ``--latent_cache_dir`` encodes every training clip once.
+
+Data: the Shapes world (default) or ``--video_folder`` (mp4 files or folders of frames).
+
+Output: ``<output_dir>/vae`` (``AsymmetricVAE``) and its model card; ``--pipeline_output DIR`` also writes the
+teacher's pipeline with its VAE replaced by the student (streaming, exportable decoder).
+
+Example (one GPU; the embedded Shapes model as teacher):
+
+    accelerate launch training/distill_decoder.py --output_dir runs/decoder --mixed_precision bf16 \\
+        --pipeline_output runs/decoder/pipeline --max_train_seconds 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate.logging import get_logger
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from diffusers_neodragon import AsymmetricVAE, CausalVideoVAE
+from diffusers_neodragon.training_utils import (
+    SAVE_DTYPES,
+    EpochShuffleSampler,
+    add_common_arguments,
+    build_lr_scheduler,
+    build_optimizer,
+    checkpoint_step,
+    count_parameters,
+    finish_training_loop,
+    format_float,
+    load_vae_folder,
+    parse_int_list,
+    parse_resolution,
+    parse_with_command,
+    psnr,
+    push_folder_to_hub,
+    register_folder_checkpoints,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    setup_accelerator,
+    should_stop,
+    step_generator,
+    training_command,
+    vae_reconstruction_loss,
+    video_strip,
+)
+from diffusers_neodragon.training_utils.asymmetric_student import build_student_vae, encoder_state
+from diffusers_neodragon.training_utils.perceptual import (
+    PERCEPTUAL_KINDS,
+    build_perceptual_loss,
+    describe_perceptual,
+    lpips_weights_missing,
+    ssim,
+)
+from diffusers_neodragon.utils.model_cards import write_model_card
+
+
+logger = get_logger(__name__)
+SCRIPT = "training/distill_decoder.py"
+VALIDATION_SEED_OFFSET = 1000
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Distil a tiny streaming decoder from a causal video VAE.")
+    parser.add_argument("--teacher", type=str, default=None,
+                        help="CausalVideoVAE folder, or a pipeline/run folder holding vae/ (default: the embedded "
+                             "Shapes model).")
+    parser.add_argument("--pipeline_output", type=str, default=None,
+                        help="Also write the teacher pipeline (--teacher must be one) with the student as its vae.")
+    # Student
+    parser.add_argument("--decoder_num_features", type=str, default="32,32,16,16",
+                        help="Widths: the first conv, then the output of every stage (stages = entries - 1).")
+    parser.add_argument("--decoder_blocks_per_stage", type=str, default="3",
+                        help="MemBlocks per stage: one count, or one per stage.")
+    parser.add_argument("--decoder_time_upscale", type=str, default=None,
+                        help="0/1 per stage: doubles time (default all 1). 2**(number of 1s) must be the encoder's "
+                             "temporal factor.")
+    parser.add_argument("--decoder_space_upscale", type=str, default=None, help="As --decoder_time_upscale, space.")
+    # Data
+    parser.add_argument("--video_folder", type=str, default=None,
+                        help="Train on the clips of this folder (mp4 or frame folders) instead of the Shapes world.")
+    parser.add_argument("--validation_folder", type=str, default=None,
+                        help="Held-out clips for validation (default: held-out Shapes clips, or the last "
+                             "--num_validation_clips of --video_folder, then left out of training).")
+    parser.add_argument("--resolution", type=str, default="128", help="`N` or `HxW` (multiples of 8).")
+    parser.add_argument("--num_frames", type=int, default=49, help="Frames per clip (1 + 8k).")
+    parser.add_argument("--train_samples", type=int, default=100_000, help="Shapes training clips.")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--latent_cache_dir", type=str, default=None,
+                        help="Encode every training clip once into this folder (reused when it exists).")
+    parser.add_argument("--sample_posterior", action="store_true",
+                        help="Decode a posterior sample instead of its mean.")
+    parser.add_argument("--target", type=str, default="data", choices=["data", "teacher"],
+                        help="data: reconstruct the clip (default); teacher: the teacher decoder's output.")
+    # Loss
+    parser.add_argument("--pixel_loss", type=str, default="mse", choices=["mse", "l1"])
+    parser.add_argument("--pixel_weight", type=float, default=1.0)
+    parser.add_argument("--perceptual", type=str, default="ssim", choices=PERCEPTUAL_KINDS)
+    parser.add_argument("--perceptual_weight", type=float, default=0.1)
+    parser.add_argument("--lpips_net", type=str, default="vgg", choices=["vgg", "alex", "squeeze"])
+    parser.add_argument("--first_frame_weight", type=float, default=1.0,
+                        help="How many frames the first (image) frame counts as in the loss.")
+    add_common_arguments(
+        parser, output_dir="distilled-decoder", tracker_project_name="neodragon-distill-decoder",
+        learning_rate=1e-3, train_batch_size=4, max_train_steps=5_000, checkpointing_steps=500, lr_warmup_steps=50,
+        adam_weight_decay=0.0,
+    )
+    parser.add_argument("--validation_steps", type=int, default=0, help="Validate every N steps (0 = only at the end).")
+    parser.add_argument("--num_validation_clips", type=int, default=4)
+
+    args = parse_with_command(parser, input_args)
+    args.height, args.width = parse_resolution(args.resolution)
+    if args.height % 8 or args.width % 8:
+        raise ValueError(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    if args.num_frames < 1 or (args.num_frames - 1) % 8:
+        raise ValueError(f"--num_frames must be 1 + 8k, got {args.num_frames}.")
+    args.num_features = parse_int_list(args.decoder_num_features)
+    blocks = parse_int_list(args.decoder_blocks_per_stage)
+    args.blocks_per_stage = blocks[0] if len(blocks) == 1 else list(blocks)
+    args.time_upscale = None if args.decoder_time_upscale is None else parse_int_list(args.decoder_time_upscale)
+    args.space_upscale = None if args.decoder_space_upscale is None else parse_int_list(args.decoder_space_upscale)
+    if args.perceptual == "lpips" and args.perceptual_weight > 0:
+        missing = lpips_weights_missing(args.lpips_net)
+        if missing:  # before any model is loaded
+            raise ValueError(f"--perceptual lpips: {missing}. Offline alternatives: --perceptual ssim or "
+                             "encoder_features.")
+    if args.pixel_weight <= 0 and (args.perceptual == "none" or args.perceptual_weight <= 0):
+        raise ValueError("Give --pixel_weight > 0 or a perceptual term.")
+    if args.first_frame_weight <= 0:
+        raise ValueError(f"--first_frame_weight must be > 0, got {args.first_frame_weight}.")
+    return args
+
+
+# -------------------------------------------------------------------------------------------------- models
+
+
+def teacher_path(args) -> str:
+    if args.teacher:
+        return args.teacher
+    from diffusers_neodragon.pretrained import shapes_model_path  # noqa: PLC0415
+
+    return shapes_model_path()
+
+
+def load_teacher(args) -> CausalVideoVAE:
+    teacher = load_vae_folder(teacher_path(args), torch.float32)
+    if not isinstance(teacher, CausalVideoVAE):
+        raise ValueError(f"The teacher must be a CausalVideoVAE, got {type(teacher).__name__} from {args.teacher}.")
+    return teacher.eval().requires_grad_(False)
+
+
+def build_student(args, teacher) -> AsymmetricVAE:
+    return build_student_vae(teacher, args.num_features, args.blocks_per_stage, args.time_upscale,
+                             args.space_upscale)
+
+
+class DecoderStudent(torch.nn.Module):
+    """What the optimiser trains, as one module for accelerate: latents → the student's pixels."""
+
+    def __init__(self, vae: AsymmetricVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents).sample
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def build_datasets(args):
+    """(training set, validation clips [N, 3, F, H, W] or None)."""
+    if args.video_folder:
+        from diffusers_neodragon.data.video_folder import VideoFolderDataset  # noqa: PLC0415
+
+        train = VideoFolderDataset(args.video_folder, args.num_frames, args.height, args.width)
+        if args.validation_folder:
+            held = VideoFolderDataset(args.validation_folder, args.num_frames, args.height, args.width)
+            items = [held[i] for i in range(min(args.num_validation_clips, len(held)))]
+        elif args.num_validation_clips:
+            if len(train) <= args.num_validation_clips:
+                raise ValueError(f"{args.video_folder} has {len(train)} clips: too few to hold "
+                                 f"{args.num_validation_clips} out (give --validation_folder).")
+            items = [train[i] for i in range(len(train) - args.num_validation_clips, len(train))]
+            train.paths = train.paths[: -args.num_validation_clips]
+        else:
+            items = []
+    else:
+        from diffusers_neodragon.data.shapes import ShapesVideoDataset  # noqa: PLC0415
+
+        train = ShapesVideoDataset(args.train_samples, args.num_frames, args.height, args.width, seed=args.seed)
+        items = []
+        if args.num_validation_clips:
+            held = ShapesVideoDataset(args.num_validation_clips, args.num_frames, args.height, args.width,
+                                      seed=args.seed + VALIDATION_SEED_OFFSET, split="heldout")
+            items = [held[i] for i in range(len(held))]
+    validation = torch.stack([item["video"] for item in items]) if items else None
+    return train, validation
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """A dataset's items with ``latent_mean`` / ``latent_logvar`` read from ``folder/<index>.safetensors``."""
+
+    def __init__(self, dataset, folder: Path):
+        self.dataset, self.folder = dataset, folder
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        stored = load_file(str(self.folder / f"{index:08d}.safetensors"))
+        item["latent_mean"], item["latent_logvar"] = stored["mean"], stored["logvar"]
+        return item
+
+
+@torch.no_grad()
+def fill_latent_cache(teacher, dataset, folder: Path, accelerator, batch_size: int) -> None:
+    """Encode (main process) every clip of ``dataset`` whose file is missing: posterior mean and log-variance."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "teacher.txt").write_text(f"{teacher.config}\n")
+    missing = [i for i in range(len(dataset)) if not (folder / f"{i:08d}.safetensors").is_file()]
+    for start in tqdm(range(0, len(missing), batch_size), desc="Caching latents",
+                      disable=not accelerator.is_local_main_process):
+        indices = missing[start : start + batch_size]
+        videos = torch.stack([dataset[i]["video"] for i in indices]).to(accelerator.device)
+        with accelerator.autocast():
+            posterior = teacher.encode(videos).latent_dist
+        for k, index in enumerate(indices):
+            save_file({"mean": posterior.mean[k].float().cpu().contiguous(),
+                       "logvar": posterior.logvar[k].float().cpu().contiguous()},
+                      str(folder / f"{index:08d}.safetensors"))
+
+
+def collate(items):
+    batch = {"video": torch.stack([item["video"] for item in items])}
+    if "latent_mean" in items[0]:
+        batch["latent_mean"] = torch.stack([item["latent_mean"] for item in items])
+        batch["latent_logvar"] = torch.stack([item["latent_logvar"] for item in items])
+    return batch
+
+
+@torch.no_grad()
+def teacher_latents(teacher, batch, sample: bool, generator, accelerator) -> torch.Tensor:
+    """The raw latents the student decodes: the cached or freshly encoded posterior's mean (or a sample)."""
+    if "latent_mean" in batch:
+        mean, logvar = batch["latent_mean"].to(accelerator.device), batch["latent_logvar"].to(accelerator.device)
+    else:
+        with accelerator.autocast():
+            posterior = teacher.encode(batch["video"].to(accelerator.device)).latent_dist
+        mean, logvar = posterior.mean.float(), posterior.logvar.float()
+    if not sample:
+        return mean
+    device = generator.device if generator is not None else mean.device
+    noise = torch.randn(mean.shape, generator=generator, device=device).to(mean.device)
+    return mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def reconstruct(teacher, student, videos, accelerator, batch_size: int = 2):
+    """(teacher decoder's, student decoder's) reconstructions of ``videos`` from the teacher encoder's posterior
+    mean, in float32 on the CPU."""
+    teacher_out, student_out = [], []
+    for part in videos.split(batch_size):
+        part = part.to(accelerator.device)
+        with accelerator.autocast():
+            latents = teacher.encode(part).latent_dist.mode()
+            teacher_out.append(teacher.decode(latents).sample.float().cpu())
+            student_out.append(student.decode(latents).sample.float().cpu())
+    return torch.cat(teacher_out), torch.cat(student_out)
+
+
+def mean_ssim(recon: torch.Tensor, target: torch.Tensor) -> float:
+    frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # noqa: E731
+    return float(ssim(frames(recon.clamp(-1, 1)), frames(target)).mean())
+
+
+def log_validation(teacher, student, videos, accelerator, args, step: int) -> dict[str, float]:
+    """PSNR/SSIM of both decoders against the held-out clips (and student vs teacher), a PNG strip (clip, teacher,
+    student rows per clip) and tracker logs."""
+    was_training = student.training
+    student.eval()
+    recon_teacher, recon_student = reconstruct(teacher, student, videos, accelerator)
+    videos = videos.float()
+    figures = {
+        "psnr_student": psnr(recon_student, videos), "psnr_teacher": psnr(recon_teacher, videos),
+        "ssim_student": mean_ssim(recon_student, videos), "ssim_teacher": mean_ssim(recon_teacher, videos),
+        "psnr_student_vs_teacher": psnr(recon_student, recon_teacher.clamp(-1, 1)),
+    }
+    strip = video_strip([v for triple in zip(videos, recon_teacher, recon_student) for v in triple])
+    folder = Path(args.output_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"decoder-step-{step:06d}.png"
+    strip.save(path)
+    print(f"[distill_decoder] step {step}: PSNR student {figures['psnr_student']:.2f} dB, teacher "
+          f"{figures['psnr_teacher']:.2f} dB; SSIM {figures['ssim_student']:.4f} / {figures['ssim_teacher']:.4f} "
+          f"-> {path}")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np  # noqa: PLC0415
+
+            tracker.writer.add_image("validation", np.asarray(strip), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb  # noqa: PLC0415
+
+            tracker.log({"validation": wandb.Image(strip)}, step=step)
+    accelerator.log({f"val/{k}": v for k, v in figures.items()}, step=step)
+    student.train(was_training)
+    return figures
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+
+
+def save_pipeline(args, student: AsymmetricVAE) -> Path:
+    """The teacher's pipeline with ``vae`` replaced by the student, saved to ``--pipeline_output``."""
+    from diffusers import DiffusionPipeline  # noqa: PLC0415
+
+    source = Path(teacher_path(args))
+    if not (source / "model_index.json").is_file():
+        raise ValueError(f"--pipeline_output needs a pipeline folder as --teacher; {source} has no model_index.json.")
+    pipe = DiffusionPipeline.from_pretrained(str(source), dtype=torch.float32)
+    pipe.register_modules(vae=student)
+    pipe.save_pretrained(args.pipeline_output)
+    return Path(args.pipeline_output)
+
+
+def card_values(args, teacher, student, global_step, last_loss, figures, total_batch) -> dict:
+    decoder = count_parameters(student.decoder) + count_parameters(student.post_quant_conv)
+    teacher_decoder = count_parameters(teacher.decoder) + count_parameters(teacher.post_quant_conv)
+    perceptual = describe_perceptual(args.perceptual, args.lpips_net) if args.perceptual_weight else "none"
+    return dict(
+        title=args.hub_model_id or f"Distilled tiny video decoder ({Path(args.output_dir).name})",
+        command=training_command(SCRIPT, args.command_args),
+        teacher=args.teacher or "the embedded Shapes model (diffusers_neodragon/pretrained/shapes)",
+        steps=global_step, final_loss=format_float(last_loss),
+        data=f"{args.video_folder} (video folder)" if args.video_folder else "the Shapes world (rendered on the fly)",
+        resolution=f"{args.height}x{args.width}", num_frames=args.num_frames,
+        decoder_parameters=f"{decoder / 1e6:.3f}M", teacher_decoder_parameters=f"{teacher_decoder / 1e6:.3f}M",
+        compression=f"{teacher_decoder / decoder:.1f}x",
+        encoder_parameters=f"{(count_parameters(student.encoder) + count_parameters(student.quant_conv)) / 1e6:.3f}M",
+        num_features=list(student.config.decoder_num_features),
+        blocks_per_stage=student.config.decoder_blocks_per_stage,
+        time_upscale=[int(f) for f in student.config.decoder_time_upscale],
+        space_upscale=[int(f) for f in student.config.decoder_space_upscale],
+        latent_channels=student.config.latent_channels,
+        loss=f"{args.pixel_weight:g}·{args.pixel_loss.upper()} + {args.perceptual_weight:g}·perceptual",
+        perceptual=perceptual, target="the clip itself" if args.target == "data" else "the teacher decoder's output",
+        latents="a posterior sample" if args.sample_posterior else "the posterior mean",
+        batch_size=total_batch, learning_rate=args.learning_rate, save_dtype=args.save_dtype,
+        **{k: format_float(figures.get(k)) for k in (
+            "psnr_student", "psnr_teacher", "ssim_student", "ssim_teacher", "psnr_student_vs_teacher")},
+        **{k: f"{student.config[k]:.6f}" for k in (
+            "image_latent_shift", "image_latent_scale", "video_latent_shift", "video_latent_scale")},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def main(args):
+    output_dir = Path(args.output_dir)
+    accelerator, repo_id = setup_accelerator(args)
+
+    teacher = load_teacher(args)
+    student = build_student(args, teacher)
+    reference_encoder = {k: v.clone() for k, v in encoder_state(student).items()}
+    if args.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    student.decoder.train()
+    student.post_quant_conv.train()
+    model = DecoderStudent(student)
+    teacher.to(accelerator.device)
+
+    register_folder_checkpoints(accelerator, [("vae", AsymmetricVAE)], model_of=lambda wrapper: wrapper.vae)
+    optimizer = build_optimizer(student.parameters(), args, accelerator)
+    perceptual_fn = None
+    if args.perceptual_weight > 0 and args.perceptual != "none":
+        perceptual_fn = build_perceptual_loss(args.perceptual, encoder=copy.deepcopy(teacher.encoder),
+                                              lpips_net=args.lpips_net, device=accelerator.device)
+        if isinstance(perceptual_fn, torch.nn.Module):
+            perceptual_fn.to(accelerator.device)
+
+    dataset, validation_clips = build_datasets(args)
+    if args.latent_cache_dir:
+        cache = Path(args.latent_cache_dir)
+        if accelerator.is_main_process:
+            fill_latent_cache(teacher, dataset, cache, accelerator, args.train_batch_size)
+        accelerator.wait_for_everyone()
+        dataset = CachedLatents(dataset, cache)
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.train_batch_size, sampler=EpochShuffleSampler(len(dataset), seed=args.seed),
+        collate_fn=collate, num_workers=args.dataloader_num_workers, drop_last=True,
+        persistent_workers=args.dataloader_num_workers > 0,
+    )
+    lr_scheduler = build_lr_scheduler(optimizer, args, accelerator)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError("The training set is smaller than one batch.")
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    if accelerator.is_main_process:
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"***** Distilling a decoder: teacher {count_parameters(teacher.decoder) / 1e6:.3f}M -> student "
+        f"{count_parameters(student.decoder) / 1e6:.3f}M params *****\n  clips {args.num_frames}x{args.height}x"
+        f"{args.width}, total batch {total_batch}, steps {args.max_train_steps}, target {args.target}"
+    )
+
+    global_step, first_epoch, resume_batches = 0, 0, 0
+    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+    if resume_path is not None:
+        accelerator.print(f"Resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+        global_step = checkpoint_step(resume_path)
+        first_epoch = global_step // steps_per_epoch
+        resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    start_step, start_time = global_step, time.perf_counter()
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    last_loss, figures, window_losses, stop = None, {}, [], False
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= args.max_train_steps:
+            break
+        dataloader.set_epoch(epoch)
+        active, offset = dataloader, 0
+        if epoch == first_epoch and resume_batches:
+            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
+        for batch_index, batch in enumerate(active, start=offset):
+            micro_step = epoch * len(dataloader) + batch_index
+            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+            with accelerator.accumulate(model):
+                latents = teacher_latents(teacher, batch, args.sample_posterior, generator, accelerator)
+                if args.target == "teacher":
+                    with torch.no_grad(), accelerator.autocast():
+                        target = teacher.decode(latents).sample.float().clamp(-1, 1)
+                else:
+                    target = batch["video"].to(accelerator.device)
+                with accelerator.autocast():
+                    recon = model(latents)
+                loss, terms = vae_reconstruction_loss(
+                    recon, target, mse_weight=args.pixel_weight if args.pixel_loss == "mse" else 0.0,
+                    l1_weight=args.pixel_weight if args.pixel_loss == "l1" else 0.0,
+                    perceptual_weight=args.perceptual_weight if perceptual_fn is not None else 0.0,
+                    perceptual_fn=perceptual_fn, first_frame_weight=args.first_frame_weight,
+                )
+                window_losses.append(loss.detach())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if accelerator.sync_gradients:
+                global_step += 1
+                progress.update(1)
+                last_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
+                window_losses.clear()
+                progress.set_postfix(loss=f"{last_loss:.4f}")
+                accelerator.log({"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
+                                 **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)
+                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                if (accelerator.is_main_process and validation_clips is not None and args.validation_steps
+                        and global_step % args.validation_steps == 0):
+                    figures = log_validation(teacher, accelerator.unwrap_model(model).vae, validation_clips,
+                                             accelerator, args, global_step)
+            if should_stop(accelerator, args, global_step, start_time):
+                stop = True
+                break
+        if stop:
+            break
+    progress.close()
+    finish_training_loop("distill_decoder", accelerator, args, output_dir, start_step, global_step, start_time)
+
+    accelerator.wait_for_everyone()
+    result = {"global_step": global_step, "loss": last_loss}
+    if accelerator.is_main_process:
+        student = accelerator.unwrap_model(model).vae.eval()
+        if validation_clips is not None and not (args.validation_steps and global_step % args.validation_steps == 0):
+            figures = log_validation(teacher, student, validation_clips, accelerator, args, global_step)
+        for key, value in encoder_state(student).items():  # the whole point: the latent space did not move
+            if not torch.equal(value.cpu(), reference_encoder[key].cpu()):
+                raise RuntimeError(f"The frozen encoder changed during distillation ({key}).")
+        save_dtype = SAVE_DTYPES[args.save_dtype]
+        saved = student if save_dtype == torch.float32 else copy.deepcopy(student).to(save_dtype)
+        saved.to("cpu").save_pretrained(output_dir / "vae")
+        values = card_values(args, teacher, student, global_step, last_loss, figures, total_batch)
+        write_model_card(output_dir, "decoder_distillation.md", values,
+                         tags=["video-vae", "neodragon", "decoder-distillation"])
+        published = output_dir
+        if args.pipeline_output:
+            published = save_pipeline(args, saved)
+            write_model_card(published, "decoder_distillation.md", values,
+                             tags=["video-vae", "neodragon", "decoder-distillation"])
+        if args.push_to_hub:
+            push_folder_to_hub(repo_id, published, token=args.hub_token)
+        result.update(figures)
+    accelerator.end_training()
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
