@@ -14,6 +14,17 @@
 * :mod:`.prompts` — prompt encoding for training (what the pipeline feeds the model, fixed length);
 * :mod:`.arguments`, :mod:`.reporting` — small argument helpers; parameter counts, card figures, video strips.
 
+Each compression operation's own pieces, imported by their module path:
+
+* :mod:`.latent_cache` — the Shapes training set encoded once (latents, caption table), shared by the flow-matching
+  and DMD scripts;
+* :mod:`.text_distillation`, :mod:`.token_shards` — text-encoder distillation: its loss, teacher/student token
+  paths, held-out agreement; the target cache in safetensors shards;
+* :mod:`.asymmetric_student`, :mod:`.perceptual` — decoder distillation: the student built around the teacher's
+  encoder; SSIM, encoder-feature and local-weights LPIPS losses;
+* :mod:`.block_pruning`, :mod:`.pruning_recovery` — block importance, pruning, the recovery record and stage-2 losses;
+* :mod:`.dmd` — Pyramidal DMD: the DMD surrogate, the Cauchy loss, re-noising a student sample.
+
 Model cards: :func:`diffusers_neodragon.utils.model_cards.write_model_card`. The Shapes world's stand-in text
 encoders: :func:`diffusers_neodragon.data.shapes_text_encoders.build_shapes_text_encoders`.
 """
