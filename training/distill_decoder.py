@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -47,10 +46,10 @@ from diffusers_neodragon.training_utils import (
     add_common_arguments,
     build_lr_scheduler,
     build_optimizer,
-    checkpoint_step,
     count_parameters,
     finish_training_loop,
     format_float,
+    init_trackers,
     load_vae_folder,
     parse_int_list,
     parse_resolution,
@@ -58,11 +57,12 @@ from diffusers_neodragon.training_utils import (
     psnr,
     push_folder_to_hub,
     register_folder_checkpoints,
-    resolve_resume_checkpoint,
+    resume_global_step,
     save_checkpoint,
     setup_accelerator,
     should_stop,
     step_generator,
+    training_batches,
     training_command,
     vae_reconstruction_loss,
     video_strip,
@@ -422,13 +422,7 @@ def main(args):
     lr_scheduler = build_lr_scheduler(optimizer, args, accelerator)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
-    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
-    if steps_per_epoch == 0:
-        raise ValueError("The training set is smaller than one batch.")
-    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
-    if accelerator.is_main_process:
-        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+    init_trackers(accelerator, args)
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
         f"***** Distilling a decoder: teacher {count_parameters(teacher.decoder) / 1e6:.3f}M -> student "
@@ -436,70 +430,53 @@ def main(args):
         f"{args.width}, total batch {total_batch}, steps {args.max_train_steps}, target {args.target}"
     )
 
-    global_step, first_epoch, resume_batches = 0, 0, 0
-    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(str(resume_path))
-        global_step = checkpoint_step(resume_path)
-        first_epoch = global_step // steps_per_epoch
-        resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    global_step = resume_global_step(accelerator, args, output_dir)
 
     start_step, start_time = global_step, time.perf_counter()
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
-    last_loss, figures, window_losses, stop = None, {}, [], False
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= args.max_train_steps:
-            break
-        dataloader.set_epoch(epoch)
-        active, offset = dataloader, 0
-        if epoch == first_epoch and resume_batches:
-            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
-        for batch_index, batch in enumerate(active, start=offset):
-            micro_step = epoch * len(dataloader) + batch_index
-            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
-            with accelerator.accumulate(model):
-                latents = teacher_latents(teacher, batch, args.sample_posterior, generator, accelerator)
-                if args.target == "teacher":
-                    with torch.no_grad(), accelerator.autocast():
-                        target = teacher.decode(latents).sample.float().clamp(-1, 1)
-                else:
-                    target = batch["video"].to(accelerator.device)
-                with accelerator.autocast():
-                    recon = model(latents)
-                loss, terms = vae_reconstruction_loss(
-                    recon, target, mse_weight=args.pixel_weight if args.pixel_loss == "mse" else 0.0,
-                    l1_weight=args.pixel_weight if args.pixel_loss == "l1" else 0.0,
-                    perceptual_weight=args.perceptual_weight if perceptual_fn is not None else 0.0,
-                    perceptual_fn=perceptual_fn, first_frame_weight=args.first_frame_weight,
-                )
-                window_losses.append(loss.detach())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+    last_loss, figures, window_losses = None, {}, []
+    for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
+                                              args.gradient_accumulation_steps):
+        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        with accelerator.accumulate(model):
+            latents = teacher_latents(teacher, batch, args.sample_posterior, generator, accelerator)
+            if args.target == "teacher":
+                with torch.no_grad(), accelerator.autocast():
+                    target = teacher.decode(latents).sample.float().clamp(-1, 1)
+            else:
+                target = batch["video"].to(accelerator.device)
+            with accelerator.autocast():
+                recon = model(latents)
+            loss, terms = vae_reconstruction_loss(
+                recon, target, mse_weight=args.pixel_weight if args.pixel_loss == "mse" else 0.0,
+                l1_weight=args.pixel_weight if args.pixel_loss == "l1" else 0.0,
+                perceptual_weight=args.perceptual_weight if perceptual_fn is not None else 0.0,
+                perceptual_fn=perceptual_fn, first_frame_weight=args.first_frame_weight,
+            )
+            window_losses.append(loss.detach())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-            if accelerator.sync_gradients:
-                global_step += 1
-                progress.update(1)
-                last_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
-                window_losses.clear()
-                progress.set_postfix(loss=f"{last_loss:.4f}")
-                accelerator.log({"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
-                                 **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-                if (accelerator.is_main_process and validation_clips is not None and args.validation_steps
-                        and global_step % args.validation_steps == 0):
-                    figures = log_validation(teacher, accelerator.unwrap_model(model).vae, validation_clips,
-                                             accelerator, args, global_step)
-            if should_stop(accelerator, args, global_step, start_time):
-                stop = True
-                break
-        if stop:
+        if accelerator.sync_gradients:
+            global_step += 1
+            progress.update(1)
+            last_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
+            window_losses.clear()
+            progress.set_postfix(loss=f"{last_loss:.4f}")
+            accelerator.log({"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
+                             **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if (accelerator.is_main_process and validation_clips is not None and args.validation_steps
+                    and global_step % args.validation_steps == 0):
+                figures = log_validation(teacher, accelerator.unwrap_model(model).vae, validation_clips,
+                                         accelerator, args, global_step)
+        if should_stop(accelerator, args, global_step, start_time):
             break
     progress.close()
     finish_training_loop("distill_decoder", accelerator, args, output_dir, start_step, global_step, start_time)

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -70,24 +69,25 @@ from diffusers_neodragon.training_utils import (
     add_common_arguments,
     build_lr_scheduler,
     build_optimizer,
-    checkpoint_step,
     count_parameters,
     finish_training_loop,
     flow_matching_loss,
     format_float,
     freeze_unused_parameters,
+    init_trackers,
     parse_int_list,
     parse_with_command,
     push_folder_to_hub,
     pyramid_training_batch,
     register_folder_checkpoints,
-    resolve_resume_checkpoint,
+    resume_global_step,
     sample_num_history,
     sample_stage,
     save_checkpoint,
     setup_accelerator,
     should_stop,
     step_generator,
+    training_batches,
     training_command,
     video_strip,
 )
@@ -324,27 +324,15 @@ def main(args):
     student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake = accelerator.prepare(
         student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake
     )
-    steps_per_epoch = len(dataloader)
-    if steps_per_epoch == 0:
-        raise ValueError("--train_samples is smaller than one batch.")
-    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
     unwrapped = accelerator.unwrap_model(student)
-    if accelerator.is_main_process:
-        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+    init_trackers(accelerator, args)
     from diffusers_neodragon.data.shapes import fixed_prompt_set  # noqa: PLC0415
 
     validation_prompts = fixed_prompt_set("seen", args.num_validation_prompts) if args.num_validation_prompts else []
     logger.info(f"***** Pyramidal DMD: student {count_parameters(unwrapped) / 1e6:.2f}M params, steps {steps}, "
                 f"teacher CFG {first_scale:g} / {video_scale:g} *****")
 
-    global_step, first_epoch, resume_batches = 0, 0, 0
-    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(str(resume_path))
-        global_step = checkpoint_step(resume_path)
-        first_epoch, resume_batches = global_step // steps_per_epoch, global_step % steps_per_epoch
+    global_step = resume_global_step(accelerator, args, output_dir)
 
     def validation_pipeline(mode=None):
         model = unwrapped
@@ -355,96 +343,87 @@ def main(args):
 
     negative_row = torch.zeros(1, dtype=torch.long, device=cache.caption_ids.device)
     history_log = collections.defaultdict(list)
-    start_step, start_time, stop = global_step, time.perf_counter(), False
+    start_step, start_time = global_step, time.perf_counter()
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= args.max_train_steps:
-            break
-        dataloader.set_epoch(epoch)
-        active, offset = dataloader, 0
-        if epoch == first_epoch and resume_batches:
-            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
-        for batch_index, indices in enumerate(active, start=offset):
-            generator = step_generator(args.seed, epoch * steps_per_epoch + batch_index, accelerator.process_index,
-                                       device)
-            indices = indices.to(cache.latents.device)
-            latents = cache.latents[indices].float()
-            ids = cache.caption_ids[indices]
-            keep = max(int(cache.mask[ids].sum(1).max()), 1)
-            mask = cache.mask[ids][:, :keep]
-            text = (cache.embeds[ids][:, :keep], None if bool(mask.all()) else mask, cache.pooled[ids])
-            batch = latents.shape[0]
-            neg = negative_row.expand(batch)
-            negative = (cache.embeds[neg][:, :keep], None if text[1] is None else cache.mask[neg][:, :keep],
-                        cache.pooled[neg])
-            stage = sample_stage(args.sample_ratios, generator)
-            unit = sample_num_history(latents.shape[2], generator, args.first_frame_prob)
-            timesteps = scheduler.sample_inference_timesteps(stage, steps[stage], batch, generator, device)
-            example = pyramid_training_batch(scheduler, latents, stage, num_history=unit, generator=generator,
-                                             corrupt_ratio=args.corrupt_ratio, timesteps=timesteps)
-            target = scheduler.pyramid(latents[:, :, unit : unit + 1])[stage]
-            scale = first_scale if unit == 0 else video_scale
+    for micro_step, indices in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
+                                              args.gradient_accumulation_steps):
+        generator = step_generator(args.seed, micro_step, accelerator.process_index,
+                                   device)
+        indices = indices.to(cache.latents.device)
+        latents = cache.latents[indices].float()
+        ids = cache.caption_ids[indices]
+        keep = max(int(cache.mask[ids].sum(1).max()), 1)
+        mask = cache.mask[ids][:, :keep]
+        text = (cache.embeds[ids][:, :keep], None if bool(mask.all()) else mask, cache.pooled[ids])
+        batch = latents.shape[0]
+        neg = negative_row.expand(batch)
+        negative = (cache.embeds[neg][:, :keep], None if text[1] is None else cache.mask[neg][:, :keep],
+                    cache.pooled[neg])
+        stage = sample_stage(args.sample_ratios, generator)
+        unit = sample_num_history(latents.shape[2], generator, args.first_frame_prob)
+        timesteps = scheduler.sample_inference_timesteps(stage, steps[stage], batch, generator, device)
+        example = pyramid_training_batch(scheduler, latents, stage, num_history=unit, generator=generator,
+                                         corrupt_ratio=args.corrupt_ratio, timesteps=timesteps)
+        target = scheduler.pyramid(latents[:, :, unit : unit + 1])[stage]
+        scale = first_scale if unit == 0 else video_scale
 
-            # Student update: DMD gradient + Cauchy loss to the data.
+        # Student update: DMD gradient + Cauchy loss to the data.
+        with accelerator.autocast():
+            v_student = velocity(student, example.hidden_states, text, example.timestep, example.history)
+        prediction = scheduler.predict_clean_stage_latent(example.hidden_states, v_student.float(),
+                                                          example.ratio, stage)
+        noisy = renoise_sample(scheduler, prediction.detach(), stage, generator)
+        with torch.no_grad(), accelerator.autocast():
+            v_real = velocity(real, noisy.hidden_states, text, noisy.timestep, example.history, scale, negative)
+            v_fake = velocity(fake, noisy.hidden_states, text, noisy.timestep, example.history)
+        real_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_real.float(), noisy.ratio, stage)
+        fake_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_fake.float(), noisy.ratio, stage)
+        loss_dmd = dmd_loss(prediction, real_clean, fake_clean)
+        loss_cauchy = cauchy_loss(prediction, target)
+        loss = args.dmd_weight * loss_dmd + args.cauchy_weight * loss_cauchy
+        accelerator.backward(loss)
+        if args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+        opt_student.step()
+        lr_student.step()
+        opt_student.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(student.parameters())
+
+        # Fake-score updates: pyramidal flow matching on the student's samples.
+        fake_losses = []
+        samples = prediction.detach()
+        for _ in range(args.fake_updates_per_student):
+            point = renoise_sample(scheduler, samples, stage, generator)
             with accelerator.autocast():
-                v_student = velocity(student, example.hidden_states, text, example.timestep, example.history)
-            prediction = scheduler.predict_clean_stage_latent(example.hidden_states, v_student.float(),
-                                                              example.ratio, stage)
-            noisy = renoise_sample(scheduler, prediction.detach(), stage, generator)
-            with torch.no_grad(), accelerator.autocast():
-                v_real = velocity(real, noisy.hidden_states, text, noisy.timestep, example.history, scale, negative)
-                v_fake = velocity(fake, noisy.hidden_states, text, noisy.timestep, example.history)
-            real_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_real.float(), noisy.ratio, stage)
-            fake_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_fake.float(), noisy.ratio, stage)
-            loss_dmd = dmd_loss(prediction, real_clean, fake_clean)
-            loss_cauchy = cauchy_loss(prediction, target)
-            loss = args.dmd_weight * loss_dmd + args.cauchy_weight * loss_cauchy
-            accelerator.backward(loss)
+                v = velocity(fake, point.hidden_states, text, point.timestep, example.history)
+            loss_fake = flow_matching_loss(v.float(), point.target.float())
+            accelerator.backward(loss_fake)
             if args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-            opt_student.step()
-            lr_student.step()
-            opt_student.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(student.parameters())
+                accelerator.clip_grad_norm_(fake.parameters(), args.max_grad_norm)
+            opt_fake.step()
+            opt_fake.zero_grad(set_to_none=True)
+            fake_losses.append(loss_fake.detach())
+        lr_fake.step()
 
-            # Fake-score updates: pyramidal flow matching on the student's samples.
-            fake_losses = []
-            samples = prediction.detach()
-            for _ in range(args.fake_updates_per_student):
-                point = renoise_sample(scheduler, samples, stage, generator)
-                with accelerator.autocast():
-                    v = velocity(fake, point.hidden_states, text, point.timestep, example.history)
-                loss_fake = flow_matching_loss(v.float(), point.target.float())
-                accelerator.backward(loss_fake)
-                if args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(fake.parameters(), args.max_grad_norm)
-                opt_fake.step()
-                opt_fake.zero_grad(set_to_none=True)
-                fake_losses.append(loss_fake.detach())
-            lr_fake.step()
-
-            global_step += 1
-            progress.update(1)
-            logs = {"loss_dmd": loss_dmd.detach(), "loss_cauchy": loss_cauchy.detach()}
-            if fake_losses:
-                logs["loss_fake"] = torch.stack(fake_losses).mean()
-            logs = {k: accelerator.gather(v.reshape(1)).mean().item() for k, v in logs.items()}
-            for k, v in logs.items():
-                history_log[k].append(v)
-            progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
-            accelerator.log({**logs, "lr": lr_student.get_last_lr()[0], "stage": stage, "unit": unit},
-                            step=global_step)
-            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
-                log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
-                unwrapped.train()
-            if should_stop(accelerator, args, global_step, start_time):
-                stop = True
-                break
-        if stop:
+        global_step += 1
+        progress.update(1)
+        logs = {"loss_dmd": loss_dmd.detach(), "loss_cauchy": loss_cauchy.detach()}
+        if fake_losses:
+            logs["loss_fake"] = torch.stack(fake_losses).mean()
+        logs = {k: accelerator.gather(v.reshape(1)).mean().item() for k, v in logs.items()}
+        for k, v in logs.items():
+            history_log[k].append(v)
+        progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+        accelerator.log({**logs, "lr": lr_student.get_last_lr()[0], "stage": stage, "unit": unit},
+                        step=global_step)
+        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
+            log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
+            unwrapped.train()
+        if should_stop(accelerator, args, global_step, start_time):
             break
     progress.close()
     finish_training_loop("distill_pyramidal_dmd", accelerator, args, output_dir, start_step, global_step, start_time)

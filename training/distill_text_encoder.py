@@ -56,7 +56,6 @@ import argparse
 import hashlib
 import importlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -73,17 +72,18 @@ from diffusers_neodragon.training_utils import (
     add_common_arguments,
     build_lr_scheduler,
     build_optimizer,
-    checkpoint_step,
     count_parameters,
     finish_training_loop,
     format_float,
+    init_trackers,
     parse_int_list,
     parse_with_command,
     push_folder_to_hub,
-    resolve_resume_checkpoint,
+    resume_global_step,
     save_checkpoint,
     setup_accelerator,
     should_stop,
+    training_batches,
     training_command,
 )
 from diffusers_neodragon.training_utils.text_distillation import (
@@ -464,14 +464,10 @@ def main(args):
     )
     lr_scheduler = build_lr_scheduler(optimizer, args, accelerator)
     student, optimizer, dataloader, lr_scheduler = accelerator.prepare(student, optimizer, dataloader, lr_scheduler)
-    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
-    if steps_per_epoch == 0:
+    if len(dataloader) == 0:
         raise ValueError(f"{len(prompts)} training prompts are fewer than one batch.")
-    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
 
-    if accelerator.is_main_process:
-        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+    init_trackers(accelerator, args)
     teacher_parameters = text_path_parameters(teacher_encoder, context_embedder)
     kept_embedder = count_parameters(context_embedder) if expansion else 0
     student_parameters = count_parameters(dt5) + count_parameters(adapter) + kept_embedder
@@ -483,74 +479,58 @@ def main(args):
         f"{len(prompts)} prompts, total batch {total_batch}, steps {args.max_train_steps}"
     )
 
-    global_step, first_epoch, resume_batches = 0, 0, 0
-    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(str(resume_path))
-        global_step = checkpoint_step(resume_path)
-        first_epoch = global_step // steps_per_epoch
-        resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    global_step = resume_global_step(accelerator, args, output_dir)
 
     teacher = (teacher_encoder, context_embedder)
     unwrapped = accelerator.unwrap_model(student)
     start_step, start_time = global_step, time.perf_counter()
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
-    last_loss, metrics, window, stop = None, None, [], False
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= args.max_train_steps:
-            break
-        dataloader.set_epoch(epoch)
-        active = dataloader
-        if epoch == first_epoch and resume_batches:
-            active = accelerator.skip_first_batches(dataloader, resume_batches)
-        for indices in active:
-            with accelerator.accumulate(student):
-                ids, mask = tokenize(tokenizer, with_suffix([prompts[int(i)] for i in indices]),
-                                     args.max_sequence_length, device)
-                keep = max(int(mask.sum(1).max()), 1)
-                ids, mask = ids[:, :keep], mask[:, :keep]
-                if targets is not None:
-                    rows = [targets[int(i)] for i in indices]
-                    if [r.shape[0] for r in rows] != mask.sum(1).tolist():
-                        raise ValueError("The cached targets do not match the prompts' token counts.")
-                    target = torch.zeros(len(rows), keep, rows[0].shape[1], device=device)
-                    for row, tokens in enumerate(rows):
-                        target[row, : tokens.shape[0]] = tokens.to(device)
-                else:
-                    with torch.no_grad():
-                        target = text_stream_tokens(teacher_encoder, ids, mask, context_embedder=context_embedder)
-                with accelerator.autocast():
-                    prediction = student(ids, mask)
-                loss, terms = token_distillation_loss(prediction, target, mask, args.mse_weight, args.cd_weight)
-                window.append(loss.detach())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                global_step += 1
-                progress.update(1)
-                last_loss = accelerator.gather(torch.stack(window).mean().reshape(1)).mean().item()
-                window.clear()
-                progress.set_postfix(loss=f"{last_loss:.4f}")
-                accelerator.log({"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
-                                 **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-                if heldout and args.validation_steps and global_step % args.validation_steps == 0:
-                    if accelerator.is_main_process:
-                        metrics = evaluate(unwrapped, teacher, tokenizer, with_suffix(heldout), args, device)
-                        accelerator.print(f"[distill_text_encoder] step {global_step}: held-out token MSE "
-                                          f"{metrics['mse']:.5f}, cosine {metrics['cosine']:.4f}")
-                        accelerator.log({"val/mse": metrics["mse"], "val/cosine": metrics["cosine"]}, step=global_step)
-            if should_stop(accelerator, args, global_step, start_time):
-                stop = True
-                break
-        if stop:
+    last_loss, metrics, window = None, None, []
+    for _, indices in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
+                                       args.gradient_accumulation_steps):
+        with accelerator.accumulate(student):
+            ids, mask = tokenize(tokenizer, with_suffix([prompts[int(i)] for i in indices]),
+                                 args.max_sequence_length, device)
+            keep = max(int(mask.sum(1).max()), 1)
+            ids, mask = ids[:, :keep], mask[:, :keep]
+            if targets is not None:
+                rows = [targets[int(i)] for i in indices]
+                if [r.shape[0] for r in rows] != mask.sum(1).tolist():
+                    raise ValueError("The cached targets do not match the prompts' token counts.")
+                target = torch.zeros(len(rows), keep, rows[0].shape[1], device=device)
+                for row, tokens in enumerate(rows):
+                    target[row, : tokens.shape[0]] = tokens.to(device)
+            else:
+                with torch.no_grad():
+                    target = text_stream_tokens(teacher_encoder, ids, mask, context_embedder=context_embedder)
+            with accelerator.autocast():
+                prediction = student(ids, mask)
+            loss, terms = token_distillation_loss(prediction, target, mask, args.mse_weight, args.cd_weight)
+            window.append(loss.detach())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            global_step += 1
+            progress.update(1)
+            last_loss = accelerator.gather(torch.stack(window).mean().reshape(1)).mean().item()
+            window.clear()
+            progress.set_postfix(loss=f"{last_loss:.4f}")
+            accelerator.log({"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
+                             **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if heldout and args.validation_steps and global_step % args.validation_steps == 0:
+                if accelerator.is_main_process:
+                    metrics = evaluate(unwrapped, teacher, tokenizer, with_suffix(heldout), args, device)
+                    accelerator.print(f"[distill_text_encoder] step {global_step}: held-out token MSE "
+                                      f"{metrics['mse']:.5f}, cosine {metrics['cosine']:.4f}")
+                    accelerator.log({"val/mse": metrics["mse"], "val/cosine": metrics["cosine"]}, step=global_step)
+        if should_stop(accelerator, args, global_step, start_time):
             break
     progress.close()
     finish_training_loop("distill_text_encoder", accelerator, args, output_dir, start_step, global_step, start_time)

@@ -38,7 +38,6 @@ import argparse
 import collections
 import contextlib
 import copy
-import math
 import os
 import time
 from pathlib import Path
@@ -62,7 +61,6 @@ from diffusers_neodragon.training_utils import (
     build_lr_scheduler,
     build_optimizer,
     caption_dropout_mask,
-    checkpoint_step,
     count_parameters,
     encode_prompts,
     finish_training_loop,
@@ -70,6 +68,7 @@ from diffusers_neodragon.training_utils import (
     format_float,
     frames_from_true_history,
     freeze_unused_parameters,
+    init_trackers,
     initialize_transformer_weights,
     load_vae_folder,
     parse_int_list,
@@ -79,12 +78,13 @@ from diffusers_neodragon.training_utils import (
     push_folder_to_hub,
     pyramid_training_batch,
     register_folder_checkpoints,
-    resolve_resume_checkpoint,
+    resume_global_step,
     sample_stage,
     save_checkpoint,
     setup_accelerator,
     should_stop,
     step_generator,
+    training_batches,
     training_command,
     video_strip,
 )
@@ -634,17 +634,11 @@ def main(args):
     transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(
         transformer, optimizer, dataloader, lr_scheduler
     )
-    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
-    if steps_per_epoch == 0:
-        raise ValueError("--train_samples is smaller than one batch.")
-    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
 
     validation_prompts = args.validation_prompts
     if validation_prompts is None:
         validation_prompts = default_validation_prompts(args.num_validation_prompts)
-    if accelerator.is_main_process:
-        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+    init_trackers(accelerator, args)
 
     unwrapped = accelerator.unwrap_model(transformer)
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -653,14 +647,7 @@ def main(args):
         f"  {args.num_frames}x{args.height}x{args.width} clips, total batch {total_batch}, steps {args.max_train_steps}"
     )
 
-    global_step, first_epoch, resume_batches = 0, 0, 0
-    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(str(resume_path))
-        global_step = checkpoint_step(resume_path)
-        first_epoch = global_step // steps_per_epoch
-        resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    global_step = resume_global_step(accelerator, args, output_dir)
 
     def validation_pipeline():
         model = unwrapped
@@ -695,82 +682,72 @@ def main(args):
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
     recent_losses = collections.deque(maxlen=50)
-    window_losses, stop = [], False
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= args.max_train_steps:
-            break
-        dataloader.set_epoch(epoch)
-        active, offset = dataloader, 0
-        if epoch == first_epoch and resume_batches:
-            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
-        for batch_index, batch in enumerate(active, start=offset):
-            micro_step = epoch * len(dataloader) + batch_index
-            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
-            with accelerator.accumulate(transformer):
-                history_latents = None
-                if cache is not None:
-                    indices = batch["index"].to(cache.latents.device)
-                    latents = cache.latents[indices]
-                    foreground = cache.foreground[indices] if args.foreground_weight else None
-                    if generated_history is not None:
-                        own = torch.rand((latents.shape[0], 1, latents.shape[2], 1, 1), generator=generator,
-                                         device=generator.device).to(latents.device)
-                        history_latents = torch.where(own < args.generated_history_prob,
-                                                      generated_history[indices], latents)
-                else:
-                    latents = encode_videos(vae, batch["video"])
-                    foreground = video_foreground(vae, batch["video"]) if args.foreground_weight else None
-                embeds, mask, pooled = text_inputs(batch, generator)
-                example = pyramid_training_batch(
-                    scheduler, latents, sample_stage(args.sample_ratios, generator), generator=generator,
-                    corrupt_ratio=args.corrupt_ratio, first_frame_prob=args.first_frame_prob, foreground=foreground,
-                    history_latents=history_latents,
-                )
-                with accelerator.autocast():
-                    pred = transformer(
-                        hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
-                        timestep=example.timestep, history=example.history, encoder_attention_mask=mask,
+    window_losses = []
+    for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
+                                              args.gradient_accumulation_steps):
+        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        with accelerator.accumulate(transformer):
+            history_latents = None
+            if cache is not None:
+                indices = batch["index"].to(cache.latents.device)
+                latents = cache.latents[indices]
+                foreground = cache.foreground[indices] if args.foreground_weight else None
+                if generated_history is not None:
+                    own = torch.rand((latents.shape[0], 1, latents.shape[2], 1, 1), generator=generator,
+                                     device=generator.device).to(latents.device)
+                    history_latents = torch.where(own < args.generated_history_prob,
+                                                  generated_history[indices], latents)
+            else:
+                latents = encode_videos(vae, batch["video"])
+                foreground = video_foreground(vae, batch["video"]) if args.foreground_weight else None
+            embeds, mask, pooled = text_inputs(batch, generator)
+            example = pyramid_training_batch(
+                scheduler, latents, sample_stage(args.sample_ratios, generator), generator=generator,
+                corrupt_ratio=args.corrupt_ratio, first_frame_prob=args.first_frame_prob, foreground=foreground,
+                history_latents=history_latents,
+            )
+            with accelerator.autocast():
+                pred = transformer(
+                    hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
+                    timestep=example.timestep, history=example.history, encoder_attention_mask=mask,
+                ).sample
+            loss = flow_matching_loss(pred, example.target, example.foreground, args.foreground_weight)
+            if teacher is not None:
+                with torch.no_grad(), accelerator.autocast():
+                    teacher_pred = teacher(
+                        hidden_states=example.hidden_states, encoder_hidden_states=embeds,
+                        pooled_projections=pooled, timestep=example.timestep, history=example.history,
+                        encoder_attention_mask=mask,
                     ).sample
-                loss = flow_matching_loss(pred, example.target, example.foreground, args.foreground_weight)
-                if teacher is not None:
-                    with torch.no_grad(), accelerator.autocast():
-                        teacher_pred = teacher(
-                            hidden_states=example.hidden_states, encoder_hidden_states=embeds,
-                            pooled_projections=pooled, timestep=example.timestep, history=example.history,
-                            encoder_attention_mask=mask,
-                        ).sample
-                    visual, text = feature_matching_losses(student_blocks.outputs, teacher_blocks.outputs,
-                                                           unwrapped.config.block_origin, mask)
-                    loss = (w_data * loss + w_teacher * flow_matching_loss(pred, teacher_pred) + w_visual * visual
-                            + w_text * text)
-                window_losses.append(loss.detach())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                visual, text = feature_matching_losses(student_blocks.outputs, teacher_blocks.outputs,
+                                                       unwrapped.config.block_origin, mask)
+                loss = (w_data * loss + w_teacher * flow_matching_loss(pred, teacher_pred) + w_visual * visual
+                        + w_text * text)
+            window_losses.append(loss.detach())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-            if accelerator.sync_gradients:
-                if ema is not None:
-                    ema.step(transformer.parameters())
-                global_step += 1
-                progress.update(1)
-                # the mean over the accumulation window (all micro-batches of this optimiser step)
-                step_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
-                window_losses.clear()
-                recent_losses.append(step_loss)
-                progress.set_postfix(loss=f"{step_loss:.4f}")
-                accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-                if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
-                    log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
-                    unwrapped.train()
-            if should_stop(accelerator, args, global_step, start_time):
-                stop = True
-                break
-        if stop:
+        if accelerator.sync_gradients:
+            if ema is not None:
+                ema.step(transformer.parameters())
+            global_step += 1
+            progress.update(1)
+            # the mean over the accumulation window (all micro-batches of this optimiser step)
+            step_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
+            window_losses.clear()
+            recent_losses.append(step_loss)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
+                log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
+                unwrapped.train()
+        if should_stop(accelerator, args, global_step, start_time):
             break
     progress.close()
     feature_hooks.close()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -45,11 +44,11 @@ from diffusers_neodragon.training_utils import (
     build_lpips,
     build_lr_scheduler,
     build_optimizer,
-    checkpoint_step,
     compute_latent_statistics,
     count_parameters,
     finish_training_loop,
     format_float,
+    init_trackers,
     load_vae_folder,
     parse_int_list,
     parse_resolution,
@@ -57,11 +56,12 @@ from diffusers_neodragon.training_utils import (
     psnr,
     push_folder_to_hub,
     register_folder_checkpoints,
-    resolve_resume_checkpoint,
+    resume_global_step,
     save_checkpoint,
     setup_accelerator,
     should_stop,
     step_generator,
+    training_batches,
     training_command,
     vae_reconstruction_loss,
     video_strip,
@@ -327,10 +327,6 @@ def main(args):
     lr_scheduler = build_lr_scheduler(optimizer, args, accelerator)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
-    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
-    if steps_per_epoch == 0:
-        raise ValueError("--train_samples is smaller than one batch.")
-    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
     validation_clips = None
     if args.num_validation_clips > 0:
         validation_set = shapes_dataset(
@@ -340,25 +336,16 @@ def main(args):
         )
         validation_clips = collate_videos([validation_set[i] for i in range(len(validation_set))])["video"]
 
-    if accelerator.is_main_process:
-        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+    init_trackers(accelerator, args)
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
         f"***** Training a CausalVideoVAE ({count_parameters(vae) / 1e6:.2f}M params) *****\n"
         f"  clips {args.num_frames}x{args.height}x{args.width}, total batch {total_batch}, "
-        f"steps {args.max_train_steps}, epochs {num_epochs}"
+        f"steps {args.max_train_steps}"
     )
 
-    global_step, first_epoch, resume_batches = 0, 0, 0
-    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(str(resume_path))
-        global_step = checkpoint_step(resume_path)
-        first_epoch = global_step // steps_per_epoch
-        resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    global_step = resume_global_step(accelerator, args, output_dir)
 
     start_step, start_time = global_step, time.perf_counter()
     progress = tqdm(
@@ -366,57 +353,47 @@ def main(args):
     )
     last_loss = None
     last_psnr = None
-    window_losses, stop = [], False
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= args.max_train_steps:
-            break
-        dataloader.set_epoch(epoch)
-        active, offset = dataloader, 0
-        if epoch == first_epoch and resume_batches:
-            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
-        for batch_index, batch in enumerate(active, start=offset):
-            micro_step = epoch * len(dataloader) + batch_index
-            generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
-            with accelerator.accumulate(model):
-                videos = batch["video"].to(accelerator.device)
-                with accelerator.autocast():
-                    recon, mean, logvar = model(videos, generator)
-                posterior = argparse.Namespace(mean=mean, logvar=logvar)
-                loss, terms = vae_reconstruction_loss(
-                    recon, videos, posterior, mse_weight=args.mse_weight, l1_weight=args.l1_weight,
-                    kl_weight=args.kl_weight, perceptual_weight=args.lpips_weight, perceptual_fn=perceptual_fn,
-                    edge_weight=args.edge_weight, foreground_weight=args.foreground_weight,
-                    first_frame_weight=args.first_frame_weight,
-                )
-                window_losses.append(loss.detach())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+    window_losses = []
+    for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
+                                              args.gradient_accumulation_steps):
+        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        with accelerator.accumulate(model):
+            videos = batch["video"].to(accelerator.device)
+            with accelerator.autocast():
+                recon, mean, logvar = model(videos, generator)
+            posterior = argparse.Namespace(mean=mean, logvar=logvar)
+            loss, terms = vae_reconstruction_loss(
+                recon, videos, posterior, mse_weight=args.mse_weight, l1_weight=args.l1_weight,
+                kl_weight=args.kl_weight, perceptual_weight=args.lpips_weight, perceptual_fn=perceptual_fn,
+                edge_weight=args.edge_weight, foreground_weight=args.foreground_weight,
+                first_frame_weight=args.first_frame_weight,
+            )
+            window_losses.append(loss.detach())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-            if accelerator.sync_gradients:
-                global_step += 1
-                progress.update(1)
-                # the mean over the accumulation window (all micro-batches of this optimiser step)
-                last_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
-                window_losses.clear()
-                logs = {"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
-                        **{f"loss/{k}": v for k, v in terms.items()}}
-                progress.set_postfix(loss=f"{last_loss:.4f}")
-                accelerator.log(logs, step=global_step)
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-                if (
-                    accelerator.is_main_process and validation_clips is not None and args.validation_steps
-                    and global_step % args.validation_steps == 0
-                ):
-                    last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
-            if should_stop(accelerator, args, global_step, start_time):
-                stop = True
-                break
-        if stop:
+        if accelerator.sync_gradients:
+            global_step += 1
+            progress.update(1)
+            # the mean over the accumulation window (all micro-batches of this optimiser step)
+            last_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
+            window_losses.clear()
+            logs = {"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
+                    **{f"loss/{k}": v for k, v in terms.items()}}
+            progress.set_postfix(loss=f"{last_loss:.4f}")
+            accelerator.log(logs, step=global_step)
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if (
+                accelerator.is_main_process and validation_clips is not None and args.validation_steps
+                and global_step % args.validation_steps == 0
+            ):
+                last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
+        if should_stop(accelerator, args, global_step, start_time):
             break
     progress.close()
     finish_training_loop("train_vae", accelerator, args, output_dir, start_step, global_step, start_time)

@@ -7,7 +7,7 @@
 * :mod:`.randomness` — per-step generators and epoch shuffling that make a resumed run draw what the original drew;
 * :mod:`.initialization` — the transformer's from-scratch init and the parameters DDP must not train;
 * :mod:`.checkpoints` — ``checkpoint-<step>`` folders (save, rotate, resume) and a run's trained VAE;
-* :mod:`.run_control` — trackers, when to stop, the end of the loop;
+* :mod:`.run_control` — trackers, resuming, the batches of a (resumed) run, when to stop, the end of the loop;
 * :mod:`.script_setup` — the common options, the accelerator, optimiser, schedule and folder checkpoints;
 * :mod:`.hub` — ``--push_to_hub``;
 * :mod:`.latent_statistics` — a VAE's latent normalisation constants;
@@ -67,7 +67,15 @@ from .pyramid_batch import (
 )
 from .randomness import EpochShuffleSampler, randint, step_generator, uniform
 from .reporting import count_parameters, format_float, video_strip
-from .run_control import finish_training_loop, resolve_trackers, should_stop, training_time_is_up
+from .run_control import (
+    finish_training_loop,
+    init_trackers,
+    resolve_trackers,
+    resume_global_step,
+    should_stop,
+    training_batches,
+    training_time_is_up,
+)
 from .script_setup import (
     SAVE_DTYPES,
     add_common_arguments,
@@ -110,6 +118,7 @@ __all__ = [
     "frames_from_true_history",
     "freeze_unused_parameters",
     "gaussian_kl",
+    "init_trackers",
     "initialize_transformer_weights",
     "latent_foreground_mask",
     "list_checkpoints",
@@ -124,11 +133,13 @@ __all__ = [
     "randint",
     "resolve_resume_checkpoint",
     "resolve_trackers",
+    "resume_global_step",
     "sample_num_history",
     "sample_stage",
     "save_checkpoint",
     "should_stop",
     "step_generator",
+    "training_batches",
     "training_command",
     "training_time_is_up",
     "uniform",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
@@ -56,3 +57,45 @@ def finish_training_loop(script: str, accelerator, args, output_dir, start_step:
         f"[{script}] trained steps {start_step}..{global_step} in {seconds:.1f} s "
         f"({(global_step - start_step) / max(seconds, 1e-9):.2f} steps/s)"
     )
+
+
+def init_trackers(accelerator, args) -> None:
+    """Start the trackers on the main process with the run's plain (int/float/str/bool) options as their config."""
+    if accelerator.is_main_process:
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=config)
+
+
+def resume_global_step(accelerator, args, output_dir) -> int:
+    """Load ``--resume_from_checkpoint`` (a folder or "latest") into the prepared objects; the optimiser step it
+    was saved at, or 0 for a fresh run."""
+    from .checkpoints import checkpoint_step, resolve_resume_checkpoint  # noqa: PLC0415
+
+    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+    if resume_path is None:
+        return 0
+    accelerator.print(f"Resuming from {resume_path}")
+    accelerator.load_state(str(resume_path))
+    return checkpoint_step(resume_path)
+
+
+def training_batches(dataloader, accelerator, global_step: int, max_train_steps: int,
+                     gradient_accumulation_steps: int = 1):
+    """``(micro_step, batch)`` epoch after epoch from where a run at optimiser step ``global_step`` stopped (the
+    batches it had used skipped, each epoch reshuffled through ``dataloader.set_epoch``), until ``max_train_steps``
+    would be passed; the caller breaks out earlier when ``should_stop`` says so. ``micro_step`` counts batches from
+    the run's start, so per-step randomness (``step_generator``) is the same in a resumed run."""
+    steps_per_epoch = math.ceil(len(dataloader) / gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError("The training set is smaller than one batch: give more samples or a smaller batch.")
+    if global_step >= max_train_steps:
+        return
+    first_epoch = global_step // steps_per_epoch
+    resume_batches = (global_step % steps_per_epoch) * gradient_accumulation_steps
+    for epoch in range(first_epoch, math.ceil(max_train_steps / steps_per_epoch)):
+        dataloader.set_epoch(epoch)
+        active, offset = dataloader, 0
+        if epoch == first_epoch and resume_batches:
+            active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
+        for batch_index, batch in enumerate(active, start=offset):
+            yield epoch * len(dataloader) + batch_index, batch
