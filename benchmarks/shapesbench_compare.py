@@ -7,14 +7,16 @@ students, one row per pipeline, both splits, means over the seeds and the differ
 
 Each entry is ``LABEL=FOLDER`` followed by any options of ``benchmarks/shapesbench.py`` for that pipeline (mode,
 steps, history noise, ...). Every (entry, seed) pair is one ``shapesbench.py`` process, ``--jobs`` of them at once
-(on one GPU the small Shapes models leave room for several); with ``--results-dir`` each pair's JSON is kept there
-and a later call reuses it, so a table can grow one entry at a time. One seed moves a 32-prompt total by several
-points: judge a student by the mean over seeds and both splits, never by one figure.
+(on one GPU the small Shapes models leave room for several). With ``--results-dir`` each pair's JSON is kept there,
+and a later call with the same entry (folder and options) reuses it, so a table can grow one entry at a time; a kept
+file made with other settings is refused (a retrained folder needs a new label or results folder). One seed moves a
+32-prompt total by several points: judge a student by the mean over seeds and both splits, never by one figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -57,20 +59,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(arguments: list[str]) -> dict:
+    """The ``settings`` a ``shapesbench.py`` run with these arguments records in its JSON."""
+    spec = importlib.util.spec_from_file_location("shapesbench_script", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    settings = {k: v for k, v in vars(module._parse_args(arguments)).items() if k != "json"}
+    return json.loads(json.dumps(settings))
+
+
 def _run_one(label: str, folder: str, options: list[str], seed: int, num_prompts: int, out: Path,
              threads: int) -> dict:
+    arguments = [folder, "--seed", str(seed), "--num-prompts", str(num_prompts), *options]
     if not out.is_file():
-        command = [sys.executable, str(BENCHMARK), folder, "--seed", str(seed), "--num-prompts", str(num_prompts),
-                   *options, "--json", str(out)]
+        command = [sys.executable, str(BENCHMARK), *arguments, "--json", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"shapesbench failed for {label} (seed {seed}): {shlex.join(command)}\n"
                                f"{done.stderr[-3000:]}")
     report = json.loads(out.read_text())
-    if report["settings"]["num_prompts"] != num_prompts:
-        raise ValueError(f"{out} holds {report['settings']['num_prompts']} prompts per split, not {num_prompts}: "
-                         "remove it or use another --results-dir")
+    expected = _settings(arguments)
+    if report["settings"] != expected:
+        differ = sorted(k for k in expected.keys() | report["settings"].keys()
+                        if expected.get(k) != report["settings"].get(k))
+        raise ValueError(f"{out} was made with other settings ({', '.join(differ)}) than {label}'s entry: remove it "
+                         "or use another label or --results-dir")
     return report
 
 

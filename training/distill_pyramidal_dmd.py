@@ -12,7 +12,8 @@ from the data, corrupted as in training; u = 0 is the generated first frame, ``-
    per example, ``scheduler.sample_inference_timesteps``) and predicts the clean stage latent in one Euler step,
    z = z_sigma - sigma / (sigma_start^i - sigma_end^i) D(z_sigma) (``scheduler.predict_clean_stage_latent``);
 2. student loss = ``--dmd_weight`` x the DMD surrogate (teacher minus fake clean estimate on z re-noised into the
-   stage, normalised by mean |z - x_real|) + ``--cauchy_weight`` x log(1 + ||z - Down(data, 2^i)||^2)
+   stage, normalised by mean |z - x_real|) + ``--cauchy_weight`` x log(1 + ||z - z_data||^2), z_data the same
+   one-step prediction made with the exact velocity (Down(data, 2^i) in the first and last stage)
    (``training_utils.dmd``);
 3. ``--fake_updates_per_student`` (2) updates of the fake model with the pyramidal flow-matching loss on z.
 
@@ -197,7 +198,9 @@ def make_pipeline(student, teacher, args, mode=None) -> NeodragonPipeline:
         default_guidance_scale=0.0, default_video_guidance_scale=0.0,
         default_num_inference_steps=steps, default_video_num_inference_steps=steps,
         default_history_noise=config.default_history_noise,
-        **{k: getattr(teacher, k, None) for k in TEXT_COMPONENT_NAMES},
+        **{k: getattr(teacher, k, None)
+           for k in (*TEXT_COMPONENT_NAMES, "super_resolution", "safety_checker", "feature_extractor")},
+        requires_safety_checker=config.get("requires_safety_checker", False),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -365,7 +368,6 @@ def main(args):
         timesteps = scheduler.sample_inference_timesteps(stage, steps[stage], batch, generator, device)
         example = pyramid_training_batch(scheduler, latents, stage, num_history=unit, generator=generator,
                                          corrupt_ratio=args.corrupt_ratio, timesteps=timesteps)
-        target = scheduler.pyramid(latents[:, :, unit : unit + 1])[stage]
         scale = first_scale if unit == 0 else video_scale
 
         # Student update: DMD gradient + Cauchy loss to the data.
@@ -380,6 +382,11 @@ def main(args):
         real_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_real.float(), noisy.ratio, stage)
         fake_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_fake.float(), noisy.ratio, stage)
         loss_dmd = dmd_loss(prediction, real_clean, fake_clean)
+        # The Cauchy target is where the exact velocity's one-step prediction lands: Down(data, 2^i) in the first and
+        # last stage; in a middle stage the straight line through the stage's start and end reaches noise 0 at a mix
+        # of the data and the upsampled lower stage, so a perfect student is not penalised there.
+        target = scheduler.predict_clean_stage_latent(example.hidden_states, example.target.float(), example.ratio,
+                                                      stage)
         loss_cauchy = cauchy_loss(prediction, target)
         loss = args.dmd_weight * loss_dmd + args.cauchy_weight * loss_cauchy
         accelerator.backward(loss)

@@ -40,13 +40,14 @@ context_embedder; the paper used ~1.4M prompts), several GPUs with ``training/co
 
     accelerate launch --config_file training/configs/accelerate_text_distill.yaml training/distill_text_encoder.py \\
         --pretrained_model_name_or_path runs/pyramid-flow-384p --teacher_dtype bf16 \\
-        --student_model_name_or_path <a DT5 folder (e.g. the official DT5 converted by loaders.dt5_official) or a
-        T5-base encoder folder> --mode RM \\
+        --student_model_name_or_path <a DT5 folder (e.g. the official DT5 converted by loaders.dt5_official)> \\
+        --mode RM \\
         --train_prompts prompts_1.4M.txt --target_cache_dir /scratch/t5xxl-targets --target_cache_dtype bf16 \\
         --validation_prompts /work/shared/data/vbench_prompts.txt --max_sequence_length 128 \\
         --train_batch_size 256 --learning_rate 1e-4 --mixed_precision bf16 --max_train_steps 20000 \\
         --checkpointing_steps 1000 --validation_steps 1000 --save_dtype bf16
-    # EM / TDT5 / LORA: change --mode (LORA: --lora_rank 64). The cache is filled once by the main process before
+    # EM / TDT5 / LORA: change --mode (LORA: --lora_rank 64). A T5 encoder folder (e.g. T5-base) starts only
+    # TDT5: its DT5 head is new and must train with it. The cache is filled once by the main process before
     # training (1.4M prompts x ~30 valid tokens x 1536 x 2 bytes ≈ 130 GB); without it each GPU runs T5-XXL.
 """
 
@@ -211,6 +212,10 @@ def build_student_dt5(args, tokenizer, teacher_config) -> tuple[DT5EncoderModel,
             return DT5EncoderModel.from_pretrained(str(source), dtype=torch.float32), True
         from transformers import T5EncoderModel  # noqa: PLC0415
 
+        if args.mode != "TDT5":
+            raise ValueError(f"{source} is a T5 encoder: the DT5 head on top of it would be new and random, and mode "
+                             f"{args.mode} keeps DT5's own weights frozen. Start from it with --mode TDT5 (which "
+                             "trains the head too), or give a DT5 folder.")
         t5 = T5EncoderModel.from_pretrained(str(source), dtype=torch.float32)
         layers = args.student_num_layers or t5.config.num_layers
         if layers > t5.config.num_layers:

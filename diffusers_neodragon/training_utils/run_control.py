@@ -60,9 +60,11 @@ def finish_training_loop(script: str, accelerator, args, output_dir, start_step:
 
 
 def init_trackers(accelerator, args) -> None:
-    """Start the trackers on the main process with the run's plain (int/float/str/bool) options as their config."""
+    """Start the trackers on the main process with the run's plain (int/float/str/bool) options as their config,
+    the Hub token left out (tracker configs get uploaded)."""
     if accelerator.is_main_process:
-        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        config = {k: v for k, v in vars(args).items()
+                  if isinstance(v, (int, float, str, bool)) and k not in ("hub_token",)}
         accelerator.init_trackers(args.tracker_project_name, config=config)
 
 

@@ -9,7 +9,7 @@ from tests.script_loading import load_script
 from tests.tiny_components import monolithic_pipeline
 
 
-def test_compare_runs_every_entry_and_seed_and_reuses_kept_results(tmp_path, capsys):
+def test_compare_runs_every_entry_and_seed_and_reuses_kept_results(tmp_path, capsys, monkeypatch):
     compare = load_script("benchmarks/shapesbench_compare.py")
     folder = tmp_path / "tiny"
     monolithic_pipeline(num_frames=9).save_pretrained(folder)
@@ -30,11 +30,16 @@ def test_compare_runs_every_entry_and_seed_and_reuses_kept_results(tmp_path, cap
                 assert report["settings"]["seed"] == seed
     out = capsys.readouterr().out
     assert "teacher" in out and "student" in out and "+0.0" in out  # the first row's difference to itself
-    # A second call reuses the kept JSON files instead of generating again (a broken folder would fail otherwise).
-    again = compare.main([f"teacher={tmp_path / 'missing'}", "--seeds", "0,1", "--num-prompts", "1",
-                          "--results-dir", str(results), "--markdown"])
+    # A second call with the same entry reuses the kept JSON files instead of generating again ...
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("generated again"))
+    again = compare.main([entries[0], "--seeds", "0,1", "--num-prompts", "1", "--results-dir", str(results),
+                          "--markdown"])
     assert again["teacher"] == table["teacher"]
     assert "| pipeline |" in capsys.readouterr().out
+    # ... and refuses them for the same label with other settings.
+    with pytest.raises(ValueError, match="other settings .*steps"):
+        compare.main([entries[0].replace("--steps 1", "--steps 3"), "--seeds", "0", "--num-prompts", "1",
+                      "--results-dir", str(results)])
     assert json.loads((tmp_path / "table.json").read_text())["table"]["student"] == table["student"]
 
 

@@ -1,6 +1,7 @@
 """A step-distilled student's saved defaults (its steps per stage, no CFG) and the hybrid setting with a nested
 multi-step NeodragonPipeline (the teacher) making latent frame 0."""
 
+import pytest
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
@@ -74,3 +75,14 @@ def test_hybrid_with_a_nested_teacher_first_frame(tmp_path):
         torch.testing.assert_close(again, latents, rtol=0, atol=0)
         video = loaded(PROMPT, num_frames=9, output_type="np", generator=torch.Generator().manual_seed(0)).frames
         assert video.shape == (1, 9, 64, 64, 3)
+
+
+def test_nested_first_frame_kwargs_cannot_override_what_the_call_fixes():
+    """``first_frame_kwargs`` tune the nested teacher's sampler (steps, CFG); the prompt, size, frame count, generator
+    and output type of frame 0 come from the call, and a clash is named instead of a duplicate-keyword TypeError."""
+    pipe = student(teacher_pipeline(), mode="hybrid", default_video_num_inference_steps=1)
+    with pytest.raises(ValueError, match=r"cannot set \['height', 'num_frames'\]"):
+        pipe(PROMPT, output_type="latent", first_frame_kwargs={"height": 32, "num_frames": 2})
+    latents = pipe(PROMPT, output_type="latent", first_frame_kwargs={"num_inference_steps": 1}).frames
+    assert pipe.first_frame_pipeline.num_timesteps == 3  # 1-1-1 from first_frame_kwargs
+    assert latents.shape == (1, 4, 3, 8, 8)

@@ -39,6 +39,15 @@ def teacher(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def pretrained_dt5(teacher, tmp_path_factory):
+    """A DT5 folder made from the teacher's T5 folder by a short TDT5 run (a T5 folder starts only TDT5)."""
+    out = tmp_path_factory.mktemp("tdt5")
+    run(teacher, out, "--mode", "TDT5", "--student_model_name_or_path", str(teacher / "text_encoder_3"),
+        "--max_train_steps", "1", "--checkpointing_steps", "0", "--validation_prompts", "none")
+    return out / "text_encoder_3"
+
+
 def run(teacher, output_dir, *extra):
     args = distill.parse_args([*TINY, "--pretrained_model_name_or_path", str(teacher), "--output_dir",
                                str(output_dir), *extra])
@@ -75,14 +84,17 @@ def test_rm_with_a_new_dt5_saves_a_loadable_neodragon_layout_pipeline(teacher, t
     assert metrics["student_dt5_parameters"] < metrics["teacher_t5_parameters"]
 
 
-def test_rm_keeps_a_pretrained_dt5_frozen_and_em_keeps_the_context_embedder(teacher, tmp_path):
-    """RM from the teacher's own T5 folder (a T5 checkpoint: encoder loaded, new head) trains only the adapter;
+def test_rm_keeps_a_pretrained_dt5_frozen_and_em_keeps_the_context_embedder(teacher, pretrained_dt5, tmp_path):
+    """RM from a DT5 folder trains only the adapter (a T5 folder is refused: its DT5 head would be new and frozen);
     EM saves a pipeline whose adapter feeds the kept, unchanged context_embedder."""
-    run(teacher, tmp_path / "rm", "--mode", "RM", "--student_model_name_or_path", str(teacher / "text_encoder_3"),
+    with pytest.raises(ValueError, match="is a T5 encoder"):
+        run(teacher, tmp_path / "refused", "--mode", "RM", "--student_model_name_or_path",
+            str(teacher / "text_encoder_3"), "--max_train_steps", "1")
+    run(teacher, tmp_path / "rm", "--mode", "RM", "--student_model_name_or_path", str(pretrained_dt5),
         "--max_train_steps", "2", "--checkpointing_steps", "0")
-    t5 = load_file(str(teacher / "text_encoder_3" / "model.safetensors"))
+    source = load_file(str(pretrained_dt5 / "model.safetensors"))
     dt5 = load_file(str(tmp_path / "rm" / "text_encoder_3" / "model.safetensors"))
-    assert all(torch.equal(dt5["encoder." + k], v) for k, v in t5.items() if "encoder.block" in k)
+    assert dt5.keys() == source.keys() and all(torch.equal(dt5[k], v) for k, v in source.items())
 
     run(teacher, tmp_path / "em", "--mode", "EM", "--max_train_steps", "2", "--checkpointing_steps", "0",
         "--validation_prompts", "none")
@@ -145,23 +157,23 @@ def test_prompt_files_and_push_to_hub(teacher, tmp_path, monkeypatch):
     assert "# me/dt5" in (out / "README.md").read_text()
 
 
-def test_lora_trains_adapters_and_saves_them_merged_or_beside_the_pipeline(teacher, tmp_path):
+def test_lora_trains_adapters_and_saves_them_merged_or_beside_the_pipeline(teacher, pretrained_dt5, tmp_path):
     pytest.importorskip("peft")
-    source = str(teacher / "text_encoder_3")
+    source = str(pretrained_dt5)
     common = ("--mode", "LORA", "--student_model_name_or_path", source, "--lora_rank", "2", "--learning_rate", "1e-2",
               "--max_train_steps", "2", "--checkpointing_steps", "0", "--validation_prompts", "none")
     run(teacher, tmp_path / "merged", *common)
-    t5 = load_file(str(teacher / "text_encoder_3" / "model.safetensors"))
+    t5 = load_file(str(pretrained_dt5 / "model.safetensors"))
     merged = load_file(str(tmp_path / "merged" / "text_encoder_3" / "model.safetensors"))
     assert not any("lora" in k for k in merged)
-    query = "encoder.block.0.layer.0.SelfAttention.q.weight"
-    assert not torch.equal(merged["encoder." + query], t5[query])  # the adapters are merged in
+    query = "encoder.encoder.block.0.layer.0.SelfAttention.q.weight"
+    assert not torch.equal(merged[query], t5[query])  # the adapters are merged in
     pipe = NeodragonPipeline.from_pretrained(tmp_path / "merged", dtype=torch.float32)
     assert np.isfinite(tiny_generate(pipe).numpy()).all()
 
     run(teacher, tmp_path / "adapters", *common, "--lora_save", "adapters")
     base = load_file(str(tmp_path / "adapters" / "text_encoder_3" / "model.safetensors"))
-    assert torch.equal(base["encoder." + query], t5[query])
+    assert torch.equal(base[query], t5[query])
     assert (tmp_path / "adapters" / "text_encoder_3_lora" / "adapter_model.safetensors").is_file()
 
 

@@ -71,3 +71,23 @@ def test_pyramid_training_batch_takes_given_timesteps():
     assert torch.equal(example.ratio, given[0]) and torch.equal(example.timestep, given[1])
     start = example.hidden_states[:1] - 0.0  # at ratio 1 the point is the stage start: hidden - target = end
     assert start.shape == (1, 4, 1, 4, 4) and len(example.history) == 2
+
+
+def test_the_exact_velocity_one_step_prediction_is_the_cauchy_target():
+    """What the student's one-step prediction is compared with. With the exact velocity it is Down(data, 2^i) in the
+    first and last stage; in the middle stage the stage's straight line reaches noise 0 at a mix of the data and the
+    upsampled lower stage, so comparing with Down(data) would penalise a perfect student (the script compares with
+    this prediction instead)."""
+    from diffusers_neodragon.training_utils import pyramid_training_batch
+
+    scheduler = PyramidalDMDScheduler()
+    latents = torch.randn(2, 4, 1, 16, 16, generator=torch.Generator().manual_seed(0))  # not constant on 2x2 blocks
+    errors = []
+    for stage in range(3):
+        example = pyramid_training_batch(scheduler, latents, stage, num_history=0,
+                                         generator=torch.Generator().manual_seed(stage))
+        exact = scheduler.predict_clean_stage_latent(example.hidden_states, example.target, example.ratio, stage)
+        data = scheduler.pyramid(latents)[stage]
+        errors.append(((exact - data).norm() / data.norm()).item())
+    assert errors[0] < 1e-5 and errors[2] < 1e-5
+    assert errors[1] > 0.05

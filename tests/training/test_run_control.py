@@ -52,3 +52,19 @@ def test_training_batches_resume_where_the_run_stopped():
     with pytest.raises(ValueError, match="smaller than one batch"):
         loader = torch.utils.data.DataLoader(range(1), batch_size=2, drop_last=True)
         next(training_batches(loader, accelerator, 0, 4))
+
+
+def test_init_trackers_leaves_the_hub_token_out():
+    import argparse
+
+    from diffusers_neodragon.training_utils import init_trackers
+
+    class Recorder:
+        is_main_process = True
+
+        def init_trackers(self, name, config):
+            self.name, self.config = name, config
+
+    recorder = Recorder()
+    init_trackers(recorder, argparse.Namespace(tracker_project_name="p", hub_token="hf_secret", seed=3, stages=[1]))
+    assert recorder.name == "p" and recorder.config == {"tracker_project_name": "p", "seed": 3}

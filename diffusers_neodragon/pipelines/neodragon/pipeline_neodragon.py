@@ -414,11 +414,13 @@ class NeodragonPipeline(
                              first_frame_kwargs):
         """Latent frame 0 from a nested ``NeodragonPipeline`` (same latent space), made with its own monolithic
         defaults (steps, CFG, prompt suffix and negative prompt) unless ``first_frame_kwargs`` override them."""
-        kwargs = dict(mode="monolithic", max_sequence_length=max_sequence_length, **(first_frame_kwargs or {}))
-        return self.first_frame_pipeline(
-            prompt=prompt, num_videos_per_prompt=num_videos_per_prompt, height=height, width=width, num_frames=1,
-            generator=generator, output_type="latent", **kwargs,
-        ).frames
+        fixed = dict(prompt=prompt, num_videos_per_prompt=num_videos_per_prompt, height=height, width=width,
+                     num_frames=1, generator=generator, output_type="latent")
+        clashing = sorted(set(first_frame_kwargs or {}) & set(fixed))
+        if clashing:
+            raise ValueError(f"`first_frame_kwargs` cannot set {clashing}: the first frame takes them from the call")
+        kwargs = {"mode": "monolithic", "max_sequence_length": max_sequence_length, **(first_frame_kwargs or {})}
+        return self.first_frame_pipeline(**fixed, **kwargs).frames
 
     def _encode_first_frame(self, image, batch: int, height: int, width: int, generator, device, dtype):
         pixels = self.video_processor.preprocess(image, height=height, width=width)  # [N, 3, H, W] in [-1, 1]
