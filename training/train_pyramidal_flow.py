@@ -323,6 +323,12 @@ def load_vae(args) -> CausalVideoVAE:
 def load_text_encoders(path: str) -> dict:
     from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel  # noqa: PLC0415
 
+    if (Path(path) / "context_adapter" / "config.json").is_file():
+        raise ValueError(
+            f"{path} reads its text through a ContextAdapter (a text-distilled pipeline); this script trains "
+            "transformers that read T5 through their own context_embedder. Train (or prune and recover) the "
+            "transformer before distilling the text encoder."
+        )
     components = {}
     for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
                       ("text_encoder_3", T5EncoderModel)):

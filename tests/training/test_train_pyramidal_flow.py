@@ -255,3 +255,10 @@ def test_generated_history_trains_and_resumes_exactly(vae_dir, tmp_path):
     card = (tmp_path / "full" / "README.md").read_text()
     assert "--generated_history_prob 1" in card and "replaced with probability 1 by" in card
     assert "replaced with probability" not in (tmp_path / "true" / "README.md").read_text()
+
+
+def test_a_text_distilled_pipeline_is_refused_with_the_reason(tmp_path):
+    (tmp_path / "context_adapter").mkdir()
+    (tmp_path / "context_adapter" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="ContextAdapter"):
+        train.load_text_encoders(str(tmp_path))
