@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
+import os
 import time
 from pathlib import Path
 
@@ -237,11 +240,27 @@ class CachedLatents(torch.utils.data.Dataset):
         return item
 
 
+def latent_cache_key(teacher, args, num_clips: int) -> str:
+    """What the cached latents depend on: the teacher encoder's weights and the clips (source, size, count, seed)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted({**teacher.encoder.state_dict(), **teacher.quant_conv.state_dict()}.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    data = dict(video_folder=str(args.video_folder), num_frames=args.num_frames, height=args.height,
+                width=args.width, num_clips=num_clips, seed=args.seed)
+    return json.dumps({"encoder_sha256": digest.hexdigest(), **data}, sort_keys=True)
+
+
 @torch.no_grad()
-def fill_latent_cache(teacher, dataset, folder: Path, accelerator, batch_size: int) -> None:
-    """Encode (main process) every clip of ``dataset`` whose file is missing: posterior mean and log-variance."""
+def fill_latent_cache(teacher, dataset, folder: Path, accelerator, batch_size: int, key: str) -> None:
+    """Encode (main process) every clip of ``dataset`` whose file is missing: posterior mean and log-variance.
+    A folder made for another teacher or other clips (``key``) is refused; files appear whole or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "teacher.txt").write_text(f"{teacher.config}\n")
+    key_file = folder / "cache_key.json"
+    if key_file.is_file() and key_file.read_text() != key:
+        raise ValueError(f"{folder} holds latents of another teacher or other clips ({key_file}); "
+                         "give another --latent_cache_dir")
+    key_file.write_text(key)
     missing = [i for i in range(len(dataset)) if not (folder / f"{i:08d}.safetensors").is_file()]
     for start in tqdm(range(0, len(missing), batch_size), desc="Caching latents",
                       disable=not accelerator.is_local_main_process):
@@ -250,9 +269,10 @@ def fill_latent_cache(teacher, dataset, folder: Path, accelerator, batch_size: i
         with accelerator.autocast():
             posterior = teacher.encode(videos).latent_dist
         for k, index in enumerate(indices):
+            partial = folder / f"{index:08d}.partial"
             save_file({"mean": posterior.mean[k].float().cpu().contiguous(),
-                       "logvar": posterior.logvar[k].float().cpu().contiguous()},
-                      str(folder / f"{index:08d}.safetensors"))
+                       "logvar": posterior.logvar[k].float().cpu().contiguous()}, str(partial))
+            os.replace(partial, folder / f"{index:08d}.safetensors")
 
 
 def collate(items):
@@ -411,7 +431,8 @@ def main(args):
     if args.latent_cache_dir:
         cache = Path(args.latent_cache_dir)
         if accelerator.is_main_process:
-            fill_latent_cache(teacher, dataset, cache, accelerator, args.train_batch_size)
+            fill_latent_cache(teacher, dataset, cache, accelerator, args.train_batch_size,
+                              latent_cache_key(teacher, args, len(dataset)))
         accelerator.wait_for_everyone()
         dataset = CachedLatents(dataset, cache)
     dataloader = torch.utils.data.DataLoader(

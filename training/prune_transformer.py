@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -206,9 +207,11 @@ def shapesbench(pipe, num_prompts: int, args) -> dict:
 def drop_costs(pipe, args, output_dir: Path) -> dict:
     """ShapesBench totals of the teacher and of the teacher without each block; resumable through drop_cost.json."""
     path = output_dir / "drop_cost.json"
+    settings = {"teacher": str(args.teacher), "seed": args.seed, "dtype": args.dtype,
+                "num_prompts": args.drop_cost_num_prompts, "sampler": sampler_kwargs(args)}
     done = json.loads(path.read_text()) if path.is_file() else {}
-    if done.get("num_prompts") != args.drop_cost_num_prompts or done.get("sampler") != sampler_kwargs(args):
-        done = {"num_prompts": args.drop_cost_num_prompts, "sampler": sampler_kwargs(args), "blocks": {}}
+    if done.get("settings") != json.loads(json.dumps(settings)):  # another run's figures: start again
+        done = {"settings": settings, "blocks": {}}
     teacher = pipe.transformer
     n = teacher.config.num_layers
     for name in ["teacher", *map(str, range(n))]:
@@ -219,11 +222,14 @@ def drop_costs(pipe, args, output_dir: Path) -> dict:
         start = time.perf_counter()
         done["blocks"][name] = shapesbench(pipe, args.drop_cost_num_prompts, args)
         print(f"[prune_transformer] drop {name}: {done['blocks'][name]} ({time.perf_counter() - start:.0f} s)")
-        path.write_text(json.dumps(done, indent=2) + "\n")
+        partial = path.with_suffix(".json.partial")  # a run killed while writing leaves the last good file
+        partial.write_text(json.dumps(done, indent=2) + "\n")
+        os.replace(partial, path)
     pipe.transformer = teacher
     base = done["blocks"]["teacher"]
     mean = (base["seen"] + base["heldout"]) / 2
-    return {"num_prompts": done["num_prompts"], "teacher": base, "totals": [done["blocks"][str(i)] for i in range(n)],
+    totals = [done["blocks"][str(i)] for i in range(n)]
+    return {"num_prompts": args.drop_cost_num_prompts, "teacher": base, "totals": totals,
             "cost": [mean - (done["blocks"][str(i)]["seen"] + done["blocks"][str(i)]["heldout"]) / 2 for i in range(n)]}
 
 

@@ -156,6 +156,10 @@ def test_cached_latents_teacher_target_l1_and_encoder_features(teacher_pipeline,
     with torch.no_grad():
         posterior = teacher.encode(dataset[3]["video"][None]).latent_dist
     torch.testing.assert_close(load_file(str(files[3]))["mean"], posterior.mean[0], rtol=1e-5, atol=1e-6)
+    # The cache belongs to this teacher and these clips: other clips (another seed) are refused, not mixed in.
+    with pytest.raises(ValueError, match="another teacher or other clips"):
+        run(teacher_pipeline, tmp_path / "other", "--max_train_steps", "1", "--latent_cache_dir", str(cache),
+            "--seed", "7")
     card = (tmp_path / "run" / "README.md").read_text()
     assert "the teacher decoder's output" in card and "1·L1" in card and "frozen teacher encoder" in card
 
