@@ -2,7 +2,8 @@
 
 Minimal on purpose (reconstruction training needs pixels only): every clip is its first ``num_frames`` frames,
 resized so its shorter side covers the target and centre-cropped to ``height x width``, as ``[3, F, H, W]`` in
-[-1, 1]. Clips shorter than ``num_frames`` are left out (with their names in ``skipped``).
+[-1, 1]. Clips shorter than ``num_frames`` and files that cannot be decoded are left out (with their names in
+``skipped``); video files are decoded up to ``num_frames`` once when the dataset is built to find them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,24 @@ def read_frames(path: str | os.PathLike, num_frames: int) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
 
+def _has_frames(path: Path, num_frames: int) -> bool:
+    """Whether a clip holds ``num_frames`` frames. Video files are decoded that far once, here, so that a short or
+    unreadable file is left out at the start instead of stopping training when its turn comes."""
+    if path.is_dir():
+        return len(_frame_files(path)) >= num_frames
+    import imageio.v3 as iio  # noqa: PLC0415
+
+    try:
+        count = 0
+        for _ in iio.imiter(path):
+            count += 1
+            if count == num_frames:
+                return True
+    except Exception:  # noqa: BLE001 - any decoder error means the file cannot be used
+        return False
+    return False
+
+
 def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[F, 3, h, w] float → [F, 3, height, width]: bilinear resize so both sides cover, then centre crop."""
     h, w = video.shape[-2:]
@@ -53,7 +72,7 @@ def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 class VideoFolderDataset(torch.utils.data.Dataset):
     """The clips of ``root`` (video files and frame folders, sorted by name): ``{"video": [3, F, H, W] in [-1, 1],
-    "path": str}``. Clips shorter than ``num_frames`` are listed in ``skipped`` and left out."""
+    "path": str}``. Clips shorter than ``num_frames`` or unreadable are listed in ``skipped`` and left out."""
 
     def __init__(self, root: str | os.PathLike, num_frames: int, height: int, width: int):
         root = Path(root)
@@ -66,8 +85,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         self.num_frames, self.height, self.width = num_frames, height, width
         self.paths, self.skipped = [], []
         for path in candidates:
-            long_enough = len(_frame_files(path)) >= num_frames if path.is_dir() else True
-            (self.paths if long_enough else self.skipped).append(path)
+            (self.paths if _has_frames(path, num_frames) else self.skipped).append(path)
         if not self.paths:
             raise ValueError(
                 f"No clip of >= {num_frames} frames in {root} (video files {VIDEO_SUFFIXES} or folders of frames "

@@ -177,8 +177,10 @@ def test_video_folder_training(teacher_pipeline, tmp_path):
             iio.imwrite(clips / f"clip{k}" / f"{i:03d}.png", rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
     (clips / "short").mkdir()
     iio.imwrite(clips / "short" / "000.png", np.zeros((20, 24, 3), np.uint8))
+    iio.imwrite(clips / "short_video.gif", rng.integers(0, 255, (3, 20, 24, 3), dtype=np.uint8))  # 3 frames
+    (clips / "broken.mp4").write_bytes(b"not a video")
     dataset = VideoFolderDataset(clips, num_frames=9, height=16, width=16)
-    assert len(dataset) == 3 and [p.name for p in dataset.skipped] == ["short"]
+    assert len(dataset) == 3 and [p.name for p in dataset.skipped] == ["broken.mp4", "short", "short_video.gif"]
     video = dataset[0]["video"]
     assert video.shape == (3, 9, 16, 16) and video.min() >= -1 and video.max() <= 1
     result = run(teacher_pipeline, tmp_path / "run", "--video_folder", str(clips), "--max_train_steps", "1",
