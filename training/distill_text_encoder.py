@@ -445,9 +445,14 @@ def main(args):
     heldout = validation_prompts(args)
     targets = None
     if args.target_cache_dir:
-        fingerprint = hashlib.sha256(json.dumps(
-            [str(Path(args.pretrained_model_name_or_path).resolve()), args.teacher_dtype, args.max_sequence_length,
-             suffix, prompts]).encode()).hexdigest()
+        # The targets depend on the teacher's weights (not only its path), the precision and the prompts.
+        digest = hashlib.sha256(json.dumps(
+            [args.teacher_dtype, args.target_cache_dtype, args.max_sequence_length, suffix, prompts]).encode())
+        for module in (teacher_encoder, context_embedder):
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        fingerprint = digest.hexdigest()
         if accelerator.is_main_process and not token_shards_ready(args.target_cache_dir, fingerprint):
             @torch.no_grad()
             def compute(indices):
