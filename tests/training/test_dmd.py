@@ -69,8 +69,16 @@ def test_pyramid_training_batch_takes_given_timesteps():
     example = pyramid_training_batch(scheduler, latents, 1, num_history=2, generator=torch.Generator().manual_seed(1),
                                      timesteps=given)
     assert torch.equal(example.ratio, given[0]) and torch.equal(example.timestep, given[1])
-    start = example.hidden_states[:1] - 0.0  # at ratio 1 the point is the stage start: hidden - target = end
-    assert start.shape == (1, 4, 1, 4, 4) and len(example.history) == 2
+    assert example.hidden_states.shape == (2, 4, 1, 4, 4) and len(example.history) == 2
+
+    def at(ratio):  # the same draws (given timesteps use none of the generator) at another point of the line
+        return pyramid_training_batch(scheduler, latents, 1, num_history=2, generator=torch.Generator().manual_seed(1),
+                                      timesteps=(torch.full((2,), ratio), torch.full((2,), 500.0)))
+
+    start, end, middle = at(1.0), at(0.0), at(0.5)
+    torch.testing.assert_close(start.hidden_states - end.hidden_states, start.target)  # target = start - end
+    torch.testing.assert_close(middle.hidden_states, (start.hidden_states + end.hidden_states) / 2)
+    torch.testing.assert_close(example.hidden_states[1], middle.hidden_states[1])  # ratio 0.5 in the given batch
 
 
 def test_the_exact_velocity_one_step_prediction_is_the_cauchy_target():
