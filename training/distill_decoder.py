@@ -47,6 +47,7 @@ from diffusers_neodragon.training_utils import (
     SAVE_DTYPES,
     EpochShuffleSampler,
     add_common_arguments,
+    backward_and_step,
     build_lr_scheduler,
     build_optimizer,
     count_parameters,
@@ -69,6 +70,7 @@ from diffusers_neodragon.training_utils import (
     training_command,
     vae_reconstruction_loss,
     video_strip,
+    window_mean,
 )
 from diffusers_neodragon.training_utils.asymmetric_student import build_student_vae, encoder_state
 from diffusers_neodragon.training_utils.perceptual import (
@@ -476,18 +478,12 @@ def main(args):
                 perceptual_fn=perceptual_fn, first_frame_weight=args.first_frame_weight,
             )
             window_losses.append(loss.detach())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            backward_and_step(accelerator, loss, model, optimizer, lr_scheduler, args.max_grad_norm)
 
         if accelerator.sync_gradients:
             global_step += 1
             progress.update(1)
-            last_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
-            window_losses.clear()
+            last_loss = window_mean(accelerator, window_losses)
             progress.set_postfix(loss=f"{last_loss:.4f}")
             accelerator.log({"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
                              **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)

@@ -68,6 +68,7 @@ from diffusers_neodragon.training_utils import (
     TEXT_COMPONENT_NAMES,
     EpochShuffleSampler,
     add_common_arguments,
+    backward_and_step,
     build_lr_scheduler,
     build_optimizer,
     count_parameters,
@@ -389,12 +390,7 @@ def main(args):
                                                       stage)
         loss_cauchy = cauchy_loss(prediction, target)
         loss = args.dmd_weight * loss_dmd + args.cauchy_weight * loss_cauchy
-        accelerator.backward(loss)
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-        opt_student.step()
-        lr_student.step()
-        opt_student.zero_grad(set_to_none=True)
+        backward_and_step(accelerator, loss, student, opt_student, lr_student, args.max_grad_norm)
         if ema is not None:
             ema.step(student.parameters())
 
@@ -406,11 +402,7 @@ def main(args):
             with accelerator.autocast():
                 v = velocity(fake, point.hidden_states, text, point.timestep, example.history)
             loss_fake = flow_matching_loss(v.float(), point.target.float())
-            accelerator.backward(loss_fake)
-            if args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(fake.parameters(), args.max_grad_norm)
-            opt_fake.step()
-            opt_fake.zero_grad(set_to_none=True)
+            backward_and_step(accelerator, loss_fake, fake, opt_fake, max_grad_norm=args.max_grad_norm)
             fake_losses.append(loss_fake.detach())
         lr_fake.step()
 

@@ -71,6 +71,7 @@ from diffusers_neodragon.training_utils import (
     SAVE_DTYPES,
     EpochShuffleSampler,
     add_common_arguments,
+    backward_and_step,
     build_lr_scheduler,
     build_optimizer,
     count_parameters,
@@ -86,6 +87,7 @@ from diffusers_neodragon.training_utils import (
     should_stop,
     training_batches,
     training_command,
+    window_mean,
 )
 from diffusers_neodragon.training_utils.text_distillation import (
     EXPANSION_MODES,
@@ -518,17 +520,11 @@ def main(args):
                 prediction = student(ids, mask)
             loss, terms = token_distillation_loss(prediction, target, mask, args.mse_weight, args.cd_weight)
             window.append(loss.detach())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            backward_and_step(accelerator, loss, student, optimizer, lr_scheduler, args.max_grad_norm)
         if accelerator.sync_gradients:
             global_step += 1
             progress.update(1)
-            last_loss = accelerator.gather(torch.stack(window).mean().reshape(1)).mean().item()
-            window.clear()
+            last_loss = window_mean(accelerator, window)
             progress.set_postfix(loss=f"{last_loss:.4f}")
             accelerator.log({"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
                              **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)

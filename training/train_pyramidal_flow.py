@@ -58,6 +58,7 @@ from diffusers_neodragon.training_utils import (
     TEXT_COMPONENT_NAMES,
     EpochShuffleSampler,
     add_common_arguments,
+    backward_and_step,
     build_lr_scheduler,
     build_optimizer,
     caption_dropout_mask,
@@ -87,6 +88,7 @@ from diffusers_neodragon.training_utils import (
     training_batches,
     training_command,
     video_strip,
+    window_mean,
 )
 from diffusers_neodragon.training_utils.latent_cache import (  # noqa: F401 - the script's names, as before the move
     CachedLatents,
@@ -730,12 +732,7 @@ def main(args):
                 loss = (w_data * loss + w_teacher * flow_matching_loss(pred, teacher_pred) + w_visual * visual
                         + w_text * text)
             window_losses.append(loss.detach())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            backward_and_step(accelerator, loss, transformer, optimizer, lr_scheduler, args.max_grad_norm)
 
         if accelerator.sync_gradients:
             if ema is not None:
@@ -743,8 +740,7 @@ def main(args):
             global_step += 1
             progress.update(1)
             # the mean over the accumulation window (all micro-batches of this optimiser step)
-            step_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
-            window_losses.clear()
+            step_loss = window_mean(accelerator, window_losses)
             recent_losses.append(step_loss)
             progress.set_postfix(loss=f"{step_loss:.4f}")
             accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)

@@ -41,6 +41,7 @@ from diffusers_neodragon.training_utils import (
     SAVE_DTYPES,
     EpochShuffleSampler,
     add_common_arguments,
+    backward_and_step,
     build_lpips,
     build_lr_scheduler,
     build_optimizer,
@@ -65,6 +66,7 @@ from diffusers_neodragon.training_utils import (
     training_command,
     vae_reconstruction_loss,
     video_strip,
+    window_mean,
 )
 from diffusers_neodragon.utils.model_cards import write_model_card
 
@@ -369,19 +371,13 @@ def main(args):
                 first_frame_weight=args.first_frame_weight,
             )
             window_losses.append(loss.detach())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            backward_and_step(accelerator, loss, model, optimizer, lr_scheduler, args.max_grad_norm)
 
         if accelerator.sync_gradients:
             global_step += 1
             progress.update(1)
             # the mean over the accumulation window (all micro-batches of this optimiser step)
-            last_loss = accelerator.gather(torch.stack(window_losses).mean().reshape(1)).mean().item()
-            window_losses.clear()
+            last_loss = window_mean(accelerator, window_losses)
             logs = {"loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
                     **{f"loss/{k}": v for k, v in terms.items()}}
             progress.set_postfix(loss=f"{last_loss:.4f}")

@@ -68,6 +68,7 @@ from .pyramid_batch import (
 from .randomness import EpochShuffleSampler, randint, step_generator, uniform
 from .reporting import count_parameters, format_float, video_strip
 from .run_control import (
+    backward_and_step,
     finish_training_loop,
     init_trackers,
     resolve_trackers,
@@ -75,6 +76,7 @@ from .run_control import (
     should_stop,
     training_batches,
     training_time_is_up,
+    window_mean,
 )
 from .script_setup import (
     SAVE_DTYPES,
@@ -88,21 +90,19 @@ from .script_setup import (
 
 
 __all__ = [
-    "SAVE_DTYPES",
-    "add_common_arguments",
-    "build_lr_scheduler",
-    "build_optimizer",
-    "parse_with_command",
-    "register_folder_checkpoints",
-    "setup_accelerator",
     "CAPTION_DROPOUT_PROBABILITY",
     "CHECKPOINT_PREFIX",
     "DEFAULT_SAMPLE_RATIOS",
     "HISTORY_CORRUPTION_RATIO",
+    "SAVE_DTYPES",
     "TEXT_COMPONENT_NAMES",
     "EpochShuffleSampler",
     "PyramidTrainingBatch",
+    "add_common_arguments",
+    "backward_and_step",
     "build_lpips",
+    "build_lr_scheduler",
+    "build_optimizer",
     "caption_dropout_mask",
     "checkpoint_step",
     "compute_latent_statistics",
@@ -125,18 +125,21 @@ __all__ = [
     "load_vae_folder",
     "parse_int_list",
     "parse_resolution",
+    "parse_with_command",
     "pooled_projection_dim",
     "prune_checkpoints",
     "psnr",
     "push_folder_to_hub",
     "pyramid_training_batch",
     "randint",
+    "register_folder_checkpoints",
     "resolve_resume_checkpoint",
     "resolve_trackers",
     "resume_global_step",
     "sample_num_history",
     "sample_stage",
     "save_checkpoint",
+    "setup_accelerator",
     "should_stop",
     "step_generator",
     "training_batches",
@@ -145,4 +148,5 @@ __all__ = [
     "uniform",
     "vae_reconstruction_loss",
     "video_strip",
+    "window_mean",
 ]

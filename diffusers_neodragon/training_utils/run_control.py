@@ -101,3 +101,22 @@ def training_batches(dataloader, accelerator, global_step: int, max_train_steps:
             active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
         for batch_index, batch in enumerate(active, start=offset):
             yield epoch * len(dataloader) + batch_index, batch
+
+
+def backward_and_step(accelerator, loss, model, optimizer, lr_scheduler=None, max_grad_norm: float = 0.0) -> None:
+    """One (micro-)step: backward, gradient clipping at the end of an accumulation window, optimiser and schedule
+    steps (accelerate's wrapped optimiser skips them until the window is complete), gradients cleared."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    if lr_scheduler is not None:
+        lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def window_mean(accelerator, losses: list) -> float:
+    """The mean loss of an accumulation window over every process; empties ``losses`` for the next window."""
+    value = accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item()
+    losses.clear()
+    return value
