@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 from diffusers_neodragon import NeodragonPipeline, NeodragonTransformer3DModel
 from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODE_DEFAULTS, first_given
 from diffusers_neodragon.training_utils import (
+    SAVE_DTYPES,
     TEXT_COMPONENT_NAMES,
     EpochShuffleSampler,
     add_common_arguments,
@@ -432,7 +433,12 @@ def main(args):
     result = {"global_step": global_step, **window}
     if accelerator.is_main_process:
         pipe = validation_pipeline()
-        pipe.save_pretrained(str(output_dir), safe_serialization=True)
+        save_dtype = SAVE_DTYPES[args.save_dtype]
+        if save_dtype == torch.float32:
+            pipe.save_pretrained(str(output_dir), safe_serialization=True)
+        else:  # the student alone is cast; the teacher's components are saved as they were loaded
+            saved = make_pipeline(copy.deepcopy(pipe.transformer).to(save_dtype), teacher, args)
+            saved.save_pretrained(str(output_dir), safe_serialization=True)
         log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
         steps_text = "-".join(map(str, steps))
         teacher_steps = (first_given(teacher.config.get("default_num_inference_steps"),

@@ -52,12 +52,15 @@ def weights(folder, name="transformer"):
 def test_alternating_steps_save_a_distilled_hybrid_pipeline(teacher_dir, tmp_path):
     out = tmp_path / "student"
     result = run(teacher_dir, out, "--max_train_steps", "3", "--steps_per_stage", "2", "--checkpointing_steps", "0",
-                 "--num_validation_prompts", "1")
+                 "--num_validation_prompts", "1", "--save_dtype", "fp16")
     assert result["global_step"] == 3
     assert all(np.isfinite(result[k]) for k in ("loss_dmd", "loss_cauchy", "loss_fake"))
     teacher = weights(teacher_dir)
     student = weights(out)
-    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)  # the student moved
+    assert all(v.dtype == torch.float16 for v in student.values())  # --save_dtype casts the student alone
+    assert any(not torch.equal(student[k], teacher[k].half()) for k in teacher)  # the student moved
+    nested = weights(out / "first_frame_pipeline")
+    assert all(torch.equal(nested[k], teacher[k]) for k in teacher)  # the teacher is saved as it was
     index = json.loads((out / "model_index.json").read_text())
     assert index["mode"] == "hybrid" and index["first_frame_pipeline"][1] == "NeodragonPipeline"
     assert (index["default_guidance_scale"], index["default_video_guidance_scale"]) == (0.0, 0.0)
