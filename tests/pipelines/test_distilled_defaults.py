@@ -86,3 +86,17 @@ def test_nested_first_frame_kwargs_cannot_override_what_the_call_fixes():
     latents = pipe(PROMPT, output_type="latent", first_frame_kwargs={"num_inference_steps": 1}).frames
     assert pipe.first_frame_pipeline.num_timesteps == 3  # 1-1-1 from first_frame_kwargs
     assert latents.shape == (1, 4, 3, 8, 8)
+
+
+def test_cuda_graphs_cover_a_nested_first_frame_transformer():
+    """The teacher's multi-step first frame is most of a hybrid student's DiT calls: its transformer is replayed
+    from graphs too, and turned back to eager with the student's."""
+    teacher = teacher_pipeline()
+    pipe = student(teacher, mode="hybrid")
+    expected = pipe(PROMPT, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    pipe.enable_cuda_graphs()
+    assert teacher.transformer._cuda_graphs is not None and pipe.transformer._cuda_graphs is not None
+    graphed = pipe(PROMPT, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    torch.testing.assert_close(graphed, expected, rtol=0, atol=0)  # CPU: the runners pass calls through
+    pipe.enable_cuda_graphs(False)
+    assert teacher.transformer._cuda_graphs is None and pipe.transformer._cuda_graphs is None

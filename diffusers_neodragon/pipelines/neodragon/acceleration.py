@@ -108,7 +108,7 @@ class NeodragonAccelerationMixin:
         and the CPU launching them is slower than the GPU running them. Replaying a captured graph launches all of
         them at once. The transformer uses [`NeodragonTransformer3DModel.enable_cuda_graphs`]; every other model
         (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``, ``context_adapter`` and the first-frame
-        pipeline's ``text_encoder``, ``text_encoder_2`` and ``unet``, where present) gets its ``forward`` wrapped
+        pipeline's ``text_encoder``, ``text_encoder_2`` and ``unet``, where present; a nested NeodragonPipeline's transformer uses its own graphs) gets its ``forward`` wrapped
         by a [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes them all and
         restores the original ``forward`` methods.
 
@@ -126,15 +126,21 @@ class NeodragonAccelerationMixin:
               them while offload hooks are installed raises.
         """
         models = self._graphable_models()
+        # A nested NeodragonPipeline (a distilled student's multi-step first frame) replays its own transformer.
+        nested = getattr(self.first_frame_pipeline, "transformer", None)
+        transformers = {"transformer": self.transformer}
+        if hasattr(nested, "enable_cuda_graphs") and nested is not self.transformer:
+            transformers["first_frame_pipeline.transformer"] = nested
         if enabled:
-            hooked = [name for name, model in {"transformer": self.transformer, **models}.items()
+            hooked = [name for name, model in {**transformers, **models}.items()
                       if _has_offload_hooks(model)]
             if hooked:
                 raise ValueError(
                     f"CUDA graphs replay fixed weight addresses, but {hooked} have offload/device-map hooks that "
                     "move their weights; call `remove_all_hooks()` and move the pipeline to the GPU first"
                 )
-        self.transformer.enable_cuda_graphs(enabled)
+        for transformer in transformers.values():
+            transformer.enable_cuda_graphs(enabled)
         # One memory pool for all: they never run at once and all return copies of their outputs.
         pool = self.transformer._cuda_graphs.graph_pool if enabled else None
         for model in models.values():
