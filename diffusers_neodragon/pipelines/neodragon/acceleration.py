@@ -106,10 +106,11 @@ class NeodragonAccelerationMixin:
         At batch 1 these models are bound by kernel-launch overhead: a DiT call issues about 2000 small kernels on
         144-1728 tokens, the text encoders over 1000 kernels for 4 ms of GPU work, a first-frame UNet step 1400,
         and the CPU launching them is slower than the GPU running them. Replaying a captured graph launches all of
-        them at once. The transformer uses [`NeodragonTransformer3DModel.enable_cuda_graphs`]; every other model
-        (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``, ``context_adapter`` and the first-frame
-        pipeline's ``text_encoder``, ``text_encoder_2`` and ``unet``, where present; a nested NeodragonPipeline's transformer uses its own graphs) gets its ``forward`` wrapped
-        by a [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes them all and
+        them at once. The transformer (and a nested first-frame NeodragonPipeline's) uses
+        [`NeodragonTransformer3DModel.enable_cuda_graphs`]; every other model (``text_encoder``, ``text_encoder_2``,
+        ``text_encoder_3``, ``context_adapter`` and the first-frame pipeline's ``text_encoder``, ``text_encoder_2``
+        and ``unet``, where present) gets its ``forward`` wrapped by a
+        [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes them all and
         restores the original ``forward`` methods.
 
         Caveats:
