@@ -112,3 +112,26 @@ def test_bad_arguments_raise_clear_errors(teacher_pipeline, tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
         run(tmp_path / "e", "--degrade", "vae", "--num_frames", "9", "--teacher", str(teacher_pipeline),
             "--resolution", "40")
+
+
+def test_video_folder_frames_and_push_to_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    clips = tmp_path / "clips"
+    for k in range(3):
+        (clips / f"clip{k}").mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(clips / f"clip{k}" / f"{i:03d}.png", rng.integers(0, 255, (32, 40, 3), dtype=np.uint8))
+    pushed = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: type("Repo", (), {"repo_id": repo_id})())
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: pushed.append(kw))
+    result = run(tmp_path / "run", "--video_folder", str(clips), "--max_train_steps", "1", "--push_to_hub",
+                 "--hub_model_id", "me/tiny-sr", "--hub_token", "secret")
+    assert result["global_step"] == 1 and np.isfinite(result["psnr_sr"])
+    assert len(pushed) == 1 and pushed[0]["folder_path"] == str(tmp_path / "run")
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "# me/tiny-sr" in card and f"{clips} (video folder)" in card and "secret" not in card
+    with pytest.raises(ValueError, match="too few to hold 3 out"):
+        run(tmp_path / "run2", "--video_folder", str(clips), "--num_validation_clips", "3")
