@@ -55,6 +55,7 @@ from diffusers_neodragon.training_utils import (
     format_float,
     init_trackers,
     load_vae_folder,
+    log_image,
     parse_int_list,
     parse_resolution,
     parse_with_command,
@@ -63,9 +64,11 @@ from diffusers_neodragon.training_utils import (
     register_folder_checkpoints,
     resume_global_step,
     save_checkpoint,
+    save_pipeline_with,
     setup_accelerator,
     should_stop,
     step_generator,
+    teacher_pipeline_path,
     training_batches,
     training_command,
     vae_reconstruction_loss,
@@ -162,16 +165,8 @@ def parse_args(input_args=None):
 # -------------------------------------------------------------------------------------------------- models
 
 
-def teacher_path(args) -> str:
-    if args.teacher:
-        return args.teacher
-    from diffusers_neodragon.pretrained import shapes_model_path  # noqa: PLC0415
-
-    return shapes_model_path()
-
-
 def load_teacher(args) -> CausalVideoVAE:
-    teacher = load_vae_folder(teacher_path(args), torch.float32)
+    teacher = load_vae_folder(teacher_pipeline_path(args.teacher), torch.float32)
     if not isinstance(teacher, CausalVideoVAE):
         raise ValueError(f"The teacher must be a CausalVideoVAE, got {type(teacher).__name__} from {args.teacher}.")
     return teacher.eval().requires_grad_(False)
@@ -343,34 +338,13 @@ def log_validation(teacher, student, videos, accelerator, args, step: int) -> di
     print(f"[distill_decoder] step {step}: PSNR student {figures['psnr_student']:.2f} dB, teacher "
           f"{figures['psnr_teacher']:.2f} dB; SSIM {figures['ssim_student']:.4f} / {figures['ssim_teacher']:.4f} "
           f"-> {path}")
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            import numpy as np  # noqa: PLC0415
-
-            tracker.writer.add_image("validation", np.asarray(strip), step, dataformats="HWC")
-        elif tracker.name == "wandb":
-            import wandb  # noqa: PLC0415
-
-            tracker.log({"validation": wandb.Image(strip)}, step=step)
+    log_image(accelerator, "validation", strip, step)
     accelerator.log({f"val/{k}": v for k, v in figures.items()}, step=step)
     student.train(was_training)
     return figures
 
 
 # ------------------------------------------------------------------------------------------------- outputs
-
-
-def save_pipeline(args, student: AsymmetricVAE) -> Path:
-    """The teacher's pipeline with ``vae`` replaced by the student, saved to ``--pipeline_output``."""
-    from diffusers import DiffusionPipeline  # noqa: PLC0415
-
-    source = Path(teacher_path(args))
-    if not (source / "model_index.json").is_file():
-        raise ValueError(f"--pipeline_output needs a pipeline folder as --teacher; {source} has no model_index.json.")
-    pipe = DiffusionPipeline.from_pretrained(str(source), dtype=torch.float32)
-    pipe.register_modules(vae=student)
-    pipe.save_pretrained(args.pipeline_output)
-    return Path(args.pipeline_output)
 
 
 def card_values(args, teacher, student, global_step, last_loss, figures, total_batch) -> dict:
@@ -515,7 +489,7 @@ def main(args):
                          tags=["video-vae", "neodragon", "decoder-distillation"])
         published = output_dir
         if args.pipeline_output:
-            published = save_pipeline(args, saved)
+            published = save_pipeline_with(teacher_pipeline_path(args.teacher), args.pipeline_output, vae=saved)
             write_model_card(published, "decoder_distillation.md", values,
                              tags=["video-vae", "neodragon", "decoder-distillation"])
         if args.push_to_hub:

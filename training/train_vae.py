@@ -51,6 +51,7 @@ from diffusers_neodragon.training_utils import (
     format_float,
     init_trackers,
     load_vae_folder,
+    log_image,
     parse_int_list,
     parse_resolution,
     parse_with_command,
@@ -281,15 +282,7 @@ def log_validation(vae, videos, accelerator, args, step: int) -> float:
     strip.save(path)
     logger.info(f"step {step}: validation PSNR {value:.2f} dB ({path})", main_process_only=True)
     print(f"[train_vae] step {step}: validation PSNR {value:.2f} dB -> {path}")
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            import numpy as np  # noqa: PLC0415
-
-            tracker.writer.add_image("validation", np.asarray(strip), step, dataformats="HWC")
-        elif tracker.name == "wandb":
-            import wandb  # noqa: PLC0415
-
-            tracker.log({"validation": wandb.Image(strip)}, step=step)
+    log_image(accelerator, "validation", strip, step)
     accelerator.log({"val/psnr": value}, step=step)
     vae.train(was_training)
     return value

@@ -12,7 +12,9 @@
 * :mod:`.hub` — ``--push_to_hub``;
 * :mod:`.latent_statistics` — a VAE's latent normalisation constants;
 * :mod:`.prompts` — prompt encoding for training (what the pipeline feeds the model, fixed length);
-* :mod:`.arguments`, :mod:`.reporting` — small argument helpers; parameter counts, card figures, video strips.
+* :mod:`.arguments`, :mod:`.reporting` — small argument helpers; parameter counts, card figures, video strips and
+  their tracker logs;
+* :mod:`.pipeline_folders` — a compression operation's teacher pipeline folder and ``--pipeline_output``.
 
 Each compression operation's own pieces, imported by their module path:
 
@@ -52,6 +54,7 @@ from .losses import (
     psnr,
     vae_reconstruction_loss,
 )
+from .pipeline_folders import save_pipeline_with, teacher_pipeline_path
 from .prompts import TEXT_COMPONENT_NAMES, encode_prompts, pooled_projection_dim
 from .pyramid_batch import (
     CAPTION_DROPOUT_PROBABILITY,
@@ -66,7 +69,7 @@ from .pyramid_batch import (
     sample_stage,
 )
 from .randomness import EpochShuffleSampler, randint, step_generator, uniform
-from .reporting import count_parameters, format_float, video_strip
+from .reporting import count_parameters, format_float, log_image, video_strip
 from .run_control import (
     backward_and_step,
     finish_training_loop,
@@ -123,6 +126,7 @@ __all__ = [
     "latent_foreground_mask",
     "list_checkpoints",
     "load_vae_folder",
+    "log_image",
     "parse_int_list",
     "parse_resolution",
     "parse_with_command",
@@ -139,9 +143,11 @@ __all__ = [
     "sample_num_history",
     "sample_stage",
     "save_checkpoint",
+    "save_pipeline_with",
     "setup_accelerator",
     "should_stop",
     "step_generator",
+    "teacher_pipeline_path",
     "training_batches",
     "training_command",
     "training_time_is_up",

@@ -38,3 +38,16 @@ def video_strip(videos: Sequence[torch.Tensor], max_frames: int = 8):
     return PIL.Image.fromarray(array)
 
 
+
+
+def log_image(accelerator, tag: str, image, step: int) -> None:
+    """Send a PIL ``image`` (a validation strip) to the run's image-capable trackers (TensorBoard, W&B)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np  # noqa: PLC0415
+
+            tracker.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb  # noqa: PLC0415
+
+            tracker.log({tag: wandb.Image(image)}, step=step)
