@@ -38,8 +38,6 @@ def video_strip(videos: Sequence[torch.Tensor], max_frames: int = 8):
     return PIL.Image.fromarray(array)
 
 
-
-
 def log_image(accelerator, tag: str, image, step: int) -> None:
     """Send a PIL ``image`` (a validation strip) to the run's image-capable trackers (TensorBoard, W&B)."""
     for tracker in accelerator.trackers:
