@@ -294,10 +294,8 @@ def main(args):
         if isinstance(module, torch.nn.Module):
             module.to(device)
     real = teacher.transformer
-    text_components = {k: getattr(teacher, k, None) for k in TEXT_COMPONENT_NAMES}
-    if teacher.context_adapter is not None:
-        raise ValueError("The Shapes latent cache encodes text with the transformer's own context_embedder; a teacher "
-                         "with a ContextAdapter is not supported yet.")
+    # A text-distilled teacher's ContextAdapter is applied (frozen) when the captions are encoded for the cache.
+    text_components = {k: getattr(teacher, k, None) for k in (*TEXT_COMPONENT_NAMES, "context_adapter")}
     first_scale, video_scale = teacher_scales(args, teacher)
 
     student = load_student(args, teacher).to(device).train()

@@ -38,6 +38,7 @@ import argparse
 import collections
 import contextlib
 import copy
+import json
 import os
 import time
 from pathlib import Path
@@ -48,7 +49,14 @@ from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline, NeodragonTransformer3DModel, PyramidalDMDScheduler
+from diffusers_neodragon import (
+    ContextAdapter,
+    DT5Config,
+    DT5EncoderModel,
+    NeodragonPipeline,
+    NeodragonTransformer3DModel,
+    PyramidalDMDScheduler,
+)
 from diffusers_neodragon.data.shapes_text_encoders import build_shapes_text_encoders
 from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODE_DEFAULTS, first_given
 from diffusers_neodragon.training_utils import (
@@ -121,7 +129,8 @@ def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="Pyramidal flow-matching training of a Shapes text-to-video model.")
     # Components
     parser.add_argument("--vae_path", type=str, default=None,
-                        help="Trained CausalVideoVAE: a `vae` folder, or a folder holding one (train_vae.py output).")
+                        help="Trained VAE (CausalVideoVAE, or a decoder-distilled AsymmetricVAE): a `vae` folder, or a "
+                             "folder holding one (train_vae.py output).")
     parser.add_argument("--pretrained_model_name_or_path", type=str, default=None,
                         help="A pipeline folder from an earlier run: continue from its transformer and text encoders "
                              "(and VAE, when --vae_path is not given).")
@@ -318,29 +327,32 @@ def shapes_vocabulary() -> list[str]:
     return vocabulary()
 
 
-def load_vae(args) -> CausalVideoVAE:
-    return load_vae_folder(args.vae_path or args.pretrained_model_name_or_path, torch.float32, CausalVideoVAE)
+def load_vae(args):
+    """The pipeline's VAE: a CausalVideoVAE, or the AsymmetricVAE of a decoder-distilled pipeline (same encoder)."""
+    return load_vae_folder(args.vae_path or args.pretrained_model_name_or_path, torch.float32)
 
 
 def load_text_encoders(path: str) -> dict:
+    """The folder's CLIP encoders, T5 (or DT5) encoder and tokenizers, and its ContextAdapter if it has one (a
+    text-distilled pipeline): all frozen, the adapter applied by ``encode_prompts``."""
     from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel  # noqa: PLC0415
 
-    if (Path(path) / "context_adapter" / "config.json").is_file():
-        raise ValueError(
-            f"{path} reads its text through a ContextAdapter (a text-distilled pipeline); this script trains "
-            "transformers that read T5 through their own context_embedder. Train (or prune and recover) the "
-            "transformer before distilling the text encoder."
-        )
     components = {}
     for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
                       ("text_encoder_3", T5EncoderModel)):
         if (Path(path) / name).is_dir():
+            config = json.loads((Path(path) / name / "config.json").read_text())
+            if config.get("model_type") == DT5Config.model_type:
+                cls = DT5EncoderModel
             model = cls.from_pretrained(path, subfolder=name, dtype=torch.float32)
             components[name] = model.eval().requires_grad_(False)
             tokenizer = name.replace("text_encoder", "tokenizer")
             components[tokenizer] = AutoTokenizer.from_pretrained(path, subfolder=tokenizer)
     if "text_encoder_3" not in components:
         raise ValueError(f"{path} has no text_encoder_3 / tokenizer_3.")
+    if (Path(path) / "context_adapter" / "config.json").is_file():
+        adapter = ContextAdapter.from_pretrained(path, subfolder="context_adapter", dtype=torch.float32)
+        components["context_adapter"] = adapter.eval().requires_grad_(False)
     return components
 
 
@@ -391,7 +403,8 @@ def build_transformer(args, vae, text_components) -> NeodragonTransformer3DModel
 
 def make_pipeline(transformer, vae, text_components, scheduler, args) -> NeodragonPipeline:
     pipe = NeodragonPipeline(
-        transformer=transformer, scheduler=scheduler, vae=vae, context_adapter=None, mode="monolithic",
+        transformer=transformer, scheduler=scheduler, vae=vae, context_adapter=text_components.get("context_adapter"),
+        mode="monolithic",
         prompt_suffix="", default_negative_prompt="", default_height=args.height, default_width=args.width,
         default_num_frames=args.num_frames, default_guidance_scale=args.default_guidance_scale,
         default_video_guidance_scale=args.default_video_guidance_scale,

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Prompt encoding for training: what ``NeodragonPipeline.encode_prompt`` feeds a model without a ContextAdapter,
-padded to a fixed length so that captions can be encoded once and cached."""
+"""Prompt encoding for training: what ``NeodragonPipeline.encode_prompt`` feeds the transformer, padded to a fixed
+length so that captions can be encoded once and cached."""
 
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def encode_prompts(
     device: str | torch.device = "cpu",
     max_sequence_length: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What ``NeodragonPipeline.encode_prompt`` computes without a ContextAdapter, padded to a fixed length.
+    """What ``NeodragonPipeline.encode_prompt`` computes, padded to a fixed length.
 
-    Returns (token features [B, L, D] of ``text_encoder_3``, their mask [B, L] (1 = real token), pooled
+    Returns (token features [B, L, D] of ``text_encoder_3``, through ``context_adapter`` when the components hold
+    one (a text-distilled pipeline, whose adapter stays frozen), their mask [B, L] (1 = real token), pooled
     [B, pooled_dim]) in float32 with ``L = max_sequence_length``. The pipeline trims the common padding instead;
     padded tokens are masked out in the transformer, so both give the same result. Slice to
     ``int(mask.sum(1).max())`` tokens to save attention work.
@@ -41,6 +42,9 @@ def encode_prompts(
     )
     ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
     embeds = text_components["text_encoder_3"](ids, attention_mask=mask).last_hidden_state
+    adapter = text_components.get("context_adapter")
+    if adapter is not None:
+        embeds = adapter(embeds.to(adapter.dtype))
     pooled = []
     for tokenizer_name, encoder_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
         encoder = text_components.get(encoder_name)

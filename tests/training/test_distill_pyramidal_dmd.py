@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_neodragon import NeodragonPipeline
+from diffusers_neodragon import AsymmetricVAE, NeodragonPipeline
 from tests.script_loading import load_script
-from tests.tiny_components import tiny_causal_vae
+from tests.tiny_components import monolithic_pipeline, tiny_causal_vae
 
 
 distill = load_script("training/distill_pyramidal_dmd.py")
@@ -108,3 +108,18 @@ def test_resume_equals_uninterrupted_and_progressive_start(teacher_dir, tmp_path
         "--no-use_ema", "--learning_rate", "0")
     for key, value in weights(nxt).items():
         torch.testing.assert_close(value, reference[key])
+
+
+def test_a_text_distilled_teacher_with_a_streaming_decoder(tmp_path):
+    """Later in the compression chain the teacher reads its text through DT5 -> ContextAdapter and decodes with an
+    AsymmetricVAE: the student trains on the adapter's features and the saved pipeline keeps both parts."""
+    teacher = tmp_path / "teacher"
+    monolithic_pipeline(num_frames=9).save_pretrained(teacher)
+    out = tmp_path / "student"
+    result = run(teacher, out, "--max_train_steps", "1", "--steps_per_stage", "1", "--num_frames", "9",
+                 "--resolution", "64", "--checkpointing_steps", "0", "--save_mode", "monolithic")
+    assert result["global_step"] == 1 and np.isfinite(result["loss_dmd"])
+    student, original = NeodragonPipeline.from_pretrained(out), NeodragonPipeline.from_pretrained(teacher)
+    assert isinstance(student.vae, AsymmetricVAE)
+    before, after = original.context_adapter.state_dict(), student.context_adapter.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_neodragon import CausalVideoVAE, NeodragonPipeline
+from diffusers_neodragon import AsymmetricVAE, CausalVideoVAE, DT5EncoderModel, NeodragonPipeline
+from diffusers_neodragon.training_utils import encode_prompts
 from tests.script_loading import load_script
-from tests.tiny_components import tiny_causal_vae
+from tests.tiny_components import monolithic_pipeline, tiny_causal_vae
 
 
 SCRIPT = Path(__file__).resolve().parents[2] / "training" / "train_pyramidal_flow.py"
@@ -257,8 +258,34 @@ def test_generated_history_trains_and_resumes_exactly(vae_dir, tmp_path):
     assert "replaced with probability" not in (tmp_path / "true" / "README.md").read_text()
 
 
-def test_a_text_distilled_pipeline_is_refused_with_the_reason(tmp_path):
-    (tmp_path / "context_adapter").mkdir()
-    (tmp_path / "context_adapter" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="ContextAdapter"):
-        train.load_text_encoders(str(tmp_path))
+def test_a_text_distilled_pipeline_with_a_streaming_decoder_trains_through_its_frozen_parts(tmp_path):
+    """The compression chain's later steps (pruning recovery) train the transformer of a pipeline whose text goes
+    DT5 -> ContextAdapter and whose VAE is an AsymmetricVAE: both are loaded, frozen and saved unchanged, and the
+    cached text features are what the pipeline itself feeds the transformer."""
+    source = tmp_path / "distilled"
+    monolithic_pipeline(num_frames=9).save_pretrained(source)
+    original = NeodragonPipeline.from_pretrained(source)
+    components = train.load_text_encoders(str(source))
+    assert isinstance(components["text_encoder_3"], DT5EncoderModel) and "context_adapter" in components
+    prompt = "a small red circle moving left"
+    embeds, mask, pooled = encode_prompts(components, [prompt], "cpu", 24)
+    expected, _, expected_pooled, *_ = original.encode_prompt(prompt, do_classifier_free_guidance=False)
+    keep = int(mask.sum())
+    torch.testing.assert_close(embeds[:, :keep], expected)
+    torch.testing.assert_close(pooled, expected_pooled)
+
+    out = tmp_path / "out"
+    result = train.main(train.parse_args([
+        "--pretrained_model_name_or_path", str(source), "--output_dir", str(out), "--resolution", "64",
+        "--num_frames", "9", "--train_samples", "4", "--train_batch_size", "2", "--max_sequence_length", "24",
+        "--report_to", "none", "--max_train_steps", "2", "--checkpointing_steps", "0", "--num_validation_prompts", "0",
+        "--learning_rate", "1e-3", "--lr_warmup_steps", "0",
+    ]))
+    assert result["global_step"] == 2 and np.isfinite(result["loss"])
+    trained = NeodragonPipeline.from_pretrained(out)
+    assert isinstance(trained.vae, AsymmetricVAE)
+    for name in ("context_adapter", "vae", "text_encoder_3"):
+        before, after = getattr(original, name).state_dict(), getattr(trained, name).state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), name
+    moved = trained.transformer.state_dict()
+    assert any(not torch.equal(v, moved[k]) for k, v in original.transformer.state_dict().items())
