@@ -55,3 +55,23 @@ def encode_prompts(
         raise ValueError("At least one of text_encoder / text_encoder_2 is needed for the pooled vector.")
     return embeds.float(), mask, torch.cat(pooled, dim=-1).float()
 
+
+
+def load_text_components(path: str) -> dict:
+    """The frozen text encoders and tokenizers of a pipeline folder (``text_encoder``, ``_2`` CLIP with projection,
+    ``_3`` T5 encoder, and their tokenizers): what :func:`encode_prompts` reads."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel  # noqa: PLC0415
+
+    components = {}
+    for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
+                      ("text_encoder_3", T5EncoderModel)):
+        if (Path(path) / name).is_dir():
+            model = cls.from_pretrained(path, subfolder=name, dtype=torch.float32)
+            components[name] = model.eval().requires_grad_(False)
+            tokenizer = name.replace("text_encoder", "tokenizer")
+            components[tokenizer] = AutoTokenizer.from_pretrained(path, subfolder=tokenizer)
+    if "text_encoder_3" not in components:
+        raise ValueError(f"{path} has no text_encoder_3 / tokenizer_3.")
+    return components
