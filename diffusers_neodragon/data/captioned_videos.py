@@ -31,10 +31,12 @@ def read_metadata(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Metadata file {path} does not exist (a .csv or .jsonl with columns file, caption).")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise ValueError(f"Metadata file {path} must end in .csv or .jsonl.")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
-    elif path.suffix.lower() in (".jsonl", ".json"):
+    else:
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -42,8 +44,6 @@ def read_metadata(path: str | os.PathLike) -> list[dict]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{path} line {number} is not JSON ({error}).") from error
-    else:
-        raise ValueError(f"Metadata file {path} must end in .csv or .jsonl.")
     cleaned = []
     for number, row in enumerate(rows, 1):
         if not row.get("file") or row.get("caption") is None:
