@@ -77,8 +77,8 @@ def test_extraction_resumes_and_matches_the_videos(setup, tmp_path, monkeypatch)
 
     # The shards hold what the videos encode to.
     args = extract_args(root, clips, tmp_path / "unused")
-    from diffusers_neodragon.training_utils.video_data import video_dataset_from_args
     from diffusers_neodragon.training_utils.prompts import load_text_components
+    from diffusers_neodragon.training_utils.video_data import video_dataset_from_args
 
     dataset = video_dataset_from_args(args, verbose=False)
     vae = tiny_causal_vae(seed=0).eval()
