@@ -67,6 +67,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from diffusers_neodragon import ContextAdapter, DT5Config, DT5EncoderModel, NeodragonPipeline
+from diffusers_neodragon.data.prompts import dataset_prompts, read_prompt_file
 from diffusers_neodragon.training_utils import (
     SAVE_DTYPES,
     EpochShuffleSampler,
@@ -314,14 +315,6 @@ def register_student_checkpoints(accelerator, args, dt5_trained: bool) -> None:
 # ------------------------------------------------------------------------------------------------------- prompts
 
 
-def read_prompt_file(path: str) -> list[str]:
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    prompts = [line for line in lines if line]
-    if not prompts:
-        raise ValueError(f"{path} holds no prompt.")
-    return prompts
-
-
 def shapes_captions(count: int, split: str, seed: int, two_objects_prob: float = 0.0) -> list[str]:
     """``count`` distinct Shapes captions of ``split``, drawn deterministically from ``seed`` (fewer when the
     split has fewer: the draws stop after 50 x count tries)."""
@@ -340,16 +333,7 @@ def training_prompts(args, negative_prompt: str) -> list[str]:
     """The training prompt list (raw, the suffix is added at encoding), with the negative prompt mixed in at
     evenly spaced positions."""
     if args.train_dataset:
-        import datasets  # noqa: PLC0415
-
-        source = Path(args.train_dataset)
-        saved = [source / "dataset_info.json", source / "dataset_dict.json"]
-        if source.is_dir() and any(path.is_file() for path in saved):
-            data = datasets.load_from_disk(str(source))
-            data = data[args.dataset_split] if isinstance(data, datasets.DatasetDict) else data
-        else:
-            data = datasets.load_dataset(str(source), split=args.dataset_split)
-        prompts = [str(t).strip() for t in data[args.dataset_text_column] if str(t).strip()]
+        prompts = dataset_prompts(args.train_dataset, args.dataset_text_column, args.dataset_split)
     elif args.train_prompts == SHAPES_PROMPTS:
         prompts = shapes_captions(args.num_train_prompts, "train", args.seed, args.two_objects_prob)
     else:

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 # SPDX-License-Identifier: Apache-2.0
-"""Train a pyramidal flow-matching text-to-video model (Pyramid-Flow's base objective) on the Shapes world.
+"""Train a pyramidal flow-matching text-to-video model (Pyramid-Flow's base objective) on the Shapes world or on
+real captioned videos: ``--latents_dir`` (shards of ``training/extract_latents.py``), ``--video_folder`` with
+``--metadata``, or ``--dataset_name`` (encoded once at the start with ``--cache_latents``, else every batch).
 
 The model has Pyramid-Flow's layout, scaled down: a ``NeodragonTransformer3DModel`` with its own
 ``context_embedder`` reading a frozen "teacher" T5 (here a small, randomly initialised stand-in, see
@@ -38,7 +40,6 @@ import argparse
 import collections
 import contextlib
 import copy
-import json
 import os
 import time
 from pathlib import Path
@@ -50,9 +51,6 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from diffusers_neodragon import (
-    ContextAdapter,
-    DT5Config,
-    DT5EncoderModel,
     NeodragonPipeline,
     NeodragonTransformer3DModel,
     PyramidalDMDScheduler,
@@ -104,11 +102,13 @@ from diffusers_neodragon.training_utils.latent_cache import (  # noqa: F401 - th
     cache_metadata,
     encode_training_set,
     encode_videos,
+    latents_from_shards,
     shapes_dataset,
     shard_indices,
     text_table,
     video_foreground,
 )
+from diffusers_neodragon.training_utils.prompts import load_text_components
 from diffusers_neodragon.training_utils.pruning_recovery import (
     BlockOutputs,
     check_stage_2_start,
@@ -118,6 +118,11 @@ from diffusers_neodragon.training_utils.pruning_recovery import (
     read_recovery_record,
     with_stage,
     write_recovery_record,
+)
+from diffusers_neodragon.training_utils.video_data import (
+    add_video_data_arguments,
+    real_data_source,
+    video_dataset_from_args,
 )
 from diffusers_neodragon.utils.model_cards import write_model_card
 
@@ -228,6 +233,7 @@ def parse_args(input_args=None):
     parser.add_argument("--shapesbench_num_inference_steps", type=int, default=None,
                         help="Steps per stage for ShapesBench videos (first frame and later ones); default: the "
                              "pipeline's monolithic defaults (20 / 10).")
+    add_video_data_arguments(parser)
     add_common_arguments(
         parser, output_dir="shapes-pyramidal-flow", tracker_project_name="neodragon-train-pyramidal-flow",
         learning_rate=1e-3, train_batch_size=128, max_train_steps=100_000, checkpointing_steps=1000,
@@ -257,6 +263,11 @@ def parse_args(input_args=None):
         raise ValueError(f"--default_history_noise must lie in [0, 1), got {args.default_history_noise}.")
     if args.foreground_weight < 0:
         raise ValueError(f"--foreground_weight must be >= 0, got {args.foreground_weight}.")
+    args.data_source = real_data_source(args)
+    if args.data_source and args.foreground_weight:
+        raise ValueError("--foreground_weight needs the Shapes world's object masks; real data has none.")
+    if args.latents_dir and not args.cache_latents:
+        raise ValueError("--latents_dir trains from stored latents: drop --no-cache_latents.")
     if args.latent_cache_path and not args.cache_latents:
         raise ValueError("--latent_cache_path needs --cache_latents.")
     if not 0.0 <= args.generated_history_prob <= 1.0:
@@ -333,27 +344,8 @@ def load_vae(args):
 
 
 def load_text_encoders(path: str) -> dict:
-    """The folder's CLIP encoders, T5 (or DT5) encoder and tokenizers, and its ContextAdapter if it has one (a
-    text-distilled pipeline): all frozen, the adapter applied by ``encode_prompts``."""
-    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel  # noqa: PLC0415
-
-    components = {}
-    for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
-                      ("text_encoder_3", T5EncoderModel)):
-        if (Path(path) / name).is_dir():
-            config = json.loads((Path(path) / name / "config.json").read_text())
-            if config.get("model_type") == DT5Config.model_type:
-                cls = DT5EncoderModel
-            model = cls.from_pretrained(path, subfolder=name, dtype=torch.float32)
-            components[name] = model.eval().requires_grad_(False)
-            tokenizer = name.replace("text_encoder", "tokenizer")
-            components[tokenizer] = AutoTokenizer.from_pretrained(path, subfolder=tokenizer)
-    if "text_encoder_3" not in components:
-        raise ValueError(f"{path} has no text_encoder_3 / tokenizer_3.")
-    if (Path(path) / "context_adapter" / "config.json").is_file():
-        adapter = ContextAdapter.from_pretrained(path, subfolder="context_adapter", dtype=torch.float32)
-        components["context_adapter"] = adapter.eval().requires_grad_(False)
-    return components
+    """The folder's frozen text path (see ``load_text_components``; a text-distilled pipeline's ContextAdapter too)."""
+    return load_text_components(path)
 
 
 def build_text_encoders(args) -> dict:
@@ -446,12 +438,13 @@ def generate_history(args, transformer, vae, text_components, scheduler, cache, 
 
 
 class IndexedShapes(torch.utils.data.Dataset):
-    """The training set as indices (latents cached) or as rendered clips with their index (encoded on the fly)."""
+    """The training set as indices (latents cached or from shards) or as clips with their index (encoded on the
+    fly): the Shapes world's rendered clips, or ``clips`` (a real captioned video dataset) when given."""
 
-    def __init__(self, args, cached: bool):
+    def __init__(self, args, cached: bool, clips=None, num_samples: int | None = None):
         self.cached = cached
-        self.num_samples = args.train_samples
-        self.dataset = None if cached else shapes_dataset(
+        self.num_samples = num_samples or args.train_samples
+        self.dataset = None if cached else clips if clips is not None else shapes_dataset(
             args.train_samples, args.num_frames, args.height, args.width, args.seed, "train"
         )
 
@@ -463,6 +456,16 @@ class IndexedShapes(torch.utils.data.Dataset):
             return {"index": index}
         item = self.dataset[index]
         return {"index": index, "video": item["video"], "caption": item["caption"]}
+
+
+def check_latent_shape(latents, vae, args) -> None:
+    """Latent shards must be of this run's --num_frames and --resolution."""
+    spatial, temporal = vae.config.spatial_downsample_scale, vae.config.temporal_downsample_scale
+    expected = ((args.num_frames - 1) // temporal + 1, args.height // spatial, args.width // spatial)
+    if tuple(latents.shape[2:]) != expected:
+        raise ValueError(f"{args.latents_dir} holds latents of shape {tuple(latents.shape[2:])} (T, h, w); "
+                         f"--num_frames {args.num_frames} --resolution {args.height}x{args.width} needs {expected}: "
+                         "pass the settings of the extraction (its settings.json).")
 
 
 def collate(items):
@@ -642,11 +645,20 @@ def main(args):
             logger.warning(args.recovery_warning)
         teacher = load_teacher(args, transformer).to(accelerator.device)
 
-    cache = build_latent_cache(args, vae, text_components, accelerator) if args.cache_latents else None
+    clips = cache = None
+    if args.latents_dir:
+        cache = latents_from_shards(args.latents_dir, text_components, accelerator.device, args.max_sequence_length,
+                                    vae)
+        check_latent_shape(cache.latents, vae, args)
+    elif args.data_source:
+        clips = video_dataset_from_args(args, verbose=accelerator.is_main_process)
+    if args.cache_latents and cache is None:
+        cache = build_latent_cache(args, vae, text_components, accelerator, dataset=clips)
+    num_samples = cache.latents.shape[0] if cache is not None else len(clips) if clips is not None else None
     generated_history = None
     if args.generated_history_prob:
         generated_history = generate_history(args, transformer, vae, text_components, scheduler, cache, accelerator)
-    dataset = IndexedShapes(args, cached=cache is not None)
+    dataset = IndexedShapes(args, cached=cache is not None, clips=clips, num_samples=num_samples)
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.train_batch_size, sampler=EpochShuffleSampler(len(dataset), seed=args.seed),
         collate_fn=collate, num_workers=0 if cache is not None else args.dataloader_num_workers, drop_last=True,
@@ -819,7 +831,9 @@ def main(args):
             foreground_term=(f" + {args.foreground_weight:g} x the MSE over the objects' latent cells only"
                              if args.foreground_weight else ""),
             first_frame_prob="1/T" if args.first_frame_prob is None else f"{args.first_frame_prob:.0%}",
-            train_samples=args.train_samples, latent_shape="x".join(map(str, latent_shape)),
+            data=(f"{num_samples} clips of {args.data_source}" if args.data_source
+                  else f"{args.train_samples} Shapes clips"),
+            latent_shape="x".join(map(str, latent_shape)),
             learning_rate=args.learning_rate, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
             ema=f"decay {args.ema_decay}" if args.use_ema else "off", batch_size=total_batch,
             mixed_precision=args.mixed_precision or "no", shapesbench=_shapesbench_markdown(scores),

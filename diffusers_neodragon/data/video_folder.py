@@ -41,22 +41,86 @@ def read_frames(path: str | os.PathLike, num_frames: int) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
 
-def _has_frames(path: Path, num_frames: int) -> bool:
-    """Whether a clip holds ``num_frames`` frames. Video files are decoded that far once, here, so that a short or
-    unreadable file is left out at the start instead of stopping training when its turn comes."""
-    if path.is_dir():
-        return len(_frame_files(path)) >= num_frames
+def _open_args(source) -> tuple:
+    """imageio's (uri, keywords) for a path or raw encoded bytes (a ``datasets`` row; ffmpeg probes the container,
+    the extension only picks the plugin)."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source), {"extension": ".mp4"}
+    return Path(source), {}
+
+
+def _imiter(source):
     import imageio.v3 as iio  # noqa: PLC0415
 
+    uri, kwargs = _open_args(source)
+    return iio.imiter(uri, **kwargs)
+
+
+def video_fps(source) -> float | None:
+    """The frame rate a video file or encoded bytes declare (None for frame folders or when unknown)."""
+    import imageio.v3 as iio  # noqa: PLC0415
+
+    if not isinstance(source, (bytes, bytearray)) and Path(source).is_dir():
+        return None
     try:
-        count = 0
-        for _ in iio.imiter(path):
+        uri, kwargs = _open_args(source)
+        fps = iio.immeta(uri, **kwargs).get("fps")
+    except Exception:  # noqa: BLE001 - unknown rate: the caller decides (consecutive frames)
+        return None
+    return float(fps) if fps and np.isfinite(fps) and fps > 0 else None
+
+
+def read_frame_indices(source, indices) -> np.ndarray:
+    """The frames at ``indices`` (increasing or not) of a video file, encoded bytes or frame folder as uint8
+    [len(indices), H, W, 3]; fewer rows when the clip ends before the largest index. Decodes only up to it."""
+    import imageio.v3 as iio  # noqa: PLC0415
+
+    indices = [int(i) for i in indices]
+    wanted, last = set(indices), max(indices)
+    found = {}
+    if not isinstance(source, (bytes, bytearray)) and Path(source).is_dir():
+        files = _frame_files(Path(source))
+        found = {i: np.asarray(iio.imread(files[i])) for i in wanted if i < len(files)}
+    else:
+        for i, frame in enumerate(_imiter(source)):
+            if i in wanted:
+                found[i] = np.asarray(frame)
+            if i >= last:
+                break
+    frames = [found[i] for i in indices if i in found]
+    frames = [f[..., None].repeat(3, -1) if f.ndim == 2 else f[..., :3] for f in frames]
+    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def clip_problem(source, num_frames: int) -> str | None:
+    """Why a clip cannot give ``num_frames`` frames (None when it can). Video files are decoded that far once, here,
+    so that a short or unreadable file is left out at the start instead of stopping training when its turn comes."""
+    if not isinstance(source, (bytes, bytearray)) and Path(source).is_dir():
+        count = len(_frame_files(Path(source)))
+        return None if count >= num_frames else f"{count} frames, fewer than the {num_frames} needed"
+
+    if not isinstance(source, (bytes, bytearray)) and not Path(source).is_file():
+        return "no such file"
+    count = 0
+    try:
+        for _ in _imiter(source):
             count += 1
             if count == num_frames:
-                return True
-    except Exception:  # noqa: BLE001 - any decoder error means the file cannot be used
-        return False
-    return False
+                return None
+    except Exception as error:  # noqa: BLE001 - any decoder error means the file cannot be used
+        return f"cannot be decoded ({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''})"
+    return f"{count} frames, fewer than the {num_frames} needed"
+
+
+def _has_frames(path: Path, num_frames: int) -> bool:
+    return clip_problem(path, num_frames) is None
+
+
+def frames_to_video(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """uint8 [F, h, w, 3] -> [3, F, height, width] in [-1, 1] (resized to cover, centre-cropped)."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    video = resize_crop(video, height, width).clamp(-1, 1)
+    return video.transpose(0, 1).contiguous()
 
 
 def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -100,6 +164,4 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         frames = read_frames(path, self.num_frames)
         if len(frames) < self.num_frames:
             raise ValueError(f"{path} has {len(frames)} frames, fewer than the {self.num_frames} asked for.")
-        video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        video = resize_crop(video, self.height, self.width).clamp(-1, 1)
-        return {"video": video.transpose(0, 1).contiguous(), "path": str(path)}
+        return {"video": frames_to_video(frames, self.height, self.width), "path": str(path)}

@@ -33,7 +33,8 @@ def shapes_dataset(num_samples, num_frames, height, width, seed, split="train"):
 class CachedLatents:
     """Normalised latents of the whole training set plus a table of text features per distinct caption.
 
-    ``latents`` [N, C, T, h, w]; ``foreground`` [N, 1, T, h, w] (uint8, the objects' latent cells);
+    ``latents`` [N, C, T, h, w]; ``foreground`` [N, 1, T, h, w] (uint8, the objects' latent cells; None for
+    latent shards of real footage);
     ``caption_ids`` [N] index ``embeds`` [K, L, D] / ``mask`` [K, L] / ``pooled``
     [K, P], whose row 0 is the empty caption (the CFG-dropout replacement).
     """
@@ -44,22 +45,28 @@ class CachedLatents:
 
     def to(self, device):
         for name in ("latents", "foreground", "caption_ids", "embeds", "mask", "pooled"):
-            setattr(self, name, getattr(self, name).to(device))
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
 
 def cache_metadata(args, vae) -> dict:
     """What the cached latents depend on: the data settings and the VAE (its config and a hash of its weights, so
     that a retrained VAE with the same config never reuses stale latents)."""
+    return dict(
+        train_samples=args.train_samples, num_frames=args.num_frames, height=args.height, width=args.width,
+        seed=args.seed, max_sequence_length=args.max_sequence_length,
+        **vae_fingerprint(vae), **({"data": args.data_source} if getattr(args, "data_source", None) else {}),
+    )
+
+
+def vae_fingerprint(vae) -> dict:
+    """The VAE's config and a hash of its weights: latents made by another VAE are never reused."""
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return dict(
-        train_samples=args.train_samples, num_frames=args.num_frames, height=args.height, width=args.width,
-        seed=args.seed, max_sequence_length=args.max_sequence_length,
-        vae=json.dumps(dict(vae.config), sort_keys=True, default=str), vae_weights_sha256=digest.hexdigest(),
-    )
+    return dict(vae=json.dumps(dict(vae.config), sort_keys=True, default=str), vae_weights_sha256=digest.hexdigest())
 
 
 @torch.no_grad()
@@ -84,7 +91,7 @@ def text_table(text_components, captions, device, max_sequence_length):
     return ids, embeds[:, :keep].contiguous(), mask[:, :keep].contiguous(), pooled
 
 
-def build_latent_cache(args, vae, text_components, accelerator) -> CachedLatents:
+def build_latent_cache(args, vae, text_components, accelerator, dataset=None) -> CachedLatents:
     """Encode the training set once, each process a contiguous shard, gathered in order (or load it from
     ``--latent_cache_path``). Every process checks the file before any encoding starts and only the main process
     writes it after the gather, so no process reads a half-written file."""
@@ -101,7 +108,7 @@ def build_latent_cache(args, vae, text_components, accelerator) -> CachedLatents
             else:
                 accelerator.print(f"{path} was made with other settings: rebuilding it.")
     if latents is None:
-        latents, foreground, captions = encode_training_set(args, vae, accelerator)
+        latents, foreground, captions = encode_training_set(args, vae, accelerator, dataset)
         if path is not None and accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             header = {"settings": json.dumps(metadata), "captions": json.dumps(captions)}
@@ -127,13 +134,13 @@ def shard_indices(total: int, accelerator) -> list[int]:
     return [min(i, total - 1) for i in range(start, start + shard)]
 
 
-def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def encode_training_set(args, vae, accelerator, dataset=None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Latents [N, C, T, h, w], object masks [N, 1, T, h, w] (both on the CPU) and captions of the whole training
     set. Process r encodes the contiguous shard r (the last index repeated to an equal length), so the gathered
-    shards are the set in order."""
-    dataset = shapes_dataset(
-        args.train_samples, args.num_frames, args.height, args.width, args.seed, "train"
-    )
+    shards are the set in order. ``dataset`` (default: the Shapes training set) yields ``video`` and ``caption`` and
+    has a ``collate_fn``."""
+    if dataset is None:
+        dataset = shapes_dataset(args.train_samples, args.num_frames, args.height, args.width, args.seed, "train")
     total = len(dataset)
     indices = shard_indices(total, accelerator)
     loader = torch.utils.data.DataLoader(
@@ -151,3 +158,41 @@ def encode_training_set(args, vae, accelerator) -> tuple[torch.Tensor, torch.Ten
         captions = gather_object(captions)
     return latents[:total].cpu(), foreground[:total].cpu(), list(captions[:total])
 
+
+
+def latents_from_shards(folder, text_components, device, max_sequence_length, vae=None) -> CachedLatents:
+    """A finished ``training/extract_latents.py`` folder as :class:`CachedLatents` (no object masks). Stored text
+    features are used when the shards hold them (row 0 of the table, the empty caption, is encoded here), else the
+    captions are encoded now; ``vae`` (optional) is checked against the one that made the latents."""
+    from diffusers_neodragon.data.latent_shards import LatentShards  # noqa: PLC0415
+
+    shards = LatentShards(folder)
+    if vae is not None and shards.settings.get("vae_weights_sha256") != vae_fingerprint(vae)["vae_weights_sha256"]:
+        raise ValueError(f"{folder} was extracted with another VAE than this run's: extract it again with this "
+                         "pipeline's VAE (training/extract_latents.py).")
+    tensors = shards.load()
+    captions = shards.captions
+    if not shards.has_text_features:
+        ids, embeds, mask, pooled = text_table(text_components, captions, device, max_sequence_length)
+        return CachedLatents(tensors["latents"], None, captions, ids, embeds, mask, pooled).to(device)
+    if shards.settings.get("max_sequence_length") != max_sequence_length:
+        raise ValueError(f"{folder}'s text features were made with max_sequence_length "
+                         f"{shards.settings.get('max_sequence_length')}, this run uses {max_sequence_length}: pass "
+                         "the same --max_sequence_length or extract again.")
+    with torch.no_grad():
+        empty = encode_prompts(text_components, [""], device, max_sequence_length)
+    stored = [tensors[k] for k in ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")]
+    if stored[0].shape[-1] != empty[0].shape[-1] or stored[2].shape[-1] != empty[2].shape[-1]:
+        raise ValueError(f"{folder}'s text features (width {stored[0].shape[-1]}, pooled {stored[2].shape[-1]}) do not "
+                         "come from this run's text encoders: extract again with them, or without --text_features.")
+    keep = max(int(stored[1].sum(1).max()), int(empty[1].sum()), 1)
+
+    def fit(tensor, length):
+        pad = [0, 0] * (tensor.ndim - 2) + [0, max(0, length - tensor.shape[1])]
+        return torch.nn.functional.pad(tensor, pad)[:, :length]
+
+    embeds = torch.cat([fit(empty[0].cpu().float(), keep), fit(stored[0].float(), keep)])
+    mask = torch.cat([fit(empty[1].cpu(), keep), fit(stored[1].to(empty[1].dtype), keep)])
+    pooled = torch.cat([empty[2].cpu().float(), stored[2].float()])
+    ids = torch.arange(1, len(captions) + 1)
+    return CachedLatents(tensors["latents"].float(), None, captions, ids, embeds, mask, pooled).to(device)

@@ -59,3 +59,33 @@ def encode_prompts(
         raise ValueError("At least one of text_encoder / text_encoder_2 is needed for the pooled vector.")
     return embeds.float(), mask, torch.cat(pooled, dim=-1).float()
 
+
+
+def load_text_components(path: str) -> dict:
+    """The frozen text path of a pipeline folder: ``text_encoder``, ``_2`` (CLIP with projection), ``_3`` (T5, or
+    the DT5 of a text-distilled pipeline), their tokenizers and the ``context_adapter`` where there is one; what
+    :func:`encode_prompts` reads."""
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel  # noqa: PLC0415
+
+    from diffusers_neodragon import ContextAdapter, DT5Config, DT5EncoderModel  # noqa: PLC0415
+
+    components = {}
+    for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
+                      ("text_encoder_3", T5EncoderModel)):
+        if (Path(path) / name).is_dir():
+            config = json.loads((Path(path) / name / "config.json").read_text())
+            if config.get("model_type") == DT5Config.model_type:
+                cls = DT5EncoderModel
+            model = cls.from_pretrained(path, subfolder=name, dtype=torch.float32)
+            components[name] = model.eval().requires_grad_(False)
+            tokenizer = name.replace("text_encoder", "tokenizer")
+            components[tokenizer] = AutoTokenizer.from_pretrained(path, subfolder=tokenizer)
+    if "text_encoder_3" not in components:
+        raise ValueError(f"{path} has no text_encoder_3 / tokenizer_3.")
+    if (Path(path) / "context_adapter" / "config.json").is_file():
+        adapter = ContextAdapter.from_pretrained(path, subfolder="context_adapter", dtype=torch.float32)
+        components["context_adapter"] = adapter.eval().requires_grad_(False)
+    return components

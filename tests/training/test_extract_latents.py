@@ -1,0 +1,121 @@
+"""training/extract_latents.py on real mp4 files, then train_pyramidal_flow.py from the shards: the shards hold what
+the videos encode to, an interrupted extraction resumes, and a training step from shards sees the same batch (same
+loss) as one from the videos."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_neodragon.data.latent_shards import LatentShards
+from diffusers_neodragon.data.shapes_text_encoders import build_shapes_text_encoders
+from diffusers_neodragon.training_utils import latent_extraction
+from diffusers_neodragon.training_utils.latent_cache import encode_videos, latents_from_shards
+from diffusers_neodragon.training_utils.prompts import encode_prompts
+from tests.data.video_files import write_clip_folder
+from tests.script_loading import load_script
+from tests.tiny_components import tiny_causal_vae
+
+
+extract = load_script("training/extract_latents.py")
+train = load_script("training/train_pyramidal_flow.py")
+TEXT = dict(seed=0, t5_dim=32, t5_heads=2, t5_layers=1, clip_dim=16, clip_heads=2, clip_projection_dim=8,
+            t5_max_length=24)
+DATA = ["--resolution", "64", "--num_frames", "9", "--fps", "5", "--max_sequence_length", "24"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    clips = write_clip_folder(root / "clips")
+    vae = tiny_causal_vae(seed=0)
+    vae.save_pretrained(root / "vae" / "vae")
+    text = build_shapes_text_encoders("clip number 0 1 2 moving left".split(), **TEXT)
+    for name, component in text.items():
+        if component is not None:
+            component.save_pretrained(root / "text" / name)
+    return root, clips
+
+
+def extract_args(root, clips, out, *extra):
+    return extract.parse_args([*DATA, "--vae_path", str(root / "vae"), "--text_encoders_path", str(root / "text"),
+                               "--video_folder", str(clips), "--output_dir", str(out), "--samples_per_shard", "1",
+                               "--text_features", *extra])
+
+
+def test_extraction_resumes_and_matches_the_videos(setup, tmp_path, monkeypatch):
+    root, clips = setup
+    out = tmp_path / "latents"
+    real_write = latent_extraction.write_shard
+    calls = []
+
+    def crash_after_one(*args, **kwargs):
+        if calls:
+            raise RuntimeError("interrupted")
+        calls.append(args[1])
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(latent_extraction, "write_shard", crash_after_one)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        extract.main(extract_args(root, clips, out))
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.safetensors"]  # no partial file left
+    with pytest.raises(ValueError, match="has no index.jsonl"):
+        LatentShards(out)
+    first = (out / "shards" / "00000.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(latent_extraction, "write_shard", real_write)
+    result = extract.main(extract_args(root, clips, out))
+    assert result["skipped"] == [0] and result["written"] == [1] and result["num_shards"] == 2
+    assert (out / "shards" / "00000.safetensors").stat().st_mtime_ns == first
+    lines = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [(x["shard"], x["index"], x["caption"]) for x in lines] == [
+        ("shards/00000.safetensors", 0, "clip number 0 moving left"),
+        ("shards/00001.safetensors", 0, "clip number 2 moving left")]
+    # Another VAE's settings are refused, not mixed in.
+    with pytest.raises(ValueError, match="other settings"):
+        extract.main(extract_args(root, clips, out, "--resolution", "128"))
+
+    # The shards hold what the videos encode to.
+    args = extract_args(root, clips, tmp_path / "unused")
+    from diffusers_neodragon.training_utils.prompts import load_text_components
+    from diffusers_neodragon.training_utils.video_data import video_dataset_from_args
+
+    dataset = video_dataset_from_args(args, verbose=False)
+    vae = tiny_causal_vae(seed=0).eval()
+    text = load_text_components(str(root / "text"))
+    cache = latents_from_shards(out, text, "cpu", 24, vae)
+    videos = dataset.collate_fn([dataset[0], dataset[1]])
+    torch.testing.assert_close(cache.latents, encode_videos(vae, videos["video"]), rtol=1e-5, atol=1e-5)
+    embeds, mask, pooled = encode_prompts(text, videos["caption"], "cpu", 24)
+    rows = cache.caption_ids
+    keep = int(mask.sum(1).max())
+    torch.testing.assert_close(cache.embeds[rows][:, :keep], embeds[:, :keep], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.mask[rows][:, :keep], mask[:, :keep])
+    torch.testing.assert_close(cache.pooled[rows], pooled, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="another VAE"):
+        latents_from_shards(out, text, "cpu", 24, tiny_causal_vae(seed=1))
+
+
+TRAIN = ["--num_layers", "1", "--num_attention_heads", "2", "--attention_head_dim", "16", "--train_batch_size", "2",
+         "--report_to", "none", "--max_train_steps", "1", "--num_validation_prompts", "0", "--no-use_ema",
+         "--checkpointing_steps", "0", "--seed", "0", "--caption_dropout", "0.5"]
+
+
+def test_training_from_shards_equals_training_from_videos(setup, tmp_path):
+    root, clips = setup
+    out = tmp_path / "latents"
+    extract.main(extract_args(root, clips, out))
+    common = [*DATA, *TRAIN, "--vae_path", str(root / "vae"), "--text_encoders_path", str(root / "text")]
+    from_shards = train.main(train.parse_args([*common, "--latents_dir", str(out), "--output_dir",
+                                               str(tmp_path / "a")]))
+    from_videos = train.main(train.parse_args([*common, "--video_folder", str(clips), "--output_dir",
+                                               str(tmp_path / "b")]))
+    assert from_shards["global_step"] == from_videos["global_step"] == 1 and np.isfinite(from_shards["loss"])
+    np.testing.assert_allclose(from_shards["loss"], from_videos["loss"], rtol=1e-4)
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert f"2 clips of latents_dir={out}" in card
+    with pytest.raises(ValueError, match="one data source"):
+        train.parse_args([*common, "--latents_dir", str(out), "--video_folder", str(clips)])
+    with pytest.raises(ValueError, match="latents of shape"):
+        train.main(train.parse_args([*common, "--latents_dir", str(out), "--resolution", "128", "--output_dir",
+                                     str(tmp_path / "c")]))
