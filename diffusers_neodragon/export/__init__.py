@@ -30,6 +30,8 @@ _EXPORTS = {
     "ExportSize": "specs",
     "pipeline_specs": "specs",
     "select_components": "specs",
+    "skipped_components": "specs",
+    "SkippedComponentWarning": "exporter",
     "export_pipeline": "exporter",
     "export_component": "exporter",
     "read_manifest": "exporter",
