@@ -36,6 +36,7 @@ _EXPORTS = {
     "export_component": "exporter",
     "read_manifest": "exporter",
     "ORTNeodragonPipeline": "ort_pipeline",
+    "torch_vae_decoder": "ort_pipeline",
     "check_export": "htp_check",
     "check_graph": "htp_check",
     "format_report": "htp_check",
