@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -19,7 +20,11 @@ def _fail(message: str, code: int = 2) -> int:
 
 def run_export(args) -> int:
     """Check the arguments, the model's sizes and that every requested graph is exportable, then export into a
-    temporary folder that becomes ``--output`` only when every step (export, w8a16, HTP check) succeeded."""
+    temporary folder that becomes ``--output`` only when every step (export, w8a16, HTP check) succeeded.
+
+    Without ``--components``, every exportable graph is exported and those that cannot be (the full causal decoder
+    of the embedded model) are skipped with a warning on stderr and listed under ``"skipped"`` in manifest.json;
+    a named graph that cannot be exported is an error before any work."""
 
     def say(message: str) -> None:
         print(message, flush=True)
@@ -44,8 +49,8 @@ def run_export(args) -> int:
     import torch
 
     from .. import NeodragonPipeline
-    from .exporter import export_pipeline, staged_output, write_manifest
-    from .specs import ExportSize, select_components
+    from .exporter import SkippedComponentWarning, export_pipeline, staged_output, write_manifest
+    from .specs import ExportSize, select_components, skipped_components
 
     start = time.perf_counter()
     say(f"loading {args.pipeline} ...")
@@ -59,23 +64,34 @@ def run_export(args) -> int:
         return _fail(f"height/width must be multiples of {multiple} and frames {pipe.vae_temporal_scale}k+1; got "
                      f"{size.height}x{size.width}, {size.num_frames} frames")
     try:
-        select_components(pipe, args.components)
+        selected = [name for name, _ in select_components(pipe, args.components)]
     except ValueError as error:
         return _fail(str(error))
+    skipped = skipped_components(pipe, args.components)
+    for name, reason in skipped.items():
+        print(f"neodragon: warning: skipping {name}: {reason}", file=sys.stderr, flush=True)
+    # Without a decoder_step graph (the full causal decoder is not exported), w8a16 calibration decodes the
+    # monolithic videos with the torch VAE (their frames calibrate the VAE encoder): keep it past the export.
+    torch_vae = pipe.vae if args.precision == "w8a16" and "decoder_step" not in selected else None
     say(f"exporting for {size.height}x{size.width}, {size.num_frames} frames to {output}")
     with staged_output(output) as work:
-        manifest = export_pipeline(pipe, work, size, components=args.components, backend=args.backend,
-                                   opset=args.opset, progress=say)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedComponentWarning)  # already said on stderr
+            manifest = export_pipeline(pipe, work, size, components=args.components, backend=args.backend,
+                                       opset=args.opset, progress=say)
         del pipe
         manifest["precision"] = args.precision
         write_manifest(work, manifest)
 
         calibration = None
         if args.precision == "w8a16":
+            from .ort_pipeline import torch_vae_decoder
             from .quantize import collect_calibration_data, quantize_export
 
             say("w8a16: collecting calibration data with the ONNX pipeline ...")
-            calibration = collect_calibration_data(work)
+            decoder = torch_vae_decoder(torch_vae) if torch_vae is not None else None
+            calibration = collect_calibration_data(work, decoder=decoder)
+            del torch_vae
             quantize_export(work, calibration=calibration, progress=say)
 
         if args.check_htp:
@@ -96,6 +112,8 @@ def run_export(args) -> int:
 
         plan = submit_jobs(output, args.aihub_device, args.precision, progress=say)
         say(f"submitted {len(plan)} AI Hub jobs")
+    if skipped:
+        say(f"WARNING: not exported (see \"skipped\" in {output / 'manifest.json'}): {', '.join(skipped)}")
     say(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 

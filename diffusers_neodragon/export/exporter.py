@@ -8,9 +8,11 @@ Backends, same interface (:func:`export_component`):
   (``dynamo=False``, constant folding, no dynamic axes).
 * ``"auto"`` (default): optimum when it imports, else torch.
 
-The requested components are checked before anything is built or written (:func:`.specs.select_components`), and
-the files are written into a temporary folder beside the output that replaces it only when everything succeeded
-(:func:`staged_output`), so a failed export leaves nothing behind.
+The requested components are checked before anything is built or written (:func:`.specs.select_components`). A full
+export (no ``components``) exports every graph that can be exported and records the others with their reason under
+``"skipped"`` in the manifest, with a :class:`SkippedComponentWarning` (the embedded model's full causal decoder);
+naming an unexportable graph is an error. The files are written into a temporary folder beside the output that
+replaces it only when everything succeeded (:func:`staged_output`), so a failed export leaves nothing behind.
 
 Every graph is checked after export: ONNX Runtime (CPU) on the spec's example inputs against the torch wrapper; the
 maximum absolute error goes into the manifest next to opset, shapes and dtypes.
@@ -24,6 +26,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from .graph_passes import drop_empty_concat_inputs, fold_static_shapes
-from .specs import ComponentSpec, ExportSize, pipeline_specs
+from .specs import ComponentSpec, ExportSize, pipeline_specs, skipped_components
 from .wrappers import DEFAULT_MASK_VALUE
 
 
@@ -39,6 +42,10 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 DEFAULT_OPSET = 17
 _TWO_GB = 2**31 - 1
+
+
+class SkippedComponentWarning(UserWarning):
+    """A full export left out a graph that cannot be exported (named with its reason in the manifest's "skipped")."""
 
 
 def resolve_backend(backend: str = "auto") -> str:
@@ -260,14 +267,18 @@ def export_pipeline(
     """Export every component of ``pipe`` (a ``NeodragonPipeline``) for one generation size and write the manifest.
 
     ``components`` (names or kinds) limits the export; each requested graph is checked to be exportable before any
-    work, and a ``ValueError`` names those that are not and why. The files appear in ``output_dir`` only when the
-    whole export succeeded (see :func:`staged_output`). Returns the manifest (also written to
-    ``output_dir/manifest.json``).
+    work, and a ``ValueError`` names those that are not and why. Without ``components``, the graphs that cannot be
+    exported are skipped with a :class:`SkippedComponentWarning` and listed with their reason in the manifest's
+    ``"skipped"``. The files appear in ``output_dir`` only when the whole export succeeded (see
+    :func:`staged_output`). Returns the manifest (also written to ``output_dir/manifest.json``).
     """
     size = size or ExportSize(pipe.config.default_height, pipe.config.default_width, pipe.config.default_num_frames)
     progress = progress or (lambda message: None)
     backend = resolve_backend(backend)
     specs = pipeline_specs(pipe, size, components, mask_value=mask_value)
+    skipped = skipped_components(pipe, components)
+    for name, reason in skipped.items():
+        warnings.warn(f"skipping {name}: {reason}", SkippedComponentWarning, stacklevel=2)
     pipe.set_progress_bar_config(disable=True)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -278,6 +289,7 @@ def export_pipeline(
                  "max_sequence_length": size.max_sequence_length},
         "attention_mask_value": mask_value,
         "components": {},
+        "skipped": skipped,
     }
     if backend == "optimum":
         from .optimum_compat import optimum_status

@@ -32,6 +32,18 @@ from .exporter import read_manifest
 from .wrappers import StageLayout, pack_history, stage_attention_inputs, timestep_projection
 
 
+def torch_vae_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``decoder=`` of :class:`ORTNeodragonPipeline` from a torch VAE (e.g. the full ``CausalVideoVAE``, which is
+    not exported): normalised latents -> video in [-1, 1], on the VAE's device and dtype."""
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            raw = vae.denormalize_latents(latents.to(device=vae.device, dtype=vae.dtype))
+            return vae.decode(raw).sample.float().cpu()
+
+    return decode
+
+
 def cpu_session_factory(path: str):
     import onnxruntime as ort
 
@@ -88,10 +100,13 @@ class ORTNeodragonPipeline:
         precision: ``"fp32"`` runs ``<name>.onnx``; ``"w8a16"`` runs the quantised ``<name>.w8a16.onnx`` where present.
         recorder: if given, a dict that receives every graph's input feeds (``name -> [feeds, ...]``), e.g. to
             calibrate quantisation.
+        decoder: ``normalised latents [1, C, T, h, w] -> video [1, 3, F, H, W] in [-1, 1]``, used when the export
+            has no ``decoder_step`` graph (a full causal decoder is not exported; e.g. :func:`torch_vae_decoder`).
     """
 
     def __init__(self, export_dir, session_factory: Callable | None = None, precision: str = "fp32",
-                 recorder: dict[str, list[dict[str, np.ndarray]]] | None = None):
+                 recorder: dict[str, list[dict[str, np.ndarray]]] | None = None,
+                 decoder: Callable[[torch.Tensor], torch.Tensor] | None = None):
         from transformers import AutoTokenizer
 
         self.export_dir = Path(export_dir)
@@ -99,6 +114,7 @@ class ORTNeodragonPipeline:
         self.session_factory = session_factory or cpu_session_factory
         self.precision = precision
         self.recorder = recorder
+        self.decoder = decoder
         self._sessions: dict[str, Any] = {}
         files = self.manifest["files"]
         self.tokenizers = {k: AutoTokenizer.from_pretrained(self.export_dir / v) for k, v in files.items()
@@ -231,7 +247,10 @@ class ORTNeodragonPipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [1, C, T, h, w] → video [1, 3, 8T - 7, H, W], one latent frame per decoder step."""
         if not self.has("decoder_step"):
-            raise ValueError("this export has no decoder_step graph: pass output_type='latent' (or export it)")
+            if self.decoder is not None:
+                return self.decoder(latents.float()).float()
+            raise ValueError("this export has no decoder_step graph: pass output_type='latent', or a torch decoder "
+                             "(decoder=torch_vae_decoder(vae)), or export a streaming decoder")
         vae = self.manifest["vae"]
         entry = self.manifest["components"]["decoder_step"]
         memories = [np.zeros(shape, dtype=np.float32) for shape in entry["metadata"]["memory_shapes"]]

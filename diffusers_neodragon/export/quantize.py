@@ -49,29 +49,50 @@ class ListDataReader:
 
 def collect_calibration_data(
     export_dir, prompts: Sequence[str] = DEFAULT_CALIBRATION_PROMPTS, seeds: Sequence[int] = (0,),
-    max_per_component: int = 16, modes: Sequence[str] = ("monolithic", "hybrid"), **call_kwargs,
+    max_per_component: int = 16, modes: Sequence[str] = ("monolithic", "hybrid"), decoder=None, images=(),
+    **call_kwargs,
 ) -> dict[str, list[dict[str, np.ndarray]]]:
     """Feeds of every graph during ONNX-pipeline generations (fp32, CPU) of ``prompts`` x ``seeds``.
 
     By default each prompt runs twice: with a DiT-made first frame (monolithic, 1 step per stage, no CFG) and with
     its text-to-image first frame (hybrid) where the export has one, so every graph sees data (``modes`` picks).
+
+    The VAE encoder only runs on a given or text-to-image first frame, never in a monolithic generation: it is
+    calibrated on the first and last frames of each monolithic video (decoded by the ``decoder_step`` graph, or by
+    ``decoder``, a torch decoder for an export without one, see ``ort_pipeline.torch_vae_decoder``) and on
+    ``images``. A ``ValueError`` says so when no frame can be made for it.
     """
     import torch
 
     from .ort_pipeline import ORTNeodragonPipeline
 
     recorder: dict[str, list[dict[str, np.ndarray]]] = {}
-    pipe = ORTNeodragonPipeline(export_dir, recorder=recorder)
+    pipe = ORTNeodragonPipeline(export_dir, recorder=recorder, decoder=decoder)
     runs = []
     if "monolithic" in modes:
         runs.append(dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, guidance_scale=0.0,
                          video_guidance_scale=0.0))
     if "hybrid" in modes and pipe.has("t2i_unet"):
         runs.append(dict(mode="hybrid"))
+    can_decode = pipe.has("decoder_step") or decoder is not None
+    encoder_frames = pipe.has("vae_encoder") and can_decode
     for prompt in prompts:
         for seed in seeds:
             for run in runs:
-                pipe(prompt, generator=torch.Generator().manual_seed(seed), **{**run, **call_kwargs})
+                generator = torch.Generator().manual_seed(seed)
+                kwargs = {**run, **call_kwargs, "output_type": "pil" if can_decode else "latent"}
+                result = pipe(prompt, generator=generator, **kwargs)
+                if encoder_frames and run["mode"] == "monolithic":
+                    frames = result[0]
+                    for frame in frames[:1] + frames[1:][-1:]:
+                        pipe.encode_first_frame(frame, generator)
+    for image in images:
+        pipe.encode_first_frame(image, torch.Generator().manual_seed(0))
+    if pipe.has("vae_encoder") and not recorder.get("vae_encoder"):
+        raise ValueError(
+            "no calibration data for vae_encoder: the calibration runs made no first frame for it (no hybrid run, "
+            "and no decoder_step graph to decode monolithic videos): pass decoder=torch_vae_decoder(vae) or images="
+        )
     rng = np.random.default_rng(0)
     for name, feeds in recorder.items():
         if len(feeds) > max_per_component:
@@ -124,18 +145,20 @@ def quantize_export(
     if calibration is None:
         progress("collecting calibration data with the ONNX pipeline ...")
         calibration = collect_calibration_data(export_dir, **collect_kwargs)
+    selected = {name: entry for name, entry in manifest["components"].items()
+                if not components or name in components or entry["kind"] in components}
+    missing = [name for name, entry in selected.items()
+               if entry["kind"] not in keep_fp16_kinds and not calibration.get(name)]
+    if missing:
+        raise ValueError(f"no calibration data for {missing}: every graph quantised to w8a16 needs samples "
+                         "(collect_calibration_data records them; name the others with components=)")
     written = {}
-    for name, entry in manifest["components"].items():
-        if components and name not in components and entry["kind"] not in components:
-            continue
+    for name, entry in selected.items():
         if entry["kind"] in keep_fp16_kinds:
             progress(f"      {name}: kept in fp16 (mixed precision, see KEEP_FP16_KINDS)")
             entry["w8a16_file"] = None
             continue
-        feeds = calibration.get(name)
-        if not feeds:
-            progress(f"      {name}: no calibration data (not used by the calibration runs); skipped")
-            continue
+        feeds = calibration[name]
         progress(f"quantising {name} to w8a16 on {len(feeds)} calibration samples ...")
         path = quantize_w8a16(export_dir / entry["file"], feeds)
         entry["w8a16_file"] = path.name

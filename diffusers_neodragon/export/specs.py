@@ -95,14 +95,15 @@ def pooled_text_spec(text_encoder, text_encoder_2, tokenizer=None, tokenizer_2=N
 
 def transformer_stage_specs(
     transformer, num_stages: int, size: ExportSize, mask_value: float = W.DEFAULT_MASK_VALUE,
-    vae_spatial: int = 8, vae_temporal: int = 8,
+    vae_spatial: int = 8, vae_temporal: int = 8, stages: list[int] | None = None,
 ) -> list[ComponentSpec]:
+    """One graph per pyramid stage (all, or only the ``stages`` given: the others are not built)."""
     cfg = transformer.config
     frames, lh, lw = size.latent(vae_spatial, vae_temporal)
     width = cfg.attention_head_dim * cfg.num_attention_heads
     text_width = cfg.context_embedder_dim or width
     specs = []
-    for stage in range(num_stages):
+    for stage in range(num_stages) if stages is None else stages:
         layout = W.stage_layout(stage, num_stages, frames, lh, lw, size.max_sequence_length, cfg.patch_size,
                                 cfg.in_channels)
         inputs = OrderedDict(hidden_states=_randn(1, cfg.in_channels, 1, layout.noisy_height, layout.noisy_width))
@@ -153,9 +154,14 @@ def super_resolution_spec(model, size: ExportSize) -> ComponentSpec:
                          {"scale_factor": model.config.scale_factor})
 
 
-def first_frame_specs(first_frame_pipeline, size: ExportSize) -> list[ComponentSpec]:
-    """SDXL-style text-to-image parts (SSD-1B in the release), at twice the video size as the pipeline runs it."""
+def first_frame_specs(first_frame_pipeline, size: ExportSize, names: list[str] | None = None) -> list[ComponentSpec]:
+    """SDXL-style text-to-image parts (SSD-1B in the release), at twice the video size as the pipeline runs it
+    (all, or only those ``names``: the others' wrappers are not built)."""
     pipe = first_frame_pipeline
+
+    def wanted(name):
+        return names is None or name in names
+
     height, width = 2 * size.height, 2 * size.width
     scale = pipe.vae_scale_factor
     specs = []
@@ -166,28 +172,32 @@ def first_frame_specs(first_frame_pipeline, size: ExportSize) -> list[ComponentS
     )):
         if encoder is None:
             continue
+        hidden.append(encoder.config.hidden_size)
+        if not wanted(name):
+            continue
         ids = _ids(tok.model_max_length, encoder.config.vocab_size, seed=index)
         specs.append(ComponentSpec(name, "t2i_text_encoder", W.ClipHiddenWrapper(encoder).eval(),
                                    OrderedDict(input_ids=ids), ["hidden_states", "pooled"],
                                    {"max_length": tok.model_max_length}))
-        hidden.append(encoder.config.hidden_size)
     unet = pipe.unet
     lh, lw = height // scale, width // scale
     length = pipe.tokenizer_2.model_max_length if pipe.tokenizer_2 is not None else pipe.tokenizer.model_max_length
     pooled_dim = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else hidden[0]
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
-    specs.append(ComponentSpec(
-        "t2i_unet", "t2i_unet", W.UNetWrapper(unet).eval(),
-        OrderedDict(sample=_randn(1, unet.config.in_channels, lh, lw), timestep=torch.tensor([999.0]),
-                    encoder_hidden_states=_randn(1, length, unet.config.cross_attention_dim, seed=3),
-                    text_embeds=_randn(1, pooled_dim, seed=4), time_ids=time_ids),
-        ["out_sample"], {"height": height, "width": width},
-    ))
-    specs.append(ComponentSpec(
-        "t2i_vae_decoder", "t2i_vae_decoder", W.ImageVaeDecoderWrapper(pipe.vae).eval(),
-        OrderedDict(latent_sample=_randn(1, pipe.vae.config.latent_channels, lh, lw)), ["sample"],
-        {"scaling_factor": pipe.vae.config.scaling_factor},
-    ))
+    if wanted("t2i_unet"):
+        specs.append(ComponentSpec(
+            "t2i_unet", "t2i_unet", W.UNetWrapper(unet).eval(),
+            OrderedDict(sample=_randn(1, unet.config.in_channels, lh, lw), timestep=torch.tensor([999.0]),
+                        encoder_hidden_states=_randn(1, length, unet.config.cross_attention_dim, seed=3),
+                        text_embeds=_randn(1, pooled_dim, seed=4), time_ids=time_ids),
+            ["out_sample"], {"height": height, "width": width},
+        ))
+    if wanted("t2i_vae_decoder"):
+        specs.append(ComponentSpec(
+            "t2i_vae_decoder", "t2i_vae_decoder", W.ImageVaeDecoderWrapper(pipe.vae).eval(),
+            OrderedDict(latent_sample=_randn(1, pipe.vae.config.latent_channels, lh, lw)), ["sample"],
+            {"scaling_factor": pipe.vae.config.scaling_factor},
+        ))
     return specs
 
 
@@ -219,46 +229,68 @@ def unexportable_reason(pipe, kind: str) -> str | None:
         return "the pipeline has no vae"
     if kind == "decoder_step" and not W.is_streaming_decoder(pipe.vae.decoder):
         return (
-            f"the VAE ({type(pipe.vae).__name__}) has a {type(pipe.vae.decoder).__name__}, and only the tiny "
-            "streaming decoder of AsymmetricVAE (MemBlock memories) exports as a one-latent-frame step "
-            "(a pipeline whose vae is an AsymmetricVAE, e.g. the official release's)"
+            f"the VAE ({type(pipe.vae).__name__}) has a {type(pipe.vae.decoder).__name__} (the full causal decoder, "
+            "which does not export as a one-latent-frame step); only the tiny streaming decoder of an AsymmetricVAE "
+            "does: distil one from this VAE with training/distill_decoder.py --teacher PIPELINE --pipeline_output "
+            "NEW_PIPELINE and export NEW_PIPELINE, or leave decoder_step out (--components)"
         )
     if kind == "vae_encoder" and not (hasattr(pipe.vae, "encoder") and hasattr(pipe.vae, "quant_conv")):
         return f"the VAE ({type(pipe.vae).__name__}) has no causal encoder + quant_conv"
     return None
 
 
-def select_components(pipe, components: list[str] | None = None) -> list[tuple[str, str]]:
-    """The ``(name, kind)`` of the graphs to export: all, or those named (by name or kind), each checked.
-
-    Raises one ``ValueError`` naming every unknown name, or every requested graph that cannot be exported and
-    why, before anything is built.
-    """
+def _requested(pipe, components: list[str] | None) -> list[tuple[str, str]]:
     available = pipeline_components(pipe)
-    selected = available
-    if components:
-        unknown = set(components) - {name for name, _ in available} - {kind for _, kind in available}
-        if unknown:
-            raise ValueError(f"unknown components {sorted(unknown)}; available: {[name for name, _ in available]}")
-        selected = [(name, kind) for name, kind in available if name in components or kind in components]
-    reasons = {name: reason for name, kind in selected if (reason := unexportable_reason(pipe, kind))}
-    if reasons:
-        exportable = [name for name, _ in selected if name not in reasons]
+    if components is None:
+        return available
+    if not components:
+        raise ValueError("components is empty: name at least one graph, or pass None for all")
+    valid = [name for name, _ in available]
+    kinds = list(dict.fromkeys(kind for _, kind in available))
+    unknown = [c for c in dict.fromkeys(components) if c not in valid and c not in kinds]
+    if unknown:
+        raise ValueError(f"unknown components {unknown}; valid names for this pipeline: {valid} (or kinds: {kinds})")
+    return [(name, kind) for name, kind in available if name in components or kind in components]
+
+
+def skipped_components(pipe, components: list[str] | None = None) -> dict[str, str]:
+    """``{name: reason}`` of the graphs a full export (``components=None``) leaves out because they cannot be
+    exported; empty when ``components`` names graphs (an unexportable one named is an error instead)."""
+    if components is not None:
+        return {}
+    return {name: reason for name, kind in pipeline_components(pipe) if (reason := unexportable_reason(pipe, kind))}
+
+
+def select_components(pipe, components: list[str] | None = None) -> list[tuple[str, str]]:
+    """The ``(name, kind)`` of the graphs to export, checked before anything is built.
+
+    ``components=None``: every exportable graph (those that are not are left out, see :func:`skipped_components`,
+    and the exporter records why in the manifest); a ``ValueError`` only when none is exportable.
+    ``components`` (names or kinds): exactly those; one ``ValueError`` names every unknown name (with the valid
+    ones), or every named graph that cannot be exported and why.
+    """
+    requested = _requested(pipe, components)
+    reasons = {name: reason for name, kind in requested if (reason := unexportable_reason(pipe, kind))}
+    exportable = [(name, kind) for name, kind in requested if name not in reasons]
+    if reasons and (components is not None or not exportable):
         problems = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
-        hint = f"; to export the others, name them (--components / components=): {' '.join(exportable)}" \
-            if exportable else ""
+        others = [name for name, _ in exportable] if components is not None else []
+        hint = f"; to export the others, name them (--components / components=): {' '.join(others)}" \
+            if others else ""
         raise ValueError(f"cannot export {problems}{hint}")
-    return selected
+    return exportable
 
 
 def pipeline_specs(pipe, size: ExportSize, components: list[str] | None = None,
                    mask_value: float = W.DEFAULT_MASK_VALUE) -> list[ComponentSpec]:
-    """Specs for every exportable component of a ``NeodragonPipeline`` (optionally only those named).
+    """Specs for the exportable components of a ``NeodragonPipeline`` (all, or only those named).
 
-    The selection is checked first (:func:`select_components`), and only the selected graphs are built.
+    The selection is checked first (:func:`select_components`), and only the selected graphs' wrappers and example
+    inputs are built.
     """
-    names = [name for name, _ in select_components(pipe, components)]
-    kinds = {kind for name, kind in pipeline_components(pipe) if name in names}
+    selected = select_components(pipe, components)
+    names = [name for name, _ in selected]
+    kinds = {kind for _, kind in selected}
     vae_s, vae_t = pipe.vae_spatial_scale, pipe.vae_temporal_scale
     specs = []
     if "text_encoder" in kinds:
@@ -266,8 +298,9 @@ def pipeline_specs(pipe, size: ExportSize, components: list[str] | None = None,
     if "pooled_text" in kinds:
         specs.append(pooled_text_spec(pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2))
     if "transformer_stage" in kinds:
+        stages = [int(name.rsplit("_", 1)[1]) for name, kind in selected if kind == "transformer_stage"]
         specs += transformer_stage_specs(pipe.transformer, pipe.scheduler.config.stages, size, mask_value, vae_s,
-                                         vae_t)
+                                         vae_t, stages=stages)
     if "decoder_step" in kinds:
         specs.append(decoder_step_spec(pipe.vae, size))
     if "vae_encoder" in kinds:
@@ -275,5 +308,7 @@ def pipeline_specs(pipe, size: ExportSize, components: list[str] | None = None,
     if "super_resolution" in kinds:
         specs.append(super_resolution_spec(pipe.super_resolution, size))
     if kinds & {"t2i_text_encoder", "t2i_unet", "t2i_vae_decoder"}:
-        specs += first_frame_specs(pipe.first_frame_pipeline, size)
-    return [spec for spec in specs if spec.name in names]
+        specs += first_frame_specs(pipe.first_frame_pipeline, size, names)
+    if [spec.name for spec in specs] != names:
+        raise AssertionError(f"built {[spec.name for spec in specs]}, selected {names}")
+    return specs

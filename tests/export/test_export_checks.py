@@ -7,7 +7,7 @@ import pytest
 from diffusers_neodragon import NeodragonPipeline
 from diffusers_neodragon.export import exporter
 from diffusers_neodragon.export import wrappers as W
-from diffusers_neodragon.export.specs import ExportSize, pipeline_specs, select_components
+from diffusers_neodragon.export.specs import ExportSize, pipeline_specs, select_components, skipped_components
 from tests.tiny_components import components, tiny_causal_vae
 
 
@@ -21,16 +21,32 @@ def causal_vae_pipe():
     return NeodragonPipeline(**{**components(with_first_frame=False, with_super_resolution=False), "vae": vae})
 
 
-def test_an_unexportable_component_is_named_with_its_reason(causal_vae_pipe):
+def test_an_unexportable_component_is_skipped_by_default_and_refused_when_named(causal_vae_pipe):
+    others = ["text_encoder", "pooled_text", "transformer_stage_0", "transformer_stage_1", "transformer_stage_2",
+              "vae_encoder"]
+    assert [name for name, _ in select_components(causal_vae_pipe)] == others
+    (reason,) = skipped_components(causal_vae_pipe).values()
+    assert list(skipped_components(causal_vae_pipe)) == ["decoder_step"]
+    assert reason.startswith("the VAE (CausalVideoVAE) has a CausalVideoDecoder")
+    assert "training/distill_decoder.py" in reason and "--components" in reason
+    assert skipped_components(causal_vae_pipe, ["decoder_step"]) == {}
     with pytest.raises(ValueError) as error:
-        select_components(causal_vae_pipe)
+        select_components(causal_vae_pipe, ["decoder_step", "text_encoder"])
     message = str(error.value)
     assert message.startswith("cannot export decoder_step: the VAE (CausalVideoVAE) has a CausalVideoDecoder")
-    assert "text_encoder pooled_text transformer_stage_0 transformer_stage_1 transformer_stage_2 vae_encoder" in message
+    assert "training/distill_decoder.py" in message and message.endswith("components=): text_encoder")
     with pytest.raises(ValueError, match="cannot export decoder_step"):
-        pipeline_specs(causal_vae_pipe, SIZE, components=["decoder_step", "text_encoder"])
-    with pytest.raises(ValueError, match=r"unknown components \['nope'\]"):
-        select_components(causal_vae_pipe, ["nope"])
+        pipeline_specs(causal_vae_pipe, SIZE, components=["decoder_step"])
+
+
+def test_unknown_components_are_named_with_the_valid_ones(causal_vae_pipe):
+    with pytest.raises(ValueError) as error:
+        select_components(causal_vae_pipe, ["nope", "text_encoder", "decoder"])
+    message = str(error.value)
+    assert message.startswith("unknown components ['nope', 'decoder']; valid names for this pipeline: ['text_encoder'")
+    assert "'decoder_step'" in message and "'transformer_stage'" in message  # names and kinds
+    with pytest.raises(ValueError, match="components is empty"):
+        select_components(causal_vae_pipe, [])
 
 
 def test_components_are_selected_before_any_spec_is_built(causal_vae_pipe, monkeypatch):
@@ -38,11 +54,41 @@ def test_components_are_selected_before_any_spec_is_built(causal_vae_pipe, monke
         raise AssertionError("an unselected spec was built")
 
     monkeypatch.setattr(W, "decoder_memory_shapes", never)
+    monkeypatch.setattr(W, "decoder_step_wrapper", never)
     monkeypatch.setattr(W, "TextEncoderWrapper", never)
     specs = pipeline_specs(causal_vae_pipe, SIZE, components=["transformer_stage", "vae_encoder"])
     assert [s.name for s in specs] == ["transformer_stage_0", "transformer_stage_1", "transformer_stage_2",
                                        "vae_encoder"]
     assert select_components(causal_vae_pipe, ["transformer_stage_1"]) == [("transformer_stage_1", "transformer_stage")]
+    built = []
+    real = W.TransformerStageWrapper
+    monkeypatch.setattr(W, "TransformerStageWrapper", lambda transformer, layout: built.append(layout.stage) or
+                        real(transformer, layout))
+    (spec,) = pipeline_specs(causal_vae_pipe, SIZE, components=["transformer_stage_1"])
+    assert spec.name == "transformer_stage_1" and built == [1]
+
+
+def test_only_the_named_first_frame_parts_are_built(tiny_pipe, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("an unselected first-frame part was built")
+
+    monkeypatch.setattr(W, "UNetWrapper", never)
+    monkeypatch.setattr(W, "ClipHiddenWrapper", never)
+    (spec,) = pipeline_specs(tiny_pipe, SIZE, components=["t2i_vae_decoder"])
+    assert spec.name == "t2i_vae_decoder"
+
+
+def test_a_full_export_skips_the_full_causal_decoder_and_records_why(causal_vae_pipe, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "out"
+    with pytest.warns(exporter.SkippedComponentWarning, match="skipping decoder_step: the VAE"):
+        manifest = exporter.export_pipeline(causal_vae_pipe, out, SIZE, backend="torch", validate=False)
+    assert list(manifest["components"]) == ["text_encoder", "pooled_text", "transformer_stage_0",
+                                            "transformer_stage_1", "transformer_stage_2", "vae_encoder"]
+    written = json.loads((out / "manifest.json").read_text())
+    assert list(written["skipped"]) == ["decoder_step"] and "distill_decoder.py" in written["skipped"]["decoder_step"]
+    assert sorted(p.name for p in out.glob("*.onnx")) == sorted(f"{name}.onnx" for name in manifest["components"])
 
 
 def test_the_causal_vae_encoder_exports(causal_vae_pipe, tmp_path):

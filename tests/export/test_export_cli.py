@@ -52,23 +52,72 @@ def test_neodragon_export_subcommand_parses_the_documented_arguments():
     assert build_parser().parse_args(["export", "model", "--output", "out"]).precision == "fp16"
 
 
-def test_embedded_model_export_names_the_full_decoder_and_leaves_no_folder(tmp_path, capsys):
-    """The embedded model's VAE has the full causal decoder: the export says so before any work and writes nothing;
+def _causal_vae_model(folder):
+    """A tiny monolithic pipeline whose VAE has the full causal decoder (CausalVideoVAE), as the embedded model."""
+    from diffusers_neodragon import NeodragonPipeline
+    from tests.tiny_components import components, tiny_causal_vae
+
+    parts = {**components(with_first_frame=False, with_super_resolution=False), "vae": tiny_causal_vae(init=None)}
+    NeodragonPipeline(**parts, mode="monolithic", default_height=64, default_width=64,
+                      default_num_frames=9).save_pretrained(folder)
+    return folder
+
+
+def test_full_causal_decoder_is_skipped_and_the_rest_exports_at_w8a16(tmp_path, capsys):
+    """One command exports everything exportable: the decoder is skipped loudly and recorded in the manifest, and
+    the VAE encoder of this monolithic model is calibrated (on frames the torch VAE decodes) and quantised."""
+    model = _causal_vae_model(tmp_path / "model")
+    out = tmp_path / "onnx"
+    code = main(["export", str(model), "--output", str(out), "--backend", "torch", "--precision", "w8a16"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "neodragon: warning: skipping decoder_step: the VAE (CausalVideoVAE)" in captured.err
+    assert "not exported" in captured.out and "decoder_step" in captured.out.splitlines()[-2]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["skipped"]) == ["decoder_step"]
+    assert "training/distill_decoder.py" in manifest["skipped"]["decoder_step"]
+    assert "decoder_step" not in manifest["components"]
+    assert manifest["components"]["vae_encoder"]["w8a16_file"] == "vae_encoder.w8a16.onnx"
+    assert (out / "vae_encoder.w8a16.onnx").exists()
+    assert [manifest["components"][f"transformer_stage_{s}"]["w8a16_file"] for s in range(3)] == [
+        f"transformer_stage_{s}.w8a16.onnx" for s in range(3)]
+
+
+def test_naming_the_full_causal_decoder_fails_fast_and_leaves_no_folder(tmp_path, capsys):
+    model = _causal_vae_model(tmp_path / "model")
+    out = tmp_path / "new" / "onnx"
+    assert main(["export", str(model), "--output", str(out), "--components", "decoder_step"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # not progress bars
+    assert len(err) == 1 and err[0].startswith(
+        "neodragon: error: cannot export decoder_step: the VAE (CausalVideoVAE) has a CausalVideoDecoder"), err
+    assert "training/distill_decoder.py" in err[0] and "--components" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+    assert main(["export", str(model), "--output", str(out), "--components", "decoder", "text_encoder"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown components ['decoder']; valid names for this pipeline: ['text_encoder', 'pooled_text'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_embedded_model_names_the_full_decoder_and_exports_the_others(tmp_path, capsys):
+    """The embedded model's VAE has the full causal decoder: naming it fails before any work and writes nothing;
     the graphs that can be exported are exported when named."""
     from diffusers_neodragon.pretrained import shapes_model_path
 
     out = tmp_path / "onnx"
-    assert main(["export", shapes_model_path(), "--output", str(out), "--backend", "torch"]) == 2
+    assert main(["export", shapes_model_path(), "--output", str(out), "--backend", "torch",
+                 "--components", "decoder_step", "text_encoder"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # not progress bars
     assert len(err) == 1 and err[0].startswith(
         "neodragon: error: cannot export decoder_step: the VAE (CausalVideoVAE) has a CausalVideoDecoder"), err
-    assert "--components" in err[0] and "vae_encoder" in err[0]
+    assert "distill_decoder.py" in err[0] and err[0].endswith("components=): text_encoder")
     assert list(tmp_path.iterdir()) == []
 
     code = main(["export", shapes_model_path(), "--output", str(out), "--backend", "torch", "--frames", "9",
                  "--components", "text_encoder"])
     assert code == 0, capsys.readouterr().err
-    assert list(json.loads((out / "manifest.json").read_text())["components"]) == ["text_encoder"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["components"]) == ["text_encoder"] and manifest["skipped"] == {}
     assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
 
 

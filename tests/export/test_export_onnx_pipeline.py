@@ -79,13 +79,18 @@ def test_ort_pipeline_rejects_sizes_beyond_the_export(ort_pipe):
         ort_pipe(["a", "b"])
 
 
-def test_ort_pipeline_without_a_decoder_step_says_so(tiny_export):
-    from diffusers_neodragon.export.ort_pipeline import ORTNeodragonPipeline
+def test_ort_pipeline_without_a_decoder_step_says_so(tiny_export, tiny_pipe):
+    from diffusers_neodragon.export.ort_pipeline import ORTNeodragonPipeline, torch_vae_decoder
 
     pipe = ORTNeodragonPipeline(tiny_export[0])
     del pipe.manifest["components"]["decoder_step"]  # as exported from a VAE with the full causal decoder
     with pytest.raises(ValueError, match="no decoder_step graph: pass output_type='latent'"):
         pipe.decode(torch.zeros(1, 4, 2, 8, 8))
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    pipe.decoder = torch_vae_decoder(tiny_pipe.vae)  # a torch decoder stands in for the missing graph
+    with torch.no_grad():
+        want = tiny_pipe.vae.decode(tiny_pipe.vae.denormalize_latents(latents)).sample
+    torch.testing.assert_close(pipe.decode(latents), want)
 
 
 def test_optimum_backend_exports_the_same_graph(tiny_pipe, tmp_path):
