@@ -67,10 +67,16 @@ def test_score_writes_importance_and_drop_cost(teacher, tmp_path):
     again = prune.main(prune.parse_args(args))
     assert again["drop_cost"]["totals"][0] == {"seen": -1.0, "heldout": -1.0}
 
-    keep = prune.main(prune.parse_args(["prune", "--teacher", str(teacher), "--output_dir", str(tmp_path / "p"),
-                                        "--scores", str(out / "importance.json"), "--num_drop", "1",
-                                        "--keep_last"]))["keep"]
-    assert len(keep) == 3 and keep[-1] == 3
+    # the last block is kept by default even when it scores least; --no-keep_last lets the scores decide
+    saved.update(bi_visual=[0.9, 0.8, 0.7, 0.01], bi_text=[0.9, 0.8, 0.7, None])
+    (out / "least_last.json").write_text(json.dumps(saved))
+
+    def keep(*flags):
+        return prune.main(prune.parse_args(["prune", "--teacher", str(teacher), "--output_dir",
+                                            str(tmp_path / "p"), "--scores", str(out / "least_last.json"),
+                                            "--num_drop", "1", *flags]))["keep"]
+
+    assert keep() == [0, 1, 3] and keep("--no-keep_last") == [0, 1, 2]
 
 
 def test_pruned_folder_loads_everywhere(teacher, pruned):
