@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The paper's whole chain on the Shapes world, each step a command of the training scripts, each writing a pipeline
+# folder that the next step starts from:
+#   1-text      DT5 + ContextAdapter learn the T5 + context-embedder tokens (distill_text_encoder.py, mode RM)
+#   2-decoder   a tiny streaming decoder learns to decode the same latents (distill_decoder.py; encoder kept)
+#   3-pruned    the least important blocks dropped, the last one kept (prune_transformer.py score, prune)
+#   4-stage1    recovery stage 1: flow matching on data (train_pyramidal_flow.py)
+#   5-stage2    recovery stage 2: teacher features + flow matching (train_pyramidal_flow.py --teacher_path)
+#   6-dmd444    Pyramidal DMD 4-4-4 from the recovered model (distill_pyramidal_dmd.py)
+#   7-dmd111    Pyramidal DMD 1-1-1 from 4-4-4; the recovered model makes the first frame (hybrid)
+#   pipeline    7-dmd111 with a trained 2x QuickSRNet (train_quicksrnet.py): the mobile pipeline
+# Usage: training/recipes/neodragon_shapes.sh OUTPUT_DIR
+# TEACHER: the starting pipeline (default: the embedded model). *_SECONDS cap each step's training time;
+# NUM_DROP the blocks to drop (default 2 of 10); SHAPESBENCH_PROMPTS the prompts per split of the final comparison of
+# every step against the teacher (default 16, seeds 0 and 1; 0 skips it). LAUNCH runs each training script under a
+# launcher (e.g. "accelerate launch"). SMOKE=1 shrinks every size so that the chain runs on a CPU in minutes.
+set -euo pipefail
+OUT=${1:?usage: neodragon_shapes.sh OUTPUT_DIR}
+HERE="$(cd "$(dirname "$0")/../.." && pwd)"
+PY=${PYTHON:-python3}
+read -r -a LAUNCH <<< "${LAUNCH:-$PY}"
+TEACHER=${TEACHER:-$("$PY" -c "from diffusers_neodragon.pretrained import shapes_model_path; print(shapes_model_path())")}
+NUM_DROP=${NUM_DROP:-2}
+SHAPESBENCH_PROMPTS=${SHAPESBENCH_PROMPTS:-16}
+mkdir -p "$OUT"
+CACHE="$OUT/latent-cache.safetensors"  # the decoder-distilled VAE's latents, shared by steps 4-7
+
+if [[ "${SMOKE:-0}" == 1 ]]; then
+  SIZE=(--resolution 64 --num_frames 9)
+  TEXT=(--student_d_model 16 --student_num_layers 1 --student_num_heads 2 --student_d_ff 32
+        --adapter_hidden_features 32 --num_train_prompts 16 --train_batch_size 4 --max_train_steps 2
+        --num_validation_prompts 2)
+  DECODER=("${SIZE[@]}" --decoder_num_features 8,8,8,8 --decoder_blocks_per_stage 1 --train_samples 2
+           --train_batch_size 1 --max_train_steps 2 --num_validation_clips 1)
+  SCORE=(--num_prompts 1 --num_samples 1 --num_frames 9)
+  FLOW=("${SIZE[@]}" --train_samples 4 --train_batch_size 2 --max_train_steps 2 --num_validation_prompts 0
+        --max_sequence_length 24)
+  DMD=("${SIZE[@]}" --train_samples 4 --train_batch_size 2 --max_train_steps 2 --num_validation_prompts 0
+       --max_sequence_length 24)
+  SR=(--train_samples 2 --train_batch_size 1 --crop_size 32 --max_train_steps 2 --num_validation_clips 1)
+  COMMON=(--report_to none --checkpointing_steps 0 --mixed_precision no)
+else
+  # the values of model_cards/shapes_compression_results.md's runs (one H200, bf16)
+  TEXT=(--student_d_model 128 --student_num_layers 2 --adapter_hidden_features 256,256 --train_batch_size 64
+        --max_train_seconds "${TEXT_SECONDS:-110}")
+  DECODER=(--train_batch_size 8 --max_train_steps 20000 --lr_scheduler cosine --dataloader_num_workers 6
+           --max_train_seconds "${DECODER_SECONDS:-1800}")
+  SCORE=(--num_frames 17)
+  FLOW=(--train_samples 4096 --learning_rate 3e-4 --lr_warmup_steps 50 --latent_cache_path "$CACHE"
+        --dataloader_num_workers 4)
+  DMD=(--train_samples 4096 --train_batch_size 256 --learning_rate 1e-4 --latent_cache_path "$CACHE")
+  SR=(--max_train_seconds "${SR_SECONDS:-300}")
+  COMMON=(--mixed_precision bf16 --save_dtype fp16)
+fi
+run() { "${LAUNCH[@]}" "$HERE/training/$1" "${@:2}"; }
+
+run distill_text_encoder.py --pretrained_model_name_or_path "$TEACHER" --mode RM --output_dir "$OUT/1-text" \
+  "${TEXT[@]}" "${COMMON[@]}"
+run distill_decoder.py --teacher "$OUT/1-text" --output_dir "$OUT/2-decoder" --pipeline_output "$OUT/2-decoder/pipeline" \
+  "${DECODER[@]}" "${COMMON[@]}"
+"$PY" "$HERE/training/prune_transformer.py" score --teacher "$OUT/2-decoder/pipeline" --output_dir "$OUT/3-score" \
+  "${SCORE[@]}"
+"$PY" "$HERE/training/prune_transformer.py" prune --teacher "$OUT/2-decoder/pipeline" --num_drop "$NUM_DROP" \
+  --scores "$OUT/3-score/importance.json" --output_dir "$OUT/3-pruned"
+run train_pyramidal_flow.py --pretrained_model_name_or_path "$OUT/3-pruned" --output_dir "$OUT/4-stage1" \
+  --max_train_seconds "${STAGE1_SECONDS:-600}" "${FLOW[@]}" "${COMMON[@]}"
+run train_pyramidal_flow.py --pretrained_model_name_or_path "$OUT/4-stage1" --teacher_path "$OUT/2-decoder/pipeline" \
+  --output_dir "$OUT/5-stage2" --max_train_seconds "${STAGE2_SECONDS:-600}" "${FLOW[@]}" "${COMMON[@]}"
+run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 4 --output_dir "$OUT/6-dmd444" \
+  --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" "${COMMON[@]}"
+run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 1 --student_path "$OUT/6-dmd444" \
+  --output_dir "$OUT/7-dmd111" --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" "${COMMON[@]}"
+run train_quicksrnet.py --teacher "$OUT/7-dmd111" --output_dir "$OUT/8-sr" --pipeline_output "$OUT/pipeline" \
+  "${SR[@]}" "${COMMON[@]}"
+
+if [[ "$SHAPESBENCH_PROMPTS" != 0 ]]; then
+  "$PY" "$HERE/benchmarks/shapesbench_compare.py" "teacher=$TEACHER" "text=$OUT/1-text" \
+    "decoder=$OUT/2-decoder/pipeline" "pruned=$OUT/5-stage2" "dmd111=$OUT/7-dmd111" "final=$OUT/pipeline" \
+    --seeds 0,1 --num-prompts "$SHAPESBENCH_PROMPTS" --results-dir "$OUT/shapesbench" --markdown \
+    --json "$OUT/shapesbench/table.json"
+fi
