@@ -74,7 +74,8 @@ def test_a_full_export_includes_the_causal_decoder_graphs(causal_export):
     assert step["outputs"]["sample"]["shape"] == [1, 3, 8, 64, 64]
     caches = step["metadata"]["cache_shapes"]
     assert list(step["inputs"]) == ["latents", *[f"cache_{k}" for k in range(len(caches))]]
-    assert list(first["outputs"]) == list(step["outputs"]) == ["sample", *[f"cache_{k}_out" for k in range(len(caches))]]
+    outputs = ["sample", *[f"cache_{k}_out" for k in range(len(caches))]]
+    assert list(first["outputs"]) == list(step["outputs"]) == outputs
     for k, shape in enumerate(caches):
         assert step["inputs"][f"cache_{k}"]["shape"] == step["outputs"][f"cache_{k}_out"]["shape"] == shape
         assert first["outputs"][f"cache_{k}_out"]["shape"] == shape
