@@ -303,8 +303,8 @@ def _print_table() -> None:
             diffusers.utils.export_to_video = original
         assert not Path(out).parent.exists()
         embedded = str(Path(__file__).resolve().parents[1] / "diffusers_neodragon" / "pretrained" / "shapes")
-        run("export --components decoder_step (embedded model: full causal decoder)",
-            ["export", embedded, "--output", f"{tmp}/onnx", "--components", "decoder_step"], tmp)
+        run("export --components decoder (embedded model: no such graph)",
+            ["export", embedded, "--output", f"{tmp}/onnx", "--components", "decoder"], tmp)
     print("| input | message | exit | time to fail |\n|---|---|---|---|")
     for shown, message, code, seconds in rows:
         print(f"| `{shown}` | `{message}` | {code} | {seconds * 1000:.0f} ms |")

@@ -22,8 +22,8 @@ def run_export(args) -> int:
     """Check the arguments, the model's sizes and that every requested graph is exportable, then export into a
     temporary folder that becomes ``--output`` only when every step (export, w8a16, HTP check) succeeded.
 
-    Without ``--components``, every exportable graph is exported and those that cannot be (the full causal decoder
-    of the embedded model) are skipped with a warning on stderr and listed under ``"skipped"`` in manifest.json;
+    Without ``--components``, every exportable graph is exported and those that cannot be (e.g. a VAE decoder
+    that no step wrapper knows) are skipped with a warning on stderr and listed under ``"skipped"`` in manifest.json;
     a named graph that cannot be exported is an error before any work."""
 
     def say(message: str) -> None:
@@ -70,7 +70,7 @@ def run_export(args) -> int:
     skipped = skipped_components(pipe, args.components)
     for name, reason in skipped.items():
         print(f"neodragon: warning: skipping {name}: {reason}", file=sys.stderr, flush=True)
-    # Without a decoder_step graph (the full causal decoder is not exported), w8a16 calibration decodes the
+    # Without a decoder_step graph (left out with --components), w8a16 calibration decodes the
     # monolithic videos with the torch VAE (their frames calibrate the VAE encoder): keep it past the export.
     torch_vae = pipe.vae if args.precision == "w8a16" and "decoder_step" not in selected else None
     say(f"exporting for {size.height}x{size.width}, {size.num_frames} frames to {output}")

@@ -10,7 +10,7 @@ Backends, same interface (:func:`export_component`):
 
 The requested components are checked before anything is built or written (:func:`.specs.select_components`). A full
 export (no ``components``) exports every graph that can be exported and records the others with their reason under
-``"skipped"`` in the manifest, with a :class:`SkippedComponentWarning` (the embedded model's full causal decoder);
+``"skipped"`` in the manifest, with a :class:`SkippedComponentWarning` (e.g. a VAE decoder no step wrapper knows);
 naming an unexportable graph is an error. The files are written into a temporary folder beside the output that
 replaces it only when everything succeeded (:func:`staged_output`), so a failed export leaves nothing behind.
 

@@ -33,8 +33,8 @@ from .wrappers import StageLayout, pack_history, stage_attention_inputs, timeste
 
 
 def torch_vae_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The ``decoder=`` of :class:`ORTNeodragonPipeline` from a torch VAE (e.g. the full ``CausalVideoVAE``, which is
-    not exported): normalised latents -> video in [-1, 1], on the VAE's device and dtype."""
+    """The ``decoder=`` of :class:`ORTNeodragonPipeline` from a torch VAE, for an export without a decoder graph:
+    normalised latents -> video in [-1, 1], on the VAE's device and dtype."""
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -101,7 +101,8 @@ class ORTNeodragonPipeline:
         recorder: if given, a dict that receives every graph's input feeds (``name -> [feeds, ...]``), e.g. to
             calibrate quantisation.
         decoder: ``normalised latents [1, C, T, h, w] -> video [1, 3, F, H, W] in [-1, 1]``, used when the export
-            has no ``decoder_step`` graph (a full causal decoder is not exported; e.g. :func:`torch_vae_decoder`).
+            has no ``decoder_step`` graph (e.g. an export with ``--components`` that left it out;
+            :func:`torch_vae_decoder`).
     """
 
     def __init__(self, export_dir, session_factory: Callable | None = None, precision: str = "fp32",
@@ -251,21 +252,40 @@ class ORTNeodragonPipeline:
                 return self.decoder(latents.float()).float()
             raise ValueError("this export has no decoder_step graph: pass output_type='latent', or a torch decoder "
                              "(decoder=torch_vae_decoder(vae)), or export a streaming decoder")
-        vae = self.manifest["vae"]
         entry = self.manifest["components"]["decoder_step"]
+        if entry["metadata"].get("decoder") == "causal":
+            return self._decode_causal(latents)
         memories = [np.zeros(shape, dtype=np.float32) for shape in entry["metadata"]["memory_shapes"]]
         trim = entry["metadata"]["frames_to_trim"]
         frames = []
         for index in range(latents.shape[2]):
-            z = latents[:, :, index : index + 1].float()
-            if index == 0:
-                raw = z / vae["image_latent_scale"] + vae["image_latent_shift"]
-            else:
-                raw = z / vae["video_latent_scale"] + vae["video_latent_shift"]
+            raw = self._raw_latent(latents, index)
             feeds = {"latents": raw, **{f"memory_{k}": m for k, m in enumerate(memories)}}
             out = self.run("decoder_step", feeds)
             video, memories = torch.from_numpy(out[0]), out[1:]
             frames.append(video[:, :, trim:] if index == 0 else video)
+        return torch.cat(frames, dim=2)
+
+    def _raw_latent(self, latents: torch.Tensor, index: int) -> torch.Tensor:
+        vae = self.manifest["vae"]
+        z = latents[:, :, index : index + 1].float()
+        if index == 0:
+            return z / vae["image_latent_scale"] + vae["image_latent_shift"]
+        return z / vae["video_latent_scale"] + vae["video_latent_shift"]
+
+    def _decode_causal(self, latents: torch.Tensor) -> torch.Tensor:
+        """The full causal decoder: ``decoder_first_step`` on latent frame 0 (1 frame), then ``decoder_step`` on each
+        later one (8 frames), every step's conv caches fed to the next."""
+        if not self.has("decoder_first_step"):
+            raise ValueError("this export has the full causal decoder's decoder_step but no decoder_first_step graph "
+                             "for latent frame 0: export both (--components decoder_step selects both)")
+        out = self.run("decoder_first_step", {"latents": self._raw_latent(latents, 0)})
+        frames, caches = [torch.from_numpy(out[0])], out[1:]
+        for index in range(1, latents.shape[2]):
+            feeds = {"latents": self._raw_latent(latents, index), **{f"cache_{k}": c for k, c in enumerate(caches)}}
+            out = self.run("decoder_step", feeds)
+            frames.append(torch.from_numpy(out[0]))
+            caches = out[1:]
         return torch.cat(frames, dim=2)
 
     def super_resolve(self, video: torch.Tensor) -> torch.Tensor:

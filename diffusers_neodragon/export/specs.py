@@ -23,7 +23,8 @@ class ComponentSpec:
 
     Attributes:
         name: file stem and manifest key (``transformer_stage_2``, ``decoder_step``, ...).
-        kind: what it is (``text_encoder``, ``pooled_text``, ``transformer_stage``, ``decoder_step``, ``vae_encoder``,
+        kind: what it is (``text_encoder``, ``pooled_text``, ``transformer_stage``, ``decoder_step`` (also the full
+            causal decoder's ``decoder_first_step``), ``vae_encoder``,
             ``super_resolution``, ``t2i_text_encoder``, ``t2i_unet``, ``t2i_vae_decoder``); picks the OnnxConfig class.
         module: the wrapper to trace.
         inputs: example inputs in graph order (their shapes and dtypes are the graph's).
@@ -141,6 +142,31 @@ def decoder_step_spec(vae, size: ExportSize) -> ComponentSpec:
     )
 
 
+def causal_decoder_specs(vae, size: ExportSize, names: list[str] | None = None) -> list[ComponentSpec]:
+    """The full causal decoder as two streaming graphs (all, or only those ``names``): ``decoder_first_step``
+    (latent frame 0 → 1 frame + the conv caches) and ``decoder_step`` (a later latent frame + the caches → 8 frames
+    + the new caches). The host runs the first once, then the step per latent frame, feeding each step's caches to
+    the next."""
+    t_scale = vae.config.temporal_downsample_scale
+    _, lh, lw = size.latent(vae.config.spatial_downsample_scale, t_scale)
+    shapes = W.causal_decoder_cache_shapes(vae, lh, lw)
+    latents = _randn(1, vae.config.latent_channels, 1, lh, lw)
+    metadata = {"decoder": "causal", "cache_shapes": [list(s) for s in shapes]}
+    specs = []
+    if names is None or "decoder_first_step" in names:
+        module = W.causal_decoder_step_wrapper(vae, first=True).eval()
+        specs.append(ComponentSpec("decoder_first_step", "decoder_step", module, OrderedDict(latents=latents),
+                                   module.output_names, {**metadata, "frames_per_step": 1}))
+    if names is None or "decoder_step" in names:
+        module = W.causal_decoder_step_wrapper(vae).eval()
+        inputs = OrderedDict(latents=latents)
+        for k, shape in enumerate(shapes):
+            inputs[f"cache_{k}"] = _randn(*shape, seed=k + 1)
+        specs.append(ComponentSpec("decoder_step", "decoder_step", module, inputs, module.output_names,
+                                   {**metadata, "frames_per_step": t_scale}))
+    return specs
+
+
 def vae_encoder_spec(vae, size: ExportSize) -> ComponentSpec:
     module = W.VaeEncoderWrapper(vae).eval()
     sample = _randn(1, vae.config.in_channels, 1, size.height, size.width).clamp(-1, 1)
@@ -207,6 +233,8 @@ def pipeline_components(pipe) -> list[tuple[str, str]]:
     if pipe.text_encoder is not None or pipe.text_encoder_2 is not None:
         names.append(("pooled_text", "pooled_text"))
     names += [(f"transformer_stage_{stage}", "transformer_stage") for stage in range(pipe.scheduler.config.stages)]
+    if pipe.vae is not None and W.is_causal_decoder(pipe.vae.decoder):
+        names.append(("decoder_first_step", "decoder_step"))  # latent frame 0 of the full causal decoder
     names += [("decoder_step", "decoder_step"), ("vae_encoder", "vae_encoder")]
     if pipe.super_resolution is not None:
         names.append(("super_resolution", "super_resolution"))
@@ -227,12 +255,13 @@ def unexportable_reason(pipe, kind: str) -> str | None:
             f"{pipe.scheduler.config.stages}"
     if kind in ("decoder_step", "vae_encoder") and pipe.vae is None:
         return "the pipeline has no vae"
-    if kind == "decoder_step" and not W.is_streaming_decoder(pipe.vae.decoder):
+    decoder = pipe.vae.decoder if kind == "decoder_step" else None
+    if decoder is not None and not (W.is_streaming_decoder(decoder) or W.is_causal_decoder(decoder)):
         return (
-            f"the VAE ({type(pipe.vae).__name__}) has a {type(pipe.vae.decoder).__name__} (the full causal decoder, "
-            "which does not export as a one-latent-frame step); only the tiny streaming decoder of an AsymmetricVAE "
-            "does: distil one from this VAE with training/distill_decoder.py --teacher PIPELINE --pipeline_output "
-            "NEW_PIPELINE and export NEW_PIPELINE, or leave decoder_step out (--components)"
+            f"the VAE ({type(pipe.vae).__name__}) has a {type(decoder).__name__}, which does not export as a "
+            "one-latent-frame step; only the tiny streaming decoder (AsymmetricVAE) and the full causal decoder "
+            "(CausalVideoVAE) do: distil a tiny decoder from this VAE with training/distill_decoder.py --teacher "
+            "PIPELINE --pipeline_output NEW_PIPELINE and export NEW_PIPELINE, or leave decoder_step out (--components)"
         )
     if kind == "vae_encoder" and not (hasattr(pipe.vae, "encoder") and hasattr(pipe.vae, "quant_conv")):
         return f"the VAE ({type(pipe.vae).__name__}) has no causal encoder + quant_conv"
@@ -302,7 +331,10 @@ def pipeline_specs(pipe, size: ExportSize, components: list[str] | None = None,
         specs += transformer_stage_specs(pipe.transformer, pipe.scheduler.config.stages, size, mask_value, vae_s,
                                          vae_t, stages=stages)
     if "decoder_step" in kinds:
-        specs.append(decoder_step_spec(pipe.vae, size))
+        if W.is_causal_decoder(pipe.vae.decoder):
+            specs += causal_decoder_specs(pipe.vae, size, names)
+        else:
+            specs.append(decoder_step_spec(pipe.vae, size))
     if "vae_encoder" in kinds:
         specs.append(vae_encoder_spec(pipe.vae, size))
     if "super_resolution" in kinds:

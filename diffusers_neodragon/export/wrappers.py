@@ -15,6 +15,10 @@ as it is into plain, static-shape tensors:
 * **Decoder** (:class:`DecoderStepWrapper`): one latent frame per call; the MemBlock memories (the decoder's only
   state) are explicit inputs and outputs. The first call passes zero memories, exactly as the model starts, and the
   host keeps only its last output frame (the model's "drop the first 7 frames").
+* **Full causal decoder** (:class:`CausalDecoderStepWrapper`): one latent frame per call too, the front context of
+  every causal conv (its ``kernel_t - 1`` last padded input frames) an explicit input and output. Its first latent
+  frame needs a graph of its own (``first=True``): each temporal upsampling drops its first output frame there, which
+  changes what every later layer sees (not a host-side trim of the output as for the tiny decoder).
 * **VAE encoder** (:class:`VaeEncoderWrapper`) for the first frame, **QuickSRNet** (:class:`SuperResolutionWrapper`),
   and the first-frame text-to-image parts (:class:`UNetWrapper`, :class:`ImageVaeDecoderWrapper`,
   :class:`ClipHiddenWrapper`).
@@ -30,6 +34,8 @@ import torch
 from torch import nn
 
 from ..models.autoencoders.autoencoder_asymmetric import MemBlock
+from ..models.autoencoders.autoencoder_causal_video import CausalVideoDecoder
+from ..models.autoencoders.causal_video_blocks import CausalConv3d, CausalTemporalUpsample2x
 from ..models.transformers.transformer_neodragon import temporal_rope_frequencies
 
 
@@ -410,6 +416,78 @@ def decoder_step_wrapper(vae) -> DecoderStepWrapper:
     if not all(n.isidentifier() for n in names):
         raise ValueError(names)
     return _named_forward("DecoderStep", DecoderStepWrapper, names)(vae)
+
+
+# ------------------------------------------------------------------------------------------ full causal decoder
+
+
+def is_causal_decoder(decoder) -> bool:
+    """Whether ``decoder`` is the full causal decoder of a ``CausalVideoVAE`` (exported by
+    :class:`CausalDecoderStepWrapper`)."""
+    return isinstance(decoder, CausalVideoDecoder)
+
+
+def causal_decoder_convs(decoder) -> list[CausalConv3d]:
+    """The causal convs of ``decoder`` that carry frames from one chunk to the next (``kernel_t > 1``), in module
+    order: the order of the ``cache_k`` inputs and outputs."""
+    return [m for m in decoder.modules() if isinstance(m, CausalConv3d) and m.time_pad > 0]
+
+
+def causal_decoder_cache_shapes(vae, latent_height: int, latent_width: int) -> list[tuple[int, ...]]:
+    """Shapes [1, C, kernel_t - 1, H + 2p, W + 2p] of every conv cache after one latent frame (found by a dry run;
+    the same after every later frame, as all the decoder's convs have temporal stride 1)."""
+    cache: dict = {}
+    z = torch.zeros(1, vae.config.latent_channels, 1, latent_height, latent_width)
+    with torch.no_grad():
+        vae.decoder(vae.post_quant_conv(z), cache)
+    return [tuple(cache[conv].shape) for conv in causal_decoder_convs(vae.decoder)]
+
+
+class CausalDecoderStepWrapper(_ExportModule):
+    """One streaming step of ``CausalVideoDecoder``: ``latents`` [1, C, 1, h, w] (raw, i.e. denormalised) and the
+    conv caches ``cache_k`` → ``sample`` and the new caches ``cache_k_out``.
+
+    Runs the model's own ``forward`` with its chunk ``cache`` dict filled from the inputs, exactly as the model's
+    ``iter_decode(z, 1)`` carries it between chunks. ``first=True`` is latent frame 0 (no cache inputs, the model's
+    zero front padding, 1 output frame); otherwise every later frame (8 output frames for a temporal factor of 8).
+    """
+
+    def __init__(self, vae, first: bool = False):
+        super().__init__()
+        if not is_causal_decoder(vae.decoder):
+            raise ValueError(f"CausalDecoderStepWrapper needs a CausalVideoDecoder, got {type(vae.decoder).__name__}")
+        self.post_quant_conv = vae.post_quant_conv
+        self.decoder = vae.decoder
+        self.first = first
+        self.convs = causal_decoder_convs(vae.decoder)
+        self.upsamplers = [m for m in vae.decoder.modules() if isinstance(m, CausalTemporalUpsample2x)]
+        if self.post_quant_conv.time_pad:
+            raise ValueError("the post_quant_conv of a CausalVideoVAE must be 1x1x1 (the model's chunked decode does "
+                             f"not carry its frames), got kernel_t={self.post_quant_conv.kernel_t}")
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["latents", *([] if self.first else [f"cache_{k}" for k in range(len(self.convs))])]
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["sample", *[f"cache_{k}_out" for k in range(len(self.convs))]]
+
+    def forward(self, latents: torch.Tensor, **caches: torch.Tensor):
+        cache: dict = {}
+        if not self.first:
+            cache.update({conv: caches[f"cache_{k}"] for k, conv in enumerate(self.convs)})
+            cache.update({up: True for up in self.upsamplers})  # the first frame has been emitted: nothing dropped
+        video = self.decoder(self.post_quant_conv(latents), cache)
+        return (video, *[cache[conv] for conv in self.convs])
+
+
+def causal_decoder_step_wrapper(vae, first: bool = False) -> CausalDecoderStepWrapper:
+    """:class:`CausalDecoderStepWrapper` with an explicit ``forward(latents[, cache_0, ..., cache_{n-1}])``."""
+    count = 0 if first else len(causal_decoder_convs(vae.decoder))
+    names = ["latents", *[f"cache_{k}" for k in range(count)]]
+    return _named_forward("CausalDecoderFirstStep" if first else "CausalDecoderStep", CausalDecoderStepWrapper,
+                          names)(vae, first=first)
 
 
 # ------------------------------------------------------------------------------------------------ other parts

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from torch import nn
 
 from diffusers_neodragon import NeodragonPipeline
 from diffusers_neodragon.export import exporter
@@ -21,22 +22,42 @@ def causal_vae_pipe():
     return NeodragonPipeline(**{**components(with_first_frame=False, with_super_resolution=False), "vae": vae})
 
 
-def test_an_unexportable_component_is_skipped_by_default_and_refused_when_named(causal_vae_pipe):
+class UnsupportedDecoder(nn.Module):
+    """A decoder that neither the tiny-decoder nor the causal-decoder step wrapper knows."""
+
+
+@pytest.fixture(scope="module")
+def odd_decoder_pipe():
+    vae = tiny_causal_vae(seed=0, init=None)
+    vae.decoder = UnsupportedDecoder()
+    return NeodragonPipeline(**{**components(with_first_frame=False, with_super_resolution=False), "vae": vae})
+
+
+def test_an_unexportable_component_is_skipped_by_default_and_refused_when_named(odd_decoder_pipe):
     others = ["text_encoder", "pooled_text", "transformer_stage_0", "transformer_stage_1", "transformer_stage_2",
               "vae_encoder"]
-    assert [name for name, _ in select_components(causal_vae_pipe)] == others
-    (reason,) = skipped_components(causal_vae_pipe).values()
-    assert list(skipped_components(causal_vae_pipe)) == ["decoder_step"]
-    assert reason.startswith("the VAE (CausalVideoVAE) has a CausalVideoDecoder")
+    assert [name for name, _ in select_components(odd_decoder_pipe)] == others
+    (reason,) = skipped_components(odd_decoder_pipe).values()
+    assert list(skipped_components(odd_decoder_pipe)) == ["decoder_step"]
+    assert reason.startswith("the VAE (CausalVideoVAE) has a UnsupportedDecoder, which does not export")
     assert "training/distill_decoder.py" in reason and "--components" in reason
-    assert skipped_components(causal_vae_pipe, ["decoder_step"]) == {}
+    assert skipped_components(odd_decoder_pipe, ["decoder_step"]) == {}
     with pytest.raises(ValueError) as error:
-        select_components(causal_vae_pipe, ["decoder_step", "text_encoder"])
+        select_components(odd_decoder_pipe, ["decoder_step", "text_encoder"])
     message = str(error.value)
-    assert message.startswith("cannot export decoder_step: the VAE (CausalVideoVAE) has a CausalVideoDecoder")
+    assert message.startswith("cannot export decoder_step: the VAE (CausalVideoVAE) has a UnsupportedDecoder")
     assert "training/distill_decoder.py" in message and message.endswith("components=): text_encoder")
     with pytest.raises(ValueError, match="cannot export decoder_step"):
-        pipeline_specs(causal_vae_pipe, SIZE, components=["decoder_step"])
+        pipeline_specs(odd_decoder_pipe, SIZE, components=["decoder_step"])
+
+
+def test_the_full_causal_decoder_is_selected_as_two_graphs(causal_vae_pipe):
+    """Its first-step and step graphs are both of kind decoder_step: naming the kind selects both."""
+    assert skipped_components(causal_vae_pipe) == {}
+    assert select_components(causal_vae_pipe, ["decoder_step"]) == [("decoder_first_step", "decoder_step"),
+                                                                     ("decoder_step", "decoder_step")]
+    (spec,) = pipeline_specs(causal_vae_pipe, SIZE, components=["decoder_first_step"])
+    assert spec.name == "decoder_first_step" and list(spec.inputs) == ["latents"]
 
 
 def test_unknown_components_are_named_with_the_valid_ones(causal_vae_pipe):
@@ -55,6 +76,8 @@ def test_components_are_selected_before_any_spec_is_built(causal_vae_pipe, monke
 
     monkeypatch.setattr(W, "decoder_memory_shapes", never)
     monkeypatch.setattr(W, "decoder_step_wrapper", never)
+    monkeypatch.setattr(W, "causal_decoder_cache_shapes", never)
+    monkeypatch.setattr(W, "causal_decoder_step_wrapper", never)
     monkeypatch.setattr(W, "TextEncoderWrapper", never)
     specs = pipeline_specs(causal_vae_pipe, SIZE, components=["transformer_stage", "vae_encoder"])
     assert [s.name for s in specs] == ["transformer_stage_0", "transformer_stage_1", "transformer_stage_2",
@@ -78,12 +101,12 @@ def test_only_the_named_first_frame_parts_are_built(tiny_pipe, monkeypatch):
     assert spec.name == "t2i_vae_decoder"
 
 
-def test_a_full_export_skips_the_full_causal_decoder_and_records_why(causal_vae_pipe, tmp_path):
+def test_a_full_export_skips_an_unsupported_decoder_and_records_why(odd_decoder_pipe, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     out = tmp_path / "out"
     with pytest.warns(exporter.SkippedComponentWarning, match="skipping decoder_step: the VAE"):
-        manifest = exporter.export_pipeline(causal_vae_pipe, out, SIZE, backend="torch", validate=False)
+        manifest = exporter.export_pipeline(odd_decoder_pipe, out, SIZE, backend="torch", validate=False)
     assert list(manifest["components"]) == ["text_encoder", "pooled_text", "transformer_stage_0",
                                             "transformer_stage_1", "transformer_stage_2", "vae_encoder"]
     written = json.loads((out / "manifest.json").read_text())

@@ -63,54 +63,44 @@ def _causal_vae_model(folder):
     return folder
 
 
-def test_full_causal_decoder_is_skipped_and_the_rest_exports_at_w8a16(tmp_path, capsys):
-    """One command exports everything exportable: the decoder is skipped loudly and recorded in the manifest, and
-    the VAE encoder of this monolithic model is calibrated (on frames the torch VAE decodes) and quantised."""
+def test_full_causal_decoder_exports_and_every_graph_quantises_at_w8a16(tmp_path, capsys):
+    """One command exports everything, the full causal decoder as its first-step and step graphs, and calibrates
+    and quantises them and the VAE encoder of this monolithic model (on frames those graphs decode)."""
     model = _causal_vae_model(tmp_path / "model")
     out = tmp_path / "onnx"
     code = main(["export", str(model), "--output", str(out), "--backend", "torch", "--precision", "w8a16"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "neodragon: warning: skipping decoder_step: the VAE (CausalVideoVAE)" in captured.err
-    assert "not exported" in captured.out and "decoder_step" in captured.out.splitlines()[-2]
+    assert "skipping" not in captured.err and "not exported" not in captured.out
     manifest = json.loads((out / "manifest.json").read_text())
-    assert list(manifest["skipped"]) == ["decoder_step"]
-    assert "training/distill_decoder.py" in manifest["skipped"]["decoder_step"]
-    assert "decoder_step" not in manifest["components"]
-    assert manifest["components"]["vae_encoder"]["w8a16_file"] == "vae_encoder.w8a16.onnx"
-    assert (out / "vae_encoder.w8a16.onnx").exists()
+    assert manifest["skipped"] == {}
+    for name in ("decoder_first_step", "decoder_step", "vae_encoder"):
+        assert manifest["components"][name]["w8a16_file"] == f"{name}.w8a16.onnx"
+        assert (out / f"{name}.w8a16.onnx").exists()
     assert [manifest["components"][f"transformer_stage_{s}"]["w8a16_file"] for s in range(3)] == [
         f"transformer_stage_{s}.w8a16.onnx" for s in range(3)]
 
 
-def test_naming_the_full_causal_decoder_fails_fast_and_leaves_no_folder(tmp_path, capsys):
+def test_an_unknown_component_fails_fast_and_leaves_no_folder(tmp_path, capsys):
     model = _causal_vae_model(tmp_path / "model")
     out = tmp_path / "new" / "onnx"
-    assert main(["export", str(model), "--output", str(out), "--components", "decoder_step"]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # not progress bars
-    assert len(err) == 1 and err[0].startswith(
-        "neodragon: error: cannot export decoder_step: the VAE (CausalVideoVAE) has a CausalVideoDecoder"), err
-    assert "training/distill_decoder.py" in err[0] and "--components" in err[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-
     assert main(["export", str(model), "--output", str(out), "--components", "decoder", "text_encoder"]) == 2
     err = capsys.readouterr().err
     assert "unknown components ['decoder']; valid names for this pipeline: ['text_encoder', 'pooled_text'" in err
+    assert "'decoder_first_step'" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_embedded_model_names_the_full_decoder_and_exports_the_others(tmp_path, capsys):
-    """The embedded model's VAE has the full causal decoder: naming it fails before any work and writes nothing;
-    the graphs that can be exported are exported when named."""
+def test_embedded_model_exports_only_the_named_graphs(tmp_path, capsys):
+    """The embedded model (full causal decoder): an unknown name fails before any work and writes nothing; a named
+    graph is exported alone."""
     from diffusers_neodragon.pretrained import shapes_model_path
 
     out = tmp_path / "onnx"
     assert main(["export", shapes_model_path(), "--output", str(out), "--backend", "torch",
-                 "--components", "decoder_step", "text_encoder"]) == 2
+                 "--components", "decoder", "text_encoder"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # not progress bars
-    assert len(err) == 1 and err[0].startswith(
-        "neodragon: error: cannot export decoder_step: the VAE (CausalVideoVAE) has a CausalVideoDecoder"), err
-    assert "distill_decoder.py" in err[0] and err[0].endswith("components=): text_encoder")
+    assert len(err) == 1 and err[0].startswith("neodragon: error: unknown components ['decoder']"), err
     assert list(tmp_path.iterdir()) == []
 
     code = main(["export", shapes_model_path(), "--output", str(out), "--backend", "torch", "--frames", "9",
