@@ -39,24 +39,27 @@ def real_data_source(args) -> str | None:
     return f"{given[0]}={getattr(args, given[0])}" + (f" fps={args.fps:g}" if getattr(args, "fps", None) else "")
 
 
-def video_dataset_from_args(args, verbose: bool = True):
-    """The captioned clips of --video_folder/--metadata or --dataset_name at --num_frames, --height x --width."""
+def video_dataset_from_args(args, verbose: bool = True, captions: bool = True, num_frames: int | None = None):
+    """The captioned clips of --video_folder/--metadata or --dataset_name at --num_frames (or ``num_frames``),
+    --height x --width. ``captions=False`` (the VAE): a folder without a metadata file gives all its videos and a
+    dataset without the caption column is read, both with empty captions."""
     from pathlib import Path  # noqa: PLC0415
 
     from diffusers_neodragon.data.captioned_videos import CaptionedVideoFolder, CaptionedVideoTable  # noqa: PLC0415
 
+    num_frames = num_frames or args.num_frames
     if args.video_folder:
         metadata = args.metadata
         if metadata is None:
             found = [Path(args.video_folder) / n for n in ("metadata.jsonl", "metadata.csv")]
             found = [p for p in found if p.is_file()]
-            if not found:
+            if not found and captions:
                 raise ValueError(f"{args.video_folder} has no metadata.jsonl / metadata.csv: pass --metadata.")
-            metadata = found[0]
-        return CaptionedVideoFolder(args.video_folder, metadata, args.num_frames, args.height, args.width,
+            metadata = found[0] if found else None
+        return CaptionedVideoFolder(args.video_folder, metadata, num_frames, args.height, args.width,
                                     fps=args.fps, verbose=verbose)
     if args.dataset_name:
-        return CaptionedVideoTable(args.dataset_name, args.num_frames, args.height, args.width, fps=args.fps,
+        return CaptionedVideoTable(args.dataset_name, num_frames, args.height, args.width, fps=args.fps,
                                    split=args.dataset_split, video_column=args.video_column,
-                                   caption_column=args.caption_column, verbose=verbose)
+                                   caption_column=args.caption_column, verbose=verbose, captions=captions)
     raise ValueError("Give --video_folder (with --metadata) or --dataset_name.")
