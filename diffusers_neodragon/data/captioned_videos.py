@@ -167,7 +167,8 @@ def datasets_entries(table, video_column: str = "video", caption_column: str = "
 
 
 class CaptionedVideoTable(CaptionedClips):
-    """The clips of a ``datasets`` dataset: a local folder (``save_to_disk`` or data files) or a Hub id; with
+    """The clips of a ``datasets`` dataset: a local folder (``save_to_disk`` or data files), a Hub id or a loaded
+    ``datasets.Dataset`` (a ``datasets.Video`` column is read undecoded: paths or bytes); with
     ``captions=False`` a missing caption column gives empty captions."""
 
     def __init__(self, name_or_path, num_frames: int, height: int, width: int, fps: float | None = None,
@@ -184,6 +185,7 @@ class CaptionedVideoTable(CaptionedClips):
                 table = table.cast_column(video_column, datasets.Video(decode=False))
         except (ImportError, AttributeError):
             pass
-        root = Path(name_or_path) if Path(name_or_path).is_dir() else None
+        local = isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_dir()
+        root = Path(name_or_path) if local else None
         entries = datasets_entries(table, video_column, caption_column, root)
         super().__init__(entries, num_frames, height, width, fps, verbose)
