@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .prompts import load_datasets_table
-from .video_folder import VIDEO_SUFFIXES, _frame_files, clip_problem, frames_to_video, read_frame_indices, video_fps
+from .video_folder import VIDEO_SUFFIXES, clip_paths, clip_problem, frames_to_video, read_frame_indices, video_fps
 
 
 METADATA_FIELDS = ("file", "caption", "fps", "start")
@@ -117,8 +117,7 @@ class CaptionedClips(torch.utils.data.Dataset):
 def folder_rows(root: Path) -> list[dict]:
     """Metadata rows with empty captions for every video file and folder of frames in ``root`` (sorted): the clips
     of a folder without a metadata file, for training that needs no captions (the VAE)."""
-    rows = [dict(file=p.name, caption="", fps=None, start=0.0) for p in sorted(root.iterdir())
-            if (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES) or (p.is_dir() and _frame_files(p))]
+    rows = [dict(file=p.name, caption="", fps=None, start=0.0) for p in clip_paths(root)]
     if not rows:
         raise ValueError(f"{root} holds no video file ({', '.join(VIDEO_SUFFIXES)}) or folder of frames.")
     return rows

@@ -65,6 +65,7 @@ class WebDatasetClips(torch.utils.data.IterableDataset):
         if len(urls) < num_processes:
             raise ValueError(f"{len(urls)} tar shards for {num_processes} processes: every process needs its own "
                              "shard; write more (smaller) shards.")
+        self.all_shards = urls
         self.shards = urls[process_index::num_processes]
         self.num_frames, self.height, self.width, self.fps = num_frames, height, width, fps
         self.video_key, self.caption_key = video_key.lower(), caption_key.lower()
@@ -99,9 +100,15 @@ class WebDatasetClips(torch.utils.data.IterableDataset):
                 "name": f"{sample.get('__url__', '')}:{sample['__key__']}"}, None
 
     def __iter__(self):
+        yield from self._clips(self.worker_shards())
+
+    def shard_clips(self, number: int):
+        """The good clips of tar ``number`` of the whole sorted list (latent extraction writes one shard per tar)."""
+        return self._clips([self.all_shards[number]])
+
+    def _clips(self, shards):
         import webdataset as wds  # noqa: PLC0415
 
-        shards = self.worker_shards()
         if not shards:
             return
         stream = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, workersplitter=None,
