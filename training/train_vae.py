@@ -182,9 +182,11 @@ def shapes_dataset(num_samples, num_frames, height, width, seed, split):
     return ShapesVideoDataset(num_samples, num_frames=num_frames, height=height, width=width, seed=seed, split=split)
 
 
-def real_clips(args, num_frames: int, count: int | None = None, verbose: bool = False):
-    """The first ``count`` (all: None) real clips at ``num_frames`` frames (probed again at another frame count)."""
-    clips = video_dataset_from_args(args, verbose=verbose, captions=False, num_frames=num_frames)
+def real_clips(args, num_frames: int, count: int | None = None, verbose: bool = False, training_set=None):
+    """The first ``count`` (all: None) real clips at ``num_frames`` frames: of ``training_set`` when it has that
+    length, else read (and probed) again."""
+    clips = training_set if training_set is not None and training_set.num_frames == num_frames else \
+        video_dataset_from_args(args, verbose=verbose, captions=False, num_frames=num_frames)
     return clips if count is None else torch.utils.data.Subset(clips, range(min(count, len(clips))))
 
 
@@ -344,7 +346,7 @@ def main(args):
 
     validation_clips = None
     if args.num_validation_clips > 0 and args.data_source:  # no held-out split: the first training clips
-        validation_set = real_clips(args, args.validation_num_frames, args.num_validation_clips)
+        validation_set = real_clips(args, args.validation_num_frames, args.num_validation_clips, training_set=dataset)
         validation_clips = collate_videos([validation_set[i] for i in range(len(validation_set))])["video"]
     elif args.num_validation_clips > 0:
         validation_set = shapes_dataset(
@@ -418,7 +420,8 @@ def main(args):
         if args.decoder_only:  # same encoder: the pretrained constants (a transformer depends on them) stay
             stats = {name: vae.config[name] for name in LATENT_CONSTANTS}
         else:
-            stats_dataset = real_clips(args, args.normalization_num_frames, args.normalization_samples) \
+            stats_dataset = real_clips(args, args.normalization_num_frames, args.normalization_samples,
+                                       training_set=dataset) \
                 if args.data_source else shapes_dataset(
                     args.normalization_samples, args.normalization_num_frames, args.height, args.width,
                     args.seed + STATISTICS_SEED_OFFSET, "train",
