@@ -5,7 +5,9 @@
 Three transformers: the frozen teacher ("real score", with CFG at the teacher's scales: its first-frame scale for
 latent frame 0, its video scale for later frames), a trainable "fake score" copy of the teacher, and the student
 (the teacher, or ``--student_path`` for the progressive schedule 4-4-4 -> 1-1-1). Per optimisation step, on a batch
-of cached Shapes latents (``training_utils.latent_cache``), one pyramid stage i and one unit u (u history frames
+of cached latents (``training_utils.latent_cache``: the Shapes world, or real captioned videos with ``--video_folder``
+/ ``--dataset_name`` encoded once at the start, or the shards of ``training/extract_latents.py`` with
+``--latents_dir``, made with the teacher's VAE), one pyramid stage i and one unit u (u history frames
 from the data, corrupted as in training; u = 0 is the generated first frame, ``--first_frame_prob``):
 
 1. the student sees the stage's noisy point at one of its own sampler's steps (``--steps_per_stage``, one step drawn
@@ -95,7 +97,16 @@ from diffusers_neodragon.training_utils import (
     video_strip,
 )
 from diffusers_neodragon.training_utils.dmd import cauchy_loss, dmd_loss, renoise_sample
-from diffusers_neodragon.training_utils.latent_cache import build_latent_cache
+from diffusers_neodragon.training_utils.latent_cache import (
+    build_latent_cache,
+    check_latent_shape,
+    latents_from_shards,
+)
+from diffusers_neodragon.training_utils.video_data import (
+    add_video_data_arguments,
+    real_data_source,
+    video_dataset_from_args,
+)
 from diffusers_neodragon.utils.model_cards import write_model_card
 
 
@@ -127,7 +138,7 @@ def parse_args(input_args=None):
     # Data (the teacher's size by default)
     parser.add_argument("--resolution", type=str, default=None, help="`N` or `HxW`; default: the teacher's.")
     parser.add_argument("--num_frames", type=int, default=None, help="Default: the teacher's default_num_frames.")
-    parser.add_argument("--train_samples", type=int, default=2048)
+    parser.add_argument("--train_samples", type=int, default=2048, help="Shapes clips (the default data).")
     parser.add_argument("--latent_cache_path", type=str, default=None)
     parser.add_argument("--encode_batch_size", type=int, default=32)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -141,6 +152,7 @@ def parse_args(input_args=None):
     parser.add_argument("--validation_steps", type=int, default=0, help="Every N steps (0: only at the end).")
     parser.add_argument("--num_validation_prompts", type=int, default=2)
     parser.add_argument("--validation_fps", type=int, default=8)
+    add_video_data_arguments(parser)
     add_common_arguments(
         parser, output_dir="shapes-pyramidal-dmd", tracker_project_name="neodragon-distill-pyramidal-dmd",
         learning_rate=1e-5, train_batch_size=64, max_train_steps=2000, checkpointing_steps=500, lr_warmup_steps=0,
@@ -158,6 +170,7 @@ def parse_args(input_args=None):
         raise ValueError("--gradient_accumulation_steps must be 1 (student and fake model alternate every step).")
     if args.first_frame_prob is not None and args.first_frame_prob < 0:
         args.first_frame_prob = None
+    args.data_source = real_data_source(args)
     return args
 
 
@@ -273,6 +286,18 @@ class Indices(torch.utils.data.Dataset):
         return index
 
 
+def load_training_latents(args, vae, text_components, accelerator):
+    """The cached training set: latent shards (``--latents_dir``, checked against the teacher's VAE and this run's
+    size), real clips encoded once (``--video_folder`` / ``--dataset_name``) or the Shapes world."""
+    if args.latents_dir:
+        cache = latents_from_shards(args.latents_dir, text_components, accelerator.device, args.max_sequence_length,
+                                    vae)
+        check_latent_shape(cache.latents, vae, args)
+        return cache
+    clips = video_dataset_from_args(args, verbose=accelerator.is_main_process) if args.data_source else None
+    return build_latent_cache(args, vae, text_components, accelerator, dataset=clips)
+
+
 def main(args):
     output_dir = Path(args.output_dir)
     accelerator, repo_id = setup_accelerator(args)
@@ -319,10 +344,13 @@ def main(args):
     lr_student = build_lr_scheduler(opt_student, args, accelerator)
     lr_fake = build_lr_scheduler(opt_fake, args, accelerator)
 
-    cache = build_latent_cache(args, teacher.vae, text_components, accelerator)
+    cache = load_training_latents(args, teacher.vae, text_components, accelerator)
+    num_samples = cache.latents.shape[0]
+    if num_samples < args.train_batch_size:
+        raise ValueError(f"{num_samples} training clips are fewer than --train_batch_size {args.train_batch_size}.")
     dataloader = torch.utils.data.DataLoader(
-        Indices(args.train_samples), batch_size=args.train_batch_size,
-        sampler=EpochShuffleSampler(args.train_samples, seed=args.seed), drop_last=True,
+        Indices(num_samples), batch_size=args.train_batch_size,
+        sampler=EpochShuffleSampler(num_samples, seed=args.seed), drop_last=True,
     )
     student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake = accelerator.prepare(
         student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake
@@ -331,7 +359,9 @@ def main(args):
     init_trackers(accelerator, args)
     from diffusers_neodragon.data.shapes import fixed_prompt_set  # noqa: PLC0415
 
-    validation_prompts = fixed_prompt_set("seen", args.num_validation_prompts) if args.num_validation_prompts else []
+    validation_prompts = [] if not args.num_validation_prompts else (
+        list(dict.fromkeys(cache.captions))[: args.num_validation_prompts] if args.data_source
+        else fixed_prompt_set("seen", args.num_validation_prompts))
     logger.info(f"***** Pyramidal DMD: student {count_parameters(unwrapped) / 1e6:.2f}M params, steps {steps}, "
                 f"teacher CFG {first_scale:g} / {video_scale:g} *****")
 
@@ -454,12 +484,14 @@ def main(args):
             teacher_cfg=f"{first_scale:g} / {video_scale:g}", save_mode=args.save_mode,
             fake_updates=args.fake_updates_per_student, dmd_weight=args.dmd_weight, cauchy_weight=args.cauchy_weight,
             learning_rate=args.learning_rate, batch_size=args.train_batch_size * accelerator.num_processes,
-            train_samples=args.train_samples, first_frame_prob=args.first_frame_prob,
+            data=(f"{num_samples} clips of {args.data_source}" if args.data_source
+                  else f"{args.train_samples} Shapes clips"), first_frame_prob=args.first_frame_prob,
             corrupt_ratio=args.corrupt_ratio, ema=f"decay {args.ema_decay}" if args.use_ema else "off",
             mixed_precision=args.mixed_precision or "no", height=args.height, width=args.width,
             num_frames=args.num_frames,
         )
-        write_model_card(output_dir, "pyramidal_dmd.md", values, tags=["text-to-video", "neodragon", "dmd", "shapes"])
+        write_model_card(output_dir, "pyramidal_dmd.md", values,
+                         tags=["text-to-video", "neodragon", "dmd", *(() if args.data_source else ("shapes",))])
         if args.push_to_hub:
             push_folder_to_hub(repo_id, output_dir, token=args.hub_token)
     accelerator.end_training()

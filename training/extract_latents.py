@@ -2,14 +2,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """Encode a captioned video dataset once into latent shards, so that training reads latents instead of videos.
 
-Input: ``--video_folder`` with ``--metadata`` (CSV/JSONL: file, caption, optional fps, start) or ``--dataset_name``
-(a ``datasets`` dataset with video and caption columns), sampled to ``--num_frames`` at ``--fps`` and resized and
-centre-cropped to ``--resolution``; broken or short clips are skipped with a message. The VAE (and with
-``--text_features`` the text encoders) come from ``--pretrained_model_name_or_path`` (a pipeline folder) or
-``--vae_path``. Output (``diffusers_neodragon.data.latent_shards``): ``shards/*.safetensors`` (normalised latents,
-optionally T5 token features, mask and pooled CLIP vector), ``index.jsonl`` (shard, index, caption per sample) and
-``settings.json``. Shards are written atomically; running the same command again resumes (written shards are
-skipped); with ``accelerate launch`` each process writes every n-th shard.
+Input: ``--video_folder`` with ``--metadata`` (CSV/JSONL: file, caption, optional fps, start), ``--dataset_name`` (a
+``datasets`` dataset with video and caption columns) or ``--webdataset`` (tar shards, ``<key>.mp4`` + ``<key>.txt``;
+latent shard i holds tar i's clips, so each process reads only its own tars), sampled to ``--num_frames`` at
+``--fps`` and resized and centre-cropped to ``--resolution``; broken or short clips are skipped with a message. The
+VAE (and with ``--text_features`` the text encoders) come from ``--pretrained_model_name_or_path`` (a pipeline
+folder) or ``--vae_path``. Output (``diffusers_neodragon.data.latent_shards``): ``shards/*.safetensors`` (normalised
+latents, optionally T5 token features, mask and pooled CLIP vector), ``index.jsonl`` (shard, index, caption per
+sample) and ``settings.json``. Shards are written atomically; running the same command again resumes (written shards
+are skipped); with ``accelerate launch`` each process writes every n-th shard.
 
     accelerate launch training/extract_latents.py --pretrained_model_name_or_path runs/shapes-base \\
         --video_folder clips --metadata clips/metadata.csv --num_frames 49 --resolution 128 --fps 8 \\
@@ -52,7 +53,7 @@ def parse_args(input_args=None):
     parser.add_argument("--samples_per_shard", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--latent_dtype", type=str, default="float32", choices=sorted(LATENT_DTYPES))
-    add_video_data_arguments(parser, latents=False)
+    add_video_data_arguments(parser, latents=False, webdataset=True)
     args = parser.parse_args(input_args)
     args.height, args.width = parse_resolution(args.resolution)
     if args.num_frames < 1 or (args.num_frames - 1) % 8:
@@ -63,7 +64,7 @@ def parse_args(input_args=None):
         raise ValueError("--text_features needs --pretrained_model_name_or_path or --text_encoders_path.")
     args.data_source = real_data_source(args)
     if args.data_source is None:
-        raise ValueError("Give --video_folder (with --metadata) or --dataset_name.")
+        raise ValueError("Give --video_folder (with --metadata), --dataset_name or --webdataset.")
     return args
 
 
@@ -77,17 +78,19 @@ def main(args) -> dict:
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
             if text_components.get(name) is not None:
                 text_components[name].to(accelerator.device)
-    dataset = video_dataset_from_args(args, verbose=accelerator.is_main_process)
+    dataset = video_dataset_from_args(args, verbose=accelerator.is_main_process,
+                                      process_index=accelerator.process_index, num_processes=accelerator.num_processes)
     result = extract_latent_shards(
         dataset, vae, args.output_dir, text_components=text_components, samples_per_shard=args.samples_per_shard,
         batch_size=args.batch_size, max_sequence_length=args.max_sequence_length, latent_dtype=args.latent_dtype,
         source=args.data_source, process_index=accelerator.process_index, num_processes=accelerator.num_processes,
         wait=accelerator.wait_for_everyone, show_progress=accelerator.is_local_main_process,
     )
-    result.update(num_samples=len(dataset), skipped_clips=[list(s) for s in dataset.skipped])
+    count = len(dataset) if hasattr(dataset, "__len__") else None  # a tar stream: this process's skips only
+    result.update(num_samples=count, skipped_clips=[list(s) for s in dataset.skipped])
     if accelerator.is_main_process:
-        print(f"[extract_latents] {len(dataset)} clips in {result['num_shards']} shards -> {args.output_dir} "
-              f"({len(dataset.skipped)} clips skipped)")
+        print(f"[extract_latents] {count if count is not None else 'the'} clips in {result['num_shards']} shards -> "
+              f"{args.output_dir} ({len(dataset.skipped)} clips skipped{'' if count is not None else ' here'})")
         print(json.dumps({k: result[k] for k in ("written", "skipped")}))
     accelerator.end_training()
     return result

@@ -100,6 +100,7 @@ from diffusers_neodragon.training_utils.latent_cache import (  # noqa: F401 - th
     CachedLatents,
     build_latent_cache,
     cache_metadata,
+    check_latent_shape,
     encode_training_set,
     encode_videos,
     latents_from_shards,
@@ -456,16 +457,6 @@ class IndexedShapes(torch.utils.data.Dataset):
             return {"index": index}
         item = self.dataset[index]
         return {"index": index, "video": item["video"], "caption": item["caption"]}
-
-
-def check_latent_shape(latents, vae, args) -> None:
-    """Latent shards must be of this run's --num_frames and --resolution."""
-    spatial, temporal = vae.config.spatial_downsample_scale, vae.config.temporal_downsample_scale
-    expected = ((args.num_frames - 1) // temporal + 1, args.height // spatial, args.width // spatial)
-    if tuple(latents.shape[2:]) != expected:
-        raise ValueError(f"{args.latents_dir} holds latents of shape {tuple(latents.shape[2:])} (T, h, w); "
-                         f"--num_frames {args.num_frames} --resolution {args.height}x{args.width} needs {expected}: "
-                         "pass the settings of the extraction (its settings.json).")
 
 
 def collate(items):

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 # SPDX-License-Identifier: Apache-2.0
 """Train a small causal video VAE (``CausalVideoVAE``: causal 3-D encoder + full causal decoder, 8x8x8) on the
-synthetic Shapes world, and store its latent normalisation constants.
+synthetic Shapes world, or on real videos (``--video_folder``, its metadata file optional: a VAE needs no captions;
+``--dataset_name``), and store its latent normalisation constants.
 
 The result, ``<output_dir>/vae``, is the VAE of the Shapes base model trained by ``train_pyramidal_flow.py`` (and
 the teacher decoder of ``distill_decoder.py``). Loss: MSE + L1 on the reconstruction (+ an optional, tiny KL to
@@ -69,6 +70,11 @@ from diffusers_neodragon.training_utils import (
     video_strip,
     window_mean,
 )
+from diffusers_neodragon.training_utils.video_data import (
+    add_video_data_arguments,
+    real_data_source,
+    video_dataset_from_args,
+)
 from diffusers_neodragon.utils.model_cards import write_model_card
 
 
@@ -86,6 +92,7 @@ def parse_args(input_args=None):
     parser.add_argument("--resolution", type=str, default="128", help="`N` or `HxW` (multiples of 8).")
     parser.add_argument("--num_frames", type=int, default=17, help="Frames per training clip (1 + 8k).")
     parser.add_argument("--train_samples", type=int, default=100_000, help="Size of the synthetic training set.")
+    add_video_data_arguments(parser, latents=False)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     # Model
     parser.add_argument("--latent_channels", type=int, default=8)
@@ -159,6 +166,10 @@ def parse_args(input_args=None):
         raise ValueError(f"--latent_noise_std must be >= 0, got {args.latent_noise_std}.")
     if args.first_frame_weight <= 0:
         raise ValueError(f"--first_frame_weight must be > 0, got {args.first_frame_weight}.")
+    args.data_source = real_data_source(args)
+    if args.data_source and args.foreground_weight:
+        raise ValueError("--foreground_weight finds the Shapes world's objects by their plain backgrounds; real "
+                         "data has none: drop it.")
     return args
 
 
@@ -169,6 +180,14 @@ def shapes_dataset(num_samples, num_frames, height, width, seed, split):
     from diffusers_neodragon.data.shapes import ShapesVideoDataset  # noqa: PLC0415
 
     return ShapesVideoDataset(num_samples, num_frames=num_frames, height=height, width=width, seed=seed, split=split)
+
+
+def real_clips(args, num_frames: int, count: int | None = None, verbose: bool = False, training_set=None):
+    """The first ``count`` (all: None) real clips at ``num_frames`` frames: of ``training_set`` when it has that
+    length, else read (and probed) again."""
+    clips = training_set if training_set is not None and training_set.num_frames == num_frames else \
+        video_dataset_from_args(args, verbose=verbose, captions=False, num_frames=num_frames)
+    return clips if count is None else torch.utils.data.Subset(clips, range(min(count, len(clips))))
 
 
 def collate_videos(items):
@@ -311,9 +330,12 @@ def main(args):
     if args.lpips_weight > 0:
         perceptual_fn = build_lpips(device=accelerator.device)
 
-    dataset = shapes_dataset(
-        args.train_samples, args.num_frames, args.height, args.width, args.seed, "train"
-    )
+    if args.data_source:
+        dataset = real_clips(args, args.num_frames, verbose=accelerator.is_main_process)
+        if len(dataset) < args.train_batch_size:
+            raise ValueError(f"{len(dataset)} usable clips are fewer than --train_batch_size {args.train_batch_size}.")
+    else:
+        dataset = shapes_dataset(args.train_samples, args.num_frames, args.height, args.width, args.seed, "train")
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.train_batch_size, sampler=EpochShuffleSampler(len(dataset), seed=args.seed),
         collate_fn=collate_videos, num_workers=args.dataloader_num_workers, drop_last=True,
@@ -323,7 +345,10 @@ def main(args):
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
     validation_clips = None
-    if args.num_validation_clips > 0:
+    if args.num_validation_clips > 0 and args.data_source:  # no held-out split: the first training clips
+        validation_set = real_clips(args, args.validation_num_frames, args.num_validation_clips, training_set=dataset)
+        validation_clips = collate_videos([validation_set[i] for i in range(len(validation_set))])["video"]
+    elif args.num_validation_clips > 0:
         validation_set = shapes_dataset(
             args.num_validation_clips, args.validation_num_frames, args.height, args.width,
             args.seed + VALIDATION_SEED_OFFSET,
@@ -395,10 +420,12 @@ def main(args):
         if args.decoder_only:  # same encoder: the pretrained constants (a transformer depends on them) stay
             stats = {name: vae.config[name] for name in LATENT_CONSTANTS}
         else:
-            stats_dataset = shapes_dataset(
-                args.normalization_samples, args.normalization_num_frames, args.height, args.width,
-                args.seed + STATISTICS_SEED_OFFSET, "train",
-            )
+            stats_dataset = real_clips(args, args.normalization_num_frames, args.normalization_samples,
+                                       training_set=dataset) \
+                if args.data_source else shapes_dataset(
+                    args.normalization_samples, args.normalization_num_frames, args.height, args.width,
+                    args.seed + STATISTICS_SEED_OFFSET, "train",
+                )
             stats_loader = torch.utils.data.DataLoader(
                 stats_dataset, batch_size=max(1, args.train_batch_size), collate_fn=collate_videos,
                 num_workers=args.dataloader_num_workers,
@@ -412,7 +439,19 @@ def main(args):
         else:
             copy.deepcopy(vae).to(save_dtype).save_pretrained(output_dir / "vae")
         values = dict(
-            title=args.hub_model_id or f"Shapes causal video VAE ({output_dir.name})",
+            title=args.hub_model_id or f"{'Causal' if args.data_source else 'Shapes causal'} video VAE "
+                                       f"({output_dir.name})",
+            trained_on=(f"real videos ({args.data_source})" if args.data_source else
+                        "the synthetic **Shapes world** (coloured shapes moving on plain backgrounds, "
+                        "`diffusers_neodragon.data.shapes`). It is the latent space of the Shapes base model "
+                        "trained by `training/train_pyramidal_flow.py`, and the teacher decoder for decoder "
+                        "distillation"),
+            data=(f"{len(dataset)} clips of {args.data_source}" if args.data_source else
+                  "Shapes clips (rendered on the fly, deterministic per seed)"),
+            stats_clips="the first training clips" if args.data_source else "held-out Shapes clips",
+            limitations=("Trained on the given videos only; check its PSNR on footage like yours." if args.data_source
+                         else "Trained only on the synthetic Shapes world: it reconstructs flat-coloured geometric "
+                              "shapes, not natural video."),
             command=training_command(SCRIPT, args.command_args),
             steps=global_step,
             final_loss=format_float(last_loss),
@@ -437,7 +476,8 @@ def main(args):
             save_dtype=args.save_dtype,
             **{k: f"{v:.6f}" for k, v in stats.items()},
         )
-        write_model_card(output_dir, "vae.md", values, tags=["video-vae", "neodragon", "shapes"])
+        write_model_card(output_dir, "vae.md", values,
+                         tags=["video-vae", "neodragon", *(() if args.data_source else ("shapes",))])
         if args.push_to_hub:
             push_folder_to_hub(repo_id, output_dir, token=args.hub_token)
     accelerator.end_training()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .prompts import load_datasets_table
-from .video_folder import clip_problem, frames_to_video, read_frame_indices, video_fps
+from .video_folder import VIDEO_SUFFIXES, clip_paths, clip_problem, frames_to_video, read_frame_indices, video_fps
 
 
 METADATA_FIELDS = ("file", "caption", "fps", "start")
@@ -114,15 +114,25 @@ class CaptionedClips(torch.utils.data.Dataset):
                 "caption": [item["caption"] for item in items], "name": [item["name"] for item in items]}
 
 
+def folder_rows(root: Path) -> list[dict]:
+    """Metadata rows with empty captions for every video file and folder of frames in ``root`` (sorted): the clips
+    of a folder without a metadata file, for training that needs no captions (the VAE)."""
+    rows = [dict(file=p.name, caption="", fps=None, start=0.0) for p in clip_paths(root)]
+    if not rows:
+        raise ValueError(f"{root} holds no video file ({', '.join(VIDEO_SUFFIXES)}) or folder of frames.")
+    return rows
+
+
 class CaptionedVideoFolder(CaptionedClips):
-    """The clips a metadata file lists (``file`` relative to ``root``), in its order."""
+    """The clips a metadata file lists (``file`` relative to ``root``), in its order; with ``metadata=None`` every
+    video of the folder, uncaptioned (:func:`folder_rows`)."""
 
     def __init__(self, root, metadata, num_frames: int, height: int, width: int, fps: float | None = None,
                  verbose: bool = True):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"Video folder {root} does not exist.")
-        rows = read_metadata(metadata)
+        rows = read_metadata(metadata) if metadata is not None else folder_rows(root)
         entries = [dict(source=root / row["file"], name=row["file"], caption=row["caption"], fps=row["fps"],
                         start=row["start"]) for row in rows]
         super().__init__(entries, num_frames, height, width, fps, verbose)
@@ -130,10 +140,11 @@ class CaptionedVideoFolder(CaptionedClips):
 
 def datasets_entries(table, video_column: str = "video", caption_column: str = "caption", root=None) -> list[dict]:
     """Entries of a ``datasets`` table (or any sequence of row dicts) whose video column holds a path (relative to
-    ``root`` when given), encoded bytes, or the ``{"path", "bytes"}`` dict of an undecoded ``datasets.Video``."""
+    ``root`` when given), encoded bytes, or the ``{"path", "bytes"}`` dict of an undecoded ``datasets.Video``;
+    ``caption_column=None``: empty captions."""
     columns = getattr(table, "column_names", None) or (list(table[0]) if len(table) else [])
     for column in (video_column, caption_column):
-        if column not in columns:
+        if column is not None and column not in columns:
             raise ValueError(f"The dataset has no column {column!r} (columns: {columns}); pass --video_column / "
                              "--caption_column.")
     entries = []
@@ -148,18 +159,24 @@ def datasets_entries(table, video_column: str = "video", caption_column: str = "
             raise ValueError(f"Row {number}'s {video_column!r} is a {type(video).__name__}: give paths or bytes "
                              "(cast a decoded datasets.Video column with decode=False).")
         name = video if isinstance(video, str) else f"row {number}"
-        entries.append(dict(source=video, caption=str(row[caption_column]).strip(), name=str(name),
+        caption = "" if caption_column is None else str(row[caption_column]).strip()
+        entries.append(dict(source=video, caption=caption, name=str(name),
                             fps=row.get("fps") or None, start=float(row.get("start") or 0.0)))
     return entries
 
 
 class CaptionedVideoTable(CaptionedClips):
-    """The clips of a ``datasets`` dataset: a local folder (``save_to_disk`` or data files) or a Hub id."""
+    """The clips of a ``datasets`` dataset: a local folder (``save_to_disk`` or data files), a Hub id or a loaded
+    ``datasets.Dataset`` (a ``datasets.Video`` column is read undecoded: paths or bytes); with
+    ``captions=False`` a missing caption column gives empty captions."""
 
     def __init__(self, name_or_path, num_frames: int, height: int, width: int, fps: float | None = None,
                  split: str = "train", video_column: str = "video", caption_column: str = "caption",
-                 verbose: bool = True):
+                 verbose: bool = True, captions: bool = True):
         table = load_datasets_table(name_or_path, split)
+        columns = getattr(table, "column_names", None) or (list(table[0]) if len(table) else [])
+        if not captions and caption_column not in columns:
+            caption_column = None  # uncaptioned clips (the VAE)
         try:
             import datasets  # noqa: PLC0415
 
@@ -167,6 +184,7 @@ class CaptionedVideoTable(CaptionedClips):
                 table = table.cast_column(video_column, datasets.Video(decode=False))
         except (ImportError, AttributeError):
             pass
-        root = Path(name_or_path) if Path(name_or_path).is_dir() else None
+        local = isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_dir()
+        root = Path(name_or_path) if local else None
         entries = datasets_entries(table, video_column, caption_column, root)
         super().__init__(entries, num_frames, height, width, fps, verbose)

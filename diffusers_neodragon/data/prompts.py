@@ -21,7 +21,9 @@ def read_prompt_file(path: str | os.PathLike) -> list[str]:
 
 def load_datasets_table(name_or_path: str | os.PathLike, split: str = "train"):
     """A ``datasets.Dataset``: a ``save_to_disk`` folder (``load_from_disk``), else a local folder / data file or a
-    Hub id (``load_dataset``), cut to ``split``."""
+    Hub id (``load_dataset``), cut to ``split``; a ``datasets.Dataset`` given is returned as it is."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return name_or_path
     try:
         import datasets  # noqa: PLC0415
     except ImportError as error:

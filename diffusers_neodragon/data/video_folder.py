@@ -112,6 +112,12 @@ def clip_problem(source, num_frames: int) -> str | None:
     return f"{count} frames, fewer than the {num_frames} needed"
 
 
+def clip_paths(root: Path) -> list[Path]:
+    """The video files and folders of frames in ``root``, sorted by name."""
+    return sorted(p for p in Path(root).iterdir()
+                  if (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES) or (p.is_dir() and _frame_files(p)))
+
+
 def _has_frames(path: Path, num_frames: int) -> bool:
     return clip_problem(path, num_frames) is None
 
@@ -142,10 +148,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"Video folder {root} does not exist.")
-        candidates = sorted(
-            p for p in root.iterdir()
-            if (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES) or (p.is_dir() and _frame_files(p))
-        )
+        candidates = clip_paths(root)
         self.num_frames, self.height, self.width = num_frames, height, width
         self.paths, self.skipped = [], []
         for path in candidates:

@@ -196,3 +196,13 @@ def latents_from_shards(folder, text_components, device, max_sequence_length, va
     pooled = torch.cat([empty[2].cpu().float(), stored[2].float()])
     ids = torch.arange(1, len(captions) + 1)
     return CachedLatents(tensors["latents"].float(), None, captions, ids, embeds, mask, pooled).to(device)
+
+
+def check_latent_shape(latents, vae, args) -> None:
+    """Latent shards must be of this run's --num_frames and --resolution (``args.latents_dir`` names the folder)."""
+    spatial, temporal = vae.config.spatial_downsample_scale, vae.config.temporal_downsample_scale
+    expected = ((args.num_frames - 1) // temporal + 1, args.height // spatial, args.width // spatial)
+    if tuple(latents.shape[2:]) != expected:
+        raise ValueError(f"{args.latents_dir} holds latents of shape {tuple(latents.shape[2:])} (T, h, w); "
+                         f"--num_frames {args.num_frames} --resolution {args.height}x{args.width} needs {expected}: "
+                         "pass the settings of the extraction (its settings.json).")

@@ -110,3 +110,24 @@ def test_writer_makes_decodable_mp4(tmp_path):
     import imageio.v3 as iio
 
     assert len(list(iio.imiter(write_clip(tmp_path / "x.mp4", num_frames=3)))) == 3
+
+
+def test_a_datasets_dataset_with_a_video_feature(clips):
+    """A real ``datasets.Dataset`` built from a dict: a decoding ``datasets.Video`` column (bytes and paths) is read
+    undecoded, the broken row skipped; without captions needed, a missing caption column gives empty captions."""
+    datasets = pytest.importorskip("datasets")
+    from diffusers_neodragon.data.captioned_videos import CaptionedVideoTable
+
+    features = datasets.Features({"video": datasets.Video(), "caption": datasets.Value("string")})
+    table = datasets.Dataset.from_dict({
+        "video": [{"bytes": (clips / "clip2.mp4").read_bytes(), "path": None},
+                  {"bytes": None, "path": str(clips / "clip0.mp4")},
+                  {"bytes": (clips / "broken.mp4").read_bytes(), "path": None}],
+        "caption": ["from bytes ", "from a path", "broken"]}, features=features)
+    dataset = CaptionedVideoTable(table, 9, 16, 16, fps=5, verbose=False)
+    assert dataset.captions == ["from bytes", "from a path"] and [n for n, _ in dataset.skipped] == ["row 2"]
+    np.testing.assert_allclose(grey_levels(dataset[0]["video"]), [frame_level(2 * k) for k in range(9)], atol=4)
+    uncaptioned = table.remove_columns("caption")
+    with pytest.raises(ValueError, match="no column 'caption'"):
+        CaptionedVideoTable(uncaptioned, 9, 16, 16, verbose=False)
+    assert CaptionedVideoTable(uncaptioned, 9, 16, 16, verbose=False, captions=False).captions == ["", ""]

@@ -119,3 +119,56 @@ def test_training_from_shards_equals_training_from_videos(setup, tmp_path):
     with pytest.raises(ValueError, match="latents of shape"):
         train.main(train.parse_args([*common, "--latents_dir", str(out), "--resolution", "128", "--output_dir",
                                      str(tmp_path / "c")]))
+
+
+def test_extraction_from_webdataset_shards(setup, tmp_path):
+    """Tar shards (<key>.mp4 + <key>.txt): latent shard i holds tar i's good clips (a tar of broken clips gives an
+    empty shard), process r reads only tars r, r + n, ..., and the latents equal the video folder's."""
+    pytest.importorskip("webdataset")
+    import io
+    import tarfile
+
+    from diffusers_neodragon.data.webdataset_clips import WebDatasetClips
+
+    root, clips = setup
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    contents = [[("clip0", "clip0.mp4", "clip number 0 moving left"), ("bad", "broken.mp4", "broken")],
+                [("clip2", "clip2.mp4", "clip number 2 moving left")], [("bad2", "broken.mp4", "broken")]]
+    for number, samples in enumerate(contents):
+        with tarfile.open(tars / f"{number:03d}.tar", "w") as tar:
+            for key, file, caption in samples:
+                for name, data in ((f"{key}.mp4", (clips / file).read_bytes()), (f"{key}.txt", caption.encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "latents"
+    args = extract.parse_args([*DATA, "--vae_path", str(root / "vae"), "--text_encoders_path", str(root / "text"),
+                               "--webdataset", str(tars), "--output_dir", str(out), "--text_features"])
+    vae = tiny_causal_vae(seed=0).eval()
+    second = WebDatasetClips(tars, 9, 64, 64, fps=5, process_index=1, num_processes=2, verbose=False)
+    assert second.shards == [str(tars / "001.tar")]
+    extract.main(args)
+    settings = dict(text_components=None, source="x", process_index=1, num_processes=2, show_progress=False)
+    with pytest.raises(ValueError, match="other settings"):  # without text features: another extraction
+        latent_extraction.extract_latent_shards(second, vae, out, **settings)
+    result = latent_extraction.extract_latent_shards(second, vae, tmp_path / "two", **settings)
+    assert result == {"written": [1], "skipped": [], "num_shards": 3}
+    assert not (tmp_path / "two" / "index.jsonl").exists()  # the main process writes it at the end
+    first = WebDatasetClips(tars, 9, 64, 64, fps=5, process_index=0, num_processes=2, verbose=False)
+    result = latent_extraction.extract_latent_shards(first, vae, tmp_path / "two", **{**settings, "process_index": 0})
+    assert result["written"] == [0, 2] and len(first.skipped) == 2
+
+    for folder in (out, tmp_path / "two"):
+        lines = [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()]
+        assert [(x["shard"], x["caption"]) for x in lines] == [
+            ("shards/00000.safetensors", "clip number 0 moving left"),
+            ("shards/00001.safetensors", "clip number 2 moving left")]
+    from diffusers_neodragon.training_utils.prompts import load_text_components
+    from diffusers_neodragon.training_utils.video_data import video_dataset_from_args
+
+    folder_args = extract_args(root, clips, tmp_path / "unused")
+    dataset = video_dataset_from_args(folder_args, verbose=False)
+    videos = dataset.collate_fn([dataset[0], dataset[1]])
+    cache = latents_from_shards(out, load_text_components(str(root / "text")), "cpu", 24, vae)
+    torch.testing.assert_close(cache.latents, encode_videos(vae, videos["video"]), rtol=1e-5, atol=1e-5)

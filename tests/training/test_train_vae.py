@@ -199,3 +199,26 @@ def test_latent_noise_follows_the_latents_spread_while_the_encoder_trains():
     vae.register_to_config(image_latent_scale=40.0, video_latent_scale=20.0)  # latents 10x larger in normalised units
     torch.testing.assert_close(noise_over_spread(False), training, rtol=1e-3, atol=0.0)
     assert (noise_over_spread(True) < frozen / 5).all()
+
+
+def test_train_vae_on_a_folder_of_mp4_files_without_metadata(tmp_path):
+    """--video_folder without a metadata file: every video of the folder (the broken one skipped), no captions."""
+    from tests.data.video_files import write_clip
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i, color in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        write_clip(folder / f"clip{i}.mp4", color=color)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    (folder / "notes.txt").write_text("not a clip")
+    common = ["--max_train_steps", "1", "--num_validation_clips", "1", "--normalization_samples", "2",
+              "--checkpointing_steps", "0"]
+    real = run(tmp_path / "real", *common, "--video_folder", str(folder), "--fps", "5")
+    shapes = run(tmp_path / "shapes", *common)
+    assert real["global_step"] == 1 and real["psnr"] is not None and real["loss"] != shapes["loss"]
+    card = (tmp_path / "real" / "README.md").read_text()
+    assert f"3 clips of video_folder={folder} fps=5" in card and "{{" not in card and "Shapes world" not in card
+    with pytest.raises(ValueError, match="foreground_weight"):
+        train_vae.parse_args([*TINY, "--video_folder", str(folder), "--foreground_weight", "1"])
+    with pytest.raises(ValueError, match="no video file"):
+        run(tmp_path / "empty", *common, "--video_folder", str(tmp_path / "real" / "vae"))
