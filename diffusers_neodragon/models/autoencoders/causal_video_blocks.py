@@ -142,9 +142,7 @@ class CausalTemporalUpsample2x(nn.Module):
             cache[self] = True
         x = self.conv(x, cache)
         batch, channels, frames, height, width = x.shape
-        # height and width travel as one axis: the same permutation in 5 dimensions, which the NPU's reshape and
-        # transpose support (6 are not)
-        x = x.reshape(batch, channels // 2, 2, frames, height * width).transpose(2, 3)
+        x = x.reshape(batch, channels // 2, 2, frames, height, width).transpose(2, 3)
         x = x.reshape(batch, channels // 2, frames * 2, height, width)
         return x[:, :, 1:] if is_first_chunk else x
 
