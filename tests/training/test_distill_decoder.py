@@ -206,15 +206,13 @@ def test_push_to_hub_uploads_the_pipeline_folder(teacher_pipeline, tmp_path, mon
 
 
 def test_the_pipeline_with_the_distilled_decoder_exports(teacher_pipeline, tmp_path, capsys):
-    """The full causal decoder cannot be exported; after distillation the decoder step is (ONNX, torch backend;
-    and on the QNN HTP simulator where onnxruntime-qnn is installed)."""
+    """After distillation the tiny decoder's step exports (ONNX, torch backend; and on the QNN HTP simulator where
+    onnxruntime-qnn is installed). The teacher's full causal decoder exports too, as two step graphs with explicit
+    caches (tests/export/test_export_causal_decoder.py), but its temporal upsampler is not placed on the HTP."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from diffusers_neodragon_cli.export_arguments import export_main
 
-    assert export_main([str(teacher_pipeline), "--output", str(tmp_path / "no"), "--height", "64", "--width", "64",
-                        "--frames", "9", "--components", "decoder_step", "--backend", "torch"]) == 2
-    assert "CausalVideoDecoder" in capsys.readouterr().err
     run(teacher_pipeline, tmp_path / "run", "--max_train_steps", "1", "--num_validation_clips", "0",
         "--pipeline_output", str(tmp_path / "pipe"))
     out = tmp_path / "onnx"
