@@ -67,6 +67,12 @@ def run_export(args) -> int:
         selected = [name for name, _ in select_components(pipe, args.components)]
     except ValueError as error:
         return _fail(str(error))
+    if args.precision == "w8a16" and args.components:
+        # calibration runs the exported pipeline: every graph but the decoder's (the torch VAE can stand in) is needed
+        needed = [name for name, kind in select_components(pipe) if kind != "decoder_step" and name not in selected]
+        if needed:
+            return _fail(f"--precision w8a16 calibrates by running the exported pipeline, which also needs "
+                         f"{' '.join(needed)}: leave out --components (or add those), or export --precision fp16")
     skipped = skipped_components(pipe, args.components)
     for name, reason in skipped.items():
         print(f"neodragon: warning: skipping {name}: {reason}", file=sys.stderr, flush=True)

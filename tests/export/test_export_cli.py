@@ -91,6 +91,17 @@ def test_an_unknown_component_fails_fast_and_leaves_no_folder(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_w8a16_of_a_subset_fails_fast_naming_the_graphs_calibration_needs(tmp_path, capsys):
+    model = _causal_vae_model(tmp_path / "model")
+    out = tmp_path / "onnx"
+    assert main(["export", str(model), "--output", str(out), "--components", "decoder_step",
+                 "--precision", "w8a16"]) == 2
+    err = capsys.readouterr().err
+    assert "calibrates by running the exported pipeline, which also needs text_encoder" in err
+    assert "transformer_stage_0" in err and "decoder_first_step" not in err.split("needs")[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_embedded_model_exports_only_the_named_graphs(tmp_path, capsys):
     """The embedded model (full causal decoder): an unknown name fails before any work and writes nothing; a named
     graph is exported alone."""
