@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from diffusers_neodragon.training_utils import count_parameters
+
 
 PROMPT = "a large red circle moving right on a blue background"
 
@@ -57,22 +59,23 @@ def parse_entry(text: str) -> tuple[str, argparse.Namespace]:
         raise argparse.ArgumentTypeError(f"bad options in entry {text!r}") from None
 
 
-def count_parameters(module) -> int:
-    return sum(p.numel() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
+def parameters_of(module) -> int:
+    """Parameters of a pipeline component; 0 for one that is absent or no model (a tokenizer)."""
+    return count_parameters(module) if isinstance(module, torch.nn.Module) else 0
 
 
 def component_parameters(pipe) -> dict[str, int]:
     """Parameters of what the pipeline runs, by part; a nested first-frame pipeline is one part."""
-    text = sum(count_parameters(getattr(pipe, n, None)) for n in
+    text = sum(parameters_of(getattr(pipe, n, None)) for n in
                ("text_encoder", "text_encoder_2", "text_encoder_3", "context_adapter"))
     vae = pipe.vae
     parts = {
-        "transformer": count_parameters(pipe.transformer),
+        "transformer": parameters_of(pipe.transformer),
         "text": text,
-        "vae_encoder": count_parameters(getattr(vae, "encoder", None)),
-        "vae_decoder": count_parameters(vae) - count_parameters(getattr(vae, "encoder", None)),
-        "super_resolution": count_parameters(getattr(pipe, "super_resolution", None)),
-        "first_frame_pipeline": sum(count_parameters(m) for m in getattr(
+        "vae_encoder": parameters_of(getattr(vae, "encoder", None)),
+        "vae_decoder": parameters_of(vae) - parameters_of(getattr(vae, "encoder", None)),
+        "super_resolution": parameters_of(getattr(pipe, "super_resolution", None)),
+        "first_frame_pipeline": sum(parameters_of(m) for m in getattr(
             getattr(pipe, "first_frame_pipeline", None), "components", {}).values()),
     }
     parts["total"] = sum(parts.values())
