@@ -75,7 +75,11 @@ from diffusers_neodragon.training_utils import (
     video_strip,
     window_mean,
 )
-from diffusers_neodragon.training_utils.asymmetric_student import build_student_vae, encoder_state
+from diffusers_neodragon.training_utils.asymmetric_student import (
+    build_student_vae,
+    continue_student_vae,
+    encoder_state,
+)
 from diffusers_neodragon.training_utils.perceptual import (
     PERCEPTUAL_KINDS,
     build_perceptual_loss,
@@ -99,6 +103,10 @@ def parse_args(input_args=None):
     parser.add_argument("--pipeline_output", type=str, default=None,
                         help="Also write the teacher pipeline (--teacher must be one) with the student as its vae.")
     # Student
+    parser.add_argument("--student_init", type=str, default=None,
+                        help="Start from an earlier student (an AsymmetricVAE folder, or a run folder holding vae/) "
+                             "instead of a fresh decoder; its encoder must be the teacher's. The --decoder_* shape "
+                             "options are then taken from it.")
     parser.add_argument("--decoder_num_features", type=str, default="32,32,16,16",
                         help="Widths: the first conv, then the output of every stage (stages = entries - 1).")
     parser.add_argument("--decoder_blocks_per_stage", type=str, default="3",
@@ -173,6 +181,8 @@ def load_teacher(args) -> CausalVideoVAE:
 
 
 def build_student(args, teacher) -> AsymmetricVAE:
+    if args.student_init:
+        return continue_student_vae(teacher, load_vae_folder(args.student_init, teacher.dtype))
     return build_student_vae(teacher, args.num_features, args.blocks_per_stage, args.time_upscale,
                              args.space_upscale)
 

@@ -83,6 +83,20 @@ def build_student_vae(
     return student if student.dtype == teacher.dtype else student.to(teacher.dtype)
 
 
+def continue_student_vae(teacher, student) -> AsymmetricVAE:
+    """An earlier student, to train further: checked to carry ``teacher``'s latent space bit for bit (a student of
+    another teacher would decode the wrong latents), with its encoder frozen."""
+    if not isinstance(student, AsymmetricVAE):
+        raise ValueError(f"--student_init must hold an AsymmetricVAE, got {type(student).__name__}.")
+    mine, theirs = encoder_state(student), {k: v for k, v in teacher.state_dict().items()
+                                            if k.split(".", 1)[0] in ENCODER_MODULES}
+    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k].to(mine[k].dtype)) for k in mine):
+        raise ValueError("--student_init's encoder is not the teacher's: it was distilled from another VAE. Give the "
+                         "teacher it was distilled from, or start a fresh student.")
+    freeze_encoder(student)
+    return student
+
+
 @torch.no_grad()
 def initialize_decoder_(decoder: torch.nn.Module) -> None:
     """Unit-gain init of a tiny decoder trained from scratch: He-normal convs (ReLU gain), zero biases, and each

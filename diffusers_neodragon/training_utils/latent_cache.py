@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -112,8 +113,10 @@ def build_latent_cache(args, vae, text_components, accelerator, dataset=None) ->
         if path is not None and accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             header = {"settings": json.dumps(metadata), "captions": json.dumps(captions)}
-            save_file({"latents": latents.contiguous(), "foreground": foreground.contiguous()}, str(path),
+            partial = path.with_name(path.name + ".partial")  # renamed when complete: readers never see half
+            save_file({"latents": latents.contiguous(), "foreground": foreground.contiguous()}, str(partial),
                       metadata=header)
+            os.replace(partial, path)
     ids, embeds, mask, pooled = text_table(text_components, captions, accelerator.device, args.max_sequence_length)
     return CachedLatents(latents, foreground, captions, ids, embeds, mask, pooled).to(accelerator.device)
 

@@ -104,6 +104,29 @@ def test_distill_resume_reaches_the_uninterrupted_weights(teacher_pipeline, tmp_
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6)
 
 
+def test_student_init_continues_an_earlier_student_of_the_same_teacher_only(teacher_pipeline, tmp_path):
+    first = tmp_path / "first"
+    run(teacher_pipeline, first, "--max_train_steps", "2", "--num_validation_clips", "0",
+        "--decoder_num_features", "8,4,4,4")
+    # (Warm-up makes step 1's learning rate 0.) The shape comes from the earlier student (not from the default
+    # --decoder_num_features), and it trains on.
+    run(teacher_pipeline, tmp_path / "second", "--max_train_steps", "2", "--num_validation_clips", "0",
+        "--student_init", str(first))
+    student = AsymmetricVAE.from_pretrained(tmp_path / "second" / "vae")
+    assert list(student.config.decoder_num_features) == [8, 4, 4, 4]
+    before, after = weights(first), weights(tmp_path / "second")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    for key in encoder_state(student):
+        assert torch.equal(before[key], after[key]), key
+
+    other = tmp_path / "other_teacher"
+    pipe = NeodragonPipeline.from_pretrained(teacher_pipeline, dtype=torch.float32)
+    pipe.register_modules(vae=tiny_causal_vae(seed=7))
+    pipe.save_pretrained(other)
+    with pytest.raises(ValueError, match="not the teacher's"):
+        run(other, tmp_path / "third", "--max_train_steps", "1", "--student_init", str(first))
+
+
 def test_student_upsampling_must_match_the_encoder():
     teacher = tiny_causal_vae()
     with pytest.raises(ValueError, match=r"upsamples 4x in time .* compresses 8x"):
