@@ -46,7 +46,8 @@ def parse_args(input_args=None):
                         help="Folder with text_encoder(_2,_3) + tokenizer(_2,_3) (default: the pipeline's).")
     parser.add_argument("--text_features", action="store_true",
                         help="Also store the text encoders' features (T5 tokens + mask, pooled CLIP).")
-    parser.add_argument("--max_sequence_length", type=int, default=128)
+    parser.add_argument("--max_sequence_length", type=int, default=64,
+                        help="T5 tokens; the training scripts default to 64 too and must use the same value.")
     parser.add_argument("--output_dir", type=str, required=True)
     parser.add_argument("--resolution", type=str, default="128", help="`N` or `HxW`.")
     parser.add_argument("--num_frames", type=int, default=49, help="1 + 8k frames.")
