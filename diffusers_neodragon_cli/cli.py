@@ -204,7 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
         "generate", help="generate a video from a prompt (and optionally a first frame)",
         description="Generate a video from a prompt. Sizes, frames and steps are checked against the model's "
         f"configs before anything loads{about}.")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", nargs="?", help="the prompt (or --prompts FILE for one video per line of a file)")
+    gen.add_argument("--prompts", metavar="FILE",
+                     help="generate one video per prompt of FILE (one per line, or .jsonl with a \"prompt\" field) "
+                     "into --output-dir as 00000.mp4, 00001.mp4, ... with manifest.jsonl; prompt i uses seed "
+                     "--seed + i; finished videos are skipped when run again; split across the processes of "
+                     "`torchrun` / `accelerate launch`")
+    gen.add_argument("--output-dir", help="with --prompts: the folder for the videos and manifest.jsonl "
+                     "(default: videos)")
+    gen.add_argument("--video-format", choices=[e[1:] for e in VIDEO_EXTENSIONS],
+                     help="with --prompts: the videos' format (default: mp4)")
     gen.add_argument("--model", help="pipeline folder or Hub id saved by NeodragonPipeline (default: the small "
                      "Shapes model embedded in the package, which works offline)")
     gen.add_argument("--image", help="first frame (image-to-video)")
@@ -215,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"multiple of {multiple} (default: the model's: {embedded['height']}320 for Neodragon)")
     gen.add_argument("--width", type=int_at_least(1),
                      help=f"multiple of {multiple} (default: the model's: {embedded['width']}512 for Neodragon)")
-    gen.add_argument("--seed", type=_seed, default=0, help="in [0, 2**63) (default: 0)")
+    gen.add_argument("--seed", type=_seed, default=0,
+                     help="in [0, 2**63) (default: 0); with --prompts, prompt i uses seed + i")
     gen.add_argument("--steps", type=_steps, help="video DiT steps per stage, e.g. 1,1,1 (default: the mode's)")
     gen.add_argument("--first-frame-steps", type=_steps, help="DiT steps per stage for a DiT-made first frame")
     gen.add_argument("--guidance-scale", type=_guidance,
@@ -238,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"CPU threads for torch (default: the idle cores, at most 4; {default_threads()} now). "
                      "torch's own default, every core, is many times slower on a machine busy with other work")
     gen.add_argument("--fps", type=int_at_least(1), default=24, help="frames per second of the video (default: 24)")
-    gen.add_argument("--output", default="out.mp4",
+    gen.add_argument("--output",
                      help=f"video path ({', '.join(VIDEO_EXTENSIONS)}); the PNG strip goes next to it as "
                      "NAME_frames.png (default: out.mp4)")
     gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -413,44 +423,100 @@ def write_outputs(frames, output: Path, fps: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- commands
-def generate(args) -> int:
-    """``neodragon generate``: every check that needs no weights first (UsageError), then load and run."""
+def check_prompt_arguments(args) -> None:
+    """One prompt or a prompt file, and each with its own output flags."""
+    if args.prompts is not None:
+        if args.prompt is not None:
+            raise UsageError(f"give a prompt or --prompts {args.prompts}, not both")
+        if args.output is not None:
+            raise UsageError(f"--output names one video; with --prompts give the folder as --output-dir (got "
+                             f"--output {args.output})")
+        path = Path(args.prompts).expanduser()
+        if not path.exists():
+            raise UsageError(f"--prompts {args.prompts}: no such file")
+        if not path.is_file():
+            raise UsageError(f"--prompts {args.prompts}: is a folder; give a text file with one prompt per line "
+                             "(or .jsonl)")
+        return
+    for flag, value in (("--output-dir", args.output_dir), ("--video-format", args.video_format)):
+        if value is not None:
+            raise UsageError(f"{flag} goes with --prompts FILE; for one prompt give --output NAME.mp4")
+    if args.prompt is None:
+        raise UsageError("the following arguments are required: prompt (or --prompts FILE)")
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
+
+
+def check_output_dir(output_dir: str) -> Path:
+    """A folder (existing or to be made) that is writable; a file there or on the way is a usage error."""
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output-dir {output_dir}: is a file; give a folder for the videos and manifest.jsonl")
+    folder = path.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--output-dir {output_dir}: {folder} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise UsageError(f"--output-dir {output_dir}: cannot write in {folder} ({error.strerror or error})")
+    return path
+
+
+def _local_processes() -> int:
+    """Processes on this machine under ``accelerate launch`` / ``torchrun`` (1 for a plain run)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def generate(args) -> int:
+    """``neodragon generate``: every check that needs no weights first (UsageError), then load and run."""
+    check_prompt_arguments(args)
     model, limits = resolve_model(args.model)
     if limits is not None:
         check_against_model(args, limits)
-    output = check_output(args.output)
+    if args.prompts is None:
+        output = check_output(args.output or "out.mp4")
+    else:
+        output = check_output_dir(args.output_dir or "videos")
     if args.image is not None:
         check_image(args.image)
-    threads = args.threads or default_threads()
-    device = check_device(args.device)
+    # the idle cores are shared by the processes of a launch on this machine
+    threads = args.threads or max(1, default_threads() // _local_processes())
+    device = check_device(args.device) if args.prompts is None or args.device is not None else None
 
     import torch
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(args, model, output, device)
+        if args.prompts is None:
+            return _run(args, model, output, device)
+        return _run_prompt_file(args, model, output, device)
     finally:
         torch.set_num_threads(previous_threads)  # main() is also called in-process (tests, scripts)
 
 
-def _run(args, model: str, output: Path, device) -> int:
-    """Load, generate and write; what fails here is a runtime failure (exit code 1)."""
+def _load(args, model: str, device):
     import torch
-    from diffusers.utils import load_image
 
     from diffusers_neodragon import NeodragonPipeline
 
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if args.model is None:
-        print(f"using the embedded Shapes model ({model}); pass --model for another pipeline")
     pipe = NeodragonPipeline.from_pretrained(model, dtype=dtype).to(device)
     if args.float8_weights:
         pipe.enable_float8_weights()
-    result = pipe(
-        args.prompt,
+    return pipe
+
+
+def _pipeline_kwargs(args) -> dict:
+    """The generation settings of the command line, as ``NeodragonPipeline.__call__`` arguments."""
+    from diffusers.utils import load_image
+
+    return dict(
         image=load_image(args.image) if args.image else None,
         negative_prompt=args.negative_prompt,
         mode=args.mode,
@@ -464,11 +530,48 @@ def _run(args, model: str, output: Path, device) -> int:
         history_noise=args.history_noise,
         super_resolution=False if args.no_super_resolution else None,
         decode_chunk_size=args.decode_chunk_size,
-        generator=torch.Generator().manual_seed(args.seed),
     )
+
+
+def _run(args, model: str, output: Path, device) -> int:
+    """Load, generate and write; what fails here is a runtime failure (exit code 1)."""
+    import torch
+
+    if args.model is None:
+        print(f"using the embedded Shapes model ({model}); pass --model for another pipeline")
+    pipe = _load(args, model, device)
+    result = pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed), **_pipeline_kwargs(args))
     frames = result.frames[0]
     strip_path = write_outputs(frames, output, args.fps)
     print(f"wrote {output} ({len(frames)} frames, {frames[0].width}x{frames[0].height}) and {strip_path}")
+    return 0
+
+
+def _run_prompt_file(args, model: str, output_dir: Path, device) -> int:
+    """``--prompts``: this process's share of the prompt file (see diffusers_neodragon's batch_generation)."""
+    from accelerate import PartialState
+
+    from diffusers_neodragon.pipelines.neodragon.batch_generation import generate_prompt_file, read_prompts
+
+    try:
+        prompts = read_prompts(args.prompts)
+    except ValueError as error:
+        raise UsageError(f"--prompts {args.prompts}: {error}") from error
+    import torch
+
+    # accelerate treats a torchrun launch on the CPU as distributed (gloo) only when told it runs on the CPU
+    on_cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
+    state = PartialState(cpu=on_cpu)
+    if device is None or (device.type == state.device.type and device.index is None):
+        device = state.device  # each process its own GPU
+    if args.model is None:
+        state.print(f"using the embedded Shapes model ({model}); pass --model for another pipeline")
+    pipe = _load(args, model, device)
+    pipe.set_progress_bar_config(disable=True)
+    result = generate_prompt_file(pipe, prompts, output_dir, seed=args.seed, extension=f".{args.video_format or 'mp4'}",
+                                  fps=args.fps, state=state, log=print, **_pipeline_kwargs(args))
+    state.print(f"{len(result.jobs)} prompts in {output_dir}: {len(result.skipped)} already done, the rest written by "
+                f"{state.num_processes} process(es); manifest: {output_dir / 'manifest.jsonl'}")
     return 0
 
 

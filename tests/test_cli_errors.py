@@ -67,7 +67,7 @@ USAGE_ERRORS = [
     (["--image", "{tmp}/missing.png"], "--image {tmp}/missing.png: no such file"),
     (["--image", "{tmp}/folder"], "--image {tmp}/folder: is a folder"),
     (["--image", "{tmp}/notes.txt"], "--image {tmp}/notes.txt: not a readable image (UnidentifiedImageError)"),
-    ([], "the following arguments are required: prompt"),  # `neodragon generate` alone
+    ([], "the following arguments are required: prompt (or --prompts FILE)"),  # `neodragon generate` alone
     ([""], "the prompt is empty"),  # `neodragon generate "   "`
 ]
 
