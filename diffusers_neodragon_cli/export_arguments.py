@@ -26,9 +26,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--width", type=int_at_least(1), help="video width (default: the pipeline's)")
     parser.add_argument("--frames", type=int_at_least(1), help="number of frames, 8k+1 (default: the pipeline's)")
     parser.add_argument("--components", nargs="+", help="export only these graphs (names or kinds)")
-    parser.add_argument("--backend", choices=["auto", "optimum", "torch"], default="auto",
-                        help="exporter: optimum's export_models with our OnnxConfigs, or torch.onnx (auto: optimum "
-                             "when it imports)")
+    parser.add_argument("--backend", choices=["auto", "torch"], default="auto",
+                        help="exporter: torch.onnx, the only one (optimum's was dropped: see the README)")
     parser.add_argument("--opset", type=int, default=17)
     return parser
 
