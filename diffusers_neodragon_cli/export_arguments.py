@@ -18,14 +18,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="compile and run every graph on the QNN HTP simulator with CPU fallback disabled")
     parser.add_argument("--aihub-device", metavar="NAME",
                         help="submit Qualcomm AI Hub compile/link/profile/inference jobs, e.g. "
-                             '"Snapdragon 8 Elite QRD"')
+                             '"Snapdragon 8 Elite QRD" (needs an API token: qai-hub configure --api_token ...)')
+    parser.add_argument("--aihub-dry-run", action="store_true",
+                        help="with --aihub-device: run the AI Hub job graph through qai-hub's own client with the "
+                             "network replaced (every check qai-hub makes before an upload; no token, nothing sent)")
     parser.add_argument("--height", type=int_at_least(1), help="video height (default: the pipeline's)")
     parser.add_argument("--width", type=int_at_least(1), help="video width (default: the pipeline's)")
     parser.add_argument("--frames", type=int_at_least(1), help="number of frames, 8k+1 (default: the pipeline's)")
     parser.add_argument("--components", nargs="+", help="export only these graphs (names or kinds)")
-    parser.add_argument("--backend", choices=["auto", "optimum", "torch"], default="auto",
-                        help="exporter: optimum's export_models with our OnnxConfigs, or torch.onnx (auto: optimum "
-                             "when it imports)")
+    parser.add_argument("--backend", choices=["auto", "torch"], default="auto",
+                        help="exporter: torch.onnx, the only one (optimum's was dropped: see the README)")
     parser.add_argument("--opset", type=int, default=17)
     return parser
 

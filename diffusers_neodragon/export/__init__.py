@@ -8,23 +8,23 @@ Modules (import what you need; the heavy optional dependencies are only imported
   step; ...);
 * ``specs``: which graphs a pipeline has, which of them can be exported (checked before any work), their example
   inputs;
-* ``onnx_configs``: optimum ``OnnxConfig`` subclasses; ``optimum_compat``: importing optimum under transformers 5;
-* ``exporter``: ``export_pipeline`` / ``export_component`` and ``manifest.json`` (written through a temporary folder,
-  so a failed export leaves nothing); ``graph_passes``: NPU clean-ups;
+* ``exporter``: ``export_pipeline`` / ``export_component`` (``torch.onnx``) and ``manifest.json`` (written through
+  a temporary folder, so a failed export leaves nothing); ``graph_passes``: NPU clean-ups;
 * ``ort_pipeline``: ``ORTNeodragonPipeline``, the whole generation from the exported graphs (the torch pipeline's
   own per-frame loop, its transformer calls answered by the stage graphs);
 * ``quantize``: w8a16 QDQ graphs calibrated with the ONNX pipeline;
 * ``htp_check``: compile/run on the QNN HTP simulator with CPU fallback disabled, errors, sizes, memory;
-* ``aihub``: AI Hub compile → link → profile → inference jobs; ``cli``: ``neodragon export``.
+* ``aihub``: AI Hub compile → link → inference (with profiling) jobs; ``aihub_offline``: the same jobs through
+  qai-hub's own client with the network replaced (a dry run without a token); ``cli``: ``neodragon export``.
 
-Needs the ``export`` extra: onnx, onnxruntime (or onnxruntime-qnn, which includes it), optimum-onnx, qai-hub.
+Needs the ``export`` extra: onnx, onnxruntime (or onnxruntime-qnn, which includes it), qai-hub.
 """
 
 import importlib
 
 
 # Public name -> submodule. Everything loads lazily, so ``neodragon --help`` and ``import diffusers_neodragon.export``
-# stay cheap and the optional dependencies (onnx, onnxruntime[-qnn], optimum-onnx, qai-hub) load only when used.
+# stay cheap and the optional dependencies (onnx, onnxruntime[-qnn], qai-hub) load only when used.
 _EXPORTS = {
     "ComponentSpec": "specs",
     "ExportSize": "specs",

@@ -37,8 +37,16 @@ def run_export(args) -> int:
 
         if not qnn_available():
             return _fail("--check-htp needs onnxruntime-qnn (pip install onnxruntime-qnn)")
-    # AI Hub: fail before any work when no token is configured.
-    if args.aihub_device:
+    # AI Hub: fail before any work when no token is configured (a dry run needs none, only qai-hub).
+    dry_run = getattr(args, "aihub_dry_run", False)
+    if dry_run and not args.aihub_device:
+        return _fail("--aihub-dry-run checks the jobs of --aihub-device: name a device too")
+    if args.aihub_device and dry_run:
+        import importlib.util
+
+        if importlib.util.find_spec("qai_hub") is None:
+            return _fail("--aihub-dry-run needs qai-hub (pip install qai-hub)")
+    elif args.aihub_device:
         from .aihub import AIHubConfigurationError, require_token
 
         try:
@@ -116,8 +124,11 @@ def run_export(args) -> int:
     if args.aihub_device:
         from .aihub import submit_jobs
 
-        plan = submit_jobs(output, args.aihub_device, args.precision, progress=say)
-        say(f"submitted {len(plan)} AI Hub jobs")
+        plan = submit_jobs(output, args.aihub_device, args.precision, progress=say, dry_run=dry_run)
+        if dry_run:
+            say(f"AI Hub dry run: {len(plan)} jobs passed qai-hub's own checks; nothing was sent")
+        else:
+            say(f"submitted {len(plan)} AI Hub jobs")
     if skipped:
         say(f"WARNING: not exported (see \"skipped\" in {output / 'manifest.json'}): {', '.join(skipped)}")
     say(f"done in {time.perf_counter() - start:.1f} s")

@@ -1,12 +1,10 @@
 """Export a NeodragonPipeline's components to static-shape ONNX graphs plus a ``manifest.json``.
 
-Backends, same interface (:func:`export_component`):
-
-* ``"optimum"``: ``optimum.exporters.onnx.export_models`` with our ``OnnxConfig`` subclasses (:mod:`.onnx_configs`);
-  needs the compat import of :mod:`.optimum_compat` under transformers 5.
-* ``"torch"``: ``torch.onnx.export`` called directly, with the same TorchScript exporter settings optimum uses
-  (``dynamo=False``, constant folding, no dynamic axes).
-* ``"auto"`` (default): optimum when it imports, else torch.
+One exporter: ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``, constant folding, no dynamic axes).
+optimum's exporter was dropped: ``optimum-onnx`` (0.1.0, its newest release) pins ``transformers<4.58`` and
+``optimum~=2.1.0``, so it cannot install cleanly beside our ``transformers>=5``, and on our own wrappers it only
+called ``torch.onnx.export`` with these same settings (the graphs came out with the same nodes and the same error).
+``backend="auto"`` and ``"torch"`` both name it.
 
 The requested components are checked before anything is built or written (:func:`.specs.select_components`). A full
 export (no ``components``) exports every graph that can be exported and records the others with their reason under
@@ -49,19 +47,12 @@ class SkippedComponentWarning(UserWarning):
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    if backend not in ("auto", "optimum", "torch"):
-        raise ValueError(f"backend must be 'auto', 'optimum' or 'torch', got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    try:
-        from .optimum_compat import import_optimum_exporter
-
-        import_optimum_exporter()
-        return "optimum"
-    except ImportError:
-        if backend == "optimum":
-            raise
-        return "torch"
+    if backend == "optimum":
+        raise ValueError("backend 'optimum' was removed: optimum-onnx cannot install beside transformers>=5 and "
+                         "exported the same graphs as torch.onnx; use backend='torch' (or 'auto')")
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
+    return "torch"
 
 
 def _consolidate_external_data(path: Path) -> None:
@@ -94,18 +85,6 @@ def _export_torch(spec: ComponentSpec, path: Path, opset: int) -> None:
             spec.module, (dict(spec.inputs),), str(path), input_names=list(spec.inputs),
             output_names=spec.output_names, opset_version=opset, do_constant_folding=True, dynamo=False,
         )
-
-
-def _export_optimum(spec: ComponentSpec, path: Path, opset: int) -> None:
-    from .onnx_configs import onnx_config_for
-    from .optimum_compat import import_optimum_exporter
-
-    onnx_exporter = import_optimum_exporter()
-    config = onnx_config_for(spec)
-    onnx_exporter.export_models(
-        {spec.name: (spec.module, config)}, output_dir=path.parent, opset=opset, output_names=[path.name],
-        no_dynamic_axes=True, do_constant_folding=True, disable_dynamic_axes_fix=True,
-    )
 
 
 def onnx_io(path: Path) -> dict[str, dict[str, dict]]:
@@ -153,10 +132,7 @@ def export_component(
     backend = resolve_backend(backend)
     path = output_dir / f"{spec.name}.onnx"
     start = time.perf_counter()
-    if backend == "optimum":
-        _export_optimum(spec, path, opset)
-    else:
-        _export_torch(spec, path, opset)
+    _export_torch(spec, path, opset)
     _consolidate_external_data(path)
     dropped = drop_empty_concat_inputs(path)
     folded = fold_static_shapes(path) if fold_shapes else 0
@@ -291,10 +267,6 @@ def export_pipeline(
         "components": {},
         "skipped": skipped,
     }
-    if backend == "optimum":
-        from .optimum_compat import optimum_status
-
-        manifest["optimum"] = optimum_status()[1]
     with staged_output(output_dir) as work:
         manifest.update(_save_host_side(pipe, work))
         for index, spec in enumerate(specs, 1):

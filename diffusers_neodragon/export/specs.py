@@ -1,8 +1,7 @@
 """What gets exported: one :class:`ComponentSpec` per ONNX graph, with its wrapper, example inputs and shapes.
 
-Specs are independent of the exporter backend (optimum or ``torch.onnx``); ``onnx_configs`` turns them into
-optimum ``OnnxConfig`` objects. Every shape is static: the size of a generation (height, width, frames) is fixed
-at export time, as an NPU context binary requires.
+:mod:`.exporter` exports each with ``torch.onnx``. Every shape is static: the size of a generation (height,
+width, frames) is fixed at export time, as an NPU context binary requires.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ DEFAULT_MASK_VALUE = -1.0e4
 
 
 class _ExportModule(nn.Module):
-    """Base of the wrappers: ``config`` is what optimum's exporter sets ``return_dict`` on."""
+    """Base of the wrappers (``config.return_dict`` as diffusers models have it)."""
 
     def __init__(self):
         super().__init__()
@@ -398,7 +398,8 @@ class DecoderStepWrapper(_ExportModule):
 
 
 def _named_forward(cls_name: str, base, names: Sequence[str]):
-    """A subclass of ``base`` whose ``forward`` has exactly the keyword parameters ``names`` (optimum checks them)."""
+    """A subclass of ``base`` whose ``forward`` has exactly the keyword parameters ``names`` (``torch.onnx``
+    gets the example inputs as keywords and names the graph inputs after them)."""
     args = ", ".join(names)
     source = (
         f"def forward(self, {args}):\n"

@@ -98,3 +98,18 @@ def test_ort_pipeline_decodes_with_the_causal_decoder_graphs_like_torch(causal_p
     del ort_pipe.manifest["components"]["decoder_first_step"]
     with pytest.raises(ValueError, match="no decoder_first_step graph"):
         ort_pipe.decode(torch.zeros(1, 4, 3, 8, 8))
+
+
+def test_the_full_causal_decoders_first_step_places_fully_on_the_htp(causal_export):
+    """The spatial upsampler's 2x2 depth-to-space is a 4-D pixel shuffle (one DepthToSpace): its earlier 7-D
+    reshape/transpose was refused by QNN's HTP, which left the full causal decoder's step graphs on the CPU."""
+    pytest.importorskip("onnxruntime_qnn", reason="the HTP check needs onnxruntime-qnn (Linux x86_64)")
+    import onnx
+
+    from diffusers_neodragon.export.htp_check import check_export
+
+    folder, _ = causal_export
+    ops = {node.op_type for node in onnx.load(str(folder / "decoder_first_step.onnx")).graph.node}
+    assert "DepthToSpace" in ops
+    (report,) = check_export(folder, "fp16", components=["decoder_first_step"], run=False)
+    assert report.on_htp, report.error

@@ -93,23 +93,12 @@ def test_ort_pipeline_without_a_decoder_step_says_so(tiny_export, tiny_pipe):
     torch.testing.assert_close(pipe.decode(latents), want)
 
 
-def test_optimum_backend_exports_the_same_graph(tiny_pipe, tmp_path):
-    """optimum's export_models with our OnnxConfig subclasses (through the transformers-5 compat import)."""
-    from diffusers_neodragon.export.exporter import export_component
-    from diffusers_neodragon.export.optimum_compat import import_optimum_exporter
-    from diffusers_neodragon.export.specs import ExportSize, pipeline_specs
+def test_the_removed_optimum_backend_is_refused_with_the_alternative():
+    from diffusers_neodragon.export.exporter import resolve_backend
 
-    try:
-        import_optimum_exporter()
-    except ImportError as error:
-        pytest.skip(f"optimum's ONNX exporter is unusable here: {error} (it is not in the dev extra because "
-                    "optimum-onnx pins transformers<4.58; `pip install --no-deps optimum-onnx` enables this test)")
-    from diffusers_neodragon.export.onnx_configs import TransformerStageOnnxConfig, onnx_config_for
-
-    (spec,) = pipeline_specs(tiny_pipe, ExportSize(**SIZE), components=["transformer_stage_1"])
-    assert isinstance(onnx_config_for(spec), TransformerStageOnnxConfig)
-    entry = export_component(spec, tmp_path, backend="optimum")
-    assert entry["backend"] == "optimum" and entry["max_abs_error_vs_torch"] < 1e-4
+    assert resolve_backend("auto") == resolve_backend("torch") == "torch"
+    with pytest.raises(ValueError, match="use backend='torch'"):
+        resolve_backend("optimum")
 
 
 def test_external_data_of_initializers_and_constants_is_consolidated_into_one_file(tmp_path):

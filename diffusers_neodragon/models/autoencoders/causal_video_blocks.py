@@ -124,8 +124,11 @@ class CausalSpatialUpsample2x(nn.Module):
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         x = self.conv(x, cache)
         batch, channels, frames, height, width = x.shape
-        x = x.reshape(batch, channels // 4, 2, 2, frames, height, width)
-        return x.permute(0, 1, 4, 5, 2, 6, 3).reshape(batch, channels // 4, frames, height * 2, width * 2)
+        # out[c, t, 2h+i, 2w+j] = x[4c + 2i + j, t, h, w]: frames folded into the batch and a 4-D pixel shuffle, which
+        # exports as one DepthToSpace (the 7-D reshape/transpose of the same permutation is refused by QNN's HTP).
+        x = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        x = F.pixel_shuffle(x, 2)
+        return x.reshape(batch, frames, channels // 4, height * 2, width * 2).transpose(1, 2)
 
 
 class CausalTemporalUpsample2x(nn.Module):
