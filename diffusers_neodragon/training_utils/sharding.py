@@ -69,16 +69,28 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
 def update_ema(ema, model: torch.nn.Module) -> None:
     """``ema.step`` over ``model``'s parameters, sharded or not. Under FSDP the EMA holds one shard per process, split
     as the parameters are (no process holds the whole average): an EMA made (or loaded) whole is split on the first
-    update (collective)."""
+    update (collective); each update then runs on the local shards alone (diffusers' EMA uses foreach ops that
+    DTensors lack)."""
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+
     parameters = list(model.parameters())
     if len(parameters) != len(ema.shadow_params):
         raise ValueError(f"The EMA holds {len(ema.shadow_params)} tensors but the model has {len(parameters)} "
                          "parameters: make the EMA from the model it follows.")
-    ema.shadow_params = [
-        _shard_like(shadow, param) if _is_dtensor(param) and not _is_dtensor(shadow) else shadow
-        for shadow, param in zip(ema.shadow_params, parameters)
-    ]
-    ema.step(parameters)
+    if not any(_is_dtensor(p) for p in parameters):
+        ema.step(parameters)
+        return
+    shadows = [_shard_like(shadow, param) if _is_dtensor(param) and not _is_dtensor(shadow) else shadow
+               for shadow, param in zip(ema.shadow_params, parameters)]
+    ema.shadow_params = [s.to_local() if _is_dtensor(s) else s for s in shadows]
+    try:
+        ema.step([p.to_local() if _is_dtensor(p) else p for p in parameters])
+    finally:
+        ema.shadow_params = [
+            DTensor.from_local(local, s.device_mesh, s.placements, run_check=False, shape=s.shape, stride=s.stride())
+            if _is_dtensor(s) else local
+            for local, s in zip(ema.shadow_params, shadows)
+        ]
 
 
 def full_ema_shadows(ema) -> list[torch.Tensor]:
