@@ -354,9 +354,11 @@ def main(args):
         Indices(num_samples), batch_size=args.train_batch_size,
         sampler=EpochShuffleSampler(num_samples, seed=args.seed), drop_last=True,
     )
-    student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake = accelerator.prepare(
-        student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake
-    )
+    # One trained model per prepare call (accelerate's FSDP2 shards one model with its optimiser at a time); the frozen
+    # teacher is not prepared: it has nothing to train or synchronise.
+    student, opt_student, lr_student = accelerator.prepare(student, opt_student, lr_student)
+    fake, opt_fake, lr_fake = accelerator.prepare(fake, opt_fake, lr_fake)
+    dataloader = accelerator.prepare(dataloader)
     unwrapped = accelerator.unwrap_model(student)
     init_trackers(accelerator, args)
     from diffusers_neodragon.data.shapes import fixed_prompt_set  # noqa: PLC0415

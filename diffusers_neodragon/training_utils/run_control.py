@@ -10,6 +10,7 @@ import time
 import torch
 
 from .checkpoints import save_checkpoint
+from .sharding import clip_grad_norm
 
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def backward_and_step(accelerator, loss, model, optimizer, lr_scheduler=None, ma
     steps (accelerate's wrapped optimiser skips them until the window is complete), gradients cleared."""
     accelerator.backward(loss)
     if accelerator.sync_gradients and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        clip_grad_norm(accelerator, model, max_grad_norm)
     optimizer.step()
     if lr_scheduler is not None:
         lr_scheduler.step()

@@ -66,6 +66,17 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def clip_grad_norm(accelerator, model: torch.nn.Module, max_norm: float):
+    """``accelerator.clip_grad_norm_`` over ``model``'s parameters. Under FSDP2 accelerate 1.16 looks the model up by
+    comparing parameter lists with ``==``, which fails when two prepared models have parameters of the same shapes
+    (Pyramidal DMD's student and fake score); torch's own clipping then takes the one global norm over the DTensor
+    gradients."""
+    if is_sharded(accelerator):
+        accelerator.unscale_gradients()
+        return torch.nn.utils.clip_grad_norm_(list(model.parameters()), max_norm)
+    return accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+
 def update_ema(ema, model: torch.nn.Module) -> None:
     """``ema.step`` over ``model``'s parameters, sharded or not. Under FSDP the EMA holds one shard per process, split
     as the parameters are (no process holds the whole average): an EMA made (or loaded) whole is split on the first

@@ -101,7 +101,7 @@ def pyramidal_runs(tmp_path_factory):
     tiny_causal_vae(seed=0).save_pretrained(root / "vae_folder" / "vae")
     # A teacher trained one step first, so that the runs below start from the same saved transformer.
     launch("single", "training/train_pyramidal_flow.py", *PYRAMIDAL, "--vae_path", str(root / "vae_folder"),
-           "--output_dir", str(root / "teacher"), "--no-use_ema")
+           "--output_dir", str(root / "teacher"), "--no-use_ema", "--checkpointing_steps", "0")
     options = [*PYRAMIDAL, "--pretrained_model_name_or_path", str(root / "teacher"), "--max_train_steps", "2",
                "--learning_rate", "1e-3"]
     return root, run_modes("training/train_pyramidal_flow.py", options, root), options
