@@ -19,6 +19,14 @@ def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def _is_zero3(accelerator) -> bool:
+    """True under DeepSpeed ZeRO stage 3 (parameters partitioned; DeepSpeed gathers them for a state dict)."""
+    from accelerate.utils import DistributedType  # noqa: PLC0415
+
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
+
+
 def _is_dtensor(tensor) -> bool:
     from torch.distributed.tensor import DTensor  # noqa: PLC0415
 
@@ -85,6 +93,9 @@ def update_ema(ema, model: torch.nn.Module) -> None:
     from torch.distributed.tensor import DTensor  # noqa: PLC0415
 
     parameters = list(model.parameters())
+    if any(hasattr(p, "ds_id") for p in parameters):
+        raise ValueError("EMA of a DeepSpeed ZeRO-3 model is not supported (its parameters are partitioned): pass "
+                         "--no-use_ema or train with FSDP (training/configs/fsdp.yaml).")
     if len(parameters) != len(ema.shadow_params):
         raise ValueError(f"The EMA holds {len(ema.shadow_params)} tensors but the model has {len(parameters)} "
                          "parameters: make the EMA from the model it follows.")
@@ -136,11 +147,11 @@ def full_model(accelerator, model: torch.nn.Module, model_of=None, ema=None,
 
     ``model_of`` maps the unwrapped module to the model wanted (a training wrapper's inner model). The main process
     gets it, the others ``None``: under DDP or a single process the trained model itself (a copy when ``ema`` is
-    given), under FSDP a new copy on ``device``."""
+    given), under FSDP (or DeepSpeed ZeRO-3) a new copy on ``device``."""
     model_of = model_of or (lambda module: module)
     unwrapped = accelerator.unwrap_model(model)
     target = model_of(unwrapped)
-    if not is_sharded(accelerator):
+    if not (is_sharded(accelerator) or _is_zero3(accelerator)):
         if not accelerator.is_main_process:
             return None
         if ema is None:
@@ -150,7 +161,7 @@ def full_model(accelerator, model: torch.nn.Module, model_of=None, ema=None,
         return averaged
     prefix = next(name for name, module in unwrapped.named_modules() if module is target)
     prefix = prefix + "." if prefix else ""
-    state = accelerator.get_state_dict(model)  # whole tensors on the main process (FSDP2: CPU)
+    state = accelerator.get_state_dict(model)  # whole tensors on the main process (FSDP2: CPU; ZeRO-3: gathered)
     shadows = full_ema_shadows(ema) if ema is not None else None
     if not accelerator.is_main_process:
         return None
