@@ -90,7 +90,7 @@ from diffusers_neodragon.training_utils import (
     training_command,
     window_mean,
 )
-from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing
+from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, is_sharded
 from diffusers_neodragon.training_utils.text_distillation import (
     EXPANSION_MODES,
     MODES,
@@ -396,6 +396,9 @@ def text_path_parameters(text_encoder, context_module) -> int:
 def main(args):
     output_dir = Path(args.output_dir)
     accelerator, repo_id = setup_accelerator(args)
+    if is_sharded(accelerator):
+        raise ValueError("distill_text_encoder.py trains a student that fits one GPU (DT5 + ContextAdapter) and saves "
+                         "it whole from the main process: run it with DDP (training/configs/ddp.yaml), not FSDP.")
     device = accelerator.device
     teacher_encoder, tokenizer, context_embedder, pipeline_config = load_teacher_text_path(
         args.pretrained_model_name_or_path, SAVE_DTYPES[args.teacher_dtype])

@@ -359,7 +359,10 @@ def card_values(args, model, global_step, last_loss, figures, total_batch) -> di
 
 def main(args):
     output_dir = Path(args.output_dir)
-    model = build_model(args)  # before the accelerator: a bad --pretrained_model_name_or_path fails at once
+    # Before the accelerator, so that a bad --pretrained_model_name_or_path fails at once; seeded, so that every
+    # process (and every run with this --seed) starts from the same weights: FSDP shards each process's own copy.
+    torch.manual_seed(args.seed)
+    model = build_model(args)
     if args.resolution is None:
         height, width = teacher_default_size(args)
         args.height, args.width = height * args.scale, width * args.scale

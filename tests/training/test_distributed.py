@@ -1,7 +1,7 @@
 """Two CPU processes (gloo) against one: a training step under DDP and under FSDP2 (``training/configs/fsdp.yaml``)
 gives the weights one process gives for the same global batch, for the base flow-matching script (with EMA), decoder
-distillation and Pyramidal DMD (student with EMA and fake score); FSDP checkpoints (sharded state + whole folders)
-resume to the uninterrupted run.
+distillation, Pyramidal DMD (student with EMA and fake score) and QuickSRNet (random crops); FSDP checkpoints (sharded
+state + whole folders) resume to the uninterrupted run.
 
 "The same global batch": two processes with batch b each against one process with batch b and two accumulated
 micro-batches; ``training_batches`` numbers batches over all processes, so both draw the same data and the same
@@ -42,6 +42,12 @@ DECODER = [
     "1", "--train_samples", "4", "--train_batch_size", "2", "--report_to", "none", "--lr_warmup_steps", "0",
     "--num_validation_clips", "0", "--checkpointing_steps", "1", "--max_train_steps", "2",
     "--gradient_checkpointing",
+]
+QUICKSRNET = [
+    "--resolution", "32", "--num_frames", "2", "--frames_per_clip", "2", "--crop_size", "16", "--train_samples", "4",
+    "--train_batch_size", "2", "--report_to", "none", "--lr_warmup_steps", "0", "--learning_rate", "1e-2",
+    "--num_validation_clips", "0", "--checkpointing_steps", "1", "--max_train_steps", "2", "--num_channels", "4",
+    "--num_intermediate_layers", "1", "--gradient_checkpointing",
 ]
 DMD = [
     "--train_samples", "4", "--train_batch_size", "2", "--max_sequence_length", "24", "--report_to", "none",
@@ -136,12 +142,26 @@ def test_distill_pyramidal_dmd_step_ddp_and_fsdp_equal_one_process(pyramidal_run
                        start=root / "teacher" / "transformer" / TRANSFORMER)
 
 
-def test_distill_decoder_step_ddp_and_fsdp_equal_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def video_teacher(tmp_path_factory):
+    """A tiny pipeline with the full causal decoder (decoder distillation's teacher) and a QuickSRNet."""
     from tests.tiny_components import monolithic_pipeline
 
-    pipe = monolithic_pipeline(with_super_resolution=False)
+    folder = tmp_path_factory.mktemp("video_teacher")
+    pipe = monolithic_pipeline()
     pipe.register_modules(vae=tiny_causal_vae(seed=1))
-    pipe.save_pretrained(tmp_path / "teacher")
-    outputs = run_modes("training/distill_decoder.py", [*DECODER, "--teacher", str(tmp_path / "teacher")], tmp_path)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_distill_decoder_step_ddp_and_fsdp_equal_one_process(video_teacher, tmp_path):
+    outputs = run_modes("training/distill_decoder.py", [*DECODER, "--teacher", str(video_teacher)], tmp_path)
     assert_modes_agree(outputs, [f"vae/{TRANSFORMER}", f"checkpoint-1/vae/{TRANSFORMER}"],
                        start=outputs["single"] / "checkpoint-1" / "vae" / TRANSFORMER)  # step 2 moved it
+
+
+def test_quicksrnet_step_ddp_and_fsdp_equal_one_process(video_teacher, tmp_path):
+    options = [*QUICKSRNET, "--teacher", str(video_teacher)]
+    outputs = run_modes("training/train_quicksrnet.py", options, tmp_path)
+    assert_modes_agree(outputs, [f"super_resolution/{TRANSFORMER}", f"checkpoint-1/super_resolution/{TRANSFORMER}"],
+                       start=outputs["single"] / "checkpoint-1" / "super_resolution" / TRANSFORMER)
