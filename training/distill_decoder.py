@@ -87,6 +87,7 @@ from diffusers_neodragon.training_utils.perceptual import (
     lpips_weights_missing,
     ssim,
 )
+from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, full_model
 from diffusers_neodragon.utils.model_cards import write_model_card
 
 
@@ -199,6 +200,11 @@ class DecoderStudent(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- data
+
+
+def student_of(wrapper: DecoderStudent) -> AsymmetricVAE:
+    """The trained VAE inside the prepared training wrapper."""
+    return wrapper.vae
 
 
 def build_datasets(args):
@@ -398,13 +404,13 @@ def main(args):
     student = build_student(args, teacher)
     reference_encoder = {k: v.clone() for k, v in encoder_state(student).items()}
     if args.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(student)
     student.decoder.train()
     student.post_quant_conv.train()
     model = DecoderStudent(student)
     teacher.to(accelerator.device)
 
-    register_folder_checkpoints(accelerator, [("vae", AsymmetricVAE)], model_of=lambda wrapper: wrapper.vae)
+    register_folder_checkpoints(accelerator, [("vae", AsymmetricVAE)], model_of=student_of)
     optimizer = build_optimizer(student.parameters(), args, accelerator)
     perceptual_fn = None
     if args.perceptual_weight > 0 and args.perceptual != "none":
@@ -445,7 +451,7 @@ def main(args):
     last_loss, figures, window_losses = None, {}, []
     for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
                                               args.gradient_accumulation_steps):
-        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        generator = step_generator(args.seed, micro_step, device=accelerator.device)
         with accelerator.accumulate(model):
             latents = teacher_latents(teacher, batch, args.sample_posterior, generator, accelerator)
             if args.target == "teacher":
@@ -473,10 +479,10 @@ def main(args):
                              **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if (accelerator.is_main_process and validation_clips is not None and args.validation_steps
-                    and global_step % args.validation_steps == 0):
-                figures = log_validation(teacher, accelerator.unwrap_model(model).vae, validation_clips,
-                                         accelerator, args, global_step)
+            if validation_clips is not None and args.validation_steps and global_step % args.validation_steps == 0:
+                current = full_model(accelerator, model, student_of, device=accelerator.device)  # collective
+                if accelerator.is_main_process:
+                    figures = log_validation(teacher, current, validation_clips, accelerator, args, global_step)
         if should_stop(accelerator, args, global_step, start_time):
             break
     progress.close()
@@ -484,8 +490,9 @@ def main(args):
 
     accelerator.wait_for_everyone()
     result = {"global_step": global_step, "loss": last_loss}
+    student = full_model(accelerator, model, student_of, device=accelerator.device)  # collective under FSDP
     if accelerator.is_main_process:
-        student = accelerator.unwrap_model(model).vae.eval()
+        student = student.eval()
         if validation_clips is not None and not (args.validation_steps and global_step % args.validation_steps == 0):
             figures = log_validation(teacher, student, validation_clips, accelerator, args, global_step)
         for key, value in encoder_state(student).items():  # the whole point: the latent space did not move

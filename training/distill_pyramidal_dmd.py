@@ -102,6 +102,7 @@ from diffusers_neodragon.training_utils.latent_cache import (
     check_latent_shape,
     latents_from_shards,
 )
+from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, full_model, update_ema
 from diffusers_neodragon.training_utils.video_data import (
     add_video_data_arguments,
     real_data_source,
@@ -166,8 +167,9 @@ def parse_args(input_args=None):
     args.sample_ratios = parse_int_list(args.sample_ratios)
     if args.fake_updates_per_student < 0:
         raise ValueError("--fake_updates_per_student must be >= 0.")
-    if args.gradient_accumulation_steps != 1:
-        raise ValueError("--gradient_accumulation_steps must be 1 (student and fake model alternate every step).")
+    if args.gradient_accumulation_steps != 1 and args.fake_updates_per_student > 1:
+        raise ValueError("--gradient_accumulation_steps > 1 needs --fake_updates_per_student 0 or 1 (each fake update "
+                         "is an optimiser step of its own; accumulated, they would merge).")
     if args.first_frame_prob is not None and args.first_frame_prob < 0:
         args.first_frame_prob = None
     args.data_source = real_data_source(args)
@@ -329,7 +331,7 @@ def main(args):
     for model in (student, fake):
         freeze_unused_parameters(model)
         if args.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
+            enable_gradient_checkpointing(model)
     ema = None
     if args.use_ema:
         ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=NeodragonTransformer3DModel,
@@ -352,9 +354,11 @@ def main(args):
         Indices(num_samples), batch_size=args.train_batch_size,
         sampler=EpochShuffleSampler(num_samples, seed=args.seed), drop_last=True,
     )
-    student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake = accelerator.prepare(
-        student, fake, opt_student, opt_fake, dataloader, lr_student, lr_fake
-    )
+    # One trained model per prepare call (accelerate's FSDP2 shards one model with its optimiser at a time); the frozen
+    # teacher is not prepared: it has nothing to train or synchronise.
+    student, opt_student, lr_student = accelerator.prepare(student, opt_student, lr_student)
+    fake, opt_fake, lr_fake = accelerator.prepare(fake, opt_fake, lr_fake)
+    dataloader = accelerator.prepare(dataloader)
     unwrapped = accelerator.unwrap_model(student)
     init_trackers(accelerator, args)
     from diffusers_neodragon.data.shapes import fixed_prompt_set  # noqa: PLC0415
@@ -368,11 +372,9 @@ def main(args):
     global_step = resume_global_step(accelerator, args, output_dir)
 
     def validation_pipeline(mode=None):
-        model = unwrapped
-        if ema is not None:
-            model = copy.deepcopy(unwrapped)
-            ema.copy_to(model.parameters())
-        return make_pipeline(model.eval(), teacher, args, mode)
+        """The pipeline of the student's (EMA) weights on the main process, None on the others (collective)."""
+        model = full_model(accelerator, student, ema=ema, device=device)
+        return None if model is None else make_pipeline(model.eval(), teacher, args, mode)
 
     negative_row = torch.zeros(1, dtype=torch.long, device=cache.caption_ids.device)
     history_log = collections.defaultdict(list)
@@ -381,60 +383,62 @@ def main(args):
                     disable=not accelerator.is_local_main_process)
     for micro_step, indices in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
                                               args.gradient_accumulation_steps):
-        generator = step_generator(args.seed, micro_step, accelerator.process_index,
-                                   device)
-        indices = indices.to(cache.latents.device)
-        latents = cache.latents[indices].float()
-        ids = cache.caption_ids[indices]
-        keep = max(int(cache.mask[ids].sum(1).max()), 1)
-        mask = cache.mask[ids][:, :keep]
-        text = (cache.embeds[ids][:, :keep], None if bool(mask.all()) else mask, cache.pooled[ids])
-        batch = latents.shape[0]
-        neg = negative_row.expand(batch)
-        negative = (cache.embeds[neg][:, :keep], None if text[1] is None else cache.mask[neg][:, :keep],
-                    cache.pooled[neg])
-        stage = sample_stage(args.sample_ratios, generator)
-        unit = sample_num_history(latents.shape[2], generator, args.first_frame_prob)
-        timesteps = scheduler.sample_inference_timesteps(stage, steps[stage], batch, generator, device)
-        example = pyramid_training_batch(scheduler, latents, stage, num_history=unit, generator=generator,
-                                         corrupt_ratio=args.corrupt_ratio, timesteps=timesteps)
-        scale = first_scale if unit == 0 else video_scale
+        generator = step_generator(args.seed, micro_step, device=device)
+        with accelerator.accumulate(student, fake):
+            indices = indices.to(cache.latents.device)
+            latents = cache.latents[indices].float()
+            ids = cache.caption_ids[indices]
+            keep = max(int(cache.mask[ids].sum(1).max()), 1)
+            mask = cache.mask[ids][:, :keep]
+            text = (cache.embeds[ids][:, :keep], None if bool(mask.all()) else mask, cache.pooled[ids])
+            batch = latents.shape[0]
+            neg = negative_row.expand(batch)
+            negative = (cache.embeds[neg][:, :keep], None if text[1] is None else cache.mask[neg][:, :keep],
+                        cache.pooled[neg])
+            stage = sample_stage(args.sample_ratios, generator)
+            unit = sample_num_history(latents.shape[2], generator, args.first_frame_prob)
+            timesteps = scheduler.sample_inference_timesteps(stage, steps[stage], batch, generator, device)
+            example = pyramid_training_batch(scheduler, latents, stage, num_history=unit, generator=generator,
+                                             corrupt_ratio=args.corrupt_ratio, timesteps=timesteps)
+            scale = first_scale if unit == 0 else video_scale
 
-        # Student update: DMD gradient + Cauchy loss to the data.
-        with accelerator.autocast():
-            v_student = velocity(student, example.hidden_states, text, example.timestep, example.history)
-        prediction = scheduler.predict_clean_stage_latent(example.hidden_states, v_student.float(),
-                                                          example.ratio, stage)
-        noisy = renoise_sample(scheduler, prediction.detach(), stage, generator)
-        with torch.no_grad(), accelerator.autocast():
-            v_real = velocity(real, noisy.hidden_states, text, noisy.timestep, example.history, scale, negative)
-            v_fake = velocity(fake, noisy.hidden_states, text, noisy.timestep, example.history)
-        real_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_real.float(), noisy.ratio, stage)
-        fake_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_fake.float(), noisy.ratio, stage)
-        loss_dmd = dmd_loss(prediction, real_clean, fake_clean)
-        # The Cauchy target is where the exact velocity's one-step prediction lands: Down(data, 2^i) in the first and
-        # last stage; in a middle stage the straight line through the stage's start and end reaches noise 0 at a mix
-        # of the data and the upsampled lower stage, so a perfect student is not penalised there.
-        target = scheduler.predict_clean_stage_latent(example.hidden_states, example.target.float(), example.ratio,
-                                                      stage)
-        loss_cauchy = cauchy_loss(prediction, target)
-        loss = args.dmd_weight * loss_dmd + args.cauchy_weight * loss_cauchy
-        backward_and_step(accelerator, loss, student, opt_student, lr_student, args.max_grad_norm)
-        if ema is not None:
-            ema.step(student.parameters())
-
-        # Fake-score updates: pyramidal flow matching on the student's samples.
-        fake_losses = []
-        samples = prediction.detach()
-        for _ in range(args.fake_updates_per_student):
-            point = renoise_sample(scheduler, samples, stage, generator)
+            # Student update: DMD gradient + Cauchy loss to the data.
             with accelerator.autocast():
-                v = velocity(fake, point.hidden_states, text, point.timestep, example.history)
-            loss_fake = flow_matching_loss(v.float(), point.target.float())
-            backward_and_step(accelerator, loss_fake, fake, opt_fake, max_grad_norm=args.max_grad_norm)
-            fake_losses.append(loss_fake.detach())
-        lr_fake.step()
+                v_student = velocity(student, example.hidden_states, text, example.timestep, example.history)
+            prediction = scheduler.predict_clean_stage_latent(example.hidden_states, v_student.float(),
+                                                              example.ratio, stage)
+            noisy = renoise_sample(scheduler, prediction.detach(), stage, generator)
+            with torch.no_grad(), accelerator.autocast():
+                v_real = velocity(real, noisy.hidden_states, text, noisy.timestep, example.history, scale, negative)
+                v_fake = velocity(fake, noisy.hidden_states, text, noisy.timestep, example.history)
+            real_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_real.float(), noisy.ratio, stage)
+            fake_clean = scheduler.predict_clean_stage_latent(noisy.hidden_states, v_fake.float(), noisy.ratio, stage)
+            loss_dmd = dmd_loss(prediction, real_clean, fake_clean)
+            # The Cauchy target is where the exact velocity's one-step prediction lands: Down(data, 2^i) in the first
+            # and last stage; in a middle stage the straight line through the stage's start and end reaches noise 0 at
+            # a mix of the data and the upsampled lower stage, so a perfect student is not penalised there.
+            target = scheduler.predict_clean_stage_latent(example.hidden_states, example.target.float(), example.ratio,
+                                                          stage)
+            loss_cauchy = cauchy_loss(prediction, target)
+            loss = args.dmd_weight * loss_dmd + args.cauchy_weight * loss_cauchy
+            backward_and_step(accelerator, loss, student, opt_student, lr_student, args.max_grad_norm)
 
+            # Fake-score updates: pyramidal flow matching on the student's samples.
+            fake_losses = []
+            samples = prediction.detach()
+            for _ in range(args.fake_updates_per_student):
+                point = renoise_sample(scheduler, samples, stage, generator)
+                with accelerator.autocast():
+                    v = velocity(fake, point.hidden_states, text, point.timestep, example.history)
+                loss_fake = flow_matching_loss(v.float(), point.target.float())
+                backward_and_step(accelerator, loss_fake, fake, opt_fake, max_grad_norm=args.max_grad_norm)
+                fake_losses.append(loss_fake.detach())
+            lr_fake.step()  # accelerate's wrapper steps it with its optimiser only
+
+        if not accelerator.sync_gradients:  # inside an accumulation window
+            continue
+        if ema is not None:
+            update_ema(ema, student)
         global_step += 1
         progress.update(1)
         logs = {"loss_dmd": loss_dmd.detach(), "loss_cauchy": loss_cauchy.detach()}
@@ -448,8 +452,10 @@ def main(args):
                         step=global_step)
         if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-        if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
-            log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
+        if args.validation_steps and global_step % args.validation_steps == 0:
+            pipe = validation_pipeline()
+            if accelerator.is_main_process:
+                log_validation(pipe, validation_prompts, accelerator, args, global_step)
             unwrapped.train()
         if should_stop(accelerator, args, global_step, start_time):
             break
@@ -459,8 +465,8 @@ def main(args):
     accelerator.wait_for_everyone()
     window = {k: float(np.mean(v[-50:])) for k, v in history_log.items()}
     result = {"global_step": global_step, **window}
+    pipe = validation_pipeline()
     if accelerator.is_main_process:
-        pipe = validation_pipeline()
         save_dtype = SAVE_DTYPES[args.save_dtype]
         if save_dtype == torch.float32:
             pipe.save_pretrained(str(output_dir), safe_serialization=True)

@@ -36,9 +36,9 @@ Shapes (teacher = the embedded model; its T5 stand-in has 1.32M parameters, d_mo
         --student_d_model 128 --student_num_layers 2 --adapter_hidden_features 256,256 --max_train_steps 3000
 
 Real scale (T5-XXL teacher = a converted Pyramid-Flow folder, whose 24-block transformer has the 4096→1536
-context_embedder; the paper used ~1.4M prompts), several GPUs with ``training/configs/accelerate_text_distill.yaml``:
+context_embedder; the paper used ~1.4M prompts), several GPUs with ``training/configs/ddp.yaml``:
 
-    accelerate launch --config_file training/configs/accelerate_text_distill.yaml training/distill_text_encoder.py \\
+    accelerate launch --config_file training/configs/ddp.yaml training/distill_text_encoder.py \\
         --pretrained_model_name_or_path runs/pyramid-flow-384p --teacher_dtype bf16 \\
         --student_model_name_or_path <a DT5 folder (e.g. the official DT5 converted by loaders.dt5_official)> \\
         --mode RM \\
@@ -90,6 +90,7 @@ from diffusers_neodragon.training_utils import (
     training_command,
     window_mean,
 )
+from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, is_sharded
 from diffusers_neodragon.training_utils.text_distillation import (
     EXPANSION_MODES,
     MODES,
@@ -395,6 +396,9 @@ def text_path_parameters(text_encoder, context_module) -> int:
 def main(args):
     output_dir = Path(args.output_dir)
     accelerator, repo_id = setup_accelerator(args)
+    if is_sharded(accelerator):
+        raise ValueError("distill_text_encoder.py trains a student that fits one GPU (DT5 + ContextAdapter) and saves "
+                         "it whole from the main process: run it with DDP (training/configs/ddp.yaml), not FSDP.")
     device = accelerator.device
     teacher_encoder, tokenizer, context_embedder, pipeline_config = load_teacher_text_path(
         args.pretrained_model_name_or_path, SAVE_DTYPES[args.teacher_dtype])
@@ -423,7 +427,7 @@ def main(args):
     student = TextStudent(text_encoder, adapter, context_embedder if expansion else None,
                           encoder_frozen=not dt5_trained and args.mode != "LORA").to(device).train()
     if args.gradient_checkpointing and dt5_trained:
-        dt5.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(dt5)
     if not pretrained:
         logger.info(f"mode {args.mode}: the student DT5 is new, so it trains with the adapter.")
 

@@ -120,6 +120,7 @@ from diffusers_neodragon.training_utils.pruning_recovery import (
     with_stage,
     write_recovery_record,
 )
+from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, full_model, update_ema
 from diffusers_neodragon.training_utils.video_data import (
     add_video_data_arguments,
     real_data_source,
@@ -616,7 +617,7 @@ def main(args):
     if transformer.config.in_channels != vae.config.latent_channels:
         raise ValueError("The transformer's in_channels must equal the VAE's latent_channels.")
     if args.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(transformer)
     freeze_unused_parameters(transformer)
     transformer.train()
     if args.compile:
@@ -674,11 +675,9 @@ def main(args):
     global_step = resume_global_step(accelerator, args, output_dir)
 
     def validation_pipeline():
-        model = unwrapped
-        if ema is not None:
-            model = copy.deepcopy(unwrapped)
-            ema.copy_to(model.parameters())
-        return make_pipeline(model.eval(), vae, text_components, scheduler, args)
+        """The pipeline of the trained (EMA) weights on the main process, None on the others (collective)."""
+        model = full_model(accelerator, transformer, ema=ema, device=accelerator.device)
+        return None if model is None else make_pipeline(model.eval(), vae, text_components, scheduler, args)
 
     def text_inputs(batch, generator):
         """(embeds, mask or None, pooled) of the batch, captions dropped to "" with --caption_dropout."""
@@ -709,7 +708,7 @@ def main(args):
     window_losses = []
     for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
                                               args.gradient_accumulation_steps):
-        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        generator = step_generator(args.seed, micro_step, device=accelerator.device)
         with accelerator.accumulate(transformer):
             history_latents = None
             if cache is not None:
@@ -752,7 +751,7 @@ def main(args):
 
         if accelerator.sync_gradients:
             if ema is not None:
-                ema.step(transformer.parameters())
+                update_ema(ema, transformer)
             global_step += 1
             progress.update(1)
             # the mean over the accumulation window (all micro-batches of this optimiser step)
@@ -762,8 +761,10 @@ def main(args):
             accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
-                log_validation(validation_pipeline(), validation_prompts, accelerator, args, global_step)
+            if args.validation_steps and global_step % args.validation_steps == 0:
+                pipe = validation_pipeline()
+                if accelerator.is_main_process:
+                    log_validation(pipe, validation_prompts, accelerator, args, global_step)
                 unwrapped.train()
         if should_stop(accelerator, args, global_step, start_time):
             break
@@ -773,8 +774,8 @@ def main(args):
 
     accelerator.wait_for_everyone()
     result = {"global_step": global_step, "loss": float(np.mean(recent_losses)) if recent_losses else None}
+    pipe = validation_pipeline()
     if accelerator.is_main_process:
-        pipe = validation_pipeline()
         save_dtype = SAVE_DTYPES[args.save_dtype]
         to_save = pipe if save_dtype == torch.float32 else make_pipeline(
             copy.deepcopy(pipe.transformer).to(save_dtype), copy.deepcopy(vae).to(save_dtype),

@@ -85,6 +85,7 @@ from diffusers_neodragon.training_utils.perceptual import (
     lpips_weights_missing,
     ssim,
 )
+from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, full_model
 from diffusers_neodragon.utils.model_cards import write_model_card
 
 
@@ -358,7 +359,10 @@ def card_values(args, model, global_step, last_loss, figures, total_batch) -> di
 
 def main(args):
     output_dir = Path(args.output_dir)
-    model = build_model(args)  # before the accelerator: a bad --pretrained_model_name_or_path fails at once
+    # Before the accelerator, so that a bad --pretrained_model_name_or_path fails at once; seeded, so that every
+    # process (and every run with this --seed) starts from the same weights: FSDP shards each process's own copy.
+    torch.manual_seed(args.seed)
+    model = build_model(args)
     if args.resolution is None:
         height, width = teacher_default_size(args)
         args.height, args.width = height * args.scale, width * args.scale
@@ -374,6 +378,8 @@ def main(args):
         vae.to(accelerator.device)
     degrade_vae = vae if args.degrade == "vae" else None
     model.train()
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     register_folder_checkpoints(accelerator, [(COMPONENT, QuickSRNet)])
     optimizer = build_optimizer(model.parameters(), args, accelerator)
     perceptual_fn = None
@@ -406,7 +412,7 @@ def main(args):
     last_loss, figures, window_losses = None, {}, []
     for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
                                               args.gradient_accumulation_steps):
-        generator = step_generator(args.seed, micro_step, accelerator.process_index)
+        generator = step_generator(args.seed, micro_step)
         with accelerator.accumulate(model):
             high = batch["video"].to(accelerator.device)
             with accelerator.autocast():
@@ -433,10 +439,10 @@ def main(args):
                              **{f"loss/{k}": v for k, v in terms.items()}}, step=global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if (accelerator.is_main_process and validation_clips is not None and args.validation_steps
-                    and global_step % args.validation_steps == 0):
-                figures = log_validation(accelerator.unwrap_model(model), validation_clips, degrade_vae,
-                                         accelerator, args, global_step)
+            if validation_clips is not None and args.validation_steps and global_step % args.validation_steps == 0:
+                current = full_model(accelerator, model, device=accelerator.device)  # collective under FSDP
+                if accelerator.is_main_process:
+                    figures = log_validation(current, validation_clips, degrade_vae, accelerator, args, global_step)
         if should_stop(accelerator, args, global_step, start_time):
             break
     progress.close()
@@ -444,8 +450,9 @@ def main(args):
 
     accelerator.wait_for_everyone()
     result = {"global_step": global_step, "loss": last_loss}
+    model = full_model(accelerator, model, device=accelerator.device)  # collective under FSDP
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(model).eval()
+        model = model.eval()
         if validation_clips is not None and not (args.validation_steps and global_step % args.validation_steps == 0):
             figures = log_validation(model, validation_clips, degrade_vae, accelerator, args, global_step)
         save_dtype = SAVE_DTYPES[args.save_dtype]

@@ -70,6 +70,7 @@ from diffusers_neodragon.training_utils import (
     video_strip,
     window_mean,
 )
+from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, full_model
 from diffusers_neodragon.training_utils.video_data import (
     add_video_data_arguments,
     real_data_source,
@@ -310,13 +311,18 @@ def log_validation(vae, videos, accelerator, args, step: int) -> float:
 # ---------------------------------------------------------------------------------------------------- main
 
 
+def vae_of(wrapper) -> CausalVideoVAE:
+    """The trained VAE inside the prepared training wrapper."""
+    return wrapper.vae
+
+
 def main(args):
     output_dir = Path(args.output_dir)
     accelerator, repo_id = setup_accelerator(args)
 
     vae = build_vae(args)
     if args.gradient_checkpointing:
-        vae.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(vae)
     vae.train()
     if args.decoder_only:  # the encoder and its posterior projection define the latent space: keep them
         for module in (vae.encoder, vae.quant_conv):
@@ -324,7 +330,7 @@ def main(args):
     model = VAEReconstruction(vae, args.latent_noise_std, encoder_frozen=args.decoder_only)
 
     # Checkpoints hold the VAE in diffusers format (loadable with from_pretrained) next to the optimiser state.
-    register_folder_checkpoints(accelerator, [("vae", CausalVideoVAE)], model_of=lambda wrapper: wrapper.vae)
+    register_folder_checkpoints(accelerator, [("vae", CausalVideoVAE)], model_of=vae_of)
     optimizer = build_optimizer(vae.parameters(), args, accelerator)
     perceptual_fn = None
     if args.lpips_weight > 0:
@@ -376,7 +382,7 @@ def main(args):
     window_losses = []
     for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
                                               args.gradient_accumulation_steps):
-        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        generator = step_generator(args.seed, micro_step, device=accelerator.device)
         with accelerator.accumulate(model):
             videos = batch["video"].to(accelerator.device)
             with accelerator.autocast():
@@ -402,19 +408,19 @@ def main(args):
             accelerator.log(logs, step=global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if (
-                accelerator.is_main_process and validation_clips is not None and args.validation_steps
-                and global_step % args.validation_steps == 0
-            ):
-                last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
+            if validation_clips is not None and args.validation_steps and global_step % args.validation_steps == 0:
+                current = full_model(accelerator, model, vae_of, device=accelerator.device)  # collective
+                if accelerator.is_main_process:
+                    last_psnr = log_validation(current, validation_clips, accelerator, args, global_step)
         if should_stop(accelerator, args, global_step, start_time):
             break
     progress.close()
     finish_training_loop("train_vae", accelerator, args, output_dir, start_step, global_step, start_time)
 
     accelerator.wait_for_everyone()
+    vae = full_model(accelerator, model, vae_of, device=accelerator.device)  # collective under FSDP
     if accelerator.is_main_process:
-        vae = accelerator.unwrap_model(model).vae.eval()
+        vae = vae.eval()
         if validation_clips is not None and not (args.validation_steps and global_step % args.validation_steps == 0):
             last_psnr = log_validation(vae, validation_clips, accelerator, args, global_step)
         if args.decoder_only:  # same encoder: the pretrained constants (a transformer depends on them) stay

@@ -46,6 +46,9 @@ class QuickSRNet(ModelMixin, ConfigMixin):
     State-dict keys: ``conv_in.{weight,bias}``, ``convs.{i}.{weight,bias}``, ``conv_out.{weight,bias}``.
     """
 
+    # the feature stack (all full-resolution activations) is recomputed in the backward pass when enabled
+    _supports_gradient_checkpointing = True
+
     @register_to_config
     def __init__(
         self,
@@ -82,6 +85,13 @@ class QuickSRNet(ModelMixin, ConfigMixin):
         self.register_buffer("anchor_weight", anchor[:, :, None, None], persistent=False)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.gradient_checkpointing = False
+
+    def _features(self, sample: torch.Tensor) -> torch.Tensor:
+        hidden = self.act(self.conv_in(sample))
+        for conv in self.convs:
+            hidden = self.act(conv(hidden))
+        return hidden
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         """Upscale ``[N, in_channels, H, W]`` to ``[N, in_channels, s·H, s·W]``; the value range passes through."""
@@ -89,9 +99,10 @@ class QuickSRNet(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"QuickSRNet expects images of shape [N, {self.config.in_channels}, H, W], got {tuple(sample.shape)}."
             )
-        hidden = self.act(self.conv_in(sample))
-        for conv in self.convs:
-            hidden = self.act(conv(hidden))
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            hidden = self._gradient_checkpointing_func(self._features, sample)
+        else:
+            hidden = self._features(sample)
         # Channel c*s² + k of the anchor lands, after PixelShuffle, on sub-pixel k of the s x s block of input
         # pixel c, so anchor alone is nearest-neighbour upsampling.
         anchor = F.conv2d(sample, self.anchor_weight)

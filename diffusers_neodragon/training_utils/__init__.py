@@ -9,6 +9,8 @@
 * :mod:`.checkpoints` — ``checkpoint-<step>`` folders (save, rotate, resume) and a run's trained VAE;
 * :mod:`.run_control` — trackers, resuming, the batches of a (resumed) run, when to stop, the end of the loop;
 * :mod:`.script_setup` — the common options, the accelerator, optimiser, schedule and folder checkpoints;
+* :mod:`.sharding` — FSDP2 (and ZeRO-3) differences: sharded EMA, whole-weight copies, gradient checkpointing,
+  gradient clipping;
 * :mod:`.hub` — ``--push_to_hub``;
 * :mod:`.latent_statistics` — a VAE's latent normalisation constants;
 * :mod:`.prompts` — prompt encoding for training (what the pipeline feeds the model, fixed length);

@@ -10,6 +10,7 @@ import time
 import torch
 
 from .checkpoints import save_checkpoint
+from .sharding import clip_grad_norm
 
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,11 @@ def training_batches(dataloader, accelerator, global_step: int, max_train_steps:
                      gradient_accumulation_steps: int = 1):
     """``(micro_step, batch)`` epoch after epoch from where a run at optimiser step ``global_step`` stopped (the
     batches it had used skipped, each epoch reshuffled through ``dataloader.set_epoch``), until ``max_train_steps``
-    would be passed; the caller breaks out earlier when ``should_stop`` says so. ``micro_step`` counts batches from
-    the run's start, so per-step randomness (``step_generator``) is the same in a resumed run."""
+    would be passed; the caller breaks out earlier when ``should_stop`` says so. ``micro_step`` is the batch's place
+    in the run's sequence of batches over all processes (accelerate deals batch k of that sequence to process
+    k mod N), counted from the run's start: per-step randomness drawn from it (``step_generator(seed, micro_step)``)
+    is the same in a resumed run, and N processes draw for their batches what one process with N-fold gradient
+    accumulation draws for the same batches."""
     steps_per_epoch = math.ceil(len(dataloader) / gradient_accumulation_steps)
     if steps_per_epoch == 0:
         raise ValueError("The training set is smaller than one batch: give more samples or a smaller batch.")
@@ -100,7 +104,7 @@ def training_batches(dataloader, accelerator, global_step: int, max_train_steps:
         if epoch == first_epoch and resume_batches:
             active, offset = accelerator.skip_first_batches(dataloader, resume_batches), resume_batches
         for batch_index, batch in enumerate(active, start=offset):
-            yield epoch * len(dataloader) + batch_index, batch
+            yield (epoch * len(dataloader) + batch_index) * accelerator.num_processes + accelerator.process_index, batch
 
 
 def backward_and_step(accelerator, loss, model, optimizer, lr_scheduler=None, max_grad_norm: float = 0.0) -> None:
@@ -108,7 +112,7 @@ def backward_and_step(accelerator, loss, model, optimizer, lr_scheduler=None, ma
     steps (accelerate's wrapped optimiser skips them until the window is complete), gradients cleared."""
     accelerator.backward(loss)
     if accelerator.sync_gradients and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        clip_grad_norm(accelerator, model, max_grad_norm)
     optimizer.step()
     if lr_scheduler is not None:
         lr_scheduler.step()

@@ -16,6 +16,7 @@ import torch
 
 from .hub import create_hub_repo
 from .run_control import resolve_trackers
+from .sharding import full_model, save_ema
 
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -135,20 +136,25 @@ def register_folder_checkpoints(accelerator, folders: Sequence[tuple[str, type]]
     ``folders``: ``(subfolder, model class)`` for the models passed to ``accelerator.prepare``, in that order.
     ``emas``: ``{subfolder: EMAModel}`` saved and restored beside them. ``model_of``: maps an unwrapped prepared
     module to the model saved (e.g. a training wrapper's inner model); default: the module itself.
-    Only the optimiser, schedule and RNG states stay in accelerate's format (local training state, never published).
+    Only the optimiser, schedule and RNG states stay in accelerate's format (local training state, never published);
+    under FSDP accelerate also writes (and on resume reads) the sharded weights, and the folders hold the whole ones.
+    Call ``save_state`` on every process (gathering sharded weights is collective).
     """
     emas = emas or {}
     model_of = model_of or (lambda module: module)
 
     def save_hook(models, weights, folder):
-        if accelerator.is_main_process:
-            for (name, _), model in zip(folders, models):
-                model_of(accelerator.unwrap_model(model)).save_pretrained(os.path.join(folder, name))
-            for name, ema in emas.items():
-                ema.save_pretrained(os.path.join(folder, name))
-        weights.clear()  # nothing left for accelerate to write in its own format
+        # Every process: under FSDP gathering the whole weights is collective; the main process writes.
+        for (name, _), model in zip(folders, models):
+            whole = full_model(accelerator, model, model_of)
+            if accelerator.is_main_process:
+                whole.save_pretrained(os.path.join(folder, name))
+        for name, ema in emas.items():
+            save_ema(ema, os.path.join(folder, name), accelerator.is_main_process)
+        weights.clear()  # nothing left for accelerate to write in its own format (FSDP: it wrote its shards already)
 
     def load_hook(models, folder):
+        # Under FSDP ``models`` is empty: accelerate has loaded the sharded weights it saved beside the folders.
         for (name, cls), model in zip(folders, list(models)):
             target = model_of(accelerator.unwrap_model(model))
             loaded = cls.from_pretrained(folder, subfolder=name, torch_dtype=torch.float32)
@@ -160,7 +166,7 @@ def register_folder_checkpoints(accelerator, folders: Sequence[tuple[str, type]]
             from diffusers.training_utils import EMAModel  # noqa: PLC0415
 
             loaded = EMAModel.from_pretrained(os.path.join(folder, name), ema.model_cls, foreach=ema.foreach)
-            ema.load_state_dict(loaded.state_dict())
+            ema.load_state_dict(loaded.state_dict())  # whole tensors: update_ema splits them again under FSDP
             ema.to(accelerator.device)
 
     accelerator.register_save_state_pre_hook(save_hook)

@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What changes when a trained model is sharded (accelerate's FSDP2, ``fully_shard``) rather than replicated (DDP):
+its parameters are ``DTensor`` shards, so the EMA, gradient checkpointing and every full copy (validation, the saved
+folder) must be handled on all processes together. Under DDP or a single process each helper is the plain operation.
+
+Every function here marked "collective" must be called on every process, in the same order."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+def is_sharded(accelerator) -> bool:
+    """True under accelerate's FSDP (parameters split across processes)."""
+    from accelerate.utils import DistributedType  # noqa: PLC0415
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _is_zero3(accelerator) -> bool:
+    """True under DeepSpeed ZeRO stage 3 (parameters partitioned; DeepSpeed gathers them for a state dict)."""
+    from accelerate.utils import DistributedType  # noqa: PLC0415
+
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
+
+
+def _is_dtensor(tensor) -> bool:
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+
+    return isinstance(tensor, DTensor)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a ``DTensor`` shard (collective), gathered on the mesh's device and returned on the CPU
+    (parameters offloaded to the CPU are gathered through the accelerator's device); a plain tensor as is."""
+    if not _is_dtensor(tensor):
+        return tensor.detach()
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+
+    mesh_device = tensor.device_mesh.device_type
+    local = tensor.to_local()
+    if local.device.type != mesh_device:
+        tensor = DTensor.from_local(local.to(mesh_device), tensor.device_mesh, tensor.placements,
+                                    shape=tensor.shape, stride=tensor.stride())
+    return tensor.full_tensor().detach().cpu()
+
+
+def _shard_like(tensor: torch.Tensor, reference) -> torch.Tensor:
+    """``tensor`` (whole, the same on every process) split as the ``DTensor`` ``reference`` is (collective)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor  # noqa: PLC0415
+
+    mesh = reference.device_mesh
+    sharded = distribute_tensor(tensor.detach().to(mesh.device_type, reference.dtype), mesh, reference.placements)
+    local_device = reference.to_local().device
+    if sharded.to_local().device != local_device:  # CPU offload: the shards live on the host
+        sharded = DTensor.from_local(sharded.to_local().to(local_device), mesh, reference.placements,
+                                     shape=reference.shape, stride=reference.stride())
+    return sharded
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+    """``--gradient_checkpointing`` for a trained model: its own checkpointing (diffusers'
+    ``enable_gradient_checkpointing``, transformers' ``gradient_checkpointing_enable``), non-reentrant, which DDP and
+    FSDP accept. A model without one is an error rather than a silently ignored option."""
+    if getattr(model, "_supports_gradient_checkpointing", False) and hasattr(model, "enable_gradient_checkpointing"):
+        model.enable_gradient_checkpointing()
+    elif getattr(model, "supports_gradient_checkpointing", False) and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        raise ValueError(f"{type(model).__name__} has no gradient checkpointing: leave out --gradient_checkpointing.")
+    return model
+
+
+def clip_grad_norm(accelerator, model: torch.nn.Module, max_norm: float):
+    """``accelerator.clip_grad_norm_`` over ``model``'s parameters. Under FSDP2 accelerate 1.16 looks the model up by
+    comparing parameter lists with ``==``, which fails when two prepared models have parameters of the same shapes
+    (Pyramidal DMD's student and fake score); torch's own clipping then takes the one global norm over the DTensor
+    gradients."""
+    if is_sharded(accelerator):
+        accelerator.unscale_gradients()
+        return torch.nn.utils.clip_grad_norm_(list(model.parameters()), max_norm)
+    return accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def update_ema(ema, model: torch.nn.Module) -> None:
+    """``ema.step`` over ``model``'s parameters, sharded or not. Under FSDP the EMA holds one shard per process, split
+    as the parameters are (no process holds the whole average): an EMA made (or loaded) whole is split on the first
+    update (collective); each update then runs on the local shards alone (diffusers' EMA uses foreach ops that
+    DTensors lack)."""
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+
+    parameters = list(model.parameters())
+    if any(hasattr(p, "ds_id") for p in parameters):
+        raise ValueError("EMA of a DeepSpeed ZeRO-3 model is not supported (its parameters are partitioned): pass "
+                         "--no-use_ema or train with FSDP (training/configs/fsdp.yaml).")
+    if len(parameters) != len(ema.shadow_params):
+        raise ValueError(f"The EMA holds {len(ema.shadow_params)} tensors but the model has {len(parameters)} "
+                         "parameters: make the EMA from the model it follows.")
+    if not any(_is_dtensor(p) for p in parameters):
+        ema.step(parameters)
+        return
+    shadows = [_shard_like(shadow, param) if _is_dtensor(param) and not _is_dtensor(shadow) else shadow
+               for shadow, param in zip(ema.shadow_params, parameters)]
+    ema.shadow_params = [s.to_local() if _is_dtensor(s) else s for s in shadows]
+    try:
+        ema.step([p.to_local() if _is_dtensor(p) else p for p in parameters])
+    finally:
+        ema.shadow_params = [
+            DTensor.from_local(local, s.device_mesh, s.placements, run_check=False, shape=s.shape, stride=s.stride())
+            if _is_dtensor(s) else local
+            for local, s in zip(ema.shadow_params, shadows)
+        ]
+
+
+def full_ema_shadows(ema) -> list[torch.Tensor]:
+    """The EMA's whole tensors (collective under FSDP), in the order of the model's parameters."""
+    return [_full(shadow) for shadow in ema.shadow_params]
+
+
+def save_ema(ema, folder, is_main_process: bool) -> None:
+    """``ema.save_pretrained(folder)`` with the whole average (collective under FSDP; written by the main
+    process)."""
+    shadows = full_ema_shadows(ema)
+    if is_main_process:
+        kept = ema.shadow_params
+        ema.shadow_params = shadows
+        try:
+            ema.save_pretrained(str(folder))
+        finally:
+            ema.shadow_params = kept
+
+
+def _plain_class(module: torch.nn.Module) -> type:
+    """The model's own class (FSDP2 swaps a sharded module's class for a subclass of it and ``FSDPModule``)."""
+    from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
+
+    return next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
+
+
+def full_model(accelerator, model: torch.nn.Module, model_of=None, ema=None,
+               device: str | torch.device = "cpu") -> torch.nn.Module | None:
+    """A plain (unsharded, unwrapped) model with the whole weights of the prepared ``model`` (collective under FSDP),
+    or with the EMA's average when ``ema`` (which follows that model) is given.
+
+    ``model_of`` maps the unwrapped module to the model wanted (a training wrapper's inner model). The main process
+    gets it, the others ``None``: under DDP or a single process the trained model itself (a copy when ``ema`` is
+    given), under FSDP (or DeepSpeed ZeRO-3) a new copy on ``device``."""
+    model_of = model_of or (lambda module: module)
+    unwrapped = accelerator.unwrap_model(model)
+    target = model_of(unwrapped)
+    if not (is_sharded(accelerator) or _is_zero3(accelerator)):
+        if not accelerator.is_main_process:
+            return None
+        if ema is None:
+            return target
+        averaged = copy.deepcopy(target)
+        ema.copy_to(averaged.parameters())
+        return averaged
+    prefix = next(name for name, module in unwrapped.named_modules() if module is target)
+    prefix = prefix + "." if prefix else ""
+    state = accelerator.get_state_dict(model)  # whole tensors on the main process (FSDP2: CPU; ZeRO-3: gathered)
+    shadows = full_ema_shadows(ema) if ema is not None else None
+    if not accelerator.is_main_process:
+        return None
+    with torch.device("cpu"):
+        plain = _plain_class(target).from_config(target.config)
+    plain.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    if shadows is not None:
+        with torch.no_grad():
+            for param, shadow in zip(plain.parameters(), shadows):
+                param.copy_(shadow)
+    return plain.to(device)

@@ -1,0 +1,167 @@
+"""Two CPU processes (gloo) against one: a training step under DDP and under FSDP2 (``training/configs/fsdp.yaml``)
+gives the weights one process gives for the same global batch, for the base flow-matching script (with EMA), decoder
+distillation, Pyramidal DMD (student with EMA and fake score) and QuickSRNet (random crops); FSDP checkpoints (sharded
+state + whole folders) resume to the uninterrupted run.
+
+"The same global batch": two processes with batch b each against one process with batch b and two accumulated
+micro-batches; ``training_batches`` numbers batches over all processes, so both draw the same data and the same
+randomness. Tolerance: 1e-5 absolute + 1e-4 relative on every weight (float32; the reduction order differs).
+
+Marked ``distributed`` (not in the default run): ``pytest -m distributed`` (``.ci/run`` runs them after the suite)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.script_loading import REPO
+from tests.tiny_components import tiny_causal_vae
+
+
+pytestmark = pytest.mark.distributed
+
+WORKER = str(REPO / "tests" / "training" / "distributed_worker.py")
+FSDP_CONFIG = str(REPO / "training" / "configs" / "fsdp.yaml")
+ATOL, RTOL = 1e-5, 1e-4
+
+PYRAMIDAL = [
+    "--resolution", "64", "--num_frames", "17", "--train_samples", "4", "--train_batch_size", "2",
+    "--num_layers", "2", "--num_attention_heads", "2", "--attention_head_dim", "16",
+    "--t5_dim", "32", "--t5_heads", "2", "--t5_layers", "1", "--clip_dim", "16", "--clip_heads", "2",
+    "--clip_projection_dim", "8", "--max_sequence_length", "24", "--report_to", "none", "--max_train_steps", "1",
+    "--checkpointing_steps", "1", "--num_validation_prompts", "0", "--lr_warmup_steps", "0",
+    "--gradient_checkpointing", "--first_frame_prob", "0.5",
+]
+DECODER = [
+    "--resolution", "16", "--num_frames", "9", "--decoder_num_features", "8,8,4,4", "--decoder_blocks_per_stage",
+    "1", "--train_samples", "4", "--train_batch_size", "2", "--report_to", "none", "--lr_warmup_steps", "0",
+    "--num_validation_clips", "0", "--checkpointing_steps", "1", "--max_train_steps", "2",
+    "--gradient_checkpointing",
+]
+QUICKSRNET = [
+    "--resolution", "32", "--num_frames", "2", "--frames_per_clip", "2", "--crop_size", "16", "--train_samples", "4",
+    "--train_batch_size", "2", "--report_to", "none", "--lr_warmup_steps", "0", "--learning_rate", "1e-2",
+    "--num_validation_clips", "0", "--checkpointing_steps", "1", "--max_train_steps", "2", "--num_channels", "4",
+    "--num_intermediate_layers", "1", "--gradient_checkpointing",
+]
+DMD = [
+    "--train_samples", "4", "--train_batch_size", "2", "--max_sequence_length", "24", "--report_to", "none",
+    "--num_validation_prompts", "0", "--first_frame_prob", "0.5", "--max_train_steps", "1",
+    "--checkpointing_steps", "1", "--fake_updates_per_student", "1", "--lr_warmup_steps", "0",
+    "--gradient_checkpointing", "--steps_per_stage", "2",
+]
+
+
+def launch(mode: str, script: str, *options: str) -> None:
+    """The script's ``main`` in one process (``single``) or two (``ddp``, ``fsdp``); fails with its output."""
+    if mode == "single":
+        command = [sys.executable, WORKER, mode, FSDP_CONFIG, script, *options]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER,
+                   mode, FSDP_CONFIG, script, *options]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{mode} {script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
+def run_modes(script, options, root: Path, modes=("single", "ddp", "fsdp")) -> dict[str, Path]:
+    """Each mode's output folder; one process accumulates two micro-batches to match two processes' batches."""
+    outputs = {}
+    for mode in modes:
+        out = root / mode
+        extra = ["--gradient_accumulation_steps", "2"] if mode == "single" else []
+        launch(mode, script, *options, *extra, "--output_dir", str(out))
+        outputs[mode] = out
+    return outputs
+
+
+def assert_same_weights(expected: Path, actual: Path) -> None:
+    want, got = load_file(str(expected)), load_file(str(actual))
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=ATOL, rtol=RTOL, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def assert_modes_agree(outputs: dict[str, Path], files: list[str], start: Path | None = None) -> None:
+    """Every file equal across the modes, and the step moved the weights (else equality proves nothing)."""
+    for name in files:
+        for mode in outputs:
+            if mode != "single":
+                assert_same_weights(outputs["single"] / name, outputs[mode] / name)
+    if start is not None:
+        before, after = load_file(str(start)), load_file(str(outputs["single"] / files[0]))
+        assert any(not torch.equal(before[k], after[k]) for k in before), "the step changed nothing"
+
+
+TRANSFORMER = "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def pyramidal_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pyramidal")
+    tiny_causal_vae(seed=0).save_pretrained(root / "vae_folder" / "vae")
+    # A teacher trained one step first, so that the runs below start from the same saved transformer.
+    launch("single", "training/train_pyramidal_flow.py", *PYRAMIDAL, "--vae_path", str(root / "vae_folder"),
+           "--output_dir", str(root / "teacher"), "--no-use_ema", "--checkpointing_steps", "0")
+    options = [*PYRAMIDAL, "--pretrained_model_name_or_path", str(root / "teacher"), "--max_train_steps", "2",
+               "--learning_rate", "1e-3"]
+    return root, run_modes("training/train_pyramidal_flow.py", options, root), options
+
+
+def test_pyramidal_flow_step_ddp_and_fsdp_equal_one_process(pyramidal_runs):
+    root, outputs, _ = pyramidal_runs
+    assert_modes_agree(outputs, [f"checkpoint-1/transformer/{TRANSFORMER}",  # after one optimiser step
+                                 f"checkpoint-2/transformer_ema/{TRANSFORMER}",  # the EMA after two
+                                 f"transformer/{TRANSFORMER}"],  # the saved (EMA) pipeline
+                       start=root / "teacher" / "transformer" / TRANSFORMER)
+    assert (outputs["fsdp"] / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()  # accelerate's sharded state
+
+
+def test_fsdp_resumes_from_its_sharded_checkpoint(pyramidal_runs):
+    root, outputs, options = pyramidal_runs
+    resumed = root / "fsdp_resumed"
+    resumed.mkdir()
+    shutil.copytree(outputs["fsdp"] / "checkpoint-1", resumed / "checkpoint-1")
+    launch("fsdp", "training/train_pyramidal_flow.py", *options, "--output_dir", str(resumed),
+           "--resume_from_checkpoint", "latest")
+    for name in (f"checkpoint-2/transformer/{TRANSFORMER}", f"transformer/{TRANSFORMER}"):
+        assert_same_weights(outputs["fsdp"] / name, resumed / name)
+
+
+def test_distill_pyramidal_dmd_step_ddp_and_fsdp_equal_one_process(pyramidal_runs, tmp_path):
+    root, _, _ = pyramidal_runs
+    outputs = run_modes("training/distill_pyramidal_dmd.py", [*DMD, "--teacher_path", str(root / "teacher")],
+                        tmp_path)
+    assert_modes_agree(outputs, [f"checkpoint-1/student/{TRANSFORMER}", f"checkpoint-1/fake/{TRANSFORMER}",
+                                 f"checkpoint-1/student_ema/{TRANSFORMER}", f"transformer/{TRANSFORMER}"],
+                       start=root / "teacher" / "transformer" / TRANSFORMER)
+
+
+@pytest.fixture(scope="module")
+def video_teacher(tmp_path_factory):
+    """A tiny pipeline with the full causal decoder (decoder distillation's teacher) and a QuickSRNet."""
+    from tests.tiny_components import monolithic_pipeline
+
+    folder = tmp_path_factory.mktemp("video_teacher")
+    pipe = monolithic_pipeline()
+    pipe.register_modules(vae=tiny_causal_vae(seed=1))
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_distill_decoder_step_ddp_and_fsdp_equal_one_process(video_teacher, tmp_path):
+    outputs = run_modes("training/distill_decoder.py", [*DECODER, "--teacher", str(video_teacher)], tmp_path)
+    assert_modes_agree(outputs, [f"vae/{TRANSFORMER}", f"checkpoint-1/vae/{TRANSFORMER}"],
+                       start=outputs["single"] / "checkpoint-1" / "vae" / TRANSFORMER)  # step 2 moved it
+
+
+def test_quicksrnet_step_ddp_and_fsdp_equal_one_process(video_teacher, tmp_path):
+    options = [*QUICKSRNET, "--teacher", str(video_teacher)]
+    outputs = run_modes("training/train_quicksrnet.py", options, tmp_path)
+    assert_modes_agree(outputs, [f"super_resolution/{TRANSFORMER}", f"checkpoint-1/super_resolution/{TRANSFORMER}"],
+                       start=outputs["single"] / "checkpoint-1" / "super_resolution" / TRANSFORMER)
