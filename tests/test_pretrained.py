@@ -56,3 +56,44 @@ def test_folders_saved_with_the_old_module_paths_still_load(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps(index))
     pipe = DiffusionPipeline.from_pretrained(tmp_path)
     assert isinstance(pipe.transformer, NeodragonTransformer3DModel) and isinstance(pipe.vae, CausalVideoVAE)
+
+
+# ------------------------------------------------------------------------------------------ user phrasings
+
+CANONICAL = "a large red circle moving left on a blue background"
+PHRASINGS = [
+    "a red circle moving left on a blue background",
+    "The red circle moves to the left on the blue background.",
+    "RED LARGE CIRCLE, MOVING TOWARDS THE LEFT, ON A BLUE BACKGROUND!",
+    "a big red circle heading leftwards against a blue backdrop",
+    "on a blue background, an red circle going left",
+]
+
+
+def test_embedded_model_reads_user_phrasings_as_the_caption_they_mean(caplog):
+    """The shipped tokenizers name the Shapes prompt normaliser, so each phrasing reaches the text encoders as the
+    training caption it means: the same token ids, hence bitwise the same text features as the caption itself."""
+    import logging
+
+    from diffusers_neodragon.data.shapes_prompts import normalize_shapes_prompt
+    from diffusers_neodragon.data.vocab_tokenizer import prompt_normalizer
+
+    pipe = NeodragonPipeline.from_pretrained(shapes_model_path(), dtype=torch.float32)
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        assert prompt_normalizer(getattr(pipe, name)) is normalize_shapes_prompt, name
+    ids = pipe.tokenizer_3(CANONICAL).input_ids
+    expected = pipe.encode_prompt(CANONICAL)
+    with caplog.at_level(logging.WARNING):
+        for phrasing in PHRASINGS:
+            assert pipe.tokenizer_3(phrasing).input_ids != ids  # as typed, the model would read other ids
+            assert pipe.tokenizer_3(normalize_shapes_prompt(phrasing).text).input_ids == ids
+            for got, want in zip(pipe.encode_prompt(phrasing), expected):
+                assert (got is None and want is None) or torch.equal(got, want), phrasing
+    assert not caplog.records  # every word of these phrasings is understood
+
+    with caplog.at_level(logging.WARNING):
+        got = pipe.encode_prompt("a fluffy red circle moving slowly to the left on a blue background")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "left out: ['fluffy', 'slowly']" in messages[0], messages
+    assert repr(CANONICAL) in messages[0]
+    assert all((g is None and w is None) or torch.equal(g, w) for g, w in zip(got, expected))

@@ -39,7 +39,8 @@ def build_shapes_text_encoders(
     ``t5_dim`` that the transformer's ``context_embedder`` reads) + ``tokenizer_3`` (T5-like word-level tokenizer),
     and ``text_encoder`` / ``text_encoder_2`` (``CLIPTextModelWithProjection``; their ``text_embeds`` concatenated
     form the pooled vector of size ``2 * clip_projection_dim``) + ``tokenizer`` / ``tokenizer_2`` (CLIP-like, with
-    ``<|startoftext|>`` / ``<|endoftext|>``). Everything is in eval mode with ``requires_grad`` off. The same
+    ``<|startoftext|>`` / ``<|endoftext|>``); the tokenizers' config names the ``"shapes"`` prompt normaliser
+    (:mod:`~diffusers_neodragon.data.shapes_prompts`). Everything is in eval mode with ``requires_grad`` off. The same
     arguments always give the same weights (the global RNG is left untouched).
     """
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel  # noqa: PLC0415
@@ -48,10 +49,12 @@ def build_shapes_text_encoders(
     if t5_dim % t5_heads or clip_dim % clip_heads:
         raise ValueError("`t5_dim` must be divisible by `t5_heads` and `clip_dim` by `clip_heads`.")
     clip_projection_dim = clip_projection_dim or clip_dim
-    tokenizer_3 = build_word_level_tokenizer(words, model_max_length=t5_max_length)
+    # Every tokenizer names the Shapes prompt normaliser, so pipelines rewrite user phrasings into the captions' form.
+    tokenizer_3 = build_word_level_tokenizer(words, model_max_length=t5_max_length, prompt_normalizer="shapes")
     clip_tokenizers = [
         build_word_level_tokenizer(
-            words, model_max_length=clip_max_length, bos_token="<|startoftext|>", eos_token="<|endoftext|>"
+            words, model_max_length=clip_max_length, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+            prompt_normalizer="shapes",
         )
         for _ in range(2)
     ]

@@ -378,6 +378,25 @@ def test_unknown_words_are_reported_with_the_words_the_model_knows(pipe, caplog)
     assert not caplog.records
 
 
+def test_prompts_are_rewritten_only_when_a_tokenizer_names_a_normaliser(monkeypatch):
+    """Real checkpoints' tokenizers name no normaliser: prompts reach them as typed. One that names the Shapes
+    normaliser (here only tokenizer_3) has every text of the call rewritten before any tokenizer reads it."""
+    from diffusers_neodragon.data import vocab_tokenizer
+
+    pipe = pipeline(with_first_frame=False)
+    typed, caption = "The red circle moves to the left", "a large red circle moving left"
+    as_typed, as_caption = pipe.encode_prompt(typed), pipe.encode_prompt(caption)
+    # Embeds and pooled: as typed, "the" and "moves" are other tokens.
+    assert not torch.equal(as_typed[0], as_caption[0]) and not torch.equal(as_typed[2], as_caption[2])
+    pipe.tokenizer_3.init_kwargs["prompt_normalizer"] = "shapes"
+    for got, want in zip(pipe.encode_prompt(typed), pipe.encode_prompt(caption)):
+        assert (got is None and want is None) or torch.equal(got, want)
+    monkeypatch.setitem(vocab_tokenizer.PROMPT_NORMALIZERS, "other", lambda text: None)
+    pipe.tokenizer.init_kwargs["prompt_normalizer"] = "other"
+    with pytest.raises(ValueError, match=r"different prompt normalisers \(\[\['tokenizer'\], \['tokenizer_3'\]\]\)"):
+        pipe.encode_prompt(typed)
+
+
 def test_truncated_text_is_reported_per_tokenizer(pipe, caplog):
     long_prompt = "a red circle moving left on a blue background the cat the dog the green square"
     with caplog.at_level(logging.WARNING):

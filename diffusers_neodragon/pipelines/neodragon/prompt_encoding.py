@@ -4,7 +4,7 @@ or the transformer's own context embedder), the pooled CLIP vector, and ``encode
 import torch
 from diffusers.utils import logging
 
-from ...data.vocab_tokenizer import known_words
+from ...data.vocab_tokenizer import known_words, prompt_normalizer
 
 
 logger = logging.get_logger(__name__)
@@ -48,7 +48,42 @@ class NeodragonPromptEncodingMixin:
                 dropped["truncated"].setdefault((text, cut), []).append(f"{name} ({max_length} tokens)")
         return tokens
 
+    def _normalize_texts(self, texts: list[str], dropped: dict) -> list[str]:
+        """``texts`` rewritten by the prompt normaliser that the pipeline's tokenizers name in their config (the
+        Shapes model's: free phrasings to its captions' form), unchanged when they name none; the words it left out
+        are recorded in ``dropped`` for the call's one warning."""
+        found = {}
+        for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            tokenizer = getattr(self, name, None)
+            normalize = None if tokenizer is None else prompt_normalizer(tokenizer)
+            if normalize is not None:
+                found.setdefault(normalize, []).append(name)
+        if len(found) > 1:
+            raise ValueError(
+                f"The pipeline's tokenizers name different prompt normalisers ({list(found.values())}); a prompt can "
+                "be rewritten only one way: make their `prompt_normalizer` (tokenizer_config.json) agree"
+            )
+        if not found:
+            return texts
+        (normalize, names), = found.items()
+        dropped["normalized_by"] = names
+        normalized = []
+        for text in texts:
+            result = normalize(text)
+            if result.ignored:
+                dropped["ignored"].setdefault(text, (result.text, result.ignored))
+            normalized.append(result.text)
+        return normalized
+
     def _warn_dropped(self, dropped: dict):
+        if dropped.get("ignored"):
+            words = list(dict.fromkeys(w for _, ignored in dropped["ignored"].values() for w in ignored))
+            readings = "; ".join(f"{text!r} as {read!r}" for text, (read, _) in dropped["ignored"].items())
+            logger.warning(
+                f"These words are not understood by the prompt normaliser that {', '.join(dropped['normalized_by'])} "
+                f"name (it rewrites prompts to the captions the model was trained on) and were left out: {words}. "
+                f"Read {readings}."
+            )
         if dropped["unknown"]:
             names = sorted({n for found in dropped["unknown"].values() for n in found})
             message = (
@@ -97,7 +132,8 @@ class NeodragonPromptEncodingMixin:
         ``None`` when no padding remains, which lets the transformer run unmasked fused attention.
         """
         self._require("text_encoder_3", "tokenizer_3", purpose="encodes the prompt (or pass `prompt_embeds`)")
-        dropped = {"unknown": {}, "truncated": {}}
+        dropped = {"unknown": {}, "truncated": {}, "ignored": {}}
+        texts = self._normalize_texts(texts, dropped)
         tokens = self._tokenize(self.tokenizer_3, "tokenizer_3", texts, max_sequence_length, dropped)
         ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
         embeds = self.text_encoder_3(ids, attention_mask=mask).last_hidden_state
