@@ -25,6 +25,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
+from ..data.vocab_tokenizer import prompt_normalizer
 from ..pipelines.neodragon.mode_defaults import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, first_given
 from ..pipelines.neodragon.pyramid_sampling import sample_latent_frame
 from ..schedulers.scheduling_pyramidal_dmd import PyramidalDMDScheduler
@@ -171,7 +172,10 @@ class ORTNeodragonPipeline:
 
     # ------------------------------------------------------------------------------------------ text
     def encode_text(self, text: str):
-        """(text tokens [1, L, W], mask [1, L] int, pooled [1, P]) for one text."""
+        """(text tokens [1, L, W], mask [1, L] int, pooled [1, P]) for one text, first rewritten by the prompt
+        normaliser its tokenizer names (the Shapes model's; as the torch pipeline does)."""
+        normalize = prompt_normalizer(self.tokenizers["tokenizer_3"])
+        text = text if normalize is None else normalize(text).text
         tok = self.tokenizers["tokenizer_3"](
             [text], padding="max_length", max_length=self.max_sequence_length, truncation=True, return_tensors="np"
         )
