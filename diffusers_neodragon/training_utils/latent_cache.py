@@ -67,7 +67,10 @@ def vae_fingerprint(vae) -> dict:
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return dict(vae=json.dumps(dict(vae.config), sort_keys=True, default=str), vae_weights_sha256=digest.hexdigest())
+    # the config without its bookkeeping (``_name_or_path`` is the folder it came from: the same VAE saved into the
+    # next run's folder must still match)
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    return dict(vae=json.dumps(config, sort_keys=True, default=str), vae_weights_sha256=digest.hexdigest())
 
 
 @torch.no_grad()
