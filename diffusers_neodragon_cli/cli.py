@@ -331,16 +331,21 @@ def check_output(output: str) -> Path:
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         what = f"unknown video extension {path.suffix!r}" if path.suffix else "no file extension"
         raise UsageError(f"--output {output}: {what}; use one of {', '.join(VIDEO_EXTENSIONS)}")
-    folder = path.absolute().parent
+    _check_writable(path.absolute().parent, f"--output {output}")
+    return path
+
+
+def _check_writable(folder: Path, label: str) -> None:
+    """``folder``, or the nearest folder above it that exists (where it would be made), must be a writable folder;
+    checked by creating and removing a file there, which also works for root and read-only mounts."""
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
-        raise UsageError(f"--output {output}: {folder} is a file, not a folder")
+        raise UsageError(f"{label}: {folder} is a file, not a folder")
     try:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
-        raise UsageError(f"--output {output}: cannot write in {folder} ({error.strerror or error})")
-    return path
+        raise UsageError(f"{label}: cannot write in {folder} ({error.strerror or error})")
 
 
 def check_image(image: str) -> None:
@@ -452,15 +457,7 @@ def check_output_dir(output_dir: str) -> Path:
     path = Path(output_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--output-dir {output_dir}: is a file; give a folder for the videos and manifest.jsonl")
-    folder = path.absolute()
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"--output-dir {output_dir}: {folder} is a file, not a folder")
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        raise UsageError(f"--output-dir {output_dir}: cannot write in {folder} ({error.strerror or error})")
+    _check_writable(path.absolute(), f"--output-dir {output_dir}")
     return path
 
 
