@@ -15,6 +15,8 @@ The decoder reads the teacher encoder's posterior mean (``--sample_posterior``: 
 reproduce ``--target data`` (default: the clip itself, as the paper does; the student can then beat the teacher's
 own reconstruction errors) or ``--target teacher`` (the teacher decoder's output: no ground truth needed, and the
 student inherits the teacher's look, errors included). ``--latent_cache_dir`` encodes every training clip once.
+``--latent_noise_std`` perturbs those latents as a transformer's would be, ``--foreground_weight`` (Shapes only) and
+``--first_frame_weight`` weigh the objects and the first frame as the embedded VAE's own decoder training did.
 
 Data: the Shapes world (default) or ``--video_folder`` (mp4 files or folders of frames).
 
@@ -59,6 +61,7 @@ from diffusers_neodragon.training_utils import (
     parse_int_list,
     parse_resolution,
     parse_with_command,
+    perturb_latents,
     psnr,
     push_folder_to_hub,
     register_folder_checkpoints,
@@ -132,6 +135,10 @@ def parse_args(input_args=None):
                         help="Decode a posterior sample instead of its mean.")
     parser.add_argument("--target", type=str, default="data", choices=["data", "teacher"],
                         help="data: reconstruct the clip (default); teacher: the teacher decoder's output.")
+    parser.add_argument("--latent_noise_std", type=float, default=0.0,
+                        help="Decode latents perturbed by noise of std U(0, this) in the normalised space, as the "
+                             "teacher's own decoder may have been trained (the embedded Shapes VAE: 0.15), so the "
+                             "student stays steady on a transformer's imperfect latents.")
     # Loss
     parser.add_argument("--pixel_loss", type=str, default="mse", choices=["mse", "l1"])
     parser.add_argument("--pixel_weight", type=float, default=1.0)
@@ -140,6 +147,9 @@ def parse_args(input_args=None):
     parser.add_argument("--lpips_net", type=str, default="vgg", choices=["vgg", "alex", "squeeze"])
     parser.add_argument("--first_frame_weight", type=float, default=1.0,
                         help="How many frames the first (image) frame counts as in the loss.")
+    parser.add_argument("--foreground_weight", type=float, default=0.0,
+                        help="Weight of an L1 term over the objects' pixels (Shapes world only: the objects are found "
+                             "by their plain backgrounds).")
     add_common_arguments(
         parser, output_dir="distilled-decoder", tracker_project_name="neodragon-distill-decoder",
         learning_rate=1e-3, train_batch_size=4, max_train_steps=5_000, checkpointing_steps=500, lr_warmup_steps=50,
@@ -168,6 +178,13 @@ def parse_args(input_args=None):
         raise ValueError("Give --pixel_weight > 0 or a perceptual term.")
     if args.first_frame_weight <= 0:
         raise ValueError(f"--first_frame_weight must be > 0, got {args.first_frame_weight}.")
+    if args.latent_noise_std < 0:
+        raise ValueError(f"--latent_noise_std must be >= 0, got {args.latent_noise_std}.")
+    if args.foreground_weight < 0:
+        raise ValueError(f"--foreground_weight must be >= 0, got {args.foreground_weight}.")
+    if args.foreground_weight and args.video_folder:
+        raise ValueError("--foreground_weight finds the Shapes world's objects by their plain backgrounds; a video "
+                         "folder has none. Drop it for real clips.")
     return args
 
 
@@ -382,7 +399,11 @@ def card_values(args, teacher, student, global_step, last_loss, figures, total_b
         time_upscale=[int(f) for f in student.config.decoder_time_upscale],
         space_upscale=[int(f) for f in student.config.decoder_space_upscale],
         latent_channels=student.config.latent_channels,
-        loss=f"{args.pixel_weight:g}·{args.pixel_loss.upper()} + {args.perceptual_weight:g}·perceptual",
+        loss=(f"{args.pixel_weight:g}·{args.pixel_loss.upper()} + {args.perceptual_weight:g}·perceptual"
+              + (f" + {args.foreground_weight:g}·foreground L1" if args.foreground_weight else "")
+              + (f", first frame counted {args.first_frame_weight:g}x" if args.first_frame_weight != 1 else "")
+              + (f"; latents perturbed by noise of std up to {args.latent_noise_std:g} (normalised)"
+                 if args.latent_noise_std else "")),
         perceptual=perceptual, target="the clip itself" if args.target == "data" else "the teacher decoder's output",
         latents="a posterior sample" if args.sample_posterior else "the posterior mean",
         batch_size=total_batch, learning_rate=args.learning_rate, save_dtype=args.save_dtype,
@@ -454,6 +475,7 @@ def main(args):
         generator = step_generator(args.seed, micro_step, device=accelerator.device)
         with accelerator.accumulate(model):
             latents = teacher_latents(teacher, batch, args.sample_posterior, generator, accelerator)
+            latents = perturb_latents(teacher, latents, args.latent_noise_std, generator)
             if args.target == "teacher":
                 with torch.no_grad(), accelerator.autocast():
                     target = teacher.decode(latents).sample.float().clamp(-1, 1)
@@ -466,6 +488,7 @@ def main(args):
                 l1_weight=args.pixel_weight if args.pixel_loss == "l1" else 0.0,
                 perceptual_weight=args.perceptual_weight if perceptual_fn is not None else 0.0,
                 perceptual_fn=perceptual_fn, first_frame_weight=args.first_frame_weight,
+                foreground_weight=args.foreground_weight,
             )
             window_losses.append(loss.detach())
             backward_and_step(accelerator, loss, model, optimizer, lr_scheduler, args.max_grad_norm)

@@ -56,6 +56,7 @@ from diffusers_neodragon.training_utils import (
     parse_int_list,
     parse_resolution,
     parse_with_command,
+    perturb_latents,
     psnr,
     push_folder_to_hub,
     register_folder_checkpoints,
@@ -248,12 +249,9 @@ class VAEReconstruction(torch.nn.Module):
     """The training forward (encode, sample the posterior, optionally perturb, decode) as one module, so that a
     distributed wrapper sees every parameter used: returns (reconstruction, posterior mean, posterior logvar).
 
-    ``latent_noise_std`` adds ``s * N(0, 1)`` with ``s ~ U(0, latent_noise_std)`` per clip to the normalised latents
-    before decoding: a transformer's latents are never exactly on the encoder's manifold, and a decoder trained
-    only on clean ones (KL near 0) turns small errors into speckle. ``encoder_frozen`` encodes without gradients.
-    While the encoder trains, the noise is relative to the batch's own latent spread (first latent frame and later
-    ones apart), so that the encoder cannot outgrow it by scaling its latents up: it must spread apart what the
-    decoder has to tell apart.
+    ``latent_noise_std`` perturbs the latents before decoding (``training_utils.perturb_latents``); while the
+    encoder trains, relative to the batch's own latent spread, so that the encoder must spread apart what the
+    decoder has to tell apart rather than outgrow the noise. ``encoder_frozen`` encodes without gradients.
     """
 
     def __init__(self, vae: CausalVideoVAE, latent_noise_std: float = 0.0, encoder_frozen: bool = False):
@@ -266,18 +264,8 @@ class VAEReconstruction(torch.nn.Module):
         with torch.no_grad() if self.encoder_frozen else contextlib.nullcontext():
             posterior = self.vae.encode(videos).latent_dist
             latents = posterior.sample(generator=generator)
-        if self.latent_noise_std > 0:
-            normalised = self.vae.normalize_latents(latents)
-            device = generator.device if generator is not None else normalised.device
-            scale = torch.rand((latents.shape[0], 1, 1, 1, 1), generator=generator, device=device)
-            noise = torch.randn(normalised.shape, generator=generator, device=device).to(normalised.device)
-            if not self.encoder_frozen:
-                spread = normalised.detach().float()
-                noise[:, :, :1] *= spread[:, :, :1].std()
-                if spread.shape[2] > 1:
-                    noise[:, :, 1:] *= spread[:, :, 1:].std()
-            perturbed = normalised + (self.latent_noise_std * scale.to(noise.device) * noise).to(normalised.dtype)
-            latents = self.vae.denormalize_latents(perturbed)
+        latents = perturb_latents(self.vae, latents, self.latent_noise_std, generator,
+                                  relative_to_spread=not self.encoder_frozen)
         recon = self.vae.decode(latents).sample
         return recon, posterior.mean, posterior.logvar
 

@@ -12,7 +12,7 @@
 * :mod:`.sharding` — FSDP2 (and ZeRO-3) differences: sharded EMA, whole-weight copies, gradient checkpointing,
   gradient clipping;
 * :mod:`.hub` — ``--push_to_hub``;
-* :mod:`.latent_statistics` — a VAE's latent normalisation constants;
+* :mod:`.latent_statistics` — a VAE's latent normalisation constants, and latent noise for robust decoders;
 * :mod:`.prompts` — prompt encoding for training (what the pipeline feeds the model, fixed length);
 * :mod:`.arguments`, :mod:`.reporting` — small argument helpers; parameter counts, card figures, video strips and
   their tracker logs;
@@ -45,7 +45,7 @@ from .checkpoints import (
 )
 from .hub import create_hub_repo, push_folder_to_hub
 from .initialization import freeze_unused_parameters, initialize_transformer_weights
-from .latent_statistics import compute_latent_statistics
+from .latent_statistics import compute_latent_statistics, perturb_latents
 from .losses import (
     build_lpips,
     flow_matching_loss,
@@ -111,6 +111,7 @@ __all__ = [
     "caption_dropout_mask",
     "checkpoint_step",
     "compute_latent_statistics",
+    "perturb_latents",
     "count_parameters",
     "create_hub_repo",
     "drop_captions",

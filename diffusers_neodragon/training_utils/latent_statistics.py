@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Latent normalisation constants of a causal video VAE (first latent frame and later frames apart)."""
+"""Latent normalisation constants of a causal video VAE (first latent frame and later frames apart), and noise
+added in that normalised space to make decoders robust to generated latents."""
 
 from __future__ import annotations
 
@@ -48,3 +49,27 @@ def compute_latent_statistics(
         stats[f"{name}_latent_scale"] = 1.0 / std
     return stats
 
+
+
+def perturb_latents(vae, latents: torch.Tensor, max_std: float, generator: torch.Generator | None = None,
+                    relative_to_spread: bool = False) -> torch.Tensor:
+    """Raw latents with ``s * N(0, 1)`` added in the normalised space, ``s ~ U(0, max_std)`` per clip.
+
+    A transformer's latents are never exactly on the encoder's manifold; a decoder trained only on clean latents
+    turns small errors into speckle and flicker. ``relative_to_spread`` scales the noise by the batch's own latent
+    spread (first latent frame and later ones apart), for when the encoder trains too and could otherwise outgrow
+    a fixed noise by scaling its latents up.
+    """
+    if max_std <= 0:
+        return latents
+    normalised = vae.normalize_latents(latents)
+    device = generator.device if generator is not None else normalised.device
+    scale = torch.rand((latents.shape[0], 1, 1, 1, 1), generator=generator, device=device)
+    noise = torch.randn(normalised.shape, generator=generator, device=device).to(normalised.device)
+    if relative_to_spread:
+        spread = normalised.detach().float()
+        noise[:, :, :1] *= spread[:, :, :1].std()
+        if spread.shape[2] > 1:
+            noise[:, :, 1:] *= spread[:, :, 1:].std()
+    perturbed = normalised + (max_std * scale.to(noise.device) * noise).to(normalised.dtype)
+    return vae.denormalize_latents(perturbed)
