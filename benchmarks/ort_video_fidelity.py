@@ -1,0 +1,101 @@
+"""How closely an export's ONNX graphs reproduce the torch pipeline's video: same prompt, same seed, frame by frame.
+
+    python benchmarks/ort_video_fidelity.py PIPELINE EXPORT_DIR [--backend htp] [--precision fp16|w8a16]
+        [--prompt "..."] [--seed 0] [--num-frames 49] [--strip strip.png] [--json out.json]
+
+PIPELINE is the folder that was exported (the reference, run in float32 on the CPU); EXPORT_DIR is what
+``neodragon export`` wrote. ``--backend cpu`` runs the graphs with ONNX Runtime's CPU provider (float32: the
+exporter's own error); ``--backend htp`` on the QNN HTP backend (the simulator on x86) with CPU fallback disabled, at
+``--precision`` fp16 (the float graphs compiled in fp16) or w8a16 (the quantised ``*.w8a16.onnx`` graphs). Both
+pipelines draw their noise from the same torch generator, so any difference is the graphs'.
+
+Prints the PSNR of the whole video (pixels in [0, 1]), the worst frame's, and the wall time of each pipeline;
+``--strip`` saves a PNG with torch frames over ONNX frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def frame_strip(top: np.ndarray, bottom: np.ndarray, count: int = 8):
+    """PNG strip: ``count`` evenly spaced frames of ``top`` over the same frames of ``bottom`` ([F, H, W, 3])."""
+    import PIL.Image
+
+    picks = np.linspace(0, len(top) - 1, min(count, len(top))).round().astype(int)
+    rows = [np.concatenate(list(video[picks]), axis=1) for video in (top, bottom)]
+    return PIL.Image.fromarray((np.concatenate(rows, axis=0).clip(0, 1) * 255).round().astype(np.uint8))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline")
+    parser.add_argument("export_dir")
+    parser.add_argument("--backend", choices=["cpu", "htp"], default="cpu")
+    parser.add_argument("--precision", choices=["fp16", "w8a16"], default="fp16",
+                        help="HTP precision (the CPU backend runs the float graphs, or the w8a16 ones with w8a16)")
+    parser.add_argument("--prompt", default="a large red circle moving right on a white background")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-frames", type=int, default=None, help="default: the export's")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--strip", default=None, help="save torch frames over ONNX frames to this PNG")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from diffusers_neodragon import NeodragonPipeline
+    from diffusers_neodragon.export.ort_pipeline import (
+        ORTNeodragonPipeline,
+        cpu_session_factory,
+        htp_session_factory,
+    )
+
+    factory = htp_session_factory(args.precision) if args.backend == "htp" else cpu_session_factory
+    onnx_pipe = ORTNeodragonPipeline(args.export_dir, session_factory=factory,
+                                     precision="w8a16" if args.precision == "w8a16" else "fp32")
+    num_frames = args.num_frames or onnx_pipe.max_frames
+    start = time.perf_counter()
+    onnx_video = onnx_pipe(args.prompt, num_frames=num_frames, generator=torch.Generator().manual_seed(args.seed),
+                           output_type="np")
+    onnx_seconds = time.perf_counter() - start
+
+    torch_pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
+    start = time.perf_counter()
+    torch_video = torch_pipe(args.prompt, num_frames=num_frames, height=onnx_pipe.height, width=onnx_pipe.width,
+                             generator=torch.Generator().manual_seed(args.seed), output_type="np").frames
+    torch_seconds = time.perf_counter() - start
+    torch_video, onnx_video = np.asarray(torch_video)[0], np.asarray(onnx_video)[0]
+    if torch_video.shape != onnx_video.shape:
+        raise ValueError(f"the videos differ in shape: torch {torch_video.shape}, ONNX {onnx_video.shape}")
+
+    per_frame = [psnr(t, o) for t, o in zip(torch_video, onnx_video)]
+    result = {
+        "backend": args.backend, "precision": args.precision, "prompt": args.prompt, "seed": args.seed,
+        "frames": len(per_frame), "psnr_db": psnr(torch_video, onnx_video), "worst_frame_psnr_db": min(per_frame),
+        "worst_frame": int(np.argmin(per_frame)), "onnx_seconds": onnx_seconds, "torch_seconds": torch_seconds,
+    }
+    print(f"{args.backend} {args.precision}: video PSNR {result['psnr_db']:.2f} dB against torch, worst frame "
+          f"{result['worst_frame']} at {result['worst_frame_psnr_db']:.2f} dB ({len(per_frame)} frames); "
+          f"ONNX {onnx_seconds:.1f} s, torch {torch_seconds:.1f} s")
+    if args.strip:
+        frame_strip(torch_video, onnx_video).save(args.strip)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
