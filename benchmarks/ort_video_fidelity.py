@@ -1,7 +1,8 @@
 """How closely an export's ONNX graphs reproduce the torch pipeline's video: same prompt, same seed, frame by frame.
 
     python benchmarks/ort_video_fidelity.py PIPELINE EXPORT_DIR [--backend htp] [--precision fp16|w8a16]
-        [--prompt "..."] [--seed 0] [--num-frames 49] [--strip strip.png] [--json out.json]
+        [--prompt "..."] [--seed 0] [--num-frames 49] [--steps N] [--video-steps N] [--strip strip.png]
+        [--json out.json]
 
 PIPELINE is the folder that was exported (the reference, run in float32 on the CPU); EXPORT_DIR is what
 ``neodragon export`` wrote. ``--backend cpu`` runs the graphs with ONNX Runtime's CPU provider (float32: the
@@ -48,6 +49,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--prompt", default="a large red circle moving right on a white background")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-frames", type=int, default=None, help="default: the export's")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="first-frame denoising steps per stage (default: the pipeline's); fewer steps make an "
+                             "HTP-simulator run affordable and are compared like for like")
+    parser.add_argument("--video-steps", type=int, default=None, help="the same for the later frames")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--strip", default=None, help="save torch frames over ONNX frames to this PNG")
     parser.add_argument("--json", default=None)
@@ -66,15 +71,16 @@ def main(argv=None) -> dict:
     onnx_pipe = ORTNeodragonPipeline(args.export_dir, session_factory=factory,
                                      precision="w8a16" if args.precision == "w8a16" else "fp32")
     num_frames = args.num_frames or onnx_pipe.max_frames
+    steps = dict(num_inference_steps=args.steps, video_num_inference_steps=args.video_steps)
     start = time.perf_counter()
     onnx_video = onnx_pipe(args.prompt, num_frames=num_frames, generator=torch.Generator().manual_seed(args.seed),
-                           output_type="np")
+                           output_type="np", **steps)
     onnx_seconds = time.perf_counter() - start
 
     torch_pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
     start = time.perf_counter()
     torch_video = torch_pipe(args.prompt, num_frames=num_frames, height=onnx_pipe.height, width=onnx_pipe.width,
-                             generator=torch.Generator().manual_seed(args.seed), output_type="np").frames
+                             generator=torch.Generator().manual_seed(args.seed), output_type="np", **steps).frames
     torch_seconds = time.perf_counter() - start
     torch_video, onnx_video = np.asarray(torch_video)[0], np.asarray(onnx_video)[0]
     if torch_video.shape != onnx_video.shape:
@@ -83,7 +89,8 @@ def main(argv=None) -> dict:
     per_frame = [psnr(t, o) for t, o in zip(torch_video, onnx_video)]
     result = {
         "backend": args.backend, "precision": args.precision, "prompt": args.prompt, "seed": args.seed,
-        "frames": len(per_frame), "psnr_db": psnr(torch_video, onnx_video), "worst_frame_psnr_db": min(per_frame),
+        "frames": len(per_frame), "steps": args.steps, "video_steps": args.video_steps,
+        "psnr_db": psnr(torch_video, onnx_video), "worst_frame_psnr_db": min(per_frame),
         "worst_frame": int(np.argmin(per_frame)), "onnx_seconds": onnx_seconds, "torch_seconds": torch_seconds,
     }
     print(f"{args.backend} {args.precision}: video PSNR {result['psnr_db']:.2f} dB against torch, worst frame "

@@ -16,8 +16,8 @@ reproduce ``--target data`` (default: the clip itself, as the paper does; the st
 own reconstruction errors) or ``--target teacher`` (the teacher decoder's output: no ground truth needed, and the
 student inherits the teacher's look, errors included). ``--latent_cache_dir`` encodes every training clip once.
 ``--latent_noise_std`` perturbs those latents as a transformer's would be, ``--foreground_weight`` (Shapes only) and
-``--first_frame_weight`` weigh the objects and the first frame as the embedded VAE's own decoder training did;
-``--edge_weight`` and ``--temporal_weight`` pay for blurred outlines and for jitter between frames.
+``--first_frame_weight`` weigh the objects and the first frame, and ``--edge_weight`` pays for blurred outlines, as
+in ``train_vae.py``.
 
 Data: the Shapes world (default) or ``--video_folder`` (mp4 files or folders of frames).
 
@@ -150,8 +150,6 @@ def parse_args(input_args=None):
                         help="How many frames the first (image) frame counts as in the loss.")
     parser.add_argument("--edge_weight", type=float, default=0.0,
                         help="Weight of an L1 term over horizontal and vertical pixel differences (sharp outlines).")
-    parser.add_argument("--temporal_weight", type=float, default=0.0,
-                        help="Weight of an L1 term over frame-to-frame differences (steady motion, no jitter).")
     parser.add_argument("--foreground_weight", type=float, default=0.0,
                         help="Weight of an L1 term over the objects' pixels (Shapes world only: the objects are found "
                              "by their plain backgrounds).")
@@ -185,7 +183,7 @@ def parse_args(input_args=None):
         raise ValueError(f"--first_frame_weight must be > 0, got {args.first_frame_weight}.")
     if args.latent_noise_std < 0:
         raise ValueError(f"--latent_noise_std must be >= 0, got {args.latent_noise_std}.")
-    for name in ("foreground_weight", "edge_weight", "temporal_weight"):
+    for name in ("foreground_weight", "edge_weight"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}.")
     if args.foreground_weight and args.video_folder:
@@ -407,8 +405,7 @@ def card_values(args, teacher, student, global_step, last_loss, figures, total_b
         latent_channels=student.config.latent_channels,
         loss=(f"{args.pixel_weight:g}·{args.pixel_loss.upper()} + {args.perceptual_weight:g}·perceptual"
               + "".join(f" + {weight:g}·{name}" for name, weight in (
-                  ("foreground L1", args.foreground_weight), ("edge L1", args.edge_weight),
-                  ("frame-difference L1", args.temporal_weight)) if weight)
+                  ("foreground L1", args.foreground_weight), ("edge L1", args.edge_weight)) if weight)
               + (f", first frame counted {args.first_frame_weight:g}x" if args.first_frame_weight != 1 else "")
               + (f"; latents perturbed by noise of std up to {args.latent_noise_std:g} (normalised)"
                  if args.latent_noise_std else "")),
@@ -497,7 +494,6 @@ def main(args):
                 perceptual_weight=args.perceptual_weight if perceptual_fn is not None else 0.0,
                 perceptual_fn=perceptual_fn, first_frame_weight=args.first_frame_weight,
                 foreground_weight=args.foreground_weight, edge_weight=args.edge_weight,
-                temporal_weight=args.temporal_weight,
             )
             window_losses.append(loss.detach())
             backward_and_step(accelerator, loss, model, optimizer, lr_scheduler, args.max_grad_norm)

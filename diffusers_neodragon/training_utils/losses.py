@@ -62,10 +62,8 @@ def vae_reconstruction_loss(
     edge_weight: float = 0.0,
     foreground_weight: float = 0.0,
     first_frame_weight: float = 1.0,
-    temporal_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstruction loss of a video autoencoder: ``mse·MSE + l1·L1 + kl·KL + perceptual·P + edge·E + fg·F +
-    temporal·D``.
+    """Reconstruction loss of a video autoencoder: ``mse·MSE + l1·L1 + kl·KL + perceptual·P + edge·E + fg·F``.
 
     Args:
         reconstruction, target: videos [B, 3, T, H, W] in [-1, 1].
@@ -78,9 +76,6 @@ def vae_reconstruction_loss(
         edge_weight: weight of ``E``, the L1 distance between the horizontal and vertical pixel differences of the
             two videos. Outlines are a sliver of the pixels, so MSE/L1 alone let a small VAE blur them; this
             offline stand-in for a perceptual term pays for every blurred edge.
-        temporal_weight: weight of ``D``, the L1 distance between the frame-to-frame differences of the two videos.
-            A one-pixel jump of a small object costs little MSE in any one frame, yet reads as jitter in motion;
-            ``D`` pays for every change between frames that the target does not make.
         first_frame_weight: how many frames the first frame counts as in the pixel terms (MSE, L1, P, E, F). A
             causal VAE encodes it alone into the first latent frame, which the transformer's image stage generates
             and every later frame follows; in a 49-frame clip it is otherwise 1/49 of the loss, and small shapes in
@@ -121,13 +116,11 @@ def vae_reconstruction_loss(
         terms["perceptual"] = mean(per_frame.reshape(diff.shape[0], 1, diff.shape[2]))
     if edge_weight:
         terms["edge"] = (mean(diff.diff(dim=-1).abs()) + mean(diff.diff(dim=-2).abs())) / 2
-    if temporal_weight and diff.shape[2] > 1:
-        terms["temporal"] = diff.diff(dim=2).abs().mean()
     if foreground_weight:
         mask = foreground_mask(target.float()) * frame_weights[:, None, None]
         terms["foreground"] = (diff.abs() * mask).sum() / (mask.sum() * diff.shape[1]).clamp_min(1.0)
     weights = {"mse": mse_weight, "l1": l1_weight, "kl": kl_weight, "perceptual": perceptual_weight,
-               "edge": edge_weight, "foreground": foreground_weight, "temporal": temporal_weight}
+               "edge": edge_weight, "foreground": foreground_weight}
     if not terms:
         raise ValueError("At least one loss weight must be non-zero.")
     loss = sum(weights[name] * value for name, value in terms.items())

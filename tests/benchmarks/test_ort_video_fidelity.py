@@ -30,4 +30,6 @@ def test_the_export_reproduces_its_pipeline_and_not_another(tmp_path):
     assert PIL.Image.open(tmp_path / "s.png").size == (8 * 128, 2 * 128)  # 64x64 frames through the 2x SR
 
     monolithic_pipeline(num_frames=9, seed=7).save_pretrained(tmp_path / "other")
-    assert fidelity.main([str(tmp_path / "other"), str(tmp_path / "export"), "--prompt", PROMPT])["psnr_db"] < 40
+    other = fidelity.main([str(tmp_path / "other"), str(tmp_path / "export"), "--prompt", PROMPT, "--steps", "2",
+                           "--video-steps", "1"])
+    assert other["psnr_db"] < 40 and other["steps"] == 2

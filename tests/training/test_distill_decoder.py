@@ -189,7 +189,7 @@ def test_cached_latents_teacher_target_l1_and_encoder_features(teacher_pipeline,
 
 def test_latent_noise_and_loss_weights_change_what_the_student_learns(teacher_pipeline, tmp_path, monkeypatch):
     """--latent_noise_std decodes perturbed latents (the clean posterior of the same clip otherwise), and with
-    the object, edge, frame-difference and first-frame weights it reaches the loss and the card."""
+    the object, edge and first-frame weights it reaches the loss and the card."""
     decoded = []
     decode = AsymmetricVAE.decode
     monkeypatch.setattr(AsymmetricVAE, "decode",
@@ -198,17 +198,17 @@ def test_latent_noise_and_loss_weights_change_what_the_student_learns(teacher_pi
     common = ("--max_train_steps", "2", "--num_validation_clips", "0")  # the first step's learning rate is 0
     run(teacher_pipeline, tmp_path / "clean", *common)
     run(teacher_pipeline, tmp_path / "noisy", *common, "--latent_noise_std", "0.5", "--foreground_weight", "2",
-        "--first_frame_weight", "8", "--edge_weight", "0.5", "--temporal_weight", "0.25")
+        "--first_frame_weight", "8", "--edge_weight", "0.5")
     clean, noisy = decoded[0], decoded[2]
     assert clean.shape == noisy.shape and 0 < (noisy - clean).abs().mean() < 1
     assert any(not torch.equal(a, b) for a, b in zip(weights(tmp_path / "clean").values(),
                                                       weights(tmp_path / "noisy").values()))
     card = (tmp_path / "noisy" / "README.md").read_text()
-    assert "2·foreground L1 + 0.5·edge L1 + 0.25·frame-difference L1" in card
+    assert "2·foreground L1 + 0.5·edge L1" in card
     assert "first frame counted 8x" in card and "std up to 0.5" in card
     for bad, message in ((("--latent_noise_std", "-0.1"), "--latent_noise_std"),
                          (("--foreground_weight", "-1"), "--foreground_weight"),
-                         (("--temporal_weight", "-1"), "--temporal_weight"),
+                         (("--edge_weight", "-1"), "--edge_weight"),
                          (("--foreground_weight", "1", "--video_folder", str(tmp_path)), "plain backgrounds")):
         with pytest.raises(ValueError, match=message):
             distill.parse_args([*TINY, *bad])
