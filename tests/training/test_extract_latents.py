@@ -114,6 +114,13 @@ def test_training_from_shards_equals_training_from_videos(setup, tmp_path):
     np.testing.assert_allclose(from_shards["loss"], from_videos["loss"], rtol=1e-4)
     card = (tmp_path / "a" / "README.md").read_text()
     assert f"2 clips of latents_dir={out}" in card
+    # A fine-tune from the shards on the model's own histories (how a model trained on them keeps its temporal
+    # consistency): the histories are sampled from the stored latents.
+    own = train.main(train.parse_args([*common, "--latents_dir", str(out), "--transformer_path",
+                                       str(tmp_path / "a" / "transformer"), "--generated_history_prob", "1",
+                                       "--output_dir", str(tmp_path / "own")]))
+    assert own["global_step"] == 1 and np.isfinite(own["loss"])
+    assert "replaced with probability 1 by" in (tmp_path / "own" / "README.md").read_text()
     with pytest.raises(ValueError, match="one data source"):
         train.parse_args([*common, "--latents_dir", str(out), "--video_folder", str(clips)])
     with pytest.raises(ValueError, match="latents of shape"):
