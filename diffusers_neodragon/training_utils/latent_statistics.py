@@ -50,7 +50,6 @@ def compute_latent_statistics(
     return stats
 
 
-
 def perturb_latents(vae, latents: torch.Tensor, max_std: float, generator: torch.Generator | None = None,
                     relative_to_spread: bool = False) -> torch.Tensor:
     """Raw latents with ``s * N(0, 1)`` added in the normalised space, ``s ~ U(0, max_std)`` per clip.
