@@ -18,25 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
 import torch
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def frame_strip(top: np.ndarray, bottom: np.ndarray, count: int = 8):
-    """PNG strip: ``count`` evenly spaced frames of ``top`` over the same frames of ``bottom`` ([F, H, W, 3])."""
-    import PIL.Image
-
-    picks = np.linspace(0, len(top) - 1, min(count, len(top))).round().astype(int)
-    rows = [np.concatenate(list(video[picks]), axis=1) for video in (top, bottom)]
-    return PIL.Image.fromarray((np.concatenate(rows, axis=0).clip(0, 1) * 255).round().astype(np.uint8))
+def as_tensor(video: np.ndarray) -> torch.Tensor:
+    """[F, H, W, 3] in [0, 1] -> [3, F, H, W] in [-1, 1], the layout of ``training_utils``' PSNR and strips."""
+    return torch.from_numpy(np.ascontiguousarray(video)).float().permute(3, 0, 1, 2) * 2 - 1
 
 
 def main(argv=None) -> dict:
@@ -66,6 +56,7 @@ def main(argv=None) -> dict:
         cpu_session_factory,
         htp_session_factory,
     )
+    from diffusers_neodragon.training_utils import psnr, video_strip
 
     factory = htp_session_factory(args.precision) if args.backend == "htp" else cpu_session_factory
     onnx_pipe = ORTNeodragonPipeline(args.export_dir, session_factory=factory,
@@ -82,22 +73,23 @@ def main(argv=None) -> dict:
     torch_video = torch_pipe(args.prompt, num_frames=num_frames, height=onnx_pipe.height, width=onnx_pipe.width,
                              generator=torch.Generator().manual_seed(args.seed), output_type="np", **steps).frames
     torch_seconds = time.perf_counter() - start
-    torch_video, onnx_video = np.asarray(torch_video)[0], np.asarray(onnx_video)[0]
+    torch_video, onnx_video = as_tensor(np.asarray(torch_video)[0]), as_tensor(np.asarray(onnx_video)[0])
     if torch_video.shape != onnx_video.shape:
-        raise ValueError(f"the videos differ in shape: torch {torch_video.shape}, ONNX {onnx_video.shape}")
+        raise ValueError(f"the videos differ in shape: torch {tuple(torch_video.shape)}, "
+                         f"ONNX {tuple(onnx_video.shape)}")
 
-    per_frame = [psnr(t, o) for t, o in zip(torch_video, onnx_video)]
+    per_frame = [psnr(onnx_video[:, i], torch_video[:, i]) for i in range(torch_video.shape[1])]
     result = {
         "backend": args.backend, "precision": args.precision, "prompt": args.prompt, "seed": args.seed,
         "frames": len(per_frame), "steps": args.steps, "video_steps": args.video_steps,
-        "psnr_db": psnr(torch_video, onnx_video), "worst_frame_psnr_db": min(per_frame),
+        "psnr_db": psnr(onnx_video, torch_video), "worst_frame_psnr_db": min(per_frame),
         "worst_frame": int(np.argmin(per_frame)), "onnx_seconds": onnx_seconds, "torch_seconds": torch_seconds,
     }
     print(f"{args.backend} {args.precision}: video PSNR {result['psnr_db']:.2f} dB against torch, worst frame "
           f"{result['worst_frame']} at {result['worst_frame_psnr_db']:.2f} dB ({len(per_frame)} frames); "
           f"ONNX {onnx_seconds:.1f} s, torch {torch_seconds:.1f} s")
     if args.strip:
-        frame_strip(torch_video, onnx_video).save(args.strip)
+        video_strip([torch_video, onnx_video]).save(args.strip)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
