@@ -102,7 +102,13 @@ from diffusers_neodragon.training_utils.latent_cache import (
     check_latent_shape,
     latents_from_shards,
 )
-from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, full_model, update_ema
+from diffusers_neodragon.training_utils.sharding import (
+    enable_gradient_checkpointing,
+    full_model,
+    shard_frozen_model,
+    update_ema,
+    whole_model,
+)
 from diffusers_neodragon.training_utils.video_data import (
     add_video_data_arguments,
     real_data_source,
@@ -337,6 +343,8 @@ def main(args):
         ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=NeodragonTransformer3DModel,
                        model_config=student.config, foreach=True)
         ema.to(device)
+    # Under FSDP the frozen teacher is split across the GPUs like the trained models (after the copies above).
+    real = shard_frozen_model(accelerator, real)
     register_folder_checkpoints(accelerator, [("student", NeodragonTransformer3DModel),
                                               ("fake", NeodragonTransformer3DModel)],
                                 emas={"student_ema": ema} if ema is not None else None)
@@ -374,7 +382,13 @@ def main(args):
     def validation_pipeline(mode=None):
         """The pipeline of the student's (EMA) weights on the main process, None on the others (collective)."""
         model = full_model(accelerator, student, ema=ema, device=device)
-        return None if model is None else make_pipeline(model.eval(), teacher, args, mode)
+        first_frame = teacher
+        if (mode or args.save_mode) == "hybrid":  # the teacher makes frame 0: with its whole transformer
+            whole = whole_model(real, device)  # collective when sharded
+            if whole is not real:
+                first_frame = copy.copy(teacher)
+                first_frame.register_modules(transformer=whole)
+        return None if model is None else make_pipeline(model.eval(), first_frame, args, mode)
 
     negative_row = torch.zeros(1, dtype=torch.long, device=cache.caption_ids.device)
     history_log = collections.defaultdict(list)

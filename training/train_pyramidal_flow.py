@@ -120,7 +120,12 @@ from diffusers_neodragon.training_utils.pruning_recovery import (
     with_stage,
     write_recovery_record,
 )
-from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, full_model, update_ema
+from diffusers_neodragon.training_utils.sharding import (
+    enable_gradient_checkpointing,
+    full_model,
+    shard_frozen_model,
+    update_ema,
+)
 from diffusers_neodragon.training_utils.video_data import (
     add_video_data_arguments,
     real_data_source,
@@ -635,7 +640,8 @@ def main(args):
     if args.teacher_path is not None:
         if args.recovery_warning:
             logger.warning(args.recovery_warning)
-        teacher = load_teacher(args, transformer).to(accelerator.device)
+        # Under FSDP the frozen teacher is split across the GPUs like the student (it only runs in the training step).
+        teacher = shard_frozen_model(accelerator, load_teacher(args, transformer).to(accelerator.device))
 
     clips = cache = None
     if args.latents_dir:

@@ -16,7 +16,7 @@ import torch
 
 from .hub import create_hub_repo
 from .run_control import resolve_trackers
-from .sharding import full_model, save_ema
+from .sharding import full_model, keep_fsdp_forward_inputs, save_ema
 
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -82,7 +82,7 @@ def setup_accelerator(args):
     """``(accelerator, hub repo id or None)``: mixed precision, accumulation, trackers and the project folder from
     the common options; TF32 and the seed set; the output folder (and Hub repository) made on the main process."""
     from accelerate import Accelerator  # noqa: PLC0415
-    from accelerate.utils import ProjectConfiguration, set_seed  # noqa: PLC0415
+    from accelerate.utils import DistributedType, ProjectConfiguration, set_seed  # noqa: PLC0415
 
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
@@ -93,6 +93,15 @@ def setup_accelerator(args):
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
         ),
     )
+    keep_fsdp_forward_inputs(accelerator)
+    is_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if is_deepspeed and not accelerator.state.deepspeed_plugin.zero3_init_flag:
+        # accelerate registers its ZeRO-3 config with transformers even with zero3_init_flag off, and transformers
+        # then builds every model partitioned (zero.Init): the frozen text encoders would hold empty weights outside
+        # the engine. The trained model is partitioned by the engine at ``prepare``.
+        from transformers.integrations import unset_hf_deepspeed_config  # noqa: PLC0415
+
+        unset_hf_deepspeed_config()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -19,6 +19,20 @@ def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def keep_fsdp_forward_inputs(accelerator) -> None:
+    """Under FSDP2 with mixed precision, stop FSDP casting each block's floating-point inputs to bf16 (accelerate's
+    policy does; autocast already computes in bf16). Two reasons: the blocks' fp32 inputs (the temporal RoPE tables)
+    then stay fp32 as under DDP, and non-reentrant gradient checkpointing works: FSDP2 skips the cast when a block
+    is recomputed in the backward, so the recomputed tensors would be fp32 where the forward saved bf16
+    (``CheckpointError: Recomputed values ... have different metadata``)."""
+    import dataclasses  # noqa: PLC0415
+
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    policy = getattr(plugin, "mixed_precision_policy", None)
+    if is_sharded(accelerator) and getattr(policy, "cast_forward_inputs", False) and plugin.fsdp_version == 2:
+        plugin.mixed_precision_policy = dataclasses.replace(policy, cast_forward_inputs=False)
+
+
 def _is_zero3(accelerator) -> bool:
     """True under DeepSpeed ZeRO stage 3 (parameters partitioned; DeepSpeed gathers them for a state dict)."""
     from accelerate.utils import DistributedType  # noqa: PLC0415
@@ -138,6 +152,39 @@ def _plain_class(module: torch.nn.Module) -> type:
     from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
 
     return next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
+
+
+def shard_frozen_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen teacher (DMD's real score, the pruning teacher) split across the processes like the trained models
+    under FSDP (collective): ``fully_shard`` per block of its ``_no_split_modules`` and at the root, so each GPU holds
+    a 1/N slice and gathers one block at a time in the forward. Nothing is prepared (no optimiser, no checkpoint).
+    Every process must then run the same forwards (one process alone would wait for the others): for a use on the
+    main process only, take :func:`whole_model`. Under DDP, DeepSpeed or one process the model is returned as is."""
+    if any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"shard_frozen_model takes a frozen model; {type(model).__name__} has trainable parameters.")
+    if not is_sharded(accelerator):
+        return model
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+
+    model.to(accelerator.device)
+    block_types = tuple(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if module is not model and type(module).__name__ in block_types:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def whole_model(model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A plain model with the whole weights of ``model`` on ``device``: a new copy of a sharded one (collective, on
+    every process), the model itself otherwise."""
+    if not any(_is_dtensor(p) for p in model.parameters()):
+        return model
+    state = {name: _full(value) for name, value in model.state_dict().items()}
+    with torch.device("cpu"):
+        plain = _plain_class(model).from_config(model.config)
+    plain.load_state_dict(state)
+    return plain.to(device).eval().requires_grad_(False)
 
 
 def full_model(accelerator, model: torch.nn.Module, model_of=None, ema=None,

@@ -41,6 +41,8 @@ def force_fsdp(config_path: str) -> None:
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
         AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
         AcceleratorState._shared_state["fsdp_plugin"] = plugin
+        if self.state.mixed_precision != "no":  # as accelerate sets it up for FSDP on a GPU
+            plugin.set_mixed_precision(self.state.mixed_precision)
 
     accelerate.Accelerator.__init__ = init
 

@@ -1,7 +1,9 @@
 """Two CPU processes (gloo) against one: a training step under DDP and under FSDP2 (``training/configs/fsdp.yaml``)
 gives the weights one process gives for the same global batch, for the base flow-matching script (with EMA), decoder
-distillation, Pyramidal DMD (student with EMA and fake score) and QuickSRNet (random crops); FSDP checkpoints (sharded
-state + whole folders) resume to the uninterrupted run.
+distillation, Pyramidal DMD (student with EMA and fake score) and QuickSRNet (random crops); under FSDP the frozen
+teachers of Pyramidal DMD and of pruning stage 2 are sharded too; FSDP checkpoints (sharded state + whole folders)
+resume to the uninterrupted run; the DeepSpeed ZeRO-2 and ZeRO-3 configs train (one process, DeepSpeed's CPU
+accelerator; skipped without deepspeed) and resume to the uninterrupted run.
 
 "The same global batch": two processes with batch b each against one process with batch b and two accumulated
 micro-batches; ``training_batches`` numbers batches over all processes, so both draw the same data and the same
@@ -137,9 +139,24 @@ def test_distill_pyramidal_dmd_step_ddp_and_fsdp_equal_one_process(pyramidal_run
     root, _, _ = pyramidal_runs
     outputs = run_modes("training/distill_pyramidal_dmd.py", [*DMD, "--teacher_path", str(root / "teacher")],
                         tmp_path)
+    # Under FSDP the teacher is sharded too; the saved hybrid pipeline nests it whole (gathered from the shards).
     assert_modes_agree(outputs, [f"checkpoint-1/student/{TRANSFORMER}", f"checkpoint-1/fake/{TRANSFORMER}",
-                                 f"checkpoint-1/student_ema/{TRANSFORMER}", f"transformer/{TRANSFORMER}"],
+                                 f"checkpoint-1/student_ema/{TRANSFORMER}", f"transformer/{TRANSFORMER}",
+                                 f"first_frame_pipeline/transformer/{TRANSFORMER}"],
                        start=root / "teacher" / "transformer" / TRANSFORMER)
+    assert_same_weights(root / "teacher" / "transformer" / TRANSFORMER,
+                        outputs["fsdp"] / "first_frame_pipeline" / "transformer" / TRANSFORMER)
+
+
+def test_pruning_stage_2_with_a_sharded_teacher_equals_one_process(pyramidal_runs, tmp_path):
+    root, _, options = pyramidal_runs
+    launch("single", "training/prune_transformer.py", "prune", "--teacher", str(root / "teacher"), "--keep", "1",
+           "--output_dir", str(tmp_path / "pruned"))
+    stage2 = [*options, "--pretrained_model_name_or_path", str(tmp_path / "pruned"), "--teacher_path",
+              str(root / "teacher"), "--force"]
+    outputs = run_modes("training/train_pyramidal_flow.py", stage2, tmp_path)
+    assert_modes_agree(outputs, [f"checkpoint-1/transformer/{TRANSFORMER}", f"transformer/{TRANSFORMER}"],
+                       start=tmp_path / "pruned" / "transformer" / TRANSFORMER)
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +182,45 @@ def test_quicksrnet_step_ddp_and_fsdp_equal_one_process(video_teacher, tmp_path)
     outputs = run_modes("training/train_quicksrnet.py", options, tmp_path)
     assert_modes_agree(outputs, [f"super_resolution/{TRANSFORMER}", f"checkpoint-1/super_resolution/{TRANSFORMER}"],
                        start=outputs["single"] / "checkpoint-1" / "super_resolution" / TRANSFORMER)
+
+
+DEEPSPEED_RUNS = {  # script, its options, the saved weights compared
+    "pyramidal_flow": ("training/train_pyramidal_flow.py", PYRAMIDAL, f"transformer/{TRANSFORMER}"),
+    "decoder": ("training/distill_decoder.py", DECODER, f"vae/{TRANSFORMER}"),
+    "quicksrnet": ("training/train_quicksrnet.py", QUICKSRNET, f"super_resolution/{TRANSFORMER}"),
+}
+
+
+@pytest.mark.parametrize("run_name, stage", [("pyramidal_flow", 2), ("pyramidal_flow", 3), ("decoder", 2),
+                                             ("quicksrnet", 3)])
+def test_deepspeed_configs_train_and_resume(pyramidal_runs, video_teacher, tmp_path, run_name, stage):
+    """``accelerate launch --config_file training/configs/deepspeed_zero{2,3}.yaml`` (fp32 master weights under
+    DeepSpeed's torch_autocast, as the other configs keep them): the run trains, writes its folders, and a run resumed
+    from its first checkpoint ends at the same weights. ZeRO-3 partitions the parameters, so the base script runs it
+    without EMA (the decoder and QuickSRNet scripts keep none)."""
+    pytest.importorskip("deepspeed")
+    script, options, weights = DEEPSPEED_RUNS[run_name]
+    root, _, _ = pyramidal_runs
+    teacher = ["--pretrained_model_name_or_path", str(root / "teacher")] if run_name == "pyramidal_flow" else [
+        "--teacher", str(video_teacher)]
+    no_ema = ["--no-use_ema"] if stage == 3 and run_name == "pyramidal_flow" else []
+    options = [*options, *teacher, "--max_train_steps", "2", *no_ema]
+    config = str(REPO / "training" / "configs" / f"deepspeed_zero{stage}.yaml")
+
+    def run(output, *extra):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes",
+                   "1", script, *options, "--output_dir", str(output), *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{script} zero{stage} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+    run(tmp_path / "whole")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-1", resumed / "checkpoint-1")
+    run(resumed, "--resume_from_checkpoint", "latest")
+    assert_same_weights(tmp_path / "whole" / weights, resumed / weights)
+    start, after = load_file(str(tmp_path / "whole" / "checkpoint-1" / weights)), load_file(
+        str(tmp_path / "whole" / weights))
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert any(not torch.equal(start[k], after[k]) for k in start), "the second step changed nothing"

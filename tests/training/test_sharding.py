@@ -7,7 +7,13 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from diffusers_neodragon import QuickSRNet
-from diffusers_neodragon.training_utils.sharding import enable_gradient_checkpointing, full_model, update_ema
+from diffusers_neodragon.training_utils.sharding import (
+    enable_gradient_checkpointing,
+    full_model,
+    shard_frozen_model,
+    update_ema,
+    whole_model,
+)
 
 
 def test_quicksrnet_gradient_checkpointing_gives_the_same_gradients():
@@ -54,3 +60,15 @@ def test_ema_and_whole_model_in_one_process():
         torch.testing.assert_close(p, shadow)
     with pytest.raises(ValueError, match="EMA holds"):
         update_ema(EMAModel(list(model.parameters())[:1]), model)
+
+
+def test_frozen_models_stay_whole_in_one_process_and_must_be_frozen():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = QuickSRNet(num_channels=4, num_intermediate_layers=1)
+    with pytest.raises(ValueError, match="frozen model"):
+        shard_frozen_model(accelerator, model)
+    model.requires_grad_(False)
+    assert shard_frozen_model(accelerator, model) is model
+    assert whole_model(model) is model
