@@ -384,8 +384,8 @@ def main(args):
         model = full_model(accelerator, student, ema=ema, device=device)
         first_frame = teacher
         if (mode or args.save_mode) == "hybrid":  # the teacher makes frame 0: with its whole transformer
-            whole = whole_model(real, device)  # collective when sharded
-            if whole is not real:
+            whole = whole_model(real, device, keep=accelerator.is_main_process)  # collective when sharded
+            if whole is not None and whole is not real:
                 first_frame = copy.copy(teacher)
                 first_frame.register_modules(transformer=whole)
         return None if model is None else make_pipeline(model.eval(), first_frame, args, mode)

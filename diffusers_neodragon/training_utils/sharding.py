@@ -175,12 +175,16 @@ def shard_frozen_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def whole_model(model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
+def whole_model(model: torch.nn.Module, device: str | torch.device = "cpu",
+                keep: bool = True) -> torch.nn.Module | None:
     """A plain model with the whole weights of ``model`` on ``device``: a new copy of a sharded one (collective, on
-    every process), the model itself otherwise."""
+    every process; ``keep=False``, e.g. on all but the main process, takes part and returns None), the model itself
+    otherwise."""
     if not any(_is_dtensor(p) for p in model.parameters()):
         return model
     state = {name: _full(value) for name, value in model.state_dict().items()}
+    if not keep:
+        return None
     with torch.device("cpu"):
         plain = _plain_class(model).from_config(model.config)
     plain.load_state_dict(state)
