@@ -28,3 +28,18 @@ def text_components():
 
 def latents(batch=2, frames=4, size=8, seed=0):
     return torch.randn(batch, 4, frames, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def save_t5_reading_pipeline(folder) -> None:
+    """A tiny monolithic pipeline whose transformer reads the T5 stand-in (width 32) through its context_embedder:
+    the teacher of text-encoder distillation."""
+    from diffusers_neodragon import NeodragonPipeline
+    from diffusers_neodragon.data.shapes import shapes_vocabulary
+    from tests.tiny_components import tiny_asymmetric_vae, tiny_transformer
+
+    NeodragonPipeline(
+        transformer=tiny_transformer(seed=0, context_embedder_dim=32), scheduler=PyramidalDMDScheduler(),
+        vae=tiny_asymmetric_vae(seed=1), context_adapter=None, mode="monolithic", default_height=64,
+        default_width=64, default_num_frames=9, default_negative_prompt="",
+        **build_shapes_text_encoders(shapes_vocabulary(), **TINY_TEXT_ENCODERS),
+    ).save_pretrained(folder)

@@ -10,12 +10,9 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from diffusers_neodragon import ContextAdapter, NeodragonPipeline, PyramidalDMDScheduler
-from diffusers_neodragon.data.shapes import shapes_vocabulary
-from diffusers_neodragon.data.shapes_text_encoders import build_shapes_text_encoders
+from diffusers_neodragon import ContextAdapter, NeodragonPipeline
 from tests.script_loading import load_script
-from tests.tiny_components import tiny_asymmetric_vae, tiny_transformer
-from tests.training.conftest import TINY_TEXT_ENCODERS
+from tests.training.conftest import save_t5_reading_pipeline
 
 
 distill = load_script("training/distill_text_encoder.py")
@@ -27,15 +24,9 @@ TINY = ["--student_d_model", "16", "--student_num_heads", "2", "--student_projec
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A monolithic pipeline whose transformer reads the T5 stand-in (width 32) through its context_embedder."""
+    """The tiny pipeline whose transformer reads the T5 stand-in through its context_embedder."""
     folder = tmp_path_factory.mktemp("teacher")
-    text = build_shapes_text_encoders(shapes_vocabulary(), **TINY_TEXT_ENCODERS)
-    pipe = NeodragonPipeline(
-        transformer=tiny_transformer(seed=0, context_embedder_dim=32), scheduler=PyramidalDMDScheduler(),
-        vae=tiny_asymmetric_vae(seed=1), context_adapter=None, mode="monolithic", default_height=64,
-        default_width=64, default_num_frames=9, default_negative_prompt="", **text,
-    )
-    pipe.save_pretrained(folder)
+    save_t5_reading_pipeline(folder)
     return folder
 
 

@@ -1,6 +1,6 @@
 """Two CPU processes (gloo) against one: a training step under DDP and under FSDP2 (``training/configs/fsdp.yaml``)
-gives the weights one process gives for the same global batch, for the base flow-matching script (with EMA), decoder
-distillation, Pyramidal DMD (student with EMA and fake score) and QuickSRNet (random crops); under FSDP the frozen
+gives the weights one process gives for the same global batch, for the base flow-matching script (with EMA), the
+VAE, text-encoder distillation (DDP only), decoder distillation, Pyramidal DMD (student with EMA and fake score) and QuickSRNet (random crops); under FSDP the frozen
 teachers of Pyramidal DMD and of pruning stage 2 are sharded too; FSDP checkpoints (sharded state + whole folders)
 resume to the uninterrupted run; the DeepSpeed ZeRO-2 and ZeRO-3 configs train (one process, DeepSpeed's CPU
 accelerator; skipped without deepspeed) and resume to the uninterrupted run.
@@ -182,6 +182,36 @@ def test_quicksrnet_step_ddp_and_fsdp_equal_one_process(video_teacher, tmp_path)
     outputs = run_modes("training/train_quicksrnet.py", options, tmp_path)
     assert_modes_agree(outputs, [f"super_resolution/{TRANSFORMER}", f"checkpoint-1/super_resolution/{TRANSFORMER}"],
                        start=outputs["single"] / "checkpoint-1" / "super_resolution" / TRANSFORMER)
+
+
+VAE = [
+    "--resolution", "16", "--num_frames", "9", "--block_out_channels", "8,8,8,8", "--layers_per_block", "1,1,1,1",
+    "--norm_num_groups", "4", "--latent_channels", "4", "--train_samples", "4", "--train_batch_size", "2",
+    "--report_to", "none", "--lr_warmup_steps", "0", "--learning_rate", "1e-3", "--checkpointing_steps", "1",
+    "--max_train_steps", "2", "--num_validation_clips", "0", "--gradient_checkpointing",
+]
+
+
+def test_train_vae_step_ddp_and_fsdp_equal_one_process(tmp_path):
+    outputs = run_modes("training/train_vae.py", VAE, tmp_path)
+    assert_modes_agree(outputs, [f"vae/{TRANSFORMER}", f"checkpoint-1/vae/{TRANSFORMER}"],
+                       start=outputs["single"] / "checkpoint-1" / "vae" / TRANSFORMER)
+
+
+def test_distill_text_encoder_step_ddp_equals_one_process(tmp_path):
+    """Text-encoder distillation runs under DDP (its student fits one GPU; FSDP is refused)."""
+    from tests.training.conftest import save_t5_reading_pipeline
+
+    teacher = tmp_path / "teacher"
+    save_t5_reading_pipeline(teacher)
+    options = ["--pretrained_model_name_or_path", str(teacher), "--mode", "RM", "--student_d_model", "16",
+               "--student_num_heads", "2", "--student_projection_dim", "24", "--adapter_hidden_features", "32,32",
+               "--num_train_prompts", "8", "--train_batch_size", "2", "--num_validation_prompts", "0",
+               "--validation_prompts", "none", "--report_to", "none", "--lr_warmup_steps", "0",
+               "--max_train_steps", "2", "--checkpointing_steps", "1"]
+    outputs = run_modes("training/distill_text_encoder.py", options, tmp_path, modes=("single", "ddp"))
+    assert_modes_agree(outputs, [f"context_adapter/{TRANSFORMER}", f"checkpoint-1/context_adapter/{TRANSFORMER}"],
+                       start=outputs["single"] / "checkpoint-1" / "context_adapter" / TRANSFORMER)
 
 
 DEEPSPEED_RUNS = {  # script, its options, the saved weights compared
