@@ -1,9 +1,10 @@
 """Two CPU processes (gloo) against one: a training step under DDP and under FSDP2 (``training/configs/fsdp.yaml``)
 gives the weights one process gives for the same global batch, for the base flow-matching script (with EMA), the
-VAE, text-encoder distillation (DDP only), decoder distillation, Pyramidal DMD (student with EMA and fake score) and QuickSRNet (random crops); under FSDP the frozen
-teachers of Pyramidal DMD and of pruning stage 2 are sharded too; FSDP checkpoints (sharded state + whole folders)
-resume to the uninterrupted run; the DeepSpeed ZeRO-2 and ZeRO-3 configs train (one process, DeepSpeed's CPU
-accelerator; skipped without deepspeed) and resume to the uninterrupted run.
+VAE, text-encoder distillation (DDP only), decoder distillation, Pyramidal DMD (student with EMA and fake score) and
+QuickSRNet (random crops); under FSDP the frozen teachers of Pyramidal DMD and of pruning stage 2 are sharded too;
+FSDP checkpoints (sharded state + whole folders) resume to the uninterrupted run; the DeepSpeed ZeRO-2 and ZeRO-3
+configs train (one process, DeepSpeed's CPU accelerator; skipped without deepspeed) and resume to the uninterrupted
+run.
 
 "The same global batch": two processes with batch b each against one process with batch b and two accumulated
 micro-batches; ``training_batches`` numbers batches over all processes, so both draw the same data and the same
