@@ -19,9 +19,14 @@ from diffusers_neodragon.pretrained import shapes_model_path
 
 
 PROMPT = "a large red circle moving left on a blue background"
+# One checksum per kind of CPU the project's machines have had: the same code gives different last bits where the
+# kernels differ (an AMD EPYC with AVX2, torch's AVX2 kernels: the second entry, recorded from the commit that
+# recorded the first; outputs within 6e-5 of each other).
 EXPECTED = {
-    "pt": "65907a1b9ea80634a2ee5f7968c1e74e56c7ef6aa1834f47dadfcb8d39ef09d7",
-    "latent": "2ffaa2dd42bbec9cd1dd317b7ece2fa0c5d4599e164dacb408285508f5656b49",
+    "pt": {"65907a1b9ea80634a2ee5f7968c1e74e56c7ef6aa1834f47dadfcb8d39ef09d7",
+           "e3d58b9d9c02663a1236b73bb0646a20078c9e9cdd722420a3aedec6e83705b5"},
+    "latent": {"2ffaa2dd42bbec9cd1dd317b7ece2fa0c5d4599e164dacb408285508f5656b49",
+               "d4656be652dc18a419c91074ee3287c36c582ecac721c02e5e97e1e9b6be3d5f"},
 }
 
 
@@ -44,4 +49,4 @@ def test_short_generation_is_bitwise_unchanged(pipe, output_type):
     finally:
         torch.set_num_threads(threads)
     assert frames.dtype == torch.float32
-    assert hashlib.sha256(frames.numpy().tobytes()).hexdigest() == EXPECTED[output_type]
+    assert hashlib.sha256(frames.numpy().tobytes()).hexdigest() in EXPECTED[output_type]
