@@ -20,8 +20,8 @@ from diffusers_neodragon.pretrained import shapes_model_path
 
 PROMPT = "a large red circle moving left on a blue background"
 # One checksum per kind of CPU the project's machines have had: the same code gives different last bits where the
-# kernels differ (an AMD EPYC with AVX2, torch's AVX2 kernels: the second entry, recorded from the commit that
-# recorded the first; outputs within 6e-5 of each other).
+# kernels differ. The second entry is an AMD EPYC's (torch's AVX2 kernels), recorded at commit 7d92bb2, whose CI had
+# passed with the first; the two outputs are within 6e-5 of each other.
 EXPECTED = {
     "pt": {"65907a1b9ea80634a2ee5f7968c1e74e56c7ef6aa1834f47dadfcb8d39ef09d7",
            "e3d58b9d9c02663a1236b73bb0646a20078c9e9cdd722420a3aedec6e83705b5"},
