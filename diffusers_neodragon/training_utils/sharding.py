@@ -154,6 +154,14 @@ def _plain_class(module: torch.nn.Module) -> type:
     return next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
 
 
+def _plain_copy(module: torch.nn.Module, state: dict) -> torch.nn.Module:
+    """A new plain (unsharded) model of ``module``'s class and config, on the CPU, holding the whole ``state``."""
+    with torch.device("cpu"):
+        plain = _plain_class(module).from_config(module.config)
+    plain.load_state_dict(state)
+    return plain
+
+
 def shard_frozen_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """A frozen teacher (DMD's real score, the pruning teacher) split across the processes like the trained models
     under FSDP (collective): ``fully_shard`` per block of its ``_no_split_modules`` and at the root, so each GPU holds
@@ -185,10 +193,7 @@ def whole_model(model: torch.nn.Module, device: str | torch.device = "cpu",
     state = {name: _full(value) for name, value in model.state_dict().items()}
     if not keep:
         return None
-    with torch.device("cpu"):
-        plain = _plain_class(model).from_config(model.config)
-    plain.load_state_dict(state)
-    return plain.to(device).eval().requires_grad_(False)
+    return _plain_copy(model, state).to(device).eval().requires_grad_(False)
 
 
 def full_model(accelerator, model: torch.nn.Module, model_of=None, ema=None,
@@ -216,9 +221,7 @@ def full_model(accelerator, model: torch.nn.Module, model_of=None, ema=None,
     shadows = full_ema_shadows(ema) if ema is not None else None
     if not accelerator.is_main_process:
         return None
-    with torch.device("cpu"):
-        plain = _plain_class(target).from_config(target.config)
-    plain.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    plain = _plain_copy(target, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     if shadows is not None:
         with torch.no_grad():
             for param, shadow in zip(plain.parameters(), shadows):
