@@ -19,7 +19,9 @@ student inherits the teacher's look, errors included). ``--latent_cache_dir`` en
 ``--first_frame_weight`` weigh the objects and the first frame, and ``--edge_weight`` pays for blurred outlines, as
 in ``train_vae.py``.
 
-Data: the Shapes world (default) or ``--video_folder`` (mp4 files or folders of frames).
+Data: the Shapes world (default) or ``--video_folder`` (mp4 files or folders of frames). ``--generated_clips N`` adds
+the teacher pipeline's own samples (sampled once, kept in ``--generated_clips_dir``): its transformer's latents, which
+the encoder never makes but the decoder meets in the pipeline, with the teacher decoder's pixels as the target.
 
 Output: ``<output_dir>/vae`` (``AsymmetricVAE``) and its model card; ``--pipeline_output DIR`` also writes the
 teacher's pipeline with its VAE replaced by the student (streaming, exportable decoder).
@@ -46,6 +48,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from diffusers_neodragon import AsymmetricVAE, CausalVideoVAE
+from diffusers_neodragon.data.prompts import read_prompt_file
 from diffusers_neodragon.training_utils import (
     SAVE_DTYPES,
     EpochShuffleSampler,
@@ -84,6 +87,12 @@ from diffusers_neodragon.training_utils.asymmetric_student import (
     continue_student_vae,
     encoder_state,
 )
+from diffusers_neodragon.training_utils.generated_clips import (
+    GeneratedBatches,
+    GeneratedClips,
+    sample_generated_clips,
+    video_to_unit_range,
+)
 from diffusers_neodragon.training_utils.perceptual import (
     PERCEPTUAL_KINDS,
     build_perceptual_loss,
@@ -98,6 +107,8 @@ from diffusers_neodragon.utils.model_cards import write_model_card
 logger = get_logger(__name__)
 SCRIPT = "training/distill_decoder.py"
 VALIDATION_SEED_OFFSET = 1000
+GENERATION_SEED_OFFSET = 2000
+GENERATED_CLIPS_FOLDER = "generated-clips"
 
 
 def parse_args(input_args=None):
@@ -136,6 +147,18 @@ def parse_args(input_args=None):
                         help="Decode a posterior sample instead of its mean.")
     parser.add_argument("--target", type=str, default="data", choices=["data", "teacher"],
                         help="data: reconstruct the clip (default); teacher: the teacher decoder's output.")
+    parser.add_argument("--generated_clips", type=int, default=0,
+                        help="Also train on this many clips sampled once by the teacher pipeline (--teacher must be "
+                             "one), decoding its transformer's latents into the teacher decoder's pixels: the latents "
+                             "the decoder meets in the pipeline, which the encoder never produces.")
+    parser.add_argument("--generated_clips_dir", type=str, default=None,
+                        help="Where the generated clips are kept, reused and grown by later runs (default: "
+                             "<output_dir>/generated-clips).")
+    parser.add_argument("--generated_batch_size", type=int, default=None,
+                        help="Generated clips added to every batch (default: --train_batch_size).")
+    parser.add_argument("--generation_prompts", type=str, default=None,
+                        help="Prompt file (one per line) for --generated_clips, cycled (default: captions of the "
+                             "Shapes world's training split; required with --video_folder).")
     parser.add_argument("--latent_noise_std", type=float, default=0.0,
                         help="Decode latents perturbed by noise of std U(0, this) in the normalised space, as the "
                              "teacher's own decoder may have been trained (the embedded Shapes VAE: 0.15), so the "
@@ -186,6 +209,16 @@ def parse_args(input_args=None):
     for name in ("foreground_weight", "edge_weight"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}.")
+    if args.generated_clips < 0:
+        raise ValueError(f"--generated_clips must be >= 0, got {args.generated_clips}.")
+    if args.generated_batch_size is None:
+        args.generated_batch_size = args.train_batch_size
+    if args.generated_clips and args.generated_batch_size < 1:
+        raise ValueError(f"--generated_batch_size must be >= 1, got {args.generated_batch_size}.")
+    if args.generated_clips and args.sample_posterior:
+        raise ValueError("--sample_posterior draws from the encoder's posterior; generated clips have none. Drop one.")
+    if args.generated_clips and args.video_folder and not args.generation_prompts:
+        raise ValueError("--generated_clips with --video_folder needs --generation_prompts (a prompt file).")
     if args.foreground_weight and args.video_folder:
         raise ValueError("--foreground_weight finds the Shapes world's objects by their plain backgrounds; a video "
                          "folder has none. Drop it for real clips.")
@@ -333,6 +366,40 @@ def teacher_latents(teacher, batch, sample: bool, generator, accelerator) -> tor
     return mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
 
 
+def generation_prompts(args) -> list[str]:
+    """``--generated_clips`` prompts: the prompt file's, cycled, or captions of the Shapes world's training split."""
+    if args.generation_prompts:
+        prompts = read_prompt_file(args.generation_prompts)
+        return [prompts[i % len(prompts)] for i in range(args.generated_clips)]
+    from diffusers_neodragon.data.shapes import ShapesVideoDataset  # noqa: PLC0415
+
+    shapes = ShapesVideoDataset(args.generated_clips, args.num_frames, args.height, args.width,
+                                seed=args.seed + GENERATION_SEED_OFFSET)
+    return [shapes.scene(i).caption for i in range(args.generated_clips)]
+
+
+def prepare_generated_clips(args, accelerator) -> GeneratedBatches:
+    """Sample (main process, once; a relaunch reuses the folder) the teacher pipeline's clips; batches of them."""
+    folder = Path(args.generated_clips_dir or Path(args.output_dir) / GENERATED_CLIPS_FOLDER)
+    if accelerator.is_main_process:
+        from diffusers_neodragon import NeodragonPipeline  # noqa: PLC0415
+
+        source = Path(teacher_pipeline_path(args.teacher))
+        if not (source / "model_index.json").is_file():
+            raise ValueError(f"--generated_clips samples with the teacher pipeline; {source} is not a pipeline folder.")
+        pipe = NeodragonPipeline.from_pretrained(str(source), dtype=torch.float32).to(accelerator.device)
+        pipe.set_progress_bar_config(disable=True)
+        sample_generated_clips(pipe, generation_prompts(args), folder, seed=args.seed, num_frames=args.num_frames,
+                               height=args.height, width=args.width, batch_size=args.train_batch_size,
+                               disable_progress=not accelerator.is_local_main_process)
+        del pipe
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    accelerator.wait_for_everyone()
+    return GeneratedBatches(GeneratedClips(folder, args.generated_clips), args.generated_batch_size, args.seed + 1,
+                            stride=accelerator.num_processes)
+
+
 # ---------------------------------------------------------------------------------------------- validation
 
 
@@ -409,6 +476,10 @@ def card_values(args, teacher, student, global_step, last_loss, figures, total_b
               + (f", first frame counted {args.first_frame_weight:g}x" if args.first_frame_weight != 1 else "")
               + (f"; latents perturbed by noise of std up to {args.latent_noise_std:g} (normalised)"
                  if args.latent_noise_std else "")),
+        generated=(f"{args.generated_clips} clips (its transformer's latents, its decoder's pixels as the target), "
+                   f"{args.generated_batch_size} in every batch, prompts from "
+                   f"{args.generation_prompts or 'the Shapes world training split'}" if args.generated_clips
+                   else "none"),
         perceptual=perceptual, target="the clip itself" if args.target == "data" else "the teacher decoder's output",
         latents="a posterior sample" if args.sample_posterior else "the posterior mean",
         batch_size=total_batch, learning_rate=args.learning_rate, save_dtype=args.save_dtype,
@@ -458,6 +529,7 @@ def main(args):
         collate_fn=collate, num_workers=args.dataloader_num_workers, drop_last=True,
         persistent_workers=args.dataloader_num_workers > 0,
     )
+    generated = prepare_generated_clips(args, accelerator) if args.generated_clips else None
     lr_scheduler = build_lr_scheduler(optimizer, args, accelerator)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
@@ -486,6 +558,12 @@ def main(args):
                     target = teacher.decode(latents).sample.float().clamp(-1, 1)
             else:
                 target = batch["video"].to(accelerator.device)
+            if generated is not None:  # the teacher pipeline's own latents, its decoder's pixels as the target
+                extra = generated(micro_step)
+                extra_latents = perturb_latents(teacher, extra["latents"].to(accelerator.device),
+                                                args.latent_noise_std, generator)
+                latents = torch.cat([latents, extra_latents])
+                target = torch.cat([target, video_to_unit_range(extra["video"].to(accelerator.device))])
             with accelerator.autocast():
                 recon = model(latents)
             loss, terms = vae_reconstruction_loss(

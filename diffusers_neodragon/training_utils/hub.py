@@ -19,14 +19,14 @@ def create_hub_repo(args) -> str | None:
 
 
 def push_folder_to_hub(repo_id: str, folder: str | os.PathLike, token: str | None = None) -> None:
-    """Upload the final folder, leaving out checkpoints and logs."""
+    """Upload the final folder, leaving out checkpoints, logs and training data kept there."""
     from huggingface_hub import upload_folder  # noqa: PLC0415
 
     upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message="End of training",
-        ignore_patterns=["checkpoint-*", "step_*", "epoch_*", "logs/*", "*.pt"],
+        ignore_patterns=["checkpoint-*", "step_*", "epoch_*", "logs/*", "*.pt", "generated-clips/*"],
         token=token,
     )
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from diffusers_neodragon import AsymmetricVAE, CausalVideoVAE, NeodragonPipeline
 from diffusers_neodragon.training_utils.asymmetric_student import build_student_vae, encoder_state
+from diffusers_neodragon.training_utils.generated_clips import sample_generated_clips
 from tests.script_loading import load_script
 from tests.tiny_components import monolithic_pipeline, tiny_causal_vae
 
@@ -212,6 +213,59 @@ def test_latent_noise_and_loss_weights_change_what_the_student_learns(teacher_pi
                          (("--foreground_weight", "1", "--video_folder", str(tmp_path)), "plain backgrounds")):
         with pytest.raises(ValueError, match=message):
             distill.parse_args([*TINY, *bad])
+
+
+def test_generated_clips_are_the_teacher_pipelines_own_samples_and_resume_exactly(teacher_pipeline, tmp_path):
+    """--generated_clips: the teacher pipeline samples clips once (its latents, its decoder's pixels as the target);
+    every step adds some to the batch, a resumed run draws the same ones, and a folder of other clips is refused."""
+    clips = tmp_path / "clips"
+    common = ("--resolution", "64", "--generated_clips", "3", "--generated_batch_size", "1", "--generated_clips_dir",
+              str(clips), "--train_batch_size", "1", "--num_validation_clips", "0", "--checkpointing_steps", "2")
+    run(teacher_pipeline, tmp_path / "full", "--max_train_steps", "4", *common)
+    assert sorted(f.name for f in clips.glob("*.safetensors")) == [f"{i:08d}.safetensors" for i in range(3)]
+
+    # Independently: the pipeline's own video of clip 1's prompt and seed is the stored target, and its latents
+    # decode to it.
+    args = distill.parse_args([*TINY, *common])
+    prompt = distill.generation_prompts(args)[1]
+    pipe = NeodragonPipeline.from_pretrained(teacher_pipeline, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(prompt, num_frames=9, height=64, width=64, generator=torch.Generator().manual_seed(1),
+                  output_type="np").frames[0]  # [F, H, W, 3] in [0, 1]
+    stored = load_file(str(clips / "00000001.safetensors"))
+    assert stored["video"].dtype == torch.uint8 and stored["video"].shape == (3, 9, 64, 64)
+    np.testing.assert_allclose(stored["video"].permute(1, 2, 3, 0).numpy() / 255.0, frames, atol=1.5 / 255)
+    with torch.no_grad():
+        decoded = pipe.vae.decode(stored["latents"][None]).sample[0]
+    torch.testing.assert_close(decoded.clamp(-1, 1), stored["video"].float() / 127.5 - 1, rtol=0, atol=1.5 / 127.5)
+
+    run(teacher_pipeline, tmp_path / "parts", "--max_train_steps", "2", *common)
+    run(teacher_pipeline, tmp_path / "parts", "--max_train_steps", "4", "--resume_from_checkpoint", "latest", *common)
+    reference, resumed = weights(tmp_path / "full"), weights(tmp_path / "parts")
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6)
+    without = tmp_path / "without"
+    run(teacher_pipeline, without, "--max_train_steps", "4", *common[:2], *common[8:])
+    assert any(not torch.equal(weights(without)[k], reference[k]) for k in reference)  # they reached the loss
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "3 clips (its transformer's latents" in card and "Shapes world training split" in card
+
+    # The folder grows (the 3 clips kept, a 4th sampled), but never mixes in another seed or another prompt.
+    before = (clips / "00000002.safetensors").stat().st_mtime_ns
+    sample_generated_clips(pipe, [*distill.generation_prompts(args), "a red circle moving left"], clips, seed=0,
+                           num_frames=9, height=64, width=64)
+    assert (clips / "00000003.safetensors").is_file() and (clips / "00000002.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="another pipeline, seed or size"):
+        sample_generated_clips(pipe, ["a red circle moving left"], clips, seed=5, num_frames=9, height=64, width=64)
+    with pytest.raises(ValueError, match="sampled from another prompt"):
+        sample_generated_clips(pipe, ["a red circle moving left"], clips, seed=0, num_frames=9, height=64, width=64)
+    for bad, message in ((("--generated_clips", "-1"), "--generated_clips"),
+                         (("--generated_clips", "2", "--sample_posterior"), "no posterior|have none"),
+                         (("--generated_clips", "2", "--video_folder", str(tmp_path)), "--generation_prompts")):
+        with pytest.raises(ValueError, match=message):
+            distill.parse_args([*TINY, *bad])
+    with pytest.raises(ValueError, match="not a pipeline folder"):
+        run(teacher_pipeline / "vae", tmp_path / "vae_only", "--max_train_steps", "1", *common)
 
 
 def test_video_folder_training(teacher_pipeline, tmp_path):
