@@ -69,7 +69,9 @@ from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODE_DEFAULTS,
 from diffusers_neodragon.training_utils import (
     SAVE_DTYPES,
     TEXT_COMPONENT_NAMES,
+    TEXT_ENCODER_NAMES,
     EpochShuffleSampler,
+    IdleOnCpu,
     add_common_arguments,
     backward_and_step,
     build_lr_scheduler,
@@ -355,6 +357,8 @@ def main(args):
     lr_fake = build_lr_scheduler(opt_fake, args, accelerator)
 
     cache = load_training_latents(args, teacher.vae, text_components, accelerator)
+    # The captions are cached: the text encoders serve only the main process's validation from here on.
+    idle_text = IdleOnCpu((text_components.get(n) for n in TEXT_ENCODER_NAMES), device).park()
     num_samples = cache.latents.shape[0]
     if num_samples < args.train_batch_size:
         raise ValueError(f"{num_samples} training clips are fewer than --train_batch_size {args.train_batch_size}.")
@@ -469,7 +473,8 @@ def main(args):
         if args.validation_steps and global_step % args.validation_steps == 0:
             pipe = validation_pipeline()
             if accelerator.is_main_process:
-                log_validation(pipe, validation_prompts, accelerator, args, global_step)
+                with idle_text.in_use():
+                    log_validation(pipe, validation_prompts, accelerator, args, global_step)
             unwrapped.train()
         if should_stop(accelerator, args, global_step, start_time):
             break
@@ -487,7 +492,8 @@ def main(args):
         else:  # the student alone is cast; the teacher's components are saved as they were loaded
             saved = make_pipeline(copy.deepcopy(pipe.transformer).to(save_dtype), teacher, args)
             saved.save_pretrained(str(output_dir), safe_serialization=True)
-        log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
+        with idle_text.in_use():
+            log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
         steps_text = "-".join(map(str, steps))
         teacher_steps = (first_given(teacher.config.get("default_num_inference_steps"),
                                      MODE_DEFAULTS["monolithic"]["num_inference_steps"]),

@@ -62,7 +62,9 @@ from diffusers_neodragon.training_utils import (
     HISTORY_CORRUPTION_RATIO,
     SAVE_DTYPES,
     TEXT_COMPONENT_NAMES,
+    TEXT_ENCODER_NAMES,
     EpochShuffleSampler,
+    IdleOnCpu,
     add_common_arguments,
     backward_and_step,
     build_lr_scheduler,
@@ -606,7 +608,7 @@ def main(args):
     # Frozen components.
     vae = load_vae(args).to(accelerator.device).eval().requires_grad_(False)
     text_components = build_text_encoders(args)
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+    for name in TEXT_ENCODER_NAMES:
         if text_components.get(name) is not None:
             text_components[name].to(accelerator.device)
     scheduler = build_scheduler(args)
@@ -656,6 +658,10 @@ def main(args):
     generated_history = None
     if args.generated_history_prob:
         generated_history = generate_history(args, transformer, vae, text_components, scheduler, cache, accelerator)
+    # With the captions cached, the text encoders serve only the main process's validation and the saved pipeline.
+    idle_text = IdleOnCpu((text_components.get(n) for n in TEXT_ENCODER_NAMES), accelerator.device)
+    if cache is not None:
+        idle_text.park()
     dataset = IndexedShapes(args, cached=cache is not None, clips=clips, num_samples=num_samples)
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.train_batch_size, sampler=EpochShuffleSampler(len(dataset), seed=args.seed),
@@ -770,7 +776,8 @@ def main(args):
             if args.validation_steps and global_step % args.validation_steps == 0:
                 pipe = validation_pipeline()
                 if accelerator.is_main_process:
-                    log_validation(pipe, validation_prompts, accelerator, args, global_step)
+                    with idle_text.in_use():
+                        log_validation(pipe, validation_prompts, accelerator, args, global_step)
                 unwrapped.train()
         if should_stop(accelerator, args, global_step, start_time):
             break
@@ -789,8 +796,9 @@ def main(args):
              for k, v in text_components.items()}, scheduler, args)
         to_save.save_pretrained(str(output_dir), safe_serialization=True)  # first: evaluation can be cut short
         recovery = record_recovery_stage(args, output_dir / "transformer", global_step, result["loss"])
-        log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
-        scores = run_shapesbench(pipe, args, accelerator) if args.eval_shapesbench else None
+        with idle_text.in_use():
+            log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
+            scores = run_shapesbench(pipe, args, accelerator) if args.eval_shapesbench else None
         result["shapesbench"] = scores
         model = pipe.transformer
         t5 = text_components["text_encoder_3"]

@@ -14,6 +14,7 @@
 * :mod:`.hub` — ``--push_to_hub``;
 * :mod:`.latent_statistics` — a VAE's latent normalisation constants, and latent noise for robust decoders;
 * :mod:`.prompts` — prompt encoding for training (what the pipeline feeds the model, fixed length);
+* :mod:`.frozen_offload` — frozen text encoders kept in CPU memory while a run with cached captions does not use them;
 * :mod:`.arguments`, :mod:`.reporting` — small argument helpers; parameter counts, card figures, video strips and
   their tracker logs;
 * :mod:`.pipeline_folders` — a compression operation's teacher pipeline folder and ``--pipeline_output``.
@@ -24,8 +25,9 @@ Each compression operation's own pieces, imported by their module path:
   and DMD scripts;
 * :mod:`.text_distillation`, :mod:`.token_shards` — text-encoder distillation: its loss, teacher/student token
   paths, held-out agreement; the target cache in safetensors shards;
-* :mod:`.asymmetric_student`, :mod:`.perceptual` — decoder distillation: the student built around the teacher's
-  encoder; SSIM, encoder-feature and local-weights LPIPS losses;
+* :mod:`.asymmetric_student`, :mod:`.perceptual`, :mod:`.generated_clips` — decoder distillation: the student built
+  around the teacher's encoder; SSIM, encoder-feature and local-weights LPIPS losses; the teacher pipeline's own
+  samples as training clips;
 * :mod:`.block_pruning`, :mod:`.pruning_recovery` — block importance, pruning, the recovery record and stage-2 losses;
 * :mod:`.dmd` — Pyramidal DMD: the DMD surrogate, the Cauchy loss, re-noising a student sample.
 
@@ -43,6 +45,7 @@ from .checkpoints import (
     resolve_resume_checkpoint,
     save_checkpoint,
 )
+from .frozen_offload import IdleOnCpu
 from .hub import create_hub_repo, push_folder_to_hub
 from .initialization import freeze_unused_parameters, initialize_transformer_weights
 from .latent_statistics import compute_latent_statistics, perturb_latents
@@ -57,7 +60,7 @@ from .losses import (
     vae_reconstruction_loss,
 )
 from .pipeline_folders import save_pipeline_with, teacher_pipeline_path
-from .prompts import TEXT_COMPONENT_NAMES, encode_prompts, pooled_projection_dim
+from .prompts import TEXT_COMPONENT_NAMES, TEXT_ENCODER_NAMES, encode_prompts, pooled_projection_dim
 from .pyramid_batch import (
     CAPTION_DROPOUT_PROBABILITY,
     DEFAULT_SAMPLE_RATIOS,
@@ -101,7 +104,9 @@ __all__ = [
     "HISTORY_CORRUPTION_RATIO",
     "SAVE_DTYPES",
     "TEXT_COMPONENT_NAMES",
+    "TEXT_ENCODER_NAMES",
     "EpochShuffleSampler",
+    "IdleOnCpu",
     "PyramidTrainingBatch",
     "add_common_arguments",
     "backward_and_step",

@@ -10,6 +10,7 @@ import torch
 
 
 TEXT_COMPONENT_NAMES = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def pooled_projection_dim(text_components: dict) -> int:
