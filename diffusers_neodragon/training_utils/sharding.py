@@ -8,6 +8,7 @@ Every function here marked "collective" must be called on every process, in the 
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 
@@ -164,12 +165,17 @@ def _plain_copy(module: torch.nn.Module, state: dict) -> torch.nn.Module:
 
 def shard_frozen_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """A frozen teacher (DMD's real score, the pruning teacher) split across the processes like the trained models
-    under FSDP (collective): ``fully_shard`` per block of its ``_no_split_modules`` and at the root, so each GPU holds
-    a 1/N slice and gathers one block at a time in the forward. Nothing is prepared (no optimiser, no checkpoint).
-    Every process must then run the same forwards (one process alone would wait for the others): for a use on the
-    main process only, take :func:`whole_model`. Under DDP, DeepSpeed or one process the model is returned as is."""
+    (collective). Under FSDP: ``fully_shard`` per block of its ``_no_split_modules`` and at the root, so each GPU
+    holds a 1/N slice and gathers one block at a time in the forward. Under DeepSpeed ZeRO-3: partitioned by an
+    inference-only DeepSpeed engine (no optimiser), whose hooks stay on the returned module and gather each
+    submodule's parameters for its forward. Nothing is prepared (no optimiser, no checkpoint). Every process must
+    then run the same forwards (one process alone would wait for the others): for a use on the main process only,
+    take :func:`whole_model` (FSDP). Under DDP, ZeRO-2 or one process the model is returned as is."""
     if any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"shard_frozen_model takes a frozen model; {type(model).__name__} has trainable parameters.")
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        return _zero3_partitioned(accelerator, model, plugin)
     if not is_sharded(accelerator):
         return model
     from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
@@ -181,6 +187,25 @@ def shard_frozen_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
             fully_shard(module)
     fully_shard(model)
     return model
+
+
+def _without_auto(config: dict) -> dict:
+    """The DeepSpeed config without the ``"auto"`` entries accelerate fills in only when it prepares a model
+    (DeepSpeed's defaults apply to them)."""
+    return {k: _without_auto(v) if isinstance(v, dict) else v for k, v in config.items() if v != "auto"}
+
+
+def _zero3_partitioned(accelerator, model: torch.nn.Module, plugin) -> torch.nn.Module:
+    import deepspeed  # noqa: PLC0415
+
+    config = _without_auto(copy.deepcopy(plugin.deepspeed_config))
+    for key in ("optimizer", "scheduler", "gradient_clipping", "train_batch_size"):
+        config.pop(key, None)
+    config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)  # no training: any batch works
+    engine = deepspeed.initialize(model=model.to(accelerator.device), config=config)[0]
+    partitioned = sum(hasattr(p, "ds_id") for p in engine.module.parameters())
+    logging.getLogger(__name__).info(f"ZeRO-3 partitions the frozen {type(model).__name__} ({partitioned} parameters)")
+    return engine.module.eval()
 
 
 def whole_model(model: torch.nn.Module, device: str | torch.device = "cpu",

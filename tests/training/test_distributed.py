@@ -4,7 +4,7 @@ VAE, text-encoder distillation (DDP only), decoder distillation, Pyramidal DMD (
 QuickSRNet (random crops); under FSDP the frozen teachers of Pyramidal DMD and of pruning stage 2 are sharded too;
 FSDP checkpoints (sharded state + whole folders) resume to the uninterrupted run; the DeepSpeed ZeRO-2 and ZeRO-3
 configs train (one process, DeepSpeed's CPU accelerator; skipped without deepspeed) and resume to the uninterrupted
-run.
+run, pruning stage 2 with its frozen teacher partitioned by ZeRO-3.
 
 "The same global batch": two processes with batch b each against one process with batch b and two accumulated
 micro-batches; ``training_batches`` numbers batches over all processes, so both draw the same data and the same
@@ -217,24 +217,33 @@ def test_distill_text_encoder_step_ddp_equals_one_process(tmp_path):
 
 DEEPSPEED_RUNS = {  # script, its options, the saved weights compared
     "pyramidal_flow": ("training/train_pyramidal_flow.py", PYRAMIDAL, f"transformer/{TRANSFORMER}"),
+    "pruning_stage_2": ("training/train_pyramidal_flow.py", PYRAMIDAL, f"transformer/{TRANSFORMER}"),
     "decoder": ("training/distill_decoder.py", DECODER, f"vae/{TRANSFORMER}"),
     "quicksrnet": ("training/train_quicksrnet.py", QUICKSRNET, f"super_resolution/{TRANSFORMER}"),
 }
 
 
-@pytest.mark.parametrize("run_name, stage", [("pyramidal_flow", 2), ("pyramidal_flow", 3), ("decoder", 2),
-                                             ("quicksrnet", 3)])
+@pytest.mark.parametrize("run_name, stage", [("pyramidal_flow", 2), ("pyramidal_flow", 3), ("pruning_stage_2", 3),
+                                             ("decoder", 2), ("quicksrnet", 3)])
 def test_deepspeed_configs_train_and_resume(pyramidal_runs, video_teacher, tmp_path, run_name, stage):
     """``accelerate launch --config_file training/configs/deepspeed_zero{2,3}.yaml`` (fp32 master weights under
     DeepSpeed's torch_autocast, as the other configs keep them): the run trains, writes its folders, and a run resumed
     from its first checkpoint ends at the same weights. ZeRO-3 partitions the parameters, so the base script runs it
-    without EMA (the decoder and QuickSRNet scripts keep none)."""
+    without EMA (the decoder and QuickSRNet scripts keep none). Pruning stage 2's frozen teacher is partitioned by
+    ZeRO-3 too."""
     pytest.importorskip("deepspeed")
     script, options, weights = DEEPSPEED_RUNS[run_name]
     root, _, _ = pyramidal_runs
-    teacher = ["--pretrained_model_name_or_path", str(root / "teacher")] if run_name == "pyramidal_flow" else [
-        "--teacher", str(video_teacher)]
-    no_ema = ["--no-use_ema"] if stage == 3 and run_name == "pyramidal_flow" else []
+    if run_name == "pyramidal_flow":
+        teacher = ["--pretrained_model_name_or_path", str(root / "teacher")]
+    elif run_name == "pruning_stage_2":
+        launch("single", "training/prune_transformer.py", "prune", "--teacher", str(root / "teacher"), "--keep", "1",
+               "--output_dir", str(tmp_path / "pruned"))
+        teacher = ["--pretrained_model_name_or_path", str(tmp_path / "pruned"), "--teacher_path", str(root / "teacher"),
+                   "--force"]
+    else:
+        teacher = ["--teacher", str(video_teacher)]
+    no_ema = ["--no-use_ema"] if stage == 3 and script.endswith("train_pyramidal_flow.py") else []
     options = [*options, *teacher, "--max_train_steps", "2", *no_ema]
     config = str(REPO / "training" / "configs" / f"deepspeed_zero{stage}.yaml")
 
@@ -244,6 +253,8 @@ def test_deepspeed_configs_train_and_resume(pyramidal_runs, video_teacher, tmp_p
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{script} zero{stage} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        partitioned = "ZeRO-3 partitions the frozen NeodragonTransformer3DModel" in done.stdout + done.stderr
+        assert partitioned == (run_name == "pruning_stage_2")
 
     run(tmp_path / "whole")
     resumed = tmp_path / "resumed"

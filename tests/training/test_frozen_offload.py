@@ -55,8 +55,8 @@ def spy_on(module, monkeypatch):
 
 
 def test_flow_training_parks_the_text_encoders_after_caching_captions(tmp_path, monkeypatch):
-    from tests.training.test_train_pyramidal_flow import TINY, train
     from tests.tiny_components import tiny_causal_vae
+    from tests.training.test_train_pyramidal_flow import TINY, train
 
     tiny_causal_vae(seed=0).save_pretrained(tmp_path / "vae_folder" / "vae")
     moves, ran_while_parked = spy_on(train, monkeypatch)
@@ -72,8 +72,8 @@ def test_flow_training_parks_the_text_encoders_after_caching_captions(tmp_path, 
 
 
 def test_dmd_parks_the_teacher_text_encoders_after_caching_captions(tmp_path, monkeypatch):
-    from tests.training.test_distill_pyramidal_dmd import TINY_TEACHER, distill, train
     from tests.tiny_components import tiny_causal_vae
+    from tests.training.test_distill_pyramidal_dmd import TINY_TEACHER, distill, train
 
     tiny_causal_vae(seed=0).save_pretrained(tmp_path / "vae_folder" / "vae")
     train.main(train.parse_args([*TINY_TEACHER, "--vae_path", str(tmp_path / "vae_folder"),
