@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from diffusers_neodragon import AsymmetricVAE, CausalVideoVAE
 from diffusers_neodragon.data.prompts import read_prompt_file
+from diffusers_neodragon.data.shapes import to_unit_range
 from diffusers_neodragon.training_utils import (
     SAVE_DTYPES,
     EpochShuffleSampler,
@@ -91,7 +92,6 @@ from diffusers_neodragon.training_utils.generated_clips import (
     GeneratedBatches,
     GeneratedClips,
     sample_generated_clips,
-    video_to_unit_range,
 )
 from diffusers_neodragon.training_utils.perceptual import (
     PERCEPTUAL_KINDS,
@@ -281,7 +281,9 @@ def build_datasets(args):
     else:
         from diffusers_neodragon.data.shapes import ShapesVideoDataset  # noqa: PLC0415
 
-        train = ShapesVideoDataset(args.train_samples, args.num_frames, args.height, args.width, seed=args.seed)
+        # uint8 clips (a quarter of the bytes through the workers), made float on the device (to_unit_range).
+        train = ShapesVideoDataset(args.train_samples, args.num_frames, args.height, args.width, seed=args.seed,
+                                   as_uint8=True)
         items = []
         if args.num_validation_clips:
             held = ShapesVideoDataset(args.num_validation_clips, args.num_frames, args.height, args.width,
@@ -332,7 +334,7 @@ def fill_latent_cache(teacher, dataset, folder: Path, accelerator, batch_size: i
     for start in tqdm(range(0, len(missing), batch_size), desc="Caching latents",
                       disable=not accelerator.is_local_main_process):
         indices = missing[start : start + batch_size]
-        videos = torch.stack([dataset[i]["video"] for i in indices]).to(accelerator.device)
+        videos = to_unit_range(torch.stack([dataset[i]["video"] for i in indices]).to(accelerator.device))
         with accelerator.autocast():
             posterior = teacher.encode(videos).latent_dist
         for k, index in enumerate(indices):
@@ -357,7 +359,7 @@ def teacher_latents(teacher, batch, sample: bool, generator, accelerator) -> tor
         mean, logvar = batch["latent_mean"].to(accelerator.device), batch["latent_logvar"].to(accelerator.device)
     else:
         with accelerator.autocast():
-            posterior = teacher.encode(batch["video"].to(accelerator.device)).latent_dist
+            posterior = teacher.encode(to_unit_range(batch["video"].to(accelerator.device))).latent_dist
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
     if not sample:
         return mean
@@ -557,13 +559,13 @@ def main(args):
                 with torch.no_grad(), accelerator.autocast():
                     target = teacher.decode(latents).sample.float().clamp(-1, 1)
             else:
-                target = batch["video"].to(accelerator.device)
+                target = to_unit_range(batch["video"].to(accelerator.device))
             if generated is not None:  # the teacher pipeline's own latents, its decoder's pixels as the target
                 extra = generated(micro_step)
                 extra_latents = perturb_latents(teacher, extra["latents"].to(accelerator.device),
                                                 args.latent_noise_std, generator)
                 latents = torch.cat([latents, extra_latents])
-                target = torch.cat([target, video_to_unit_range(extra["video"].to(accelerator.device))])
+                target = torch.cat([target, to_unit_range(extra["video"].to(accelerator.device))])
             with accelerator.autocast():
                 recon = model(latents)
             loss, terms = vae_reconstruction_loss(

@@ -365,6 +365,14 @@ def render_scene(scene: ShapeScene, num_frames: int, height: int, width: int) ->
 _TO_UNIT_RANGE = (np.arange(256) / 127.5 - 1.0).astype(np.float32)
 
 
+def to_unit_range(video: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (0..255) -> float32 in [-1, 1], on the tensor's device, bit for bit what the float items of
+    :class:`ShapesVideoDataset` hold; a float tensor is returned as it is."""
+    if video.dtype != torch.uint8:
+        return video
+    return torch.from_numpy(_TO_UNIT_RANGE).to(video.device)[video.int()]
+
+
 def collate_fn(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack videos to ``[B, 3, F, H, W]``; captions and scene dicts stay lists (``second`` may be None, which the
     default collate cannot batch)."""
@@ -377,7 +385,9 @@ def collate_fn(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 class ShapesVideoDataset(torch.utils.data.Dataset):
     """``num_samples`` Shapes clips rendered on the fly; item ``i`` depends only on ``(seed, i)`` and the arguments,
-    so workers, epochs and machines see identical data. Use :func:`collate_fn` in the DataLoader."""
+    so workers, epochs and machines see identical data. Use :func:`collate_fn` in the DataLoader. ``as_uint8``
+    keeps the pixels in uint8, a quarter of the bytes for data-loader workers to hand over; :func:`to_unit_range`
+    then makes the same float clip on the GPU."""
 
     collate_fn = staticmethod(collate_fn)
 
@@ -390,6 +400,7 @@ class ShapesVideoDataset(torch.utils.data.Dataset):
         seed: int = 0,
         split: str = "train",
         two_objects_prob: float = 0.0,
+        as_uint8: bool = False,
     ):
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
@@ -400,6 +411,7 @@ class ShapesVideoDataset(torch.utils.data.Dataset):
         _check_video_size(num_frames, height, width)
         self.num_samples, self.num_frames, self.height, self.width = num_samples, num_frames, height, width
         self.seed, self.split, self.two_objects_prob = seed, split, two_objects_prob
+        self.as_uint8 = as_uint8
 
     def __len__(self) -> int:
         return self.num_samples
@@ -411,9 +423,9 @@ class ShapesVideoDataset(torch.utils.data.Dataset):
         return sample_scene(np.random.default_rng([self.seed, index]), self.split, self.two_objects_prob)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """``{"video": float [3, F, H, W] in [-1, 1], "caption": str, "scene": dict}``."""
+        """``{"video": float [3, F, H, W] in [-1, 1] (``as_uint8``: uint8 0..255), "caption": str, "scene": dict}``."""
         scene = self.scene(index)
         # Channels-first copy in uint8, then a lookup table to [-1, 1]: several times faster than torch's permute/float.
         video = np.moveaxis(render_scene(scene, self.num_frames, self.height, self.width), 3, 0).copy()
-        video = torch.from_numpy(_TO_UNIT_RANGE[video])
+        video = torch.from_numpy(video if self.as_uint8 else _TO_UNIT_RANGE[video])
         return {"video": video, "caption": scene.caption, "scene": scene.to_dict()}

@@ -99,7 +99,7 @@ def sample_generated_clips(pipe, prompts: list[str], folder: str | os.PathLike, 
 
 class GeneratedClips(torch.utils.data.Dataset):
     """The clips of a :func:`sample_generated_clips` folder: ``{"latents": raw float32, "video": uint8}`` (as
-    stored; ``video_to_unit_range`` maps the video to [-1, 1], best on the GPU after the copy)."""
+    stored; ``diffusers_neodragon.data.shapes.to_unit_range`` makes it float on the GPU after the copy)."""
 
     def __init__(self, folder: str | os.PathLike, num_clips: int):
         self.folder = Path(folder)
@@ -119,11 +119,6 @@ class GeneratedClips(torch.utils.data.Dataset):
     def batch(self, indices) -> dict:
         items = [self[int(i)] for i in indices]
         return {key: torch.stack([item[key] for item in items]) for key in ("latents", "video")}
-
-
-def video_to_unit_range(video: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [-1, 1]."""
-    return video.float() / 127.5 - 1.0
 
 
 class GeneratedBatches:
@@ -152,4 +147,4 @@ class GeneratedBatches:
         return batch
 
 
-__all__ = ["GeneratedBatches", "GeneratedClips", "generated_clips_key", "sample_generated_clips", "video_to_unit_range"]
+__all__ = ["GeneratedBatches", "GeneratedClips", "generated_clips_key", "sample_generated_clips"]

@@ -23,6 +23,7 @@ from diffusers_neodragon.data.shapes import (
     sample_scene,
     scene_from_caption,
     shapes_vocabulary,
+    to_unit_range,
 )
 from diffusers_neodragon.data.vocab_tokenizer import build_word_level_tokenizer
 
@@ -225,3 +226,16 @@ def test_fixed_prompt_sets_and_scene_from_caption():
     assert scene_from_caption(two).caption == two
     with pytest.raises(ValueError):
         fixed_prompt_set("train")
+
+
+def test_uint8_items_become_the_float_items_bit_for_bit():
+    """``as_uint8`` hands over a quarter of the bytes; ``to_unit_range`` (on any device) restores the float clip."""
+    floats = ShapesVideoDataset(3, num_frames=9, height=32, width=32, seed=4)
+    raw = ShapesVideoDataset(3, num_frames=9, height=32, width=32, seed=4, as_uint8=True)
+    for index in range(3):
+        video = raw[index]["video"]
+        assert video.dtype == torch.uint8 and video.shape == (3, 9, 32, 32)
+        assert torch.equal(to_unit_range(video), floats[index]["video"])
+        assert raw[index]["caption"] == floats[index]["caption"]
+    clip = floats[0]["video"]
+    assert to_unit_range(clip) is clip  # float clips pass through

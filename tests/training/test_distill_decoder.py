@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusers_neodragon import AsymmetricVAE, CausalVideoVAE, NeodragonPipeline
+from diffusers_neodragon.data.shapes import to_unit_range
 from diffusers_neodragon.training_utils.asymmetric_student import build_student_vae, encoder_state
 from diffusers_neodragon.training_utils.generated_clips import sample_generated_clips
 from tests.script_loading import load_script
@@ -178,7 +179,7 @@ def test_cached_latents_teacher_target_l1_and_encoder_features(teacher_pipeline,
     args = distill.parse_args([*TINY, "--teacher", str(teacher_pipeline)])
     dataset, _ = distill.build_datasets(args)
     with torch.no_grad():
-        posterior = teacher.encode(dataset[3]["video"][None]).latent_dist
+        posterior = teacher.encode(to_unit_range(dataset[3]["video"][None])).latent_dist
     torch.testing.assert_close(load_file(str(files[3]))["mean"], posterior.mean[0], rtol=1e-5, atol=1e-6)
     # The cache belongs to this teacher and these clips: other clips (another seed) are refused, not mixed in.
     with pytest.raises(ValueError, match="another teacher or other clips"):
