@@ -383,12 +383,12 @@ def generation_prompts(args) -> list[str]:
 def prepare_generated_clips(args, accelerator) -> GeneratedBatches:
     """Sample (main process, once; a relaunch reuses the folder) the teacher pipeline's clips; batches of them."""
     folder = Path(args.generated_clips_dir or Path(args.output_dir) / GENERATED_CLIPS_FOLDER)
+    source = Path(teacher_pipeline_path(args.teacher))
+    if not (source / "model_index.json").is_file():  # on every process: none may wait for a main process that failed
+        raise ValueError(f"--generated_clips samples with the teacher pipeline; {source} is not a pipeline folder.")
     if accelerator.is_main_process:
         from diffusers_neodragon import NeodragonPipeline  # noqa: PLC0415
 
-        source = Path(teacher_pipeline_path(args.teacher))
-        if not (source / "model_index.json").is_file():
-            raise ValueError(f"--generated_clips samples with the teacher pipeline; {source} is not a pipeline folder.")
         pipe = NeodragonPipeline.from_pretrained(str(source), dtype=torch.float32).to(accelerator.device)
         pipe.set_progress_bar_config(disable=True)
         sample_generated_clips(pipe, generation_prompts(args), folder, seed=args.seed, num_frames=args.num_frames,
