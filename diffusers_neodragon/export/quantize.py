@@ -101,6 +101,21 @@ def collect_calibration_data(
     return recorder
 
 
+def activation_matmul_second_inputs(onnx_path) -> list[str]:
+    """The second inputs of the MatMuls whose both inputs are activations (attention's Q·Kᵀ and P·V).
+
+    Given both in uint16, the HTP computes such a MatMul as if the second input had 8 bits (measured on the HTP
+    simulator: 1.65 % error on one MatMul against 0.0003 % on ONNX Runtime's CPU provider, and the transformer stages'
+    error doubled); as signed int16 with a zero offset it matches (0.04 %). ``quantize_w8a16`` quantises them so."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [node.input[1] for node in graph.node
+            if node.op_type == "MatMul" and not {node.input[0], node.input[1]} & constants]
+
+
 def quantize_w8a16(
     onnx_path, calibration: Sequence[dict[str, np.ndarray]], output_path=None, per_channel: bool = False,
 ) -> Path:
@@ -117,9 +132,11 @@ def quantize_w8a16(
     changed = qnn_preprocess_model(onnx_path, preprocessed, fuse_layernorm=True, save_as_external_data=large,
                                    all_tensors_to_one_file=True)
     source = preprocessed if changed else onnx_path
+    overrides = {name: [{"quant_type": QuantType.QInt16, "symmetric": True}]
+                 for name in activation_matmul_second_inputs(source)}
     config = get_qnn_qdq_config(
         str(source), ListDataReader(calibration), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
-        per_channel=per_channel,
+        per_channel=per_channel, init_overrides=overrides or None,
     )
     config.use_external_data_format = large
     quantize(str(source), str(output_path), config)

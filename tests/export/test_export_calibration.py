@@ -1,5 +1,6 @@
 """w8a16 calibration covers every graph it quantises, the VAE encoder of a monolithic export included."""
 
+import numpy as np
 import pytest
 
 
@@ -28,3 +29,33 @@ def test_quantize_export_refuses_a_graph_without_calibration_data(tiny_export):
 
     with pytest.raises(ValueError, match=r"no calibration data for \['vae_encoder'\]"):
         quantize_export(tiny_export[0], components=["vae_encoder", "text_encoder"], calibration={})
+
+
+def test_activation_matmuls_take_a_signed_int16_second_input(tmp_path):
+    """Q·Kᵀ-like MatMuls (both inputs activations) get a signed int16, zero-offset second input, which the HTP
+    computes at full precision; a MatMul with a weight keeps uint8 weights and uint16 activations."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from diffusers_neodragon.export.quantize import activation_matmul_second_inputs, quantize_w8a16
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["q", "weight"], ["q_proj"]),
+         helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 2, 1]),
+         helper.make_node("MatMul", ["q_proj", "k_t"], ["logits"])],
+        "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4, 8]) for n in ("q", "k")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 4, 4])], [weight])
+    path = tmp_path / "attention.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert activation_matmul_second_inputs(path) == ["k_t"]
+    feeds = [{n: rng.standard_normal((2, 4, 8)).astype(np.float32) for n in ("q", "k")} for _ in range(4)]
+    quantised = onnx.load(str(quantize_w8a16(path, feeds)))
+    zero_points = {i.name: i for i in quantised.graph.initializer if "zero_point" in i.name}
+    types = {name: zero_points[name].data_type for name in zero_points}
+    k_t = [t for name, t in types.items() if name.startswith("k_t")]
+    assert k_t == [TensorProto.INT16] and not numpy_helper.to_array(zero_points[next(
+        n for n in zero_points if n.startswith("k_t"))]).any()
+    assert types[next(n for n in types if n.startswith("weight"))] == TensorProto.UINT8
+    assert types[next(n for n in types if n.startswith("q_proj"))] in (TensorProto.UINT16, TensorProto.INT16)
