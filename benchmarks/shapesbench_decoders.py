@@ -26,7 +26,7 @@ import torch
 
 from diffusers_neodragon.data.shapes import fixed_prompt_set
 from diffusers_neodragon.evaluation import evaluate_video, summarize
-from diffusers_neodragon.training_utils import load_vae_folder
+from diffusers_neodragon.training_utils import load_vae_folder, psnr
 
 
 COMPARE = Path(__file__).with_name("shapesbench_compare.py")
@@ -74,10 +74,6 @@ def _frames(pipe, vae, latents: torch.Tensor) -> np.ndarray:
     return np.asarray(pipe.video_processor.postprocess_video(video.float(), output_type="np"), dtype=np.float32)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-12)))
-
-
 def compare_decoders(pipeline: str, decoders: list[tuple[str, str]], seeds: list[int], num_prompts: int,
                      batch_size: int = 1, device: str | None = None) -> dict:
     """``{label: {"seen": {field: [per seed]}, "held-out": ..., "psnr_vs_pipeline": float, "seconds_per_video"}}``,
@@ -115,7 +111,8 @@ def compare_decoders(pipeline: str, decoders: list[tuple[str, str]], seeds: list
                 reference = _frames(pipe, vaes[OWN], latents)
                 for label, vae in vaes.items():
                     frames = reference if label == OWN else _frames(pipe, vae, latents)
-                    errors[label] += [_psnr(f, r) if label != OWN else float("inf") for f, r in zip(frames, reference)]
+                    errors[label] += [psnr(torch.from_numpy(f), torch.from_numpy(r), data_range=1.0)
+                                      for f, r in zip(frames, reference)]
                     results[label] += [evaluate_video(video, prompt) for video, prompt in zip(frames, chunk)]
             for label in labels:
                 summary = summarize(results[label])
