@@ -10,10 +10,14 @@ them in lockstep. On a CPU run it does nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
+
+
+logger = logging.getLogger(__name__)
 
 
 class IdleOnCpu:
@@ -23,6 +27,7 @@ class IdleOnCpu:
         self.modules = [m for m in modules if isinstance(m, torch.nn.Module)]
         self.device = torch.device(device)
         self.parked = False
+        self.announced = False
 
     def _move(self, device: torch.device) -> None:
         for module in self.modules:
@@ -34,6 +39,11 @@ class IdleOnCpu:
             return self
         self._move(torch.device("cpu"))
         self.parked = True
+        if not self.announced:  # once: later parks follow each validation
+            size = sum(p.numel() * p.element_size() for m in self.modules for p in m.parameters())
+            logger.info(f"{len(self.modules)} idle module(s) parked in CPU memory: {size / 2**20:.1f} MiB off "
+                        f"{self.device}")
+            self.announced = True
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return self

@@ -50,13 +50,16 @@ def should_stop(accelerator, args, global_step: int, start_time: float) -> bool:
 def finish_training_loop(script: str, accelerator, args, output_dir, start_step: int, global_step: int,
                          start_time: float) -> None:
     """After the loop: a last checkpoint when the final step was not a checkpoint step (so a stopped run resumes
-    where it stopped), and the steps per second."""
+    where it stopped), the steps per second and, on a GPU, this process's peak memory (what a machine is sized by)."""
     if args.checkpointing_steps and global_step > start_step and global_step % args.checkpointing_steps:
         save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
     seconds = time.perf_counter() - start_time
+    peak = ""
+    if accelerator.device.type == "cuda":
+        peak = f", peak GPU memory {torch.cuda.max_memory_allocated(accelerator.device) / 2**30:.2f} GiB"
     accelerator.print(
         f"[{script}] trained steps {start_step}..{global_step} in {seconds:.1f} s "
-        f"({(global_step - start_step) / max(seconds, 1e-9):.2f} steps/s)"
+        f"({(global_step - start_step) / max(seconds, 1e-9):.2f} steps/s{peak})"
     )
 
 

@@ -19,7 +19,8 @@ class Recorded(torch.nn.Linear):
         return self
 
 
-def test_parked_modules_come_to_the_device_only_inside_in_use():
+def test_parked_modules_come_to_the_device_only_inside_in_use(caplog):
+    caplog.set_level("INFO", logger="diffusers_neodragon.training_utils.frozen_offload")
     moves = []
     idle = IdleOnCpu([Recorded(moves), None, Recorded(moves)], "cuda")
     assert len(idle.modules) == 2
@@ -32,6 +33,8 @@ def test_parked_modules_come_to_the_device_only_inside_in_use():
         assert not idle.parked
         raise RuntimeError("boom")
     assert moves == ["cpu", "cpu", "cuda", "cuda", "cpu", "cpu"] and idle.parked  # parked again after the error
+    parked = [r.getMessage() for r in caplog.records if "parked in CPU memory" in r.getMessage()]
+    assert parked == ["2 idle module(s) parked in CPU memory: 0.0 MiB off cuda"]  # said once, not at every re-park
     cpu_run = IdleOnCpu([Recorded(moves)], "cpu").park()
     assert not cpu_run.parked and len(moves) == 6  # on a CPU run there is nowhere else to go
 
