@@ -321,9 +321,12 @@ def latent_cache_key(teacher, args, num_clips: int) -> str:
 
 
 @torch.no_grad()
-def fill_latent_cache(teacher, dataset, folder: Path, accelerator, batch_size: int, key: str) -> None:
+def fill_latent_cache(teacher, dataset, folder: Path, accelerator, batch_size: int, key: str,
+                      num_workers: int = 0) -> None:
     """Encode (main process) every clip of ``dataset`` whose file is missing: posterior mean and log-variance.
-    A folder made for another teacher or other clips (``key``) is refused; files appear whole or not at all."""
+    The clips are made by ``num_workers`` loader processes while the device encodes (making them is most of the
+    cost). A folder made for another teacher or other clips (``key``) is refused; files appear whole or not at
+    all."""
     folder.mkdir(parents=True, exist_ok=True)
     key_file = folder / "cache_key.json"
     if key_file.is_file() and key_file.read_text() != key:
@@ -331,10 +334,13 @@ def fill_latent_cache(teacher, dataset, folder: Path, accelerator, batch_size: i
                          "give another --latent_cache_dir")
     key_file.write_text(key)
     missing = [i for i in range(len(dataset)) if not (folder / f"{i:08d}.safetensors").is_file()]
-    for start in tqdm(range(0, len(missing), batch_size), desc="Caching latents",
-                      disable=not accelerator.is_local_main_process):
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, missing), batch_size=batch_size,
+                                         collate_fn=collate, num_workers=num_workers)
+    batches = zip(range(0, len(missing), batch_size), loader)
+    for start, batch in tqdm(batches, total=len(loader), desc="Caching latents",
+                             disable=not accelerator.is_local_main_process):
         indices = missing[start : start + batch_size]
-        videos = to_unit_range(torch.stack([dataset[i]["video"] for i in indices]).to(accelerator.device))
+        videos = to_unit_range(batch["video"].to(accelerator.device))
         with accelerator.autocast():
             posterior = teacher.encode(videos).latent_dist
         for k, index in enumerate(indices):
@@ -523,7 +529,7 @@ def main(args):
         cache = Path(args.latent_cache_dir)
         if accelerator.is_main_process:
             fill_latent_cache(teacher, dataset, cache, accelerator, args.train_batch_size,
-                              latent_cache_key(teacher, args, len(dataset)))
+                              latent_cache_key(teacher, args, len(dataset)), args.dataloader_num_workers)
         accelerator.wait_for_everyone()
         dataset = CachedLatents(dataset, cache)
     dataloader = torch.utils.data.DataLoader(
