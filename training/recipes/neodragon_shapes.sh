@@ -31,8 +31,9 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
   TEXT=(--student_d_model 16 --student_num_layers 1 --student_num_heads 2 --student_d_ff 32
         --adapter_hidden_features 32 --num_train_prompts 16 --train_batch_size 4 --max_train_steps 2
         --num_validation_prompts 2)
-  DECODER=("${SIZE[@]}" --decoder_num_features 8,8,8,8 --decoder_blocks_per_stage 1 --train_samples 2
-           --train_batch_size 1 --max_train_steps 2 --num_validation_clips 1)
+  DECODER=("${SIZE[@]}" --decoder_num_features 8,8,8,8 --decoder_blocks_per_stage 1 --train_batch_size 1
+           --max_train_steps 2 --num_validation_clips 1)
+  DECODER_RUN1=(--train_samples 2) DECODER_RUN2=(--train_samples 2) DECODER_RUN3=(--train_samples 2)
   SCORE=(--num_prompts 1 --num_samples 1 --num_frames 9)
   FLOW=("${SIZE[@]}" --train_samples 4 --train_batch_size 2 --max_train_steps 2 --num_validation_prompts 0
         --max_sequence_length 24)
@@ -44,8 +45,15 @@ else
   # the values of model_cards/shapes_compression_results.md's runs (one H200, bf16)
   TEXT=(--student_d_model 128 --student_num_layers 2 --adapter_hidden_features 256,256 --train_batch_size 64
         --max_train_seconds "${TEXT_SECONDS:-110}")
-  DECODER=(--train_batch_size 8 --max_train_steps 20000 --lr_scheduler cosine --dataloader_num_workers 6
-           --max_train_seconds "${DECODER_SECONDS:-1800}")
+  # the decoder in three runs, as checkpoints/shapes-distilled-decoder was made: MSE + 0.1 (1 - SSIM) from 1e-3 and
+  # then from 3e-4, then MSE alone from 2e-4 (DECODER_SECONDS caps the first run)
+  DECODER=(--train_batch_size 16 --lr_scheduler cosine --dataloader_num_workers 7 --num_validation_clips 8)
+  DECODER_RUN1=(--train_samples 16384 --learning_rate 1e-3 --max_train_steps 3200
+                --max_train_seconds "${DECODER_SECONDS:-400}" --latent_cache_dir "$OUT/2-decoder/latents-16384")
+  DECODER_RUN2=(--train_samples 8192 --learning_rate 3e-4 --max_train_steps 2400
+                --latent_cache_dir "$OUT/2-decoder/latents-8192")
+  DECODER_RUN3=(--train_samples 8192 --learning_rate 2e-4 --max_train_steps 3000 --perceptual_weight 0
+                --latent_cache_dir "$OUT/2-decoder/latents-8192")
   SCORE=(--num_frames 17)
   FLOW=(--train_samples 4096 --learning_rate 3e-4 --lr_warmup_steps 50 --latent_cache_path "$CACHE"
         --dataloader_num_workers 4)
@@ -57,8 +65,12 @@ run() { "${LAUNCH[@]}" "$HERE/training/$1" "${@:2}"; }
 
 run distill_text_encoder.py --pretrained_model_name_or_path "$TEACHER" --mode RM --output_dir "$OUT/1-text" \
   "${TEXT[@]}" "${COMMON[@]}"
-run distill_decoder.py --teacher "$OUT/1-text" --output_dir "$OUT/2-decoder" --pipeline_output "$OUT/2-decoder/pipeline" \
-  "${DECODER[@]}" "${COMMON[@]}"
+run distill_decoder.py --teacher "$OUT/1-text" --output_dir "$OUT/2-decoder/run1" \
+  "${DECODER[@]}" "${DECODER_RUN1[@]}" "${COMMON[@]}" --save_dtype fp32
+run distill_decoder.py --teacher "$OUT/1-text" --student_init "$OUT/2-decoder/run1" --output_dir "$OUT/2-decoder/run2" \
+  "${DECODER[@]}" "${DECODER_RUN2[@]}" "${COMMON[@]}" --save_dtype fp32
+run distill_decoder.py --teacher "$OUT/1-text" --student_init "$OUT/2-decoder/run2" --output_dir "$OUT/2-decoder" \
+  --pipeline_output "$OUT/2-decoder/pipeline" "${DECODER[@]}" "${DECODER_RUN3[@]}" "${COMMON[@]}"
 "$PY" "$HERE/training/prune_transformer.py" score --teacher "$OUT/2-decoder/pipeline" --output_dir "$OUT/3-score" \
   "${SCORE[@]}"
 "$PY" "$HERE/training/prune_transformer.py" prune --teacher "$OUT/2-decoder/pipeline" --num_drop "$NUM_DROP" \
