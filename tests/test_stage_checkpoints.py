@@ -11,6 +11,7 @@ from diffusers_neodragon.data.shapes import ShapesVideoDataset
 from diffusers_neodragon.pretrained import shapes_model_path
 from diffusers_neodragon.training_utils import psnr
 
+
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 DECODER = CHECKPOINTS / "shapes-distilled-decoder"
 

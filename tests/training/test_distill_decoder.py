@@ -171,7 +171,8 @@ def test_lpips_without_local_weights_names_the_offline_alternatives(monkeypatch)
 def test_cached_latents_teacher_target_l1_and_encoder_features(teacher_pipeline, tmp_path):
     cache = tmp_path / "cache"
     result = run(teacher_pipeline, tmp_path / "run", "--max_train_steps", "2", "--latent_cache_dir", str(cache),
-                 "--dataloader_num_workers", "2", "--target", "teacher", "--pixel_loss", "l1", "--perceptual", "encoder_features")
+                 "--dataloader_num_workers", "2", "--target", "teacher", "--pixel_loss", "l1",
+                 "--perceptual", "encoder_features")
     assert result["global_step"] == 2 and np.isfinite(result["loss"])
     files = sorted(cache.glob("*.safetensors"))
     assert [f.name for f in files] == [f"{i:08d}.safetensors" for i in range(4)]

@@ -40,7 +40,9 @@ def test_chain_smoke_run_ends_in_a_mobile_hybrid_pipeline(tmp_path):
            "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(["bash", str(RECIPE), str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    for step in ("1-text", "2-decoder/run1", "2-decoder/run2", "2-decoder", "4-stage1", "5-stage2", "6-dmd444", "7-dmd111", "8-sr", "pipeline"):
+    steps = ("1-text", "2-decoder/run1", "2-decoder/run2", "2-decoder", "4-stage1", "5-stage2", "6-dmd444",
+             "7-dmd111", "8-sr", "pipeline")
+    for step in steps:
         assert (out / step / "README.md").is_file(), step
 
     original = NeodragonPipeline.from_pretrained(teacher)
