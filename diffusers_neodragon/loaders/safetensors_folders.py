@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TRAINING_STATE_FOLDER = re.compile(r"checkpoint-\d+")
 MAX_LISTED = 20
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
@@ -124,8 +126,10 @@ def check_safetensors_folder(folder: os.PathLike) -> list[Path]:
 def check_weights_tree(root: os.PathLike) -> None:
     """Check every folder under ``root`` (a diffusers pipeline folder, nested pipelines included) before a library
     loader reads it: a folder holding pickle weights and no safetensors file is refused, naming the file; every
-    safetensors file must have a readable header."""
-    for folder, _, names in os.walk(root, followlinks=True):
+    safetensors file must have a readable header. Training-state folders (``checkpoint-<step>``, accelerate's pickled
+    optimizer beside a run's saved pipeline) are skipped: no pipeline loader reads them."""
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders[:] = [d for d in subfolders if not TRAINING_STATE_FOLDER.fullmatch(d)]
         safetensors = sorted(n for n in names if n.endswith(".safetensors"))
         pickles = sorted(n for n in names if Path(n).suffix in PICKLE_SUFFIXES)
         if pickles and not safetensors:

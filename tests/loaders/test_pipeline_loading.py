@@ -65,6 +65,21 @@ def test_pickle_only_weights_are_refused(saved, tmp_path, component):
     assert "\n" not in str(error.value)
 
 
+def test_a_training_runs_checkpoint_folders_do_not_block_loading(saved, tmp_path):
+    """A training script's output folder is a pipeline with accelerate's ``checkpoint-<step>`` state beside it (a
+    pickled optimizer the loader never reads); a pickle anywhere else is still refused."""
+    folder = tmp_path / "run"
+    shutil.copytree(saved / "plain", folder)
+    (folder / "checkpoint-1200").mkdir()
+    torch.save({"state": torch.zeros(1)}, folder / "checkpoint-1200" / "optimizer.bin")
+    loaded = NeodragonPipeline.from_pretrained(folder)
+    assert torch.equal(loaded.transformer.pos_embed.proj.weight, NeodragonPipeline.from_pretrained(
+        saved / "plain").transformer.pos_embed.proj.weight)
+    (folder / "checkpoint-1200").rename(folder / "checkpoint-best")
+    with pytest.raises(ValueError, match=r"checkpoint-best.*optimizer\.bin is a pickle checkpoint"):
+        NeodragonPipeline.from_pretrained(folder)
+
+
 def test_truncated_safetensors_is_one_line_naming_the_file(saved, tmp_path):
     folder = tmp_path / "truncated"
     shutil.copytree(saved / "plain", folder)
