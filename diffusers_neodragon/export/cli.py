@@ -75,18 +75,19 @@ def run_export(args) -> int:
         selected = [name for name, _ in select_components(pipe, args.components)]
     except ValueError as error:
         return _fail(str(error))
-    if args.precision == "w8a16" and args.components:
-        # calibration runs the exported pipeline: every graph but the decoder's (the torch VAE can stand in) is needed
-        needed = [name for name, kind in select_components(pipe) if kind != "decoder_step" and name not in selected]
-        if needed:
-            return _fail(f"--precision w8a16 calibrates by running the exported pipeline, which also needs "
-                         f"{' '.join(needed)}: leave out --components (or add those), or export --precision fp16")
+    # Calibration and the held-out check run the exported pipeline: every graph but the decoder's (the torch VAE
+    # can stand in) is needed.
+    needed = [name for name, kind in select_components(pipe) if kind != "decoder_step" and name not in selected]
+    if args.precision == "w8a16" and needed:
+        return _fail(f"--precision w8a16 calibrates by running the exported pipeline, which also needs "
+                     f"{' '.join(needed)}: leave out --components (or add those), or export --precision fp16")
     skipped = skipped_components(pipe, args.components)
     for name, reason in skipped.items():
         print(f"neodragon: warning: skipping {name}: {reason}", file=sys.stderr, flush=True)
     # Without a decoder_step graph (left out with --components), w8a16 calibration decodes the
     # monolithic videos with the torch VAE (their frames calibrate the VAE encoder): keep it past the export.
-    torch_vae = pipe.vae if args.precision == "w8a16" and "decoder_step" not in selected else None
+    needs_frames = args.precision == "w8a16" or args.check_htp
+    torch_vae = pipe.vae if needs_frames and "decoder_step" not in selected else None
     say(f"exporting for {size.height}x{size.width}, {size.num_frames} frames to {output}")
     with staged_output(output) as work:
         with warnings.catch_warnings():
@@ -97,21 +98,29 @@ def run_export(args) -> int:
         manifest["precision"] = args.precision
         write_manifest(work, manifest)
 
-        calibration = None
-        if args.precision == "w8a16":
-            from .ort_pipeline import torch_vae_decoder
-            from .quantize import collect_calibration_data, quantize_export
+        from .ort_pipeline import torch_vae_decoder
+        from .quantize import collect_calibration_data
 
-            say("w8a16: collecting calibration data with the ONNX pipeline ...")
-            decoder = torch_vae_decoder(torch_vae) if torch_vae is not None else None
+        decoder = torch_vae_decoder(torch_vae) if torch_vae is not None else None
+        del torch_vae
+        if args.precision == "w8a16":
+            from .quantize import quantize_export
+
+            say("w8a16: collecting calibration data with the ONNX pipeline (its own sampling defaults) ...")
             calibration = collect_calibration_data(work, decoder=decoder)
-            del torch_vae
             quantize_export(work, calibration=calibration, progress=say)
 
         if args.check_htp:
             from .htp_check import check_export, env_info, format_report
 
-            feeds = {name: samples[0] for name, samples in (calibration or {}).items() if samples}
+            # Checked on states of prompts and a seed that calibration never saw: the figure a user meets.
+            feeds = None
+            if needed:
+                say(f"checking on random inputs: a generation to draw real states from also needs {' '.join(needed)}")
+            else:
+                say("collecting held-out states to check on (prompts and a seed not calibrated on) ...")
+                feeds = collect_calibration_data(work, split="heldout", seeds=(1,), max_per_component=4,
+                                                 decoder=decoder)
             reports = check_export(work, args.precision, feeds_by_component=feeds, progress=say)
             say(format_report(reports))
             report_name = f"htp_report_{args.precision}.json"

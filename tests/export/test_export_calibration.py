@@ -59,3 +59,85 @@ def test_activation_matmuls_take_a_signed_int16_second_input(tmp_path):
         n for n in zero_points if n.startswith("k_t"))]).any()
     assert types[next(n for n in types if n.startswith("weight"))] == TensorProto.UINT8
     assert types[next(n for n in types if n.startswith("q_proj"))] in (TensorProto.UINT16, TensorProto.INT16)
+
+
+def _linear_graph(path, rng):
+    """y = x @ W + b: one activation range (y) the quantiser calibrates."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "weight"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return numpy_helper.to_array(weight)
+
+
+def _scale(model, tensor):
+    from onnx import numpy_helper
+
+    return float(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == f"{tensor}_scale")))
+
+
+def test_range_margin_stretches_each_calibrated_activation_range_about_zero(tmp_path):
+    """The uint16 scale of an activation is its calibrated range (zero included) over 65535, times the margin;
+    the range is computed here with numpy, independently of ONNX Runtime's calibrator."""
+    import onnx
+
+    from diffusers_neodragon.export.quantize import quantize_w8a16
+
+    rng = np.random.default_rng(0)
+    weight = _linear_graph(tmp_path / "linear.onnx", rng)
+    feeds = [{"x": rng.standard_normal((4, 8)).astype(np.float32)} for _ in range(3)]
+    outputs = np.stack([feed["x"] @ weight for feed in feeds])
+    span = max(outputs.max(), 0.0) - min(outputs.min(), 0.0)
+    for margin in (1.0, 3.0):
+        path = quantize_w8a16(tmp_path / "linear.onnx", feeds, tmp_path / f"linear_{margin}.onnx", range_margin=margin)
+        assert _scale(onnx.load(str(path)), "y") == pytest.approx(margin * span / 65535, rel=1e-4)
+    with pytest.raises(ValueError, match="range_margin must be >= 1"):
+        quantize_w8a16(tmp_path / "linear.onnx", feeds, tmp_path / "bad.onnx", range_margin=0.5)
+
+
+def test_linear_weights_are_quantised_per_output_channel_by_default(tmp_path):
+    """A Gemm (a Linear on a 2-D input: the timestep and adaLN paths) gets one uint8 scale per output channel; QNN
+    has no per-channel MatMul, so those stay per tensor."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from diffusers_neodragon.export.quantize import quantize_w8a16
+
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((6, 8)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "weight"], ["y"], transB=1)], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 6])], [numpy_helper.from_array(weight, "weight")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "gemm.onnx"))
+    feeds = [{"x": rng.standard_normal((4, 8)).astype(np.float32)}]
+    model = onnx.load(str(quantize_w8a16(tmp_path / "gemm.onnx", feeds)))
+    scales = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "weight_scale"))
+    assert scales.shape == (6,)
+    # each output channel (row) symmetric about zero by its own largest |w|: 255 uint8 steps around zero point 128
+    np.testing.assert_allclose(scales, np.abs(weight).max(1) / 127.5, rtol=1e-4)
+
+
+def test_default_calibration_prompts_follow_the_pipelines_world():
+    from types import SimpleNamespace
+
+    from diffusers_neodragon.data.shapes import fixed_prompt_set
+    from diffusers_neodragon.export.quantize import (
+        DEFAULT_CALIBRATION_PROMPTS,
+        DEFAULT_HELDOUT_PROMPTS,
+        default_calibration_prompts,
+    )
+
+    shapes = SimpleNamespace(init_kwargs={"prompt_normalizer": "shapes"})
+    assert default_calibration_prompts(shapes) == fixed_prompt_set("seen", 4)
+    assert default_calibration_prompts(shapes, "heldout", 2) == fixed_prompt_set("heldout", 2)
+    assert default_calibration_prompts(SimpleNamespace(init_kwargs={})) == list(DEFAULT_CALIBRATION_PROMPTS)
+    assert default_calibration_prompts(None, "heldout") == list(DEFAULT_HELDOUT_PROMPTS)
+    assert not set(DEFAULT_CALIBRATION_PROMPTS) & set(DEFAULT_HELDOUT_PROMPTS)
+    with pytest.raises(ValueError, match="split"):
+        default_calibration_prompts(shapes, "train")

@@ -87,3 +87,32 @@ def test_memory_estimate_counts_weights_at_the_target_precision(tiny_export):
     fp16 = graph_memory(folder / entry["file"], "fp16")
     assert fp16["weights_mib"] == pytest.approx(entry["parameters"] * 2 / 2**20, rel=0.05)
     assert fp16["peak_activations_mib"] > 0 and fp16["budget_fraction"] < 0.01
+
+
+def test_the_report_gives_the_worst_of_several_states(tmp_path):
+    """A w8a16 graph calibrated on small inputs clips a large one: over both states the report is the clipped
+    state's error, the same figure as checking that state alone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from diffusers_neodragon.export.htp_check import check_graph
+    from diffusers_neodragon.export.quantize import quantize_w8a16
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "weight"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], [weight])
+    path = tmp_path / "linear.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    calibration = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(4)]
+    quantised = quantize_w8a16(path, calibration, range_margin=1.0)
+    inside, outside = calibration[0], {"x": 8 * calibration[1]["x"]}
+    references = [_cpu_outputs(path, state) for state in (inside, outside)]
+    both = check_graph(quantised, [inside, outside], references, "w8a16", work_dir=tmp_path / "a")
+    alone = [check_graph(quantised, state, reference, "w8a16", work_dir=tmp_path / "b")
+             for state, reference in zip((inside, outside), references)]
+    assert both.on_htp and both.num_states == 2
+    assert alone[1].rel_error > 10 * alone[0].rel_error  # clipped at 8x the calibrated range
+    assert both.rel_error == pytest.approx(alone[1].rel_error, rel=1e-6)
