@@ -68,6 +68,36 @@ class ListDataReader:
         self._index = 0
 
 
+class _Reservoir(list):
+    """At most ``capacity`` of the items appended, each kept with equal probability (reservoir sampling)."""
+
+    def __init__(self, capacity: int, rng: np.random.Generator):
+        super().__init__()
+        self.capacity, self.rng, self.seen = capacity, rng, 0
+
+    def append(self, item):
+        self.seen += 1
+        if len(self) < self.capacity:
+            super().append(item)
+        elif (slot := int(self.rng.integers(self.seen))) < self.capacity:
+            self[slot] = item
+
+
+class SampledRecorder(dict):
+    """An ``ORTNeodragonPipeline`` recorder that keeps a uniform random sample of ``max_per_component`` feeds per
+    graph as they come: a generation at the pipeline's defaults makes hundreds of transformer calls, which a
+    full-size model could not all hold in memory."""
+
+    def __init__(self, max_per_component: int, seed: int = 0):
+        super().__init__()
+        self.max_per_component, self.rng = max_per_component, np.random.default_rng(seed)
+
+    def setdefault(self, name, default=None):
+        if name not in self:
+            self[name] = _Reservoir(self.max_per_component, self.rng)
+        return self[name]
+
+
 def collect_calibration_data(
     export_dir, prompts: Sequence[str] | None = None, seeds: Sequence[int] = (0,), max_per_component: int = 64,
     split: str = "seen", modes: Sequence[str] = ("monolithic", "hybrid"), decoder=None, images=(), **call_kwargs,
@@ -91,7 +121,7 @@ def collect_calibration_data(
 
     from .ort_pipeline import ORTNeodragonPipeline
 
-    recorder: dict[str, list[dict[str, np.ndarray]]] = {}
+    recorder = SampledRecorder(max_per_component)
     pipe = ORTNeodragonPipeline(export_dir, recorder=recorder, decoder=decoder)
     if prompts is None:
         prompts = default_calibration_prompts(pipe.tokenizers.get("tokenizer_3"), split)
@@ -119,12 +149,7 @@ def collect_calibration_data(
             "no calibration data for vae_encoder: the calibration runs made no first frame for it (no hybrid run, "
             "and no decoder_step graph to decode monolithic videos): pass decoder=torch_vae_decoder(vae) or images="
         )
-    rng = np.random.default_rng(0)
-    for name, feeds in recorder.items():
-        if len(feeds) > max_per_component:
-            picks = sorted(rng.choice(len(feeds), max_per_component, replace=False))
-            recorder[name] = [feeds[i] for i in picks]
-    return recorder
+    return {name: list(feeds) for name, feeds in recorder.items()}
 
 
 def activation_matmul_second_inputs(onnx_path) -> list[str]:

@@ -141,3 +141,21 @@ def test_default_calibration_prompts_follow_the_pipelines_world():
     assert not set(DEFAULT_CALIBRATION_PROMPTS) & set(DEFAULT_HELDOUT_PROMPTS)
     with pytest.raises(ValueError, match="split"):
         default_calibration_prompts(shapes, "train")
+
+
+def test_the_recorder_keeps_a_uniform_sample_of_bounded_size():
+    """Each of 20 feeds lands in a 4-feed sample with probability 4/20: counted over 2000 recordings."""
+    from diffusers_neodragon.export.quantize import SampledRecorder
+
+    counts = np.zeros(20)
+    for seed in range(2000):
+        recorder = SampledRecorder(4, seed=seed)
+        for i in range(20):
+            recorder.setdefault("graph", []).append(i)
+        assert len(recorder["graph"]) == 4 and len(set(recorder["graph"])) == 4
+        counts[recorder["graph"]] += 1
+    np.testing.assert_allclose(counts / 2000, 0.2, atol=0.04)  # binomial std 0.009
+    few = SampledRecorder(4)
+    for i in range(3):
+        few.setdefault("graph", []).append(i)
+    assert few["graph"] == [0, 1, 2]
