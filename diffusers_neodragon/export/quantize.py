@@ -195,10 +195,15 @@ def widen_ranges(overrides: dict[str, list[dict]], ranges: dict[str, tuple], mar
     widened = {name: [dict(entry) for entry in entries] for name, entries in overrides.items()}
     for name, (lowest, highest) in ranges.items():
         entries = widened.setdefault(name, [{}])
-        if len(entries) != 1 or "scale" in entries[0] or "axis" in entries[0]:
+        if len(entries) != 1 or "axis" in entries[0]:
             continue
-        entries[0]["rmin"] = (np.minimum(lowest, 0) * margin).astype(np.asarray(lowest).dtype)
-        entries[0]["rmax"] = (np.maximum(highest, 0) * margin).astype(np.asarray(highest).dtype)
+        rmin = (np.minimum(lowest, 0) * margin).astype(np.asarray(lowest).dtype)
+        rmax = (np.maximum(highest, 0) * margin).astype(np.asarray(highest).dtype)
+        # a tensor handed on in a second type (QNN's mixed-precision "convert", e.g. an int16 attention output
+        # read as uint16 by the next node) is quantised twice: both need the margin
+        for entry in (entries[0], entries[0].get("convert")):
+            if entry is not None and "scale" not in entry:
+                entry.update(rmin=rmin, rmax=rmax)
     return widened
 
 

@@ -159,3 +159,43 @@ def test_the_recorder_keeps_a_uniform_sample_of_bounded_size():
     for i in range(3):
         few.setdefault("graph", []).append(i)
     assert few["graph"] == [0, 1, 2]
+
+
+def test_the_margin_reaches_every_activation_scale_converted_ones_included(tmp_path):
+    """Attention's P·V output is int16 (the HTP reads activation x activation MatMuls so) and read as uint16 by the
+    Transpose after it: quantised twice, both scales must double with a margin of 2, and no weight scale moves."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from diffusers_neodragon.export.quantize import quantize_w8a16
+
+    rng = np.random.default_rng(2)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["q", "weight"], ["q_proj"]),
+         helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 2, 1]),
+         helper.make_node("MatMul", ["q_proj", "k_t"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
+         helper.make_node("MatMul", ["p", "v"], ["o"]),
+         helper.make_node("Transpose", ["o"], ["out"], perm=[1, 0, 2])],
+        "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4, 8]) for n in ("q", "k", "v")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 2, 8])], [weight])
+    path = tmp_path / "attention.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    feeds = [{n: rng.standard_normal((2, 4, 8)).astype(np.float32) for n in ("q", "k", "v")} for _ in range(4)]
+
+    def scales(margin):
+        model = onnx.load(str(quantize_w8a16(path, feeds, tmp_path / f"m{margin}.onnx", range_margin=margin)))
+        values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return {node.name: values[node.input[1]] for node in model.graph.node
+                if node.op_type == "QuantizeLinear" and node.input[0] != "weight"}, values["weight_scale"]
+
+    (plain, plain_weight), (wide, wide_weight) = scales(1.0), scales(2.0)
+    assert len(plain) >= 7 and plain.keys() == wide.keys()
+    converted = [name for name in plain if "convert" in name.lower()]
+    assert converted, sorted(plain)  # the uint16 re-quantisation of the int16 P·V output exists and is checked
+    for name in plain:
+        if "p_QuantizeLinear" in name or name.startswith("p_"):  # Softmax output: QNN fixes its scale
+            continue
+        np.testing.assert_allclose(wide[name], 2 * plain[name], rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(wide_weight, plain_weight)
