@@ -313,9 +313,8 @@ def check_export(
             import onnxruntime as ort
 
             cpu = ort.InferenceSession(str(export_dir / entry["file"]), providers=["CPUExecutionProvider"])
-            reference = [cpu.run(None, {i.name: state[i.name] for i in cpu.get_inputs()})
-                         for state in (feeds if isinstance(feeds, list) else [feeds])]
-            reference = reference if isinstance(feeds, list) else reference[0]
+            feeds = feeds if isinstance(feeds, list) else [feeds]
+            reference = [cpu.run(None, {i.name: state[i.name] for i in cpu.get_inputs()}) for state in feeds]
             del cpu
         progress(f"HTP {graph_precision}: {name} ...")
         report = check_graph(path, feeds, reference, graph_precision, name, export_dir / "htp", run)
