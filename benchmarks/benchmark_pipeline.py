@@ -43,6 +43,9 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from diffusers_neodragon.pipelines.neodragon.acceleration import COMPILABLE_PARTS  # noqa: E402
+
+
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
@@ -153,6 +156,9 @@ def instrument(pipe, log, full_width):
     log.wrap(pipe.transformer, "forward", dit_label)
     log.wrap(pipe, "encode_prompt", "text_encoding")
     log.wrap(pipe, "_first_frame_images", "first_frame_t2i")
+    if pipe.first_frame_pipeline is not None:  # inside first_frame_t2i: its two big parts
+        log.wrap(pipe.first_frame_pipeline.unet, "forward", "first_frame_unet")
+        log.wrap(pipe.first_frame_pipeline.vae, "decode", "first_frame_vae_decode")
     log.wrap(pipe, "_encode_first_frame", "first_frame_encode")
     log.wrap(pipe.scheduler, "renoise", "renoise")
     log.wrap(pipe.vae.decoder, "forward", "decode")  # whole clips and streamed chunks alike
@@ -288,6 +294,24 @@ def unet_probe_call(pipe, device, dtype, height=320, width=512):
         return_dict=False,
     )
     return args, kwargs
+
+
+def compile_probes(pipe, device, dtype, parts):
+    """One real call of each compiled part, as a no-argument function: the DiT at stage 2, a first-frame UNet
+    step and VAE decode at 640x1024, and the video VAE's encoding of a 320x512 first frame."""
+    g = torch.Generator(device).manual_seed(0)
+    t2i = pipe.first_frame_pipeline
+    calls = {
+        "transformer": (pipe.transformer, *dit_probe_call(device, dtype)),
+        "first_frame_denoiser": (t2i.unet, *unet_probe_call(pipe, device, dtype)),
+        "first_frame_vae_decoder": (
+            t2i.vae.decode, (torch.randn(1, t2i.vae.config.latent_channels, 80, 128, generator=g, device=device,
+                                         dtype=dtype),), {"return_dict": False}),
+        "vae_encoder": (pipe.vae.encoder, (torch.randn(1, 3, 1, 320, 512, generator=g, device=device, dtype=dtype),),
+                        {}),
+    }
+    assert set(calls) == set(COMPILABLE_PARTS)
+    return {name: (lambda fn=fn, a=a, k=k: fn(*a, **k)) for name, (fn, a, k) in calls.items() if name in parts}
 
 
 # ----------------------------------------------------------------------------- profiling
@@ -520,9 +544,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--no-cuda-graphs", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
-    parser.add_argument("--compile-first-frame", nargs="?", const="default", metavar="MODE",
-                        help="torch.compile the first-frame UNet (mode: default, or e.g. max-autotune-no-cudagraphs)")
+    parser.add_argument("--compile", nargs="?", const=",".join(COMPILABLE_PARTS), metavar="PARTS",
+                        help="pipe.enable_torch_compile(PARTS), comma-separated (default: all of "
+                             f"{','.join(COMPILABLE_PARTS)})")
+    parser.add_argument("--compile-mode", help="torch.compile mode (default, or e.g. max-autotune-no-cudagraphs)")
     parser.add_argument("--skip-monolithic", action="store_true")
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--json", default="benchmark_pipeline.json")
@@ -554,22 +579,26 @@ def main(argv=None):
     info = {"gpu": gpu, "torch": torch.__version__, "dtype": args.dtype, "peak_bf16_tflops": peak,
             "params": {k: count_params(v) for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)},
             "build_s": time.perf_counter() - t0, "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile,
-            "compile_first_frame": args.compile_first_frame}
+            "compile_mode": args.compile_mode}
     info["params"]["first_frame_unet"] = count_params(pipe.first_frame_pipeline.unet)
     if args.compile:
-        # Compiled vs uncompiled DiT on one real call shape (both eager, before any graph).
-        probe_args, probe_kwargs = dit_probe_call(device, dtype)
+        # Compiled vs eager on one real call shape of each compiled part (all eager, before any graph).
+        parts = args.compile.split(",")
+        probes = compile_probes(pipe, device, dtype, parts)
         with torch.no_grad():
-            uncompiled = pipe.transformer(*probe_args, **probe_kwargs)[0].float()
-        pipe.transformer.compile_repeated_blocks(dynamic=True)
+            eager = {name: first_tensor(fn()).float() for name, fn in probes.items()}
+        t0 = time.perf_counter()
+        pipe.enable_torch_compile(parts, **({"mode": args.compile_mode} if args.compile_mode else {}))
         with torch.no_grad():
-            compiled = pipe.transformer(*probe_args, **probe_kwargs)[0].float()
-        info["compiled_vs_eager_dit_max_abs_diff"] = float((compiled - uncompiled).abs().max())
-        info["dit_probe_output_max_abs"] = float(uncompiled.abs().max())
-        del probe_args, probe_kwargs, uncompiled, compiled
-    if args.compile_first_frame:
-        unet = pipe.first_frame_pipeline.unet
-        unet.forward = torch.compile(unet.forward, mode=args.compile_first_frame)
+            compiled = {name: first_tensor(fn()).float() for name, fn in probes.items()}
+        info["compile_s"] = time.perf_counter() - t0
+        info["compiled_vs_eager"] = {
+            name: {"max_abs_diff": float((compiled[name] - eager[name]).abs().max()),
+                   "output_max_abs": float(eager[name].abs().max()),
+                   "relative_l2": float((compiled[name] - eager[name]).norm() / eager[name].norm())}
+            for name in probes}
+        print(json.dumps({"compile_s": info["compile_s"], "compiled_vs_eager": info["compiled_vs_eager"]}), flush=True)
+        del probes, eager, compiled
     if not args.no_cuda_graphs:
         pipe.enable_cuda_graphs()  # the DiT, the text encoders and the first-frame UNet (compiled forwards stay inside)
 
@@ -711,11 +740,14 @@ def print_table(report):
           f"compile {info['compile']} | graph-vs-eager max|diff| DiT {info['graph_vs_eager_max_abs_diff']:.2e}, "
           f"first-frame UNet {info.get('first_frame_unet_graph_vs_eager_max_abs_diff', 0.0):.2e}, "
           f"text encoders {info.get('text_encoders_graph_vs_eager_max_abs_diff', 0.0):.2e}"
-          + (f" | compiled vs eager DiT max|diff| {info['compiled_vs_eager_dit_max_abs_diff']:.2e} (output max|x| "
-             f"{info['dit_probe_output_max_abs']:.2e})" if "compiled_vs_eager_dit_max_abs_diff" in info else ""))
-    keys = ["text_encoding", "first_frame_t2i", "first_frame_encode", "dit_stage0", "dit_stage1", "dit_stage2",
+          + "".join(f" | compiled vs eager {name}: max|diff| {d['max_abs_diff']:.2e} (output max|x| "
+                    f"{d['output_max_abs']:.2e}), relative L2 {d['relative_l2']:.2e}"
+                    for name, d in info.get("compiled_vs_eager", {}).items()))
+    keys = ["text_encoding", "first_frame_t2i", "first_frame_unet", "first_frame_vae_decode", "first_frame_encode",
+            "dit_stage0", "dit_stage1", "dit_stage2",
             "renoise", "decode", "super_resolution", "end_to_end"]
-    print("case".ljust(46) + "".join(k[:12].rjust(13) for k in keys) + "  peakGiB  DiT TF/s  s2 TF/s")
+    labels = [k.replace("first_frame_", "ff_")[:12] for k in keys]
+    print("case".ljust(46) + "".join(label.rjust(13) for label in labels) + "  peakGiB  DiT TF/s  s2 TF/s")
     for r in report["results"]:
         row = r["case"].ljust(46) + "".join(f"{r['ms'].get(k, 0.0):13.1f}" for k in keys)
         row += f"  {r['peak_memory_gib']:7.2f}  {r['dit_tflops']:8.1f}  {r.get('dit_stage2_tflops', 0):7.1f}"

@@ -399,3 +399,28 @@ def test_cuda_graphs_match_eager_on_cuda():
     assert unet_runner.num_graphs == 1 and pipe.transformer._cuda_graphs.num_graphs > 0
     assert unet_runner.pool == pipe.transformer._cuda_graphs.pool
     assert module_cuda_graph_runner(pipe.text_encoder_3).num_graphs == 1  # encoders captured too (not eager)
+
+
+def test_enable_torch_compile_compiles_each_part_once_under_the_cuda_graphs():
+    pipe = pipeline()
+    kwargs = dict(mode="hybrid", num_frames=9, output_type="latent")
+    eager = run(pipe, **kwargs)
+    with pytest.raises(ValueError, match="Unknown parts"):
+        pipe.enable_torch_compile(parts=["unet"])
+    unet, decoder = pipe.first_frame_pipeline.unet, pipe.first_frame_pipeline.vae.decoder
+    pipe.enable_cuda_graphs()
+    # The eager backend runs Dynamo's capture without a C compiler, as on a CUDA machine, minus Inductor.
+    assert pipe.enable_torch_compile(backend="eager") is pipe
+    runner = module_cuda_graph_runner(unet)
+    assert unet.forward is runner and runner.previous_forward is not None  # the graphs wrap the compiled forward
+    assert hasattr(runner.previous_forward, "_torchdynamo_orig_callable")
+    assert hasattr(decoder.forward, "_torchdynamo_orig_callable")
+    assert hasattr(pipe.vae.encoder.forward, "_torchdynamo_orig_callable")
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl is not None
+               for block in pipe.transformer.transformer_blocks)
+    compiled_decoder = decoder.forward
+    pipe.enable_torch_compile(backend="eager")  # a second call compiles nothing again
+    assert decoder.forward is compiled_decoder
+    torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,8 @@
 """Where NeodragonPipeline's weights live and how its models run fast: device moves that include the nested
-first-frame pipeline, diffusers' offloading, float8 weights and CUDA graphs (which offloading must turn off)."""
+first-frame pipeline, diffusers' offloading, float8 weights, torch.compile and CUDA graphs (which offloading must
+turn off)."""
+
+from collections.abc import Iterable
 
 import torch
 from diffusers.utils import logging
@@ -9,6 +12,8 @@ from ...utils.float8_weights import quantize_weights_float8
 
 
 logger = logging.get_logger(__name__)
+
+COMPILABLE_PARTS = ("transformer", "first_frame_denoiser", "first_frame_vae_decoder", "vae_encoder")
 
 
 def _has_offload_hooks(model: torch.nn.Module) -> bool:
@@ -76,6 +81,47 @@ class NeodragonAccelerationMixin:
         if graphed:
             self.enable_cuda_graphs()
         return saved
+
+    def enable_torch_compile(self, parts: Iterable[str] = COMPILABLE_PARTS, **compile_kwargs):
+        """``torch.compile`` the models that gain from it on a GPU; CUDA graphs, when on, are captured again around
+        the compiled code. Call it once, before the first generation (compiling takes a minute or two per part).
+
+        ``parts`` (all by default; a missing model is skipped):
+            - ``"transformer"``: one block compiled and reused for every block
+              (``compile_repeated_blocks(dynamic=True)``: token counts change with the stage and the history).
+            - ``"first_frame_denoiser"``: the first-frame UNet, channels-last with its ``forward`` compiled, or a
+              nested first-frame NeodragonPipeline's own transformer as above.
+            - ``"first_frame_vae_decoder"``: the first-frame VAE's decoder, channels-last and compiled: at 640x1024
+              it is the largest convolution work of a hybrid generation, and eager convolutions in channels-last
+              are slower, so the two go together.
+            - ``"vae_encoder"``: the video VAE's encoder (the first frame's or the image's encoding).
+
+        ``compile_kwargs`` go to ``torch.compile`` (e.g. ``mode=``). Compiled kernels round differently from
+        eager ones: the outputs move by bf16 rounding, not more (the README gives the measured differences).
+        """
+        parts = list(parts)
+        unknown = sorted(set(parts) - set(COMPILABLE_PARTS))
+        if unknown:
+            raise ValueError(f"Unknown parts {unknown}; choose from {list(COMPILABLE_PARTS)}")
+        graphed = self.transformer._cuda_graphs is not None
+        if graphed:  # the graph runners wrap `forward`: compile under them, then capture again
+            self.enable_cuda_graphs(False)
+        first_frame = self.first_frame_pipeline
+        if "transformer" in parts:
+            _compile_blocks(self.transformer, compile_kwargs)
+        if "first_frame_denoiser" in parts:
+            nested = getattr(first_frame, "transformer", None)
+            if isinstance(nested, torch.nn.Module) and nested is not self.transformer:
+                _compile_blocks(nested, compile_kwargs)
+            _compile_forward(getattr(first_frame, "unet", None), compile_kwargs, channels_last=True)
+        if "first_frame_vae_decoder" in parts and not hasattr(first_frame, "transformer"):
+            vae = getattr(first_frame, "vae", None)  # a nested NeodragonPipeline's VAE is ours: not 2D
+            _compile_forward(getattr(vae, "decoder", None), compile_kwargs, channels_last=True)
+        if "vae_encoder" in parts:
+            _compile_forward(self.vae.encoder, compile_kwargs)
+        if graphed:
+            self.enable_cuda_graphs()
+        return self
 
     def _disable_cuda_graphs_for_offload(self):
         graphed = self.transformer._cuda_graphs is not None or any(
@@ -147,3 +193,20 @@ class NeodragonAccelerationMixin:
         for model in models.values():
             enable_module_cuda_graphs(model, enabled, clone_outputs=True, pool=pool, weights=model)
         return self
+
+
+def _compile_blocks(transformer: torch.nn.Module, compile_kwargs: dict):
+    if not getattr(transformer, "_neodragon_compiled", False):
+        transformer.compile_repeated_blocks(dynamic=True, **compile_kwargs)
+        transformer._neodragon_compiled = True
+
+
+def _compile_forward(module: torch.nn.Module | None, compile_kwargs: dict, channels_last: bool = False):
+    """Compile ``module.forward`` in place (an instance attribute, so a CUDA-graph runner installed later wraps
+    the compiled code); a second call leaves it as it is."""
+    if module is None or getattr(module, "_neodragon_compiled", False):
+        return
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    module.forward = torch.compile(module.forward, **compile_kwargs)
+    module._neodragon_compiled = True
