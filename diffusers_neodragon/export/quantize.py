@@ -11,6 +11,7 @@ The recipe is ONNX Runtime's for QNN (``qnn_preprocess_model`` + ``get_qnn_qdq_c
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,15 +87,17 @@ class _Reservoir(list):
 class SampledRecorder(dict):
     """An ``ORTNeodragonPipeline`` recorder that keeps a uniform random sample of ``max_per_component`` feeds per
     graph as they come: a generation at the pipeline's defaults makes hundreds of transformer calls, which a
-    full-size model could not all hold in memory."""
+    full-size model could not all hold in memory. Each graph draws from its own generator (seeded by ``seed`` and
+    its name), so a graph's sample does not depend on which other graphs are recorded (``--components``)."""
 
     def __init__(self, max_per_component: int, seed: int = 0):
         super().__init__()
-        self.max_per_component, self.rng = max_per_component, np.random.default_rng(seed)
+        self.max_per_component, self.seed = max_per_component, seed
 
     def setdefault(self, name, default=None):
         if name not in self:
-            self[name] = _Reservoir(self.max_per_component, self.rng)
+            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+            self[name] = _Reservoir(self.max_per_component, rng)
         return self[name]
 
 

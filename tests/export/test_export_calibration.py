@@ -160,6 +160,14 @@ def test_the_recorder_keeps_a_uniform_sample_of_bounded_size():
         few.setdefault("graph", []).append(i)
     assert few["graph"] == [0, 1, 2]
 
+    # A graph's sample does not depend on the other graphs recorded beside it (`--components` subsets).
+    alone, beside = SampledRecorder(4), SampledRecorder(4)
+    for i in range(50):
+        beside.setdefault("other", []).append(i)
+        for recorder in (alone, beside):
+            recorder.setdefault("graph", []).append(i)
+    assert alone["graph"] == beside["graph"]
+
 
 def test_the_margin_reaches_every_activation_scale_converted_ones_included(tmp_path):
     """Attention's P·V output is int16 (the HTP reads activation x activation MatMuls so) and read as uint16 by the

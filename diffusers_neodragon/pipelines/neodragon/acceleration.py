@@ -97,7 +97,7 @@ class NeodragonAccelerationMixin:
             - ``"vae_encoder"``: the video VAE's encoder (the first frame's or the image's encoding).
 
         ``compile_kwargs`` go to ``torch.compile`` (e.g. ``mode=``). Compiled kernels round differently from
-        eager ones: the outputs move by bf16 rounding, not more (the README gives the measured differences).
+        eager ones, so outputs move slightly (the README gives the measured differences per part).
         """
         parts = list(parts)
         unknown = sorted(set(parts) - set(COMPILABLE_PARTS))
