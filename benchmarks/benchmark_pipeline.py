@@ -7,7 +7,8 @@ QuickSRNet. Times each component with CUDA events after warm-up, for hybrid 1-1-
 
 CUDA graphs (``pipe.enable_cuda_graphs()``: the DiT, the text encoders and the first-frame UNet, all launch-bound at
 batch 1) are on unless ``--no-cuda-graphs``; the max |graphed - eager| of each on one real call shape goes into
-``info``.
+``info``. ``--compile [PARTS]`` calls ``pipe.enable_torch_compile`` first (all parts by default) and records each
+compiled part's output against its eager output on one real call.
 
 With ``--reference PATH`` (a local checkout of Qualcomm-AI-research/neodragon, never part of this repository) it
 runs the same work through the official ``generate()`` on the same weights in the same process and prints the
