@@ -196,17 +196,16 @@ class NeodragonAccelerationMixin:
 
 
 def _compile_blocks(transformer: torch.nn.Module, compile_kwargs: dict):
-    if not getattr(transformer, "_neodragon_compiled", False):
+    """``compile_repeated_blocks`` once: a block compiled before keeps it as it is."""
+    if all(getattr(module, "_compiled_call_impl", None) is None for module in transformer.modules()):
         transformer.compile_repeated_blocks(dynamic=True, **compile_kwargs)
-        transformer._neodragon_compiled = True
 
 
 def _compile_forward(module: torch.nn.Module | None, compile_kwargs: dict, channels_last: bool = False):
     """Compile ``module.forward`` in place (an instance attribute, so a CUDA-graph runner installed later wraps
-    the compiled code); a second call leaves it as it is."""
-    if module is None or getattr(module, "_neodragon_compiled", False):
+    the compiled code); an already compiled ``forward`` is left as it is."""
+    if module is None or hasattr(module.__dict__.get("forward"), "_torchdynamo_orig_callable"):
         return
     if channels_last:
         module.to(memory_format=torch.channels_last)
     module.forward = torch.compile(module.forward, **compile_kwargs)
-    module._neodragon_compiled = True
