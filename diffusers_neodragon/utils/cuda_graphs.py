@@ -130,6 +130,8 @@ class CUDAGraphRunner:
         weights: the module whose parameters ``fn`` reads. Graphs replay fixed addresses, so when its first
             parameter has moved since the last call (``.to()``, ``.half()``, reloading) every graph is dropped
             and shapes are captured again; without it, call :meth:`reset` after moving the weights.
+        eager_when: a predicate on the call's ``(*args, **kwargs)``; calls for which it is true always run eagerly.
+            For callables that are pure only for some calls, e.g. a causal encoder that updates a cache passed in.
 
     Attributes:
         graphs: key → ``"seen"`` (called once), ``"eager"`` (capture failed) or the captured graph with its static
@@ -137,8 +139,9 @@ class CUDAGraphRunner:
     """
 
     def __init__(self, fn: Callable, clone_outputs: bool = False, pool: GraphPool | None = None,
-                 weights: torch.nn.Module | None = None):
+                 weights: torch.nn.Module | None = None, eager_when: Callable[..., bool] | None = None):
         self.fn = fn
+        self.eager_when = eager_when
         self.clone_outputs = clone_outputs
         self.graph_pool = pool if pool is not None else GraphPool()
         self.weights = weights
@@ -184,6 +187,8 @@ class CUDAGraphRunner:
 
     def __call__(self, *args, **kwargs):
         if self._paused or torch.is_grad_enabled():
+            return self.fn(*args, **kwargs)
+        if self.eager_when is not None and self.eager_when(*args, **kwargs):
             return self.fn(*args, **kwargs)
         leaves, spec = tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]

@@ -143,6 +143,26 @@ def test_replay_equals_eager_on_cuda():
     assert len(runner.graphs) == 2
 
 
+@cuda
+def test_calls_marked_by_eager_when_always_run_eagerly_on_cuda():
+    def step(x, cache=None):
+        if cache is not None:  # host-side state: a replayed graph would skip this update
+            cache["calls"] = cache.get("calls", 0) + 1
+        return x * 2
+
+    runner = CUDAGraphRunner(step, eager_when=lambda x, cache=None: cache is not None)
+    x = torch.ones(4, device="cuda")
+    with torch.no_grad():
+        cache = {}
+        for _ in range(3):
+            runner(x, cache)
+        assert cache == {"calls": 3} and runner.graphs == {}
+        for _ in range(3):
+            out = runner(x)
+    assert runner.num_graphs == 1
+    torch.testing.assert_close(out, x * 2)
+
+
 def test_runner_drops_its_graphs_when_the_weights_move():
     layer = torch.nn.Linear(3, 3)
     runner = CUDAGraphRunner(layer.forward, weights=layer)
