@@ -5,17 +5,19 @@ DT5 + ContextAdapter, CLIP-L/G, AsymmetricVAE, an SSD-1B-sized SDXL first-frame 
 QuickSRNet. Times each component with CUDA events after warm-up, for hybrid 1-1-1 (49x320x512, then 2x SR to
 640x1024) and monolithic, at batch 1 and 4, and reports peak memory and the DiT's achieved TFLOP/s.
 
-CUDA graphs (``pipe.enable_cuda_graphs()``: the DiT, the text encoders and the first-frame UNet, all launch-bound at
-batch 1) are on unless ``--no-cuda-graphs``; the max |graphed - eager| of each on one real call shape goes into
-``info``. ``--compile [PARTS]`` calls ``pipe.enable_torch_compile`` first (all parts by default) and records each
-compiled part's output against its eager output on one real call.
+CUDA graphs (``pipe.enable_cuda_graphs()``: the DiT, the text encoders, the first-frame UNet, the video VAE's
+encoder and the first-frame VAE's decoder, all launch-bound at batch 1) are on unless ``--no-cuda-graphs``; the
+max |graphed - eager| of each on one real call shape goes into ``info``. ``--compile [PARTS]`` calls
+``pipe.enable_torch_compile`` first (all parts by default) and records each compiled part's output against its eager
+output on one real call.
 
 With ``--reference PATH`` (a local checkout of Qualcomm-AI-research/neodragon, never part of this repository) it
 runs the same work through the official ``generate()`` on the same weights in the same process and prints the
 speed-ups. ``--profile DIR`` runs torch.profiler over one hybrid batch-1 +SR generation (eagerly, and again with
 CUDA graphs when they are on) and writes the top-40 kernel table and the CUDA kernels launched per component to
 ``DIR/profile.txt``. Hybrid batch 1 +SR then runs with streamed decode (``--decode-chunk-size``) and, with
-``--float8-weights``, with weights stored in float8. ``--offload`` finally moves the pipeline to the CPU, enables
+``--float8-weights``, with weights stored in float8 (``--float8-matmuls``: and the DiT multiplying in float8).
+``--offload`` finally moves the pipeline to the CPU, enables
 model CPU offload (graphs off) and times hybrid batch 1 +SR again (end to end and peak GPU memory);
 ``--group-offload`` does the same with diffusers' leaf-level group offload on a CUDA stream. For every memory mode
 one more run reports where the memory goes: what stays allocated between runs and the peak inside each component.
@@ -95,6 +97,7 @@ class EventLog:
 
     def __init__(self):
         self.events = []
+        self.wrapped = []  # (obj, name, the instance attribute it replaced or None)
         self.active = True
         self.peaks = None  # {label: GiB} while `memory_by_component` runs
 
@@ -116,8 +119,18 @@ class EventLog:
                 self.peaks[event] = max(self.peaks.get(event, 0.0), torch.cuda.max_memory_allocated() / 2**30)
             return out
 
+        self.wrapped.append((obj, name, obj.__dict__.get(name)))
         setattr(obj, name, timed)
         return original
+
+    def unwrap(self):
+        """Put every wrapped callable back (before changing what a wrapped ``forward`` is: graphs, float8)."""
+        for obj, name, previous in reversed(self.wrapped):
+            if previous is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, previous)
+        self.wrapped.clear()
 
     def totals(self):
         torch.cuda.synchronize()
@@ -229,10 +242,11 @@ def graph_vs_eager(module, runner, args, kwargs, calls=4):
 
 
 def graph_runners(pipe):
-    """Every CUDA-graph runner of the pipeline: the transformer's and those of ``pipe._graphable_models()``."""
+    """Every CUDA-graph runner of the pipeline: the transformer's and those of the other graphed models."""
     from diffusers_neodragon.utils.cuda_graphs import module_cuda_graph_runner
 
-    runners = [module_cuda_graph_runner(m) for m in pipe._graphable_models().values()]
+    models = [*pipe._graphable_models().values(), *(part for part, _, _ in pipe._graphable_vae_parts().values())]
+    runners = [module_cuda_graph_runner(m) for m in models]
     return [r for r in [pipe.transformer._cuda_graphs, *runners] if r is not None]
 
 
@@ -561,6 +575,9 @@ def main(argv=None):
     parser.add_argument("--float8-weights", action="store_true",
                         help="then time hybrid batch-1 +SR with float8 weights (enable_float8_weights) and streamed "
                              "decode, and its output against the bf16 one; later cases keep the float8 weights")
+    parser.add_argument("--float8-matmuls", action="store_true",
+                        help="--float8-weights with enable_float8_weights(float8_matmuls=True): the DiT multiplies "
+                             "in float8")
     parser.add_argument("--group-offload", action="store_true",
                         help="finally time hybrid batch-1 +SR with leaf-level group offload on a CUDA stream "
                              "(graphs off; after --offload when both are given)")
@@ -615,6 +632,15 @@ def main(argv=None):
         unet, module_cuda_graph_runner(unet), probe_args, probe_kwargs)
     del probe_args, probe_kwargs, unet
     info["text_encoders_graph_vs_eager_max_abs_diff"] = text_graph_vs_eager(pipe, device, dtype)
+    g = torch.Generator(device).manual_seed(0)
+    t2i_vae = pipe.first_frame_pipeline.vae
+    for name, module, sample in (
+        ("vae_encoder", pipe.vae.encoder, torch.randn(1, 3, 1, 320, 512, generator=g, device=device, dtype=dtype)),
+        ("first_frame_vae_decoder", t2i_vae.decoder,
+         torch.randn(1, t2i_vae.config.latent_channels, 80, 128, generator=g, device=device, dtype=dtype)),
+    ):
+        info[f"{name}_graph_vs_eager_max_abs_diff"] = graph_vs_eager(
+            module, module_cuda_graph_runner(module), (sample,), {})
 
     log = EventLog()
     flops = instrument(pipe, log, full_width=64)
@@ -674,7 +700,7 @@ def main(argv=None):
     result["memory"] = memory_by_component(pipe, log, generator=torch.Generator(device).manual_seed(0), **streamed)
     results.append(result)
 
-    if args.float8_weights:
+    if args.float8_weights or args.float8_matmuls:
         # Random weights give a nearly constant video, so the error of float8 weights is measured on one real call
         # of the DiT and of the first-frame UNet: relative L2 distance of the outputs to the bf16 ones.
         log.active = False
@@ -688,12 +714,15 @@ def main(argv=None):
                         first_tensor(unet(*unet_call[0], **unet_call[1])).float())
 
         before = probe_outputs()
-        saved = pipe.enable_float8_weights()
+        log.unwrap()  # the graph runners are replaced under the timing wrappers
+        saved = pipe.enable_float8_weights(float8_matmuls=args.float8_matmuls)
+        flops = instrument(pipe, log, full_width=64)
         difference = {f"{name}_relative_l2_error": float((a - b).norm() / b.norm())
                       for name, a, b in zip(("dit", "first_frame_unet"), probe_outputs(), before)}
         print(json.dumps(difference), flush=True)
         del before, dit_call, unet_call, unet  # not counted in the peak below
-        result = run_case(pipe, log, flops, f"hybrid +SR batch 1 float8 weights, decode_chunk_size "
+        kind = "matmuls" if args.float8_matmuls else "weights"
+        result = run_case(pipe, log, flops, f"hybrid +SR batch 1 float8 {kind}, decode_chunk_size "
                           f"{args.decode_chunk_size}", args.repeats, generator=torch.Generator(device).manual_seed(0),
                           **streamed)
         result["float8_saved_gib"] = saved / 2**30
@@ -705,7 +734,9 @@ def main(argv=None):
     if args.offload:
         # Last, so that no other case sees offload hooks: graphs off (offload moves their weights), everything
         # back to the CPU, then diffusers' model offload (the first-frame pipeline included).
+        log.unwrap()
         pipe.enable_cuda_graphs(False)
+        flops = instrument(pipe, log, full_width=64)
         pipe.to("cpu")
         torch.cuda.empty_cache()
         pipe.enable_model_cpu_offload()
@@ -717,8 +748,10 @@ def main(argv=None):
         results.append(result)
 
     if args.group_offload:
-        pipe.enable_cuda_graphs(False)
+        log.unwrap()
         pipe.remove_all_hooks()
+        pipe.enable_cuda_graphs(False)
+        flops = instrument(pipe, log, full_width=64)
         pipe.to("cpu")
         torch.cuda.empty_cache()
         pipe.enable_group_offload(torch.device(device), offload_type="leaf_level", use_stream=True)
@@ -740,7 +773,9 @@ def print_table(report):
     print(f"\n{info['gpu']} | torch {info['torch']} | {info['dtype']} | cuda graphs {info['cuda_graphs']} | "
           f"compile {info['compile']} | graph-vs-eager max|diff| DiT {info['graph_vs_eager_max_abs_diff']:.2e}, "
           f"first-frame UNet {info.get('first_frame_unet_graph_vs_eager_max_abs_diff', 0.0):.2e}, "
-          f"text encoders {info.get('text_encoders_graph_vs_eager_max_abs_diff', 0.0):.2e}"
+          f"text encoders {info.get('text_encoders_graph_vs_eager_max_abs_diff', 0.0):.2e}, "
+          f"VAE encoder {info.get('vae_encoder_graph_vs_eager_max_abs_diff', 0.0):.2e}, "
+          f"first-frame VAE decoder {info.get('first_frame_vae_decoder_graph_vs_eager_max_abs_diff', 0.0):.2e}"
           + "".join(f" | compiled vs eager {name}: max|diff| {d['max_abs_diff']:.2e} (output max|x| "
                     f"{d['output_max_abs']:.2e}), relative L2 {d['relative_l2']:.2e}"
                     for name, d in info.get("compiled_vs_eager", {}).items()))

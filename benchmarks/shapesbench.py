@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the models from CUDA graphs (CUDA only): a small model's video is launch-bound "
                              "on a GPU, and graphs make it several times faster")
+    parser.add_argument("--float8-weights", action="store_true", help="enable_float8_weights() before generating")
+    parser.add_argument("--float8-matmuls", action="store_true",
+                        help="enable_float8_weights(float8_matmuls=True): the transformer multiplies in float8 "
+                             "(with --dtype bfloat16)")
     parser.add_argument("--json", help="write the settings, per-video results and summaries here")
     return parser
 
@@ -115,6 +119,8 @@ def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
         return _vae_roundtrip(vae, (49, 128, 128), args)
     pipe = NeodragonPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if args.float8_weights or args.float8_matmuls:
+        pipe.enable_float8_weights(float8_matmuls=args.float8_matmuls)
     if args.cuda_graphs:
         if pipe.device.type != "cuda":
             raise ValueError(f"--cuda-graphs needs a CUDA device, got {pipe.device}")

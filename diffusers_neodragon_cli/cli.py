@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decode (and super-resolve) this many latent frames at a time: less memory, same video")
     gen.add_argument("--float8-weights", action="store_true",
                      help="store the large models' weights in float8 (about half the memory; outputs change slightly)")
+    gen.add_argument("--float8-matmuls", action="store_true",
+                     help="--float8-weights, and the transformer multiplies in float8 (bfloat16 on a GPU with "
+                          "float8 tensor cores: faster; outputs change more)")
     gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="default: bfloat16 on cuda, float32 on cpu")
@@ -504,8 +507,8 @@ def _load(args, model: str, device):
 
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     pipe = NeodragonPipeline.from_pretrained(model, dtype=dtype).to(device)
-    if args.float8_weights:
-        pipe.enable_float8_weights()
+    if args.float8_weights or args.float8_matmuls:
+        pipe.enable_float8_weights(float8_matmuls=args.float8_matmuls)
     return pipe
 
 

@@ -68,15 +68,16 @@ def test_generate_passes_the_memory_and_history_noise_switches(tmp_path, monkeyp
     seen = {}
     quantize, call = NeodragonPipeline.enable_float8_weights, NeodragonPipeline.__call__
     monkeypatch.setattr(NeodragonPipeline, "enable_float8_weights",
-                        lambda self, *a, **k: seen.setdefault("saved", quantize(self, *a, **k)))
+                        lambda self, *a, **k: seen.update(float8=k, saved=quantize(self, *a, **k)))
     monkeypatch.setattr(NeodragonPipeline, "__call__",
                         lambda self, *a, **k: seen.update(chunk=k["decode_chunk_size"], noise=k["history_noise"])
                         or call(self, *a, **k))
     out = tmp_path / "small.mp4"
     assert main(["generate", "a red circle", "--model", str(model), "--mode", "monolithic", "--frames", "17",
                  "--height", "64", "--width", "64", "--steps", "1", "--first-frame-steps", "1",
-                 "--decode-chunk-size", "1", "--float8-weights", "--history-noise", "0.2", "--output", str(out)]) == 0
+                 "--decode-chunk-size", "1", "--float8-matmuls", "--history-noise", "0.2", "--output", str(out)]) == 0
     assert out.stat().st_size > 0 and seen["chunk"] == 1 and seen["noise"] == 0.2
+    assert seen["float8"] == {"float8_matmuls": True}
     assert seen["saved"] == 0  # tiny layers stay as they are
 
 

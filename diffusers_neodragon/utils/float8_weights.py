@@ -9,6 +9,15 @@ the swapped modules hold buffers, not parameters, and their state dicts are not 
 diffusers' ``enable_layerwise_casting`` (``hooks.apply_layerwise_casting``) also stores weights in float8, but as a
 plain cast without a scale, so small weights fall into e4m3's subnormal range: for Gaussian weights of std 0.005 the
 plain cast has a relative L2 error of 11 %, the per-channel scale here 2.6 % (std 0.02: 3.3 % against 2.6 %).
+
+With ``float8_matmul=True`` a linear layer also multiplies in float8: each call scales every row (token) of its
+input by the row's largest magnitude, casts it to e4m3 and runs ``torch._scaled_mm`` with the weight's per-channel
+scales on the float8 tensor cores, and no bf16 copy of the weight is made. This is the per-row scaling of torchao's
+``Float8DynamicActivationFloat8WeightConfig`` (whose kernel selection failed on the DiT's shapes with torch 2.11),
+done here so the layer keeps its CPU path and its float8 weights. It pays for float8 storage rather than beating
+bf16: on one H100 a compiled full-size DiT call takes 7.7 ms against 8.8 ms dequantizing and 7.3 ms in bf16 at
+320x512, and 31.5 ms against 33.4 ms in bf16 at 640x1024 (the per-row activation scaling costs what the faster
+GEMMs save, and attention is half the time there).
 """
 
 from __future__ import annotations
@@ -60,19 +69,41 @@ class _Float8Weight(nn.Module):
         return self
 
 
-class Float8WeightLinear(_Float8Weight):
-    """An ``nn.Linear`` whose weight is stored in float8 (see the module docstring)."""
+def float8_linear(x: torch.Tensor, weight_float8: torch.Tensor, weight_scale: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ (weight_float8 * weight_scale).T + bias`` multiplied in float8: ``x`` is quantized per row (its last
+    dimension) to e4m3 with a float32 scale, the product accumulates in float32 and comes back in ``x.dtype``."""
+    rows = x.reshape(-1, x.shape[-1])
+    amax = rows.abs().amax(dim=1, keepdim=True).float()
+    row_scale = (amax / _FLOAT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    codes = (rows.float() / row_scale).clamp(-_FLOAT8_MAX, _FLOAT8_MAX).to(FLOAT8_DTYPE)
+    # Fast accumulation: 6 % faster on an H100 for the same error (4.55 against 4.59 % on a full-size DiT call).
+    out = torch._scaled_mm(codes, weight_float8.t(), scale_a=row_scale, scale_b=weight_scale.float().reshape(1, -1),
+                           out_dtype=x.dtype, use_fast_accum=True)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], -1)
 
-    def __init__(self, linear: nn.Linear):
+
+class Float8WeightLinear(_Float8Weight):
+    """An ``nn.Linear`` whose weight is stored in float8 and, with ``float8_matmul``, multiplied in float8 for
+    bfloat16 inputs (see the module docstring). The float8 kernels need both dimensions divisible by 16; other
+    layers keep the dequantizing path."""
+
+    def __init__(self, linear: nn.Linear, float8_matmul: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self._store(linear)
+        self.float8_matmul = float8_matmul and self.in_features % 16 == 0 and self.out_features % 16 == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float8_matmul and x.dtype == torch.bfloat16:
+            return float8_linear(x, self.weight_float8, self.weight_scale, self.bias)
         return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"float8_matmul={self.float8_matmul}")
 
 
 class Float8WeightConv2d(_Float8Weight):
@@ -91,10 +122,12 @@ class Float8WeightConv2d(_Float8Weight):
                         self.groups)
 
 
-def quantize_weights_float8(model: nn.Module, min_numel: int = 65536, skip: Iterable[str] = ()) -> int:
+def quantize_weights_float8(model: nn.Module, min_numel: int = 65536, skip: Iterable[str] = (),
+                            float8_matmul: bool = False) -> int:
     """Replace, in place, every ``nn.Linear`` and zero-padded ``nn.Conv2d`` of ``model`` with at least ``min_numel``
     weights (small layers save nothing worth their error) by its float8 counterpart, except those whose qualified
-    name contains one of ``skip``. Returns the number of bytes saved."""
+    name contains one of ``skip``; ``float8_matmul`` makes the linear layers multiply in float8. Returns the number
+    of bytes saved."""
     skip = tuple(skip)
     saved = 0
     for parent_name, parent in list(model.named_modules()):
@@ -108,7 +141,7 @@ def quantize_weights_float8(model: nn.Module, min_numel: int = 65536, skip: Iter
             qualified = f"{parent_name}.{name}" if parent_name else name
             if child.weight.numel() < min_numel or any(pattern in qualified for pattern in skip):
                 continue
-            replacement = swap(child)
+            replacement = swap(child, float8_matmul) if swap is Float8WeightLinear else swap(child)
             saved += child.weight.numel() * (child.weight.element_size() - 1) - replacement.weight_scale.numel() * 4
             setattr(parent, name, replacement)
     return saved

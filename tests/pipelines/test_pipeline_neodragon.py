@@ -106,6 +106,23 @@ def test_float8_weights_halve_the_models_and_stay_close(pipe):
     assert (after - before).abs().mean() < 0.05 * before.std()
 
 
+def test_float8_matmuls_multiply_the_transformer_in_float8_in_bfloat16():
+    from diffusers_neodragon.utils.float8_weights import Float8WeightLinear
+
+    pipe = pipeline().to(dtype=torch.bfloat16)
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, super_resolution=False,
+                  output_type="pt")
+    before = run(pipe, **kwargs).float()
+    pipe.enable_float8_weights(min_numel=0, float8_matmuls=True)
+    swapped = [m for m in pipe.transformer.modules() if isinstance(m, Float8WeightLinear)]
+    assert swapped and all(m.float8_matmul for m in swapped)  # the tiny widths are multiples of 16
+    unet_layers = [m for m in pipe.first_frame_pipeline.unet.modules() if isinstance(m, Float8WeightLinear)]
+    assert unet_layers and not any(m.float8_matmul for m in unet_layers)  # only the transformer multiplies in float8
+    after = run(pipe, **kwargs).float()
+    assert bool(after.isfinite().all()) and not torch.equal(after, before)
+    assert (after - before).abs().mean() < 0.05 * before.std()
+
+
 def test_batches_of_prompts_and_videos_per_prompt(pipe):
     kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, super_resolution=False,
                   num_frames=9, output_type="np", **SIZE)
@@ -315,6 +332,17 @@ def test_enable_cuda_graphs_wraps_and_restores_the_unet_and_text_encoders():
         encoder_runner = module_cuda_graph_runner(model)
         assert model.forward is encoder_runner and encoder_runner.weights is model and encoder_runner.clone_outputs
         assert encoder_runner.graph_pool is runner.graph_pool
+    # The VAE parts that run at batch 1: the video encoder (its cached, chunked calls stay eager) and the image
+    # VAE's decoder of the first-frame pipeline.
+    vae_parts = [pipe.vae.encoder, pipe.first_frame_pipeline.vae.decoder]
+    for part in vae_parts:
+        part_runner = module_cuda_graph_runner(part)
+        assert part.forward is part_runner and part_runner.weights is part and part_runner.clone_outputs
+        assert part_runner.graph_pool is runner.graph_pool
+    pixels = torch.zeros(1, 3, 1, 64, 64)
+    eager_when = module_cuda_graph_runner(pipe.vae.encoder).eager_when
+    assert eager_when(pixels, {}) and eager_when(pixels, cache={}) and not eager_when(pixels)
+    assert module_cuda_graph_runner(pipe.first_frame_pipeline.vae.decoder).eager_when is None
     torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=0)  # CPU: a pure passthrough
     assert runner.graphs == {} and pipe.transformer._cuda_graphs.graphs == {}
 
@@ -330,7 +358,7 @@ def test_enable_cuda_graphs_wraps_and_restores_the_unet_and_text_encoders():
     assert module_cuda_graph_runner(unet) is runner and unet.forward is runner
 
     pipe.enable_cuda_graphs(False)
-    for model in (unet, *encoders):
+    for model in (unet, *encoders, *vae_parts):
         assert "forward" not in model.__dict__ and model.forward.__func__ is type(model).forward
     assert pipe.transformer._cuda_graphs is None
     torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=0)
@@ -399,6 +427,8 @@ def test_cuda_graphs_match_eager_on_cuda():
     assert unet_runner.num_graphs == 1 and pipe.transformer._cuda_graphs.num_graphs > 0
     assert unet_runner.pool == pipe.transformer._cuda_graphs.pool
     assert module_cuda_graph_runner(pipe.text_encoder_3).num_graphs == 1  # encoders captured too (not eager)
+    assert module_cuda_graph_runner(pipe.vae.encoder).num_graphs == 1  # the first frame's encoding
+    assert module_cuda_graph_runner(pipe.first_frame_pipeline.vae.decoder).num_graphs == 1
 
 
 def test_enable_torch_compile_compiles_each_part_once_under_the_cuda_graphs():
@@ -413,17 +443,16 @@ def test_enable_torch_compile_compiles_each_part_once_under_the_cuda_graphs():
     assert pipe.enable_torch_compile(backend="eager") is pipe
     runner = module_cuda_graph_runner(unet)
     assert unet.forward is runner and runner.previous_forward is not None  # the graphs wrap the compiled forward
-    assert hasattr(runner.previous_forward, "_torchdynamo_orig_callable")
-    assert hasattr(decoder.forward, "_torchdynamo_orig_callable")
-    assert hasattr(pipe.vae.encoder.forward, "_torchdynamo_orig_callable")
+    for part in (unet, decoder, pipe.vae.encoder):  # the graphs wrap the compiled forwards
+        assert hasattr(module_cuda_graph_runner(part).previous_forward, "_torchdynamo_orig_callable")
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl is not None
                for block in pipe.transformer.transformer_blocks)
-    compiled_decoder = decoder.forward
+    compiled_decoder = module_cuda_graph_runner(decoder).previous_forward
     compiled_blocks = [block._compiled_call_impl for block in pipe.transformer.transformer_blocks]
     pipe.enable_torch_compile(backend="eager")  # a second call compiles nothing again
-    assert decoder.forward is compiled_decoder
+    assert module_cuda_graph_runner(decoder).previous_forward is compiled_decoder
     assert [block._compiled_call_impl for block in pipe.transformer.transformer_blocks] == compiled_blocks
     # Traced code may sum in another order: on the CI machine the latents (|x| up to 4.5) moved by 1.7e-4.
     torch.testing.assert_close(run(pipe, **kwargs), eager, rtol=0, atol=2e-3)

@@ -7,9 +7,14 @@ from diffusers_neodragon.utils.float8_weights import (
     FLOAT8_DTYPE,
     Float8WeightConv2d,
     Float8WeightLinear,
+    float8_linear,
     quantize_per_output_channel,
     quantize_weights_float8,
 )
+
+
+_FLOAT8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not _FLOAT8_GPU, reason="needs float8 tensor cores"))]
 
 
 def test_per_channel_rounding_error_is_bounded_by_three_mantissa_bits():
@@ -62,3 +67,54 @@ def test_quantize_weights_float8_swaps_large_layers_only_and_survives_dtype_move
     assert model[0].weight_float8.dtype == FLOAT8_DTYPE and model[0].weight.dtype == torch.bfloat16
     assert model[0].bias.dtype == torch.bfloat16
     torch.testing.assert_close(model[:3](x.bfloat16()).float(), out, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float8_linear_is_exact_for_inputs_on_the_float8_grid(device):
+    """Independent of the kernel: when every row's largest magnitude is 448 x a power of two and every entry is a
+    float8 number times that power, the per-row quantization loses nothing, so the float8 product must equal the
+    float64 product of the same numbers up to the bf16 rounding of the output."""
+    torch.manual_seed(0)
+    grid = torch.randn(7, 3, 64).clamp(-2, 2).mul(200).to(FLOAT8_DTYPE).double()  # e4m3 values in [-400, 400]
+    grid[..., 0] = 448.0
+    row_powers = 2.0 ** torch.randint(-6, 6, (7, 3, 1)).double()
+    x = (grid * row_powers).to(torch.bfloat16)
+    assert torch.equal(x.double(), grid * row_powers)  # e4m3 numbers fit in bf16
+    w_codes = torch.randn(32, 64).mul(100).clamp(-448, 448).to(FLOAT8_DTYPE)
+    w_scale = (2.0 ** torch.randint(-12, -4, (32, 1))).float()
+    out = float8_linear(x.to(device), w_codes.to(device), w_scale.to(device)).cpu()
+    assert out.shape == (7, 3, 32) and out.dtype == torch.bfloat16
+    exact = x.double() @ (w_codes.double() * w_scale.double()).T
+    torch.testing.assert_close(out.double(), exact.bfloat16().double(), rtol=2**-7, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float8_linear_handles_zero_and_huge_rows_and_stays_close_on_gaussian_inputs(device):
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64).bfloat16()
+    q, scale = quantize_per_output_channel(linear.weight)
+    x = torch.randn(4, 10, 128).bfloat16()
+    x[0, 0] = 0.0
+    x[1, 1] *= 1e4  # beyond e4m3's range before scaling
+    out = float8_linear(x.to(device), q.to(device), scale.to(device), linear.bias.to(device)).cpu()
+    assert bool(out.isfinite().all())
+    torch.testing.assert_close(out[0, 0], linear.bias)
+    reference = linear(x).float()
+    assert ((out.float() - reference).norm() / reference.norm()).item() < 0.06
+
+
+def test_float8_matmul_layers_multiply_in_float8_for_bfloat16_only():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32).bfloat16()
+    layer = Float8WeightLinear(linear, float8_matmul=True)
+    assert layer.float8_matmul and "float8_matmul=True" in repr(layer)
+    x = torch.randn(6, 64).bfloat16()
+    torch.testing.assert_close(layer(x), float8_linear(x, layer.weight_float8, layer.weight_scale, layer.bias))
+    assert not torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    layer.float()  # float32 activations: the dequantized path
+    torch.testing.assert_close(layer(x.float()), F.linear(x.float(), layer.weight, layer.bias))
+    # float8 kernels need both dimensions divisible by 16: such layers keep the dequantized path
+    assert not Float8WeightLinear(nn.Linear(64, 24), float8_matmul=True).float8_matmul
+    model = nn.Sequential(nn.Linear(256, 512), nn.Linear(512, 200))
+    quantize_weights_float8(model, min_numel=0, float8_matmul=True)
+    assert model[0].float8_matmul and not model[1].float8_matmul

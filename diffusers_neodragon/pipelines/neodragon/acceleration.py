@@ -2,7 +2,7 @@
 first-frame pipeline, diffusers' offloading, float8 weights, torch.compile and CUDA graphs (which offloading must
 turn off)."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from diffusers.utils import logging
@@ -65,19 +65,24 @@ class NeodragonAccelerationMixin:
         if self.first_frame_pipeline is not None:
             self.first_frame_pipeline.enable_group_offload(onload_device, *args, **kwargs)
 
-    def enable_float8_weights(self, min_numel: int = 65536) -> int:
+    def enable_float8_weights(self, min_numel: int = 65536, float8_matmuls: bool = False) -> int:
         """Store the weights of the transformer, the CLIP text encoders, ContextAdapter and the first-frame UNet and
         text encoders in float8 (one scale per output channel), halving them; the VAEs, super-resolution and the
         T5 encoder (small, and its feed-forward reads its weight's dtype at every call) stay as they are. Each layer
         dequantizes its weight when called, so the outputs change by the float8 rounding of the weights (at most
         2^-4 of each). Inference only and not undone by anything but reloading; CUDA graphs, when on, are captured
-        again. Returns the bytes saved. See :mod:`diffusers_neodragon.utils.float8_weights`."""
+        again. Returns the bytes saved. See :mod:`diffusers_neodragon.utils.float8_weights`.
+
+        ``float8_matmuls=True`` also makes the transformer's linear layers multiply in float8 (each token of their
+        input scaled to e4m3 at every call) when it runs in bfloat16: faster on GPUs with float8 tensor cores
+        (compute capability 8.9 and up), and the outputs move further (the README gives the measured difference)."""
         graphed = self.transformer._cuda_graphs is not None
         if graphed:
             self.enable_cuda_graphs(False)
         models = {"transformer": self.transformer, **self._graphable_models()}
         models.pop("text_encoder_3", None)
-        saved = sum(quantize_weights_float8(model, min_numel=min_numel) for model in models.values())
+        saved = sum(quantize_weights_float8(model, min_numel=min_numel, float8_matmul=float8_matmuls and
+                                            model is self.transformer) for model in models.values())
         if graphed:
             self.enable_cuda_graphs()
         return saved
@@ -125,7 +130,8 @@ class NeodragonAccelerationMixin:
 
     def _disable_cuda_graphs_for_offload(self):
         graphed = self.transformer._cuda_graphs is not None or any(
-            module_cuda_graph_runner(model) is not None for model in self._graphable_models().values()
+            module_cuda_graph_runner(model) is not None
+            for model in [*self._graphable_models().values(), *(p for p, _, _ in self._graphable_vae_parts().values())]
         )
         if graphed:
             logger.info("CPU offload moves the weights that CUDA graphs replay from: turning CUDA graphs off")
@@ -146,18 +152,35 @@ class NeodragonAccelerationMixin:
                 seen.add(id(model))
         return unique
 
+    def _graphable_vae_parts(self) -> dict[str, tuple[torch.nn.Module, torch.nn.Module, Callable | None]]:
+        """name -> (part, the VAE that holds it, predicate of its calls that must run eagerly): the video VAE's
+        encoder, whose calls with a causal ``cache`` update it and stay eager, and the first-frame pipeline's image
+        VAE decoder (not a nested NeodragonPipeline's video VAE, which decodes with a causal state)."""
+        parts = {}
+        encoder = getattr(self.vae, "encoder", None)
+        if isinstance(encoder, torch.nn.Module):
+            parts["vae.encoder"] = (encoder, self.vae, _updates_a_cache)
+        first_frame = self.first_frame_pipeline
+        vae = getattr(first_frame, "vae", None)
+        if not hasattr(first_frame, "transformer") and isinstance(getattr(vae, "decoder", None), torch.nn.Module):
+            parts["first_frame_pipeline.vae.decoder"] = (vae.decoder, vae, None)
+        return parts
+
     def enable_cuda_graphs(self, enabled: bool = True):
-        """Replay the transformer, the text encoders and the first-frame UNet from CUDA graphs (CUDA only).
+        """Replay the transformer, the text encoders, the first-frame UNet and the VAE parts that run at batch 1
+        (the video VAE's encoder, the first-frame VAE's decoder) from CUDA graphs (CUDA only).
 
         At batch 1 these models are bound by kernel-launch overhead: a DiT call issues about 2000 small kernels on
         144-1728 tokens, the text encoders over 1000 kernels for 4 ms of GPU work, a first-frame UNet step 1400,
         and the CPU launching them is slower than the GPU running them. Replaying a captured graph launches all of
-        them at once. The transformer (and a nested first-frame NeodragonPipeline's) uses
+        them at once; the video VAE's encoding of a first frame issues 270 kernels for 8 ms of GPU work, and took
+        20-57 ms from the CPU on one H100 host. The transformer (and a nested first-frame NeodragonPipeline's) uses
         [`NeodragonTransformer3DModel.enable_cuda_graphs`]; every other model (``text_encoder``, ``text_encoder_2``,
         ``text_encoder_3``, ``context_adapter`` and the first-frame pipeline's ``text_encoder``, ``text_encoder_2``
-        and ``unet``, where present) gets its ``forward`` wrapped by a
-        [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`]. ``enabled=False`` removes them all and
-        restores the original ``forward`` methods.
+        and ``unet``, where present) and ``vae.encoder`` and ``first_frame_pipeline.vae.decoder`` get their
+        ``forward`` wrapped by a [`~diffusers_neodragon.utils.cuda_graphs.CUDAGraphRunner`] (the encoder's chunked
+        calls, which carry a causal cache, run eagerly). ``enabled=False`` removes them all and restores the
+        original ``forward`` methods.
 
         Caveats:
             - Static shapes: every distinct input shape (resolution, batch, CFG on/off, history length) is run
@@ -173,14 +196,15 @@ class NeodragonAccelerationMixin:
               them while offload hooks are installed raises.
         """
         models = self._graphable_models()
+        vae_parts = self._graphable_vae_parts()
         # A nested NeodragonPipeline (a distilled student's multi-step first frame) replays its own transformer.
         nested = getattr(self.first_frame_pipeline, "transformer", None)
         transformers = {"transformer": self.transformer}
         if hasattr(nested, "enable_cuda_graphs") and nested is not self.transformer:
             transformers["first_frame_pipeline.transformer"] = nested
         if enabled:
-            hooked = [name for name, model in {**transformers, **models}.items()
-                      if _has_offload_hooks(model)]
+            holders = {**transformers, **models, **{name: vae for name, (_, vae, _) in vae_parts.items()}}
+            hooked = [name for name, model in holders.items() if _has_offload_hooks(model)]
             if hooked:
                 raise ValueError(
                     f"CUDA graphs replay fixed weight addresses, but {hooked} have offload/device-map hooks that "
@@ -192,7 +216,15 @@ class NeodragonAccelerationMixin:
         pool = self.transformer._cuda_graphs.graph_pool if enabled else None
         for model in models.values():
             enable_module_cuda_graphs(model, enabled, clone_outputs=True, pool=pool, weights=model)
+        for part, _, eager_when in vae_parts.values():
+            enable_module_cuda_graphs(part, enabled, clone_outputs=True, pool=pool, weights=part,
+                                      eager_when=eager_when)
         return self
+
+
+def _updates_a_cache(x, cache=None) -> bool:
+    """Whether a causal encoder call carries a cache (which it updates in place: not replayable)."""
+    return cache is not None
 
 
 def _compile_blocks(transformer: torch.nn.Module, compile_kwargs: dict):
