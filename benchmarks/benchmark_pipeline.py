@@ -169,7 +169,7 @@ def instrument(pipe, log, full_width):
 
     log.wrap(pipe.transformer, "forward", dit_label)
     log.wrap(pipe, "encode_prompt", "text_encoding")
-    log.wrap(pipe, "_first_frame_images", "first_frame_t2i")
+    log.wrap(pipe, "_first_frame_pixels", "first_frame_t2i")
     if pipe.first_frame_pipeline is not None:  # inside first_frame_t2i: its two big parts
         log.wrap(pipe.first_frame_pipeline.unet, "forward", "first_frame_unet")
         log.wrap(pipe.first_frame_pipeline.vae, "decode", "first_frame_vae_decode")
@@ -347,7 +347,7 @@ def profile_labels(pipe, full_width):
         patched.append((obj, name, previous))
 
     wrap(pipe, "encode_prompt", "text_encoding")
-    wrap(pipe, "_first_frame_images", "first_frame_t2i")
+    wrap(pipe, "_first_frame_pixels", "first_frame_t2i")
     if pipe.first_frame_pipeline is not None:
         wrap(pipe.first_frame_pipeline.unet, "forward", "first_frame_unet")
     wrap(pipe, "_encode_first_frame", "first_frame_encode")

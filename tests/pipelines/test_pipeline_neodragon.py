@@ -55,12 +55,26 @@ def test_the_first_frame_comes_from_the_image(pipe):
     image = first_frame_image(size=96)
     latents = run(pipe, image=image, output_type="latent", num_frames=9, mode="hybrid")
     generator = torch.Generator().manual_seed(0)
-    expected = pipe._encode_first_frame(image, 1, 64, 64, generator, "cpu", torch.float32)
+    pixels = pipe.video_processor.preprocess(image, height=64, width=64)
+    expected = pipe._encode_first_frame(pixels, 1, generator, "cpu", torch.float32)
     # The noise is drawn before the image is encoded: replay that draw so the posterior sample matches.
     generator = torch.Generator().manual_seed(0)
     torch.randn((1, 4, 2, 8, 8), generator=generator)
-    expected = pipe._encode_first_frame(image, 1, 64, 64, generator, "cpu", torch.float32)
+    expected = pipe._encode_first_frame(pixels, 1, generator, "cpu", torch.float32)
     torch.testing.assert_close(latents[:, :, :1], expected)
+
+
+def test_the_text_to_image_first_frame_is_resized_on_its_device_as_pillow_would(pipe):
+    """The first frame stays a tensor, and its pixels equal the reference's path: the image pipeline's PIL output
+    resized by Pillow's Lanczos and preprocessed."""
+    first_frame_kwargs = {"num_inference_steps": 1, "timesteps": [999], "guidance_scale": 0.0}
+    pil = pipe.first_frame_pipeline(prompt=["a red circle"], generator=torch.Generator().manual_seed(0),
+                                    height=128, width=128, output_type="pil", **first_frame_kwargs).images
+    through_pil = pipe.video_processor.preprocess(pil, height=64, width=64)
+    pixels = pipe._first_frame_pixels(["a red circle"], 64, 64, torch.Generator().manual_seed(0), first_frame_kwargs)
+    assert pixels.dtype == torch.float32 and pixels.shape == (1, 3, 64, 64)
+    assert torch.equal(pixels, through_pil)
+    assert len(set(pixels.flatten().tolist())) > 100  # a real image, not a flat one
 
 
 def test_output_types_super_resolution_and_tuple(pipe):

@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from ...loaders import OfficialLayoutLoaderMixin
+from ...utils.pil_resize import pil_lanczos_resize
 from .acceleration import NeodragonAccelerationMixin
 from .mode_defaults import FIRST_FRAME_DEFAULTS, MODE_DEFAULTS, MODES, OUTPUT_TYPES, first_given
 from .pipeline_output import NeodragonPipelineOutput
@@ -404,11 +405,19 @@ class NeodragonPipeline(
             raise ValueError(f"Got {count} images for {num_prompts} prompts; give one image or one per prompt")
 
     # ------------------------------------------------------------------ first frame
-    def _first_frame_images(self, prompts: list[str], height, width, generator, first_frame_kwargs):
+    def _first_frame_pixels(self, prompts: list[str], height, width, generator, first_frame_kwargs) -> torch.Tensor:
+        """The text-to-image first frame as pixels ``[N, 3, height, width]`` in [-1, 1], made at twice the size and
+        resized. The pixels are those of a uint8 PIL image resized with Pillow's Lanczos (the reference's path), but
+        computed on the image's device by :func:`~diffusers_neodragon.utils.pil_resize.pil_lanczos_resize`: no
+        round trip through the host."""
         kwargs = {**FIRST_FRAME_DEFAULTS, "height": 2 * height, "width": 2 * width, **(first_frame_kwargs or {})}
         accepted = inspect.signature(self.first_frame_pipeline.__call__).parameters
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-        return self.first_frame_pipeline(prompt=prompts, generator=generator, output_type="pil", **kwargs).images
+        images = self.first_frame_pipeline(prompt=prompts, generator=generator, output_type="pt", **kwargs).images
+        if not (isinstance(images, torch.Tensor) and images.ndim == 4):  # a pipeline that ignores "pt"
+            return self.video_processor.preprocess(images, height=height, width=width)
+        quantized = (images.float() * 255).round()  # what numpy_to_pil stores, from the same [0, 1] floats
+        return (pil_lanczos_resize(quantized, height, width).float() / 255.0) * 2.0 - 1.0
 
     def _first_frame_latents(self, prompt, num_videos_per_prompt, height, width, generator, max_sequence_length,
                              first_frame_kwargs):
@@ -422,8 +431,8 @@ class NeodragonPipeline(
         kwargs = {"mode": "monolithic", "max_sequence_length": max_sequence_length, **(first_frame_kwargs or {})}
         return self.first_frame_pipeline(**fixed, **kwargs).frames
 
-    def _encode_first_frame(self, image, batch: int, height: int, width: int, generator, device, dtype):
-        pixels = self.video_processor.preprocess(image, height=height, width=width)  # [N, 3, H, W] in [-1, 1]
+    def _encode_first_frame(self, pixels: torch.Tensor, batch: int, generator, device, dtype):
+        """Pixels ``[N, 3, H, W]`` in [-1, 1] (one image or one per video) -> normalised latent frame 0."""
         if pixels.shape[0] != batch:
             pixels = pixels.repeat_interleave(batch // pixels.shape[0], dim=0)
         pixels = pixels.to(device=device, dtype=self.vae.dtype)[:, :, None]
@@ -647,8 +656,10 @@ class NeodragonPipeline(
                                                        max_sequence_length, first_frame_kwargs).to(device, dtype))
         elif not first_from_dit:
             if image is None:
-                image = self._first_frame_images(prompts, height, width, generator, first_frame_kwargs)
-            generated.append(self._encode_first_frame(image, batch, height, width, generator, device, dtype))
+                pixels = self._first_frame_pixels(prompts, height, width, generator, first_frame_kwargs)
+            else:
+                pixels = self.video_processor.preprocess(image, height=height, width=width)
+            generated.append(self._encode_first_frame(pixels, batch, generator, device, dtype))
 
         # 4. Autoregressive pyramid denoising, one latent frame at a time.
         history_sigma = torch.full((batch,), float(history_noise), device=device) if history_noise > 0 else None
