@@ -67,14 +67,17 @@ def peak_rss_gib():
 
 
 def budget_summary(rows, budget_bytes):
-    """Memory of the exported components (all weights resident + the largest activation peak) vs the budget."""
+    """Memory of the exported components (all weights resident + the largest activation peak) vs the budget. The
+    transformer stages share one set of weights (one context binary), so it is counted once."""
     lines = []
     for precision in ("fp16", "w8a16"):
         key = f"memory_{precision}"
         have = [r for r in rows if key in r]
         if not have:
             continue
-        weights = sum(r[key]["weights_mib"] for r in have)
+        by_weights = {"transformer" if r["component"].startswith("transformer_stage_") else r["component"]:
+                      r[key]["weights_mib"] for r in have}
+        weights = sum(by_weights.values())
         peak = max(r[key]["peak_activations_mib"] for r in have)
         lines.append(f"{precision}: {len(have)} components ({', '.join(r['component'] for r in have)}): weights "
                      f"{weights:.0f} MiB + largest activation peak {peak:.0f} MiB = {weights + peak:.0f} MiB, "

@@ -1,0 +1,20 @@
+"""benchmarks/export_full_size.py: its memory summary against the paper's budget (the exports themselves need the
+full-size models, hours of CPU and ~13 GB of memory, so they are run by hand, not here)."""
+
+from tests.script_loading import load_script
+
+
+export_full_size = load_script("benchmarks/export_full_size.py")
+
+
+def row(component, weights_mib, peak_mib):
+    memory = {"weights_mib": weights_mib, "peak_activations_mib": peak_mib}
+    return {"component": component, "memory_fp16": memory, "memory_w8a16": {**memory, "weights_mib": weights_mib / 2}}
+
+
+def test_the_budget_counts_the_stages_shared_weights_once_and_the_largest_activation_peak():
+    rows = [row("transformer_stage_0", 2880, 19), row("transformer_stage_1", 2880, 60), row("decoder_step", 19, 346)]
+    fp16, w8a16 = export_full_size.budget_summary(rows, 3.5e9).splitlines()
+    assert "weights 2899 MiB + largest activation peak 346 MiB = 3245 MiB" in fp16
+    assert f"{3245 * 2**20 / 3.5e9:.0%} of the 3.5 GB budget" in fp16
+    assert "weights 1450 MiB" in w8a16 and "3 components" in w8a16
