@@ -110,6 +110,7 @@ def main(argv=None):
         format_report,
         graph_memory,
     )
+    from diffusers_neodragon.export.quantize import KEEP_FP16_KINDS
     from diffusers_neodragon.export.specs import ExportSize
 
     out = Path(args.output)
@@ -150,7 +151,9 @@ def main(argv=None):
             del session, got
             gc.collect()
         row["memory_fp16"] = graph_memory(out / entry["file"], "fp16")
-        row["memory_w8a16"] = graph_memory(out / entry["file"], "w8a16")  # weights as they would be quantised
+        # weights as a w8a16 deployment holds them: quantised, except the text encoders, which stay fp16
+        row["memory_w8a16"] = row["memory_fp16"] if name in KEEP_FP16_KINDS else graph_memory(out / entry["file"],
+                                                                                                  "w8a16")
         row["peak_rss_gib"] = round(peak_rss_gib(), 1)
         print(json.dumps(row), flush=True)
         if not args.no_htp:
