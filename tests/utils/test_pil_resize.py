@@ -6,6 +6,9 @@ import torch
 from diffusers_neodragon.utils.pil_resize import pil_lanczos_resize
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
 def _images(height, width):
     rng = np.random.default_rng(height * 1000 + width)
     noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -16,14 +19,16 @@ def _images(height, width):
 
 @pytest.mark.parametrize("size", [(128, 128, 64, 64), (96, 160, 48, 80), (37, 53, 20, 11), (30, 40, 45, 70),
                                   (16, 24, 16, 12), (50, 7, 17, 7)])
-def test_equals_pillow_lanczos_on_8_bit_images(size):
-    """Against Pillow itself: the same integers for down- and upscaling, odd ratios and an unchanged axis."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_equals_pillow_lanczos_on_8_bit_images(size, device):
+    """Against Pillow itself: the same integers for down- and upscaling, odd ratios and an unchanged axis, on the
+    CPU and on a GPU."""
     height, width, out_height, out_width = size
     for image in _images(height, width):
         expected = np.asarray(PIL.Image.fromarray(image).resize((out_width, out_height), PIL.Image.LANCZOS))
-        ours = pil_lanczos_resize(torch.from_numpy(image).permute(2, 0, 1).float(), out_height, out_width)
-        assert ours.shape == (3, out_height, out_width)
-        np.testing.assert_array_equal(ours.permute(1, 2, 0).numpy(), expected.astype(np.float64))
+        ours = pil_lanczos_resize(torch.from_numpy(image).permute(2, 0, 1).float().to(device), out_height, out_width)
+        assert ours.shape == (3, out_height, out_width) and ours.device.type == device
+        np.testing.assert_array_equal(ours.permute(1, 2, 0).cpu().numpy(), expected.astype(np.float64))
 
 
 def test_batches_resize_each_image_alone_and_sizes_are_checked():
