@@ -18,3 +18,18 @@ def test_the_budget_counts_the_stages_shared_weights_once_and_the_largest_activa
     assert "weights 2899 MiB + largest activation peak 346 MiB = 3245 MiB" in fp16
     assert f"{3245 * 2**20 / 3.5e9:.0%} of the 3.5 GB budget" in fp16
     assert "weights 1450 MiB" in w8a16 and "3 components" in w8a16
+
+
+def test_first_frame_parts_are_built_alone_at_twice_the_video_size():
+    """The wiring of the first-frame parts, on the meta device (the full-size weights would take minutes)."""
+    import torch
+
+    from diffusers_neodragon.export.specs import ExportSize
+
+    with torch.device("meta"):
+        pipe = export_full_size.build("t2i_unet")
+    assert not isinstance(pipe.text_encoder_2, torch.nn.Module)  # only its config is kept
+    spec = export_full_size.spec_for("t2i_unet", pipe, ExportSize(320, 512, 49))
+    assert spec.name == "t2i_unet" and tuple(spec.inputs["sample"].shape) == (1, 4, 80, 128)
+    assert tuple(spec.inputs["encoder_hidden_states"].shape) == (1, 77, 2048)
+    assert spec.inputs["text_embeds"].shape[-1] == pipe.text_encoder_2.config.projection_dim
