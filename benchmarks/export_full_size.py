@@ -8,8 +8,8 @@ shapes with a 7-latent-frame (49-frame) history, DT5 (T5-v1.1-base encoder + 768
 ContextAdapter, the TAEHV-style decoder (256/128/64/64) streaming one latent frame, QuickSRNet-small at 320x512,
 the causal VAE encoder (128/256/512/512) on the first frame, and the first-frame parts (an SSD-1B-like SDXL at twice
 the video size: t2i_text_encoder, t2i_text_encoder_2, t2i_unet, t2i_vae_decoder). Memory is the limit on a 24 GB
-machine: components are built, exported and checked one at a time. Prints one table with export time, ONNX size, HTP placement,
-context-binary size, compile time and the memory estimate against the paper's 3.5 GB budget.
+machine: components are built, exported and checked one at a time. Prints one table with export time, ONNX size,
+HTP placement, context-binary size, compile time and the memory estimate against the paper's 3.5 GB budget.
 """
 
 import argparse
