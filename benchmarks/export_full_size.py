@@ -97,21 +97,15 @@ def peak_rss_gib():
 
 
 def budget_summary(rows, budget_bytes):
-    """Memory of the exported components (all weights resident + the largest activation peak) vs the budget. The
-    transformer stages share one set of weights (one context binary), so it is counted once."""
+    """Memory of the exported components against the budget, per precision: all weights resident, and phase by
+    phase as a generation runs (``htp_check.generation_memory``; the transformer stages share their weights)."""
+    from diffusers_neodragon.export.htp_check import format_memory
+
     lines = []
     for precision in ("fp16", "w8a16"):
-        key = f"memory_{precision}"
-        have = [r for r in rows if key in r]
-        if not have:
-            continue
-        by_weights = {"transformer" if r["component"].startswith("transformer_stage_") else r["component"]:
-                      r[key]["weights_mib"] for r in have}
-        weights = sum(by_weights.values())
-        peak = max(r[key]["peak_activations_mib"] for r in have)
-        lines.append(f"{precision}: {len(have)} components ({', '.join(r['component'] for r in have)}): weights "
-                     f"{weights:.0f} MiB + largest activation peak {peak:.0f} MiB = {weights + peak:.0f} MiB, "
-                     f"{(weights + peak) * 2**20 / budget_bytes:.0%} of the 3.5 GB budget")
+        have = {r["component"]: r[f"memory_{precision}"] for r in rows if f"memory_{precision}" in r}
+        if have:
+            lines += [f"{precision}: {len(have)} components ({', '.join(have)})", format_memory(have, budget_bytes)]
     return "\n".join(lines)
 
 
