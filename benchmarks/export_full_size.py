@@ -148,6 +148,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         model = build(name)
         spec = spec_for(name, model, size)
+        kind = spec.kind
         params = sum(p.numel() for p in spec.module.parameters())
         print(f"[{name}] {params / 1e6:.1f} M parameters; torch reference ...", flush=True)
         # The torch outputs first, then the model is freed before ONNX Runtime loads the graph (the 1.5 B DiT is
@@ -176,7 +177,7 @@ def main(argv=None):
             gc.collect()
         row["memory_fp16"] = graph_memory(out / entry["file"], "fp16")
         # weights as a w8a16 deployment holds them: quantised, except the text encoders, which stay fp16
-        row["memory_w8a16"] = row["memory_fp16"] if name in KEEP_FP16_KINDS else graph_memory(out / entry["file"],
+        row["memory_w8a16"] = row["memory_fp16"] if kind in KEEP_FP16_KINDS else graph_memory(out / entry["file"],
                                                                                                   "w8a16")
         row["peak_rss_gib"] = round(peak_rss_gib(), 1)
         print(json.dumps(row), flush=True)
