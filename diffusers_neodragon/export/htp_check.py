@@ -255,7 +255,8 @@ def check_spec(spec, onnx_path, precision: str = "fp16", work_dir=None, run: boo
 # binary with a graph per stage).
 GENERATION_PHASES = (
     ("text", ("text_encoder", "pooled_text")),
-    ("first frame", ("t2i_text_encoder", "t2i_text_encoder_2", "t2i_unet", "t2i_vae_decoder", "vae_encoder")),
+    ("first-frame text", ("t2i_text_encoder", "t2i_text_encoder_2")),
+    ("first frame", ("t2i_unet", "t2i_vae_decoder", "vae_encoder")),
     ("video", ("transformer_stage_*", "decoder_first_step", "decoder_step", "super_resolution")),
 )
 
