@@ -48,7 +48,7 @@ def _fixed_point_weights(in_size: int, out_size: int, device: torch.device) -> t
         xmax = min(int(center + support + 0.5), in_size)
         taps = [_lanczos((x - center + 0.5) * inverse) for x in range(xmin, xmax)]
         total = 0.0
-        for tap in taps:
+        for tap in taps:  # left to right as Pillow adds (Python 3.12's sum() compensates, which can differ)
             total += tap
         if total != 0.0:
             taps = [tap / total for tap in taps]
