@@ -304,7 +304,7 @@ def format_memory(memories: dict[str, dict], budget_bytes: float = PAPER_BUDGET_
 
 
 def format_report(reports: list[HTPReport]) -> str:
-    """A fixed-width table of HTP reports, with the end-to-end memory sum against the paper's budget."""
+    """A fixed-width table of HTP reports, with the memory against the paper's budget (:func:`format_memory`)."""
     lines = [
         f"{'component':24} {'prec':6} {'on HTP':7} {'nodes':>6} {'max|err|':>10} {'rel':>9} {'ctx MiB':>9} "
         f"{'weights MiB':>12} {'peak act MiB':>13} {'compile s':>10} {'run s':>8}"
