@@ -21,8 +21,6 @@ class NeodragonFirstFrameMixin:
         accepted = inspect.signature(self.first_frame_pipeline.__call__).parameters
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
         images = self.first_frame_pipeline(prompt=prompts, generator=generator, output_type="pt", **kwargs).images
-        if not (isinstance(images, torch.Tensor) and images.ndim == 4):  # a pipeline that ignores "pt"
-            return self.video_processor.preprocess(images, height=height, width=width)
         quantized = (images.float() * 255).round()  # what numpy_to_pil stores, from the same [0, 1] floats
         return (pil_lanczos_resize(quantized, height, width).float() / 255.0) * 2.0 - 1.0
 
