@@ -2,6 +2,8 @@
 
     python benchmarks/export_full_size.py --output /tmp/neodragon_full [--components transformer_stage_2 decoder_step]
         [--run]   # also execute on the HTP simulator (very slow at full size on x86: hours for the DiT)
+    python benchmarks/export_full_size.py --output /tmp/neodragon_full --components --shared-context
+        # the three exported stages into one context binary, their weights stored once
 
 Architecture: the released shapes: 18-block width-1536 MMDiT (24 heads x 64, pooled 2048) at the 320x512 stage
 shapes with a 7-latent-frame (49-frame) history, DT5 (T5-v1.1-base encoder + 768→4096 head) + the 4096-wide
@@ -112,7 +114,7 @@ def budget_summary(rows, budget_bytes):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="/tmp/neodragon_full_size")
-    parser.add_argument("--components", nargs="+",
+    parser.add_argument("--components", nargs="*",
                         default=["text_encoder", "transformer_stage_2", "decoder_step", "super_resolution"])
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--width", type=int, default=512)
@@ -120,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--run", action="store_true", help="also run each graph on the HTP simulator")
     parser.add_argument("--no-validate", action="store_true", help="skip the ORT-CPU vs torch check")
     parser.add_argument("--no-htp", action="store_true")
+    parser.add_argument("--shared-context", action="store_true",
+                        help="finally compile the exported transformer_stage_{0,1,2} into one context binary")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -130,6 +134,7 @@ def main(argv=None):
     from diffusers_neodragon.export.htp_check import (
         PAPER_BUDGET_BYTES,
         check_graph,
+        compile_shared_context,
         env_info,
         format_report,
         graph_memory,
@@ -191,6 +196,14 @@ def main(argv=None):
         report_path.write_text(json.dumps({"env": env_info(), "size": vars(size), "rows": rows}, indent=2))
         del feeds, reference
         gc.collect()
+    if args.shared_context:
+        stages = [out / f"transformer_stage_{index}.onnx" for index in range(3)]
+        print("[transformer_stages] one context binary for the three stages ...", flush=True)
+        report = compile_shared_context(stages, out / "htp_shared")
+        reports.append(report)
+        rows = [r for r in rows if r["component"] != report.component] + [{"component": report.component,
+                                                                           "htp": report.to_dict()}]
+        report_path.write_text(json.dumps({"env": env_info(), "size": vars(size), "rows": rows}, indent=2))
     if reports:
         print(format_report(reports))
     print(json.dumps(rows, indent=1))
