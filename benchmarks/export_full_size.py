@@ -125,6 +125,11 @@ def main(argv=None):
     parser.add_argument("--shared-context", action="store_true",
                         help="finally compile the exported transformer_stage_{0,1,2} into one context binary")
     args = parser.parse_args(argv)
+    stages = [Path(args.output) / f"transformer_stage_{index}.onnx" for index in range(3)]
+    missing = [p.name for p in stages if not p.exists() and p.stem not in args.components]
+    if args.shared_context and missing:
+        parser.error(f"--shared-context needs the three stages in --output; export {' '.join(missing)} first "
+                     "(--components)")
 
     import numpy as np
     import onnxruntime as ort
@@ -197,7 +202,6 @@ def main(argv=None):
         del feeds, reference
         gc.collect()
     if args.shared_context:
-        stages = [out / f"transformer_stage_{index}.onnx" for index in range(3)]
         print("[transformer_stages] one context binary for the three stages ...", flush=True)
         report = compile_shared_context(stages, out / "htp_shared")
         reports.append(report)

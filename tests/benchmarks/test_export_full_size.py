@@ -41,3 +41,14 @@ def test_first_frame_parts_are_built_alone_at_twice_the_video_size():
     assert spec.name == "t2i_unet" and tuple(spec.inputs["sample"].shape) == (1, 4, 80, 128)
     assert tuple(spec.inputs["encoder_hidden_states"].shape) == (1, 77, 2048)
     assert spec.inputs["text_embeds"].shape[-1] == pipe.text_encoder_2.config.projection_dim
+
+
+def test_a_shared_context_without_the_stages_is_refused_before_any_work(tmp_path, capsys):
+    import pytest
+
+    (tmp_path / "transformer_stage_0.onnx").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_info:
+        export_full_size.main(["--output", str(tmp_path), "--components", "transformer_stage_1", "--shared-context"])
+    assert exit_info.value.code == 2
+    # stage 0 is there and stage 1 will be exported: only stage 2 is missing
+    assert "export transformer_stage_2.onnx first" in capsys.readouterr().err
