@@ -118,24 +118,25 @@ def test_the_report_gives_the_worst_of_several_states(tmp_path):
     assert both.rel_error == pytest.approx(alone[1].rel_error, rel=1e-6)
 
 
-def test_transformer_stages_compile_into_one_context_binary_with_shared_weights(tiny_export, tmp_path):
+def test_transformer_stages_compile_into_one_context_binary_with_shared_weights(tiny_export):
     """The stages' weights are stored once: one binary for the three stages, about the size of one stage's alone
     (the context shares equal weights by content, not by name)."""
     import onnx
 
-    from diffusers_neodragon.export.htp_check import check_graph, compile_shared_context
+    from diffusers_neodragon.export.htp_check import check_export, format_report
 
     folder, manifest = tiny_export
     stages = [folder / entry["file"] for entry in manifest["components"].values()
               if entry["kind"] == "transformer_stage"]
     assert len(stages) == 3
-    separate = [check_graph(path, {}, precision="fp16", work_dir=tmp_path / "separate", run=False) for path in stages]
-    report = compile_shared_context(stages, tmp_path / "shared")
+    *separate, report = check_export(folder, "fp16", components=["transformer_stage"], run=False)
+    assert [r.component for r in separate] == [p.stem for p in stages] and report.component == "transformer_stages"
     assert report.on_htp, report.error
-    binaries = sorted((tmp_path / "shared").glob("*.bin"))
+    assert "transformer_stages" in format_report([*separate, report])
+    binaries = sorted((folder / "htp").glob("*shared_ctx*.bin"))
     assert [b.name for b in binaries] == ["transformer_stage_0_fp16_shared_ctx_qnn.bin"]
     for path in stages:  # each graph's context model points into the one binary
-        ctx = onnx.load(tmp_path / "shared" / f"{path.stem}_fp16_shared_ctx.onnx")
+        ctx = onnx.load(folder / "htp" / f"{path.stem}_fp16_shared_ctx.onnx")
         (node,) = [n for n in ctx.graph.node if n.op_type == "EPContext"]
         assert {a.name: a.s for a in node.attribute}["ep_cache_context"] == binaries[0].name.encode()
     largest = max(r.context_binary_bytes for r in separate)
