@@ -182,6 +182,11 @@ def _context_size(context_path: Path) -> int | None:
     return total
 
 
+def _error_line(error: Exception) -> str:
+    """The first line of a compile error (QNN's can run to pages)."""
+    return str(error).strip().splitlines()[0][:500] if str(error).strip() else repr(error)
+
+
 def check_graph(
     path,
     feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
@@ -217,7 +222,7 @@ def check_graph(
         options = htp_session_options(precision, context_path, soc_model, htp_arch)
         session = ort.InferenceSession(str(path), options)
     except Exception as error:  # noqa: BLE001 - the failure is the finding
-        report.error = str(error).strip().splitlines()[0][:500] if str(error).strip() else repr(error)
+        report.error = _error_line(error)
         report.compile_seconds = round(time.perf_counter() - start, 2)
         return report
     report.compile_seconds = round(time.perf_counter() - start, 2)
@@ -273,7 +278,7 @@ def compile_shared_context(
             session = ort.InferenceSession(str(path), options)
             del session  # its graph stays in the QNN context the sessions share
     except Exception as error:  # noqa: BLE001 - the failure is the finding
-        report.error = str(error).strip().splitlines()[0][:500] if str(error).strip() else repr(error)
+        report.error = _error_line(error)
     report.compile_seconds = round(time.perf_counter() - start, 2)
     binaries = sorted(work_dir.glob(f"{stems[0]}*.bin"))
     if report.error is None and binaries:
