@@ -562,9 +562,11 @@ def run_shapesbench(pipe, args, accelerator) -> dict | None:
     return {**summaries, "table": table, "sampler": sampler}
 
 
-def record_recovery_stage(args, transformer_folder: Path, steps: int, loss: float | None) -> str:
+def record_recovery_stage(args, transformer_folder: Path, steps: int, loss: float | None,
+                          loss_terms: dict | None = None) -> str:
     """Append this run's recovery stage to a pruned transformer's record (stage 2 with --teacher_path, else 1); the
-    model card's sentence about it ("" for a model that is not being recovered from pruning)."""
+    model card's sentence about it ("" for a model that is not being recovered from pruning). ``loss_terms``: stage
+    2's unweighted terms, means over the last steps."""
     record = args.recovery_record
     if record is None and args.teacher_path is None:
         return ""
@@ -575,7 +577,7 @@ def record_recovery_stage(args, transformer_folder: Path, steps: int, loss: floa
     details = dict(steps=steps, loss=loss, command=training_command(SCRIPT, args.command_args))
     if stage == 2:
         details.update(teacher=args.teacher_path, feature_loss_weights=args.feature_loss_weights,
-                       forced=1 not in completed_stages(record))
+                       loss_terms=loss_terms, forced=1 not in completed_stages(record))
     record = with_stage(record, stage, **details)
     write_recovery_record(transformer_folder, record)
     w = args.feature_loss_weights
@@ -718,6 +720,9 @@ def main(args):
                     disable=not accelerator.is_local_main_process)
     recent_losses = collections.deque(maxlen=50)
     window_losses = []
+    # stage 2's four terms (unweighted), logged apart: their scales differ by orders of magnitude
+    term_names = ("flow_data", "flow_teacher", "visual_mse", "text_cosine")
+    recent_terms, window_terms = collections.deque(maxlen=50), []
     for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
                                               args.gradient_accumulation_steps):
         generator = step_generator(args.seed, micro_step, device=accelerator.device)
@@ -756,8 +761,9 @@ def main(args):
                     ).sample
                 visual, text = feature_matching_losses(student_blocks.outputs, teacher_blocks.outputs,
                                                        unwrapped.config.block_origin, mask)
-                loss = (w_data * loss + w_teacher * flow_matching_loss(pred, teacher_pred) + w_visual * visual
-                        + w_text * text)
+                terms = torch.stack([loss, flow_matching_loss(pred, teacher_pred), visual, text])
+                window_terms.append(terms.detach().float())
+                loss = (terms * terms.new_tensor([w_data, w_teacher, w_visual, w_text])).sum()
             window_losses.append(loss.detach())
             backward_and_step(accelerator, loss, transformer, optimizer, lr_scheduler, args.max_grad_norm)
 
@@ -770,7 +776,13 @@ def main(args):
             step_loss = window_mean(accelerator, window_losses)
             recent_losses.append(step_loss)
             progress.set_postfix(loss=f"{step_loss:.4f}")
-            accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}
+            if window_terms:  # this process's window only: enough to see the terms' balance
+                step_terms = dict(zip(term_names, torch.stack(window_terms).mean(0).tolist()))
+                window_terms.clear()
+                recent_terms.append(step_terms)
+                logs.update(step_terms)
+            accelerator.log(logs, step=global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if args.validation_steps and global_step % args.validation_steps == 0:
@@ -787,6 +799,8 @@ def main(args):
 
     accelerator.wait_for_everyone()
     result = {"global_step": global_step, "loss": float(np.mean(recent_losses)) if recent_losses else None}
+    if recent_terms:
+        result["loss_terms"] = {k: float(np.mean([t[k] for t in recent_terms])) for k in term_names}
     pipe = validation_pipeline()
     if accelerator.is_main_process:
         save_dtype = SAVE_DTYPES[args.save_dtype]
@@ -795,7 +809,8 @@ def main(args):
             {k: (copy.deepcopy(v).to(save_dtype) if isinstance(v, torch.nn.Module) else v)
              for k, v in text_components.items()}, scheduler, args)
         to_save.save_pretrained(str(output_dir), safe_serialization=True)  # first: evaluation can be cut short
-        recovery = record_recovery_stage(args, output_dir / "transformer", global_step, result["loss"])
+        recovery = record_recovery_stage(args, output_dir / "transformer", global_step, result["loss"],
+                                         result.get("loss_terms"))
         with idle_text.in_use():
             log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
             scores = run_shapesbench(pipe, args, accelerator) if args.eval_shapesbench else None

@@ -133,6 +133,7 @@ def test_two_stages_guard_and_exact_stage_2_resume(teacher, pruned, tmp_path):
     assert any(not torch.equal(reference[k], weights(tmp_path / "stage1")[k]) for k in reference)
     record = read_recovery_record(tmp_path / "full" / "transformer")
     assert [s["stage"] for s in record["stages"]] == [1, 2] and record["stages"][1]["forced"] is False
+    assert set(record["stages"][1]["loss_terms"]) == {"flow_data", "flow_teacher", "visual_mse", "text_cosine"}
     assert "recovery stages so far: [1, 2]" in (tmp_path / "full" / "README.md").read_text()
 
 
@@ -154,6 +155,10 @@ def test_feature_weights_change_what_stage_2_learns(teacher, pruned, tmp_path):
               "--feature_loss_weights", "1,1,1,1")
     c = stage(pruned, tmp_path / "c", *common)
     assert a["loss"] == pytest.approx(c["loss"]) and b["loss"] > a["loss"]
+    # each term is reported unweighted; with unit weights they add up to the loss, and stage 1 has none
+    assert b["loss_terms"]["flow_data"] == pytest.approx(a["loss_terms"]["flow_data"]) == pytest.approx(c["loss"])
+    assert sum(b["loss_terms"].values()) == pytest.approx(b["loss"], rel=1e-5)
+    assert min(b["loss_terms"].values()) > 0 and "loss_terms" not in c
     wa, wb, wc = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(tmp_path / "c")
     for key in wa:
         torch.testing.assert_close(wa[key], wc[key])
