@@ -237,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the model's)")
     gen.add_argument("--negative-prompt")
     gen.add_argument("--no-super-resolution", action="store_true", help="skip the 2x super-resolution stage")
-    gen.add_argument("--decode-chunk-size", type=int_at_least(1),
-                     help="decode (and super-resolve) this many latent frames at a time: less memory, same video")
+    gen.add_argument("--decode-chunk-size", type=int_at_least(1), default=1,
+                     help="decode (and super-resolve) this many latent frames at a time (default 1: the least "
+                          "memory; the video is the same for every value)")
     gen.add_argument("--float8-weights", action="store_true",
                      help="store the large models' weights in float8 (about half the memory; outputs change slightly)")
     gen.add_argument("--float8-matmuls", action="store_true",

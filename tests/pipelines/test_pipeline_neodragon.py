@@ -92,9 +92,19 @@ def test_output_types_super_resolution_and_tuple(pipe):
 def test_decode_chunk_size_streams_decode_and_super_resolution_to_the_same_video(pipe, chunk):
     kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, num_frames=17,
                   num_videos_per_prompt=2, output_type="pt")
-    whole = run(pipe, **kwargs)
+    whole = run(pipe, decode_chunk_size=None, **kwargs)
     assert whole.shape == (2, 17, 3, 128, 128)
     torch.testing.assert_close(run(pipe, decode_chunk_size=chunk, **kwargs), whole, atol=1e-5, rtol=0)
+
+
+def test_the_decode_streams_by_default(pipe, monkeypatch):
+    """By default the VAE never decodes the whole clip at once (its feature maps set the pipeline's peak memory),
+    and the video is the same."""
+    kwargs = dict(mode="monolithic", num_inference_steps=1, video_num_inference_steps=1, num_frames=17,
+                  output_type="pt")
+    whole = run(pipe, decode_chunk_size=None, **kwargs)
+    monkeypatch.setattr(pipe.vae, "decode", lambda *a, **k: pytest.fail("the whole clip was decoded at once"))
+    torch.testing.assert_close(run(pipe, **kwargs), whole, atol=1e-5, rtol=0)
 
 
 def test_float8_weights_halve_the_models_and_stay_close(pipe):

@@ -482,7 +482,7 @@ class NeodragonPipeline(
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         super_resolution: bool | None = None,
-        decode_chunk_size: int | None = None,
+        decode_chunk_size: int | None = 1,
         first_frame_kwargs: dict[str, Any] | None = None,
         max_sequence_length: int = 128,
         output_type: str = "pil",
@@ -522,7 +522,8 @@ class NeodragonPipeline(
             super_resolution: apply the ``super_resolution`` component (default: when present).
             decode_chunk_size: decode (and super-resolve) that many latent frames at a time, carrying the decoder's
                 causal state between chunks (same result); bounds the memory of the full-resolution feature maps,
-                the largest of the pipeline. Default: all frames at once.
+                the largest of the pipeline. Default 1, which costs no time (on the GPU as measured; on the CPU it is
+                faster); ``None``: all frames at once.
             first_frame_kwargs: overrides for the first-frame pipeline call (default 4 LCM steps at 999/749/499/249,
                 no CFG, at twice the video resolution).
             max_sequence_length: text tokens for ``tokenizer_3``.
