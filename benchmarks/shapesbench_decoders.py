@@ -26,6 +26,7 @@ import torch
 
 from diffusers_neodragon.data.shapes import fixed_prompt_set
 from diffusers_neodragon.evaluation import evaluate_video, summarize
+from diffusers_neodragon.pipelines.neodragon.pipeline_neodragon import DEFAULT_DECODE_CHUNK_SIZE
 from diffusers_neodragon.training_utils import load_vae_folder, psnr
 
 
@@ -68,7 +69,7 @@ def _frames(pipe, vae, latents: torch.Tensor) -> np.ndarray:
     own = pipe.vae
     pipe.vae = vae
     try:
-        video = pipe._decode(latents, pipe.super_resolution is not None, None)
+        video = pipe._decode(latents, pipe.super_resolution is not None, DEFAULT_DECODE_CHUNK_SIZE)
     finally:
         pipe.vae = own
     return np.asarray(pipe.video_processor.postprocess_video(video.float(), output_type="np"), dtype=np.float32)

@@ -32,6 +32,9 @@ logger = logging.get_logger(__name__)
 
 # Guidance beyond this only saturates the video (1e30 gives all black); real models use 1-15.
 MAX_GUIDANCE_SCALE = 100.0
+# Latent frames per decode/SR chunk by default: streaming one at a time bounds the pipeline's peak memory (the
+# full-resolution feature maps) and gives the same video at no cost in time.
+DEFAULT_DECODE_CHUNK_SIZE = 1
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -482,7 +485,7 @@ class NeodragonPipeline(
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         super_resolution: bool | None = None,
-        decode_chunk_size: int | None = 1,
+        decode_chunk_size: int | None = DEFAULT_DECODE_CHUNK_SIZE,
         first_frame_kwargs: dict[str, Any] | None = None,
         max_sequence_length: int = 128,
         output_type: str = "pil",
