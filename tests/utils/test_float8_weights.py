@@ -70,11 +70,14 @@ def test_quantize_weights_float8_swaps_large_layers_only_and_survives_dtype_move
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_float8_linear_is_exact_for_inputs_on_the_float8_grid(device):
+def test_float8_linear_matches_float64_for_inputs_on_the_float8_grid(device):
     """Independent of the kernel: when every row's largest magnitude is 448 x a power of two and every entry is a
     float8 number times that power, the per-row quantization loses nothing, so the float8 product must equal the
-    float64 product of the same numbers up to the bf16 rounding of the output (with float32 accumulation: the GPU's
-    fast accumulation keeps fewer bits)."""
+    float64 product of the same numbers up to the float32 accumulation and the bf16 rounding of the output (the GPU's
+    fast accumulation keeps fewer bits). The products are exact, but their exponents span more than float32's 24
+    bits: on the CPU the sum is bounded by the usual n * 2^-24 * sum|terms|. Hopper's float8 tensor cores keep about
+    14 bits in their accumulator (DeepSeek-V3 report, 3.3.2): on an H100 one of 672 outputs, a sum that cancels to
+    -5.09 from terms whose magnitudes add up to 2.2e4, was 0.22 off (2^-16.6 of that sum)."""
     torch.manual_seed(0)
     grid = torch.randn(7, 3, 64).clamp(-2, 2).mul(200).to(FLOAT8_DTYPE).double()  # e4m3 values in [-400, 400]
     grid[..., 0] = 448.0
@@ -85,8 +88,11 @@ def test_float8_linear_is_exact_for_inputs_on_the_float8_grid(device):
     w_scale = (2.0 ** torch.randint(-12, -4, (32, 1))).float()
     out = float8_linear(x.to(device), w_codes.to(device), w_scale.to(device), fast_accum=False).cpu()
     assert out.shape == (7, 3, 32) and out.dtype == torch.bfloat16
-    exact = x.double() @ (w_codes.double() * w_scale.double()).T
-    torch.testing.assert_close(out.double(), exact.bfloat16().double(), rtol=2**-7, atol=0)
+    weight = w_codes.double() * w_scale.double()
+    exact = x.double() @ weight.T
+    accumulation = (2**-14 if device == "cuda" else 64 * 2**-24) * (x.double().abs() @ weight.abs().T)
+    error = (out.double() - exact).abs()
+    assert bool((error <= 2**-7 * exact.abs() + accumulation).all()), (error - 2**-7 * exact.abs() - accumulation).max()
 
 
 @pytest.mark.parametrize("device", DEVICES)
