@@ -761,7 +761,7 @@ def main(args):
                     ).sample
                 visual, text = feature_matching_losses(student_blocks.outputs, teacher_blocks.outputs,
                                                        unwrapped.config.block_origin, mask)
-                terms = torch.stack([loss, flow_matching_loss(pred, teacher_pred), visual, text])
+                terms = torch.stack([t.float() for t in (loss, flow_matching_loss(pred, teacher_pred), visual, text)])
                 window_terms.append(terms.detach().float())
                 loss = (terms * terms.new_tensor([w_data, w_teacher, w_visual, w_text])).sum()
             window_losses.append(loss.detach())
