@@ -116,7 +116,13 @@ def pipeline_components(clip_tokenizer, t5_tokenizer, with_first_frame: bool = T
         super_resolution=super_resolution(),
     )
     if with_first_frame:
-        components["first_frame_pipeline"] = first_frame_pipeline(clip_tokenizer)
+        components["first_frame_pipeline"] = first_frame = first_frame_pipeline(clip_tokenizer)
+        # The release's SSD-1B holds the same frozen CLIP-L and CLIP-G as the DiT (NeodragonPipeline holds them once)
+        for name in ("text_encoder", "text_encoder_2"):
+            ours = components[name].state_dict()
+            with torch.no_grad():
+                for key, tensor in getattr(first_frame, name).state_dict().items():
+                    tensor.copy_(next(v for k, v in ours.items() if k == key or k.endswith("." + key)))
     return components
 
 

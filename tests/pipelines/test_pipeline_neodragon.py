@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -6,7 +8,8 @@ from diffusers import DiffusionPipeline
 
 from diffusers_neodragon import NeodragonPipeline, NeodragonPipelineOutput
 from diffusers_neodragon.utils.cuda_graphs import CUDAGraphRunner, module_cuda_graph_runner
-from tests.tiny_components import pipeline
+from diffusers_neodragon.utils.shared_weights import bytes_held
+from tests.tiny_components import components, pipeline
 
 
 SIZE = dict(height=64, width=64)
@@ -126,6 +129,55 @@ def test_float8_weights_halve_the_models_and_stay_close(pipe):
     # Not equal (every weight rounded to 3 mantissa bits), but the same video up to that rounding's effect.
     assert not torch.equal(after, before)
     assert (after - before).abs().mean() < 0.05 * before.std()
+
+
+def pipeline_with_release_clips():
+    """A hybrid pipeline whose first-frame CLIPs hold our CLIPs' weights, as the official release's do; and the
+    bytes its construction saved."""
+    parts = components()
+    first_frame = parts["first_frame_pipeline"]
+    for name in ("text_encoder", "text_encoder_2"):  # SDXL's CLIP-L has no projection nor (transformers 5) prefix
+        ours = parts[name].state_dict()
+        for key, tensor in getattr(first_frame, name).state_dict().items():
+            tensor.copy_(next(v for k, v in ours.items() if k == key or k.endswith("." + key)))
+    encoders = [*(parts[n] for n in ("text_encoder", "text_encoder_2")),
+                *(getattr(first_frame, n) for n in ("text_encoder", "text_encoder_2"))]
+    held = bytes_held(*encoders)
+    pipe = NeodragonPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    first_frame.set_progress_bar_config(disable=True)
+    return pipe, held - bytes_held(*encoders)
+
+
+def test_first_frame_clips_equal_to_ours_are_held_once_and_compute_the_same(tmp_path):
+    pipe, saved = pipeline_with_release_clips()
+    first_frame = pipe.first_frame_pipeline
+    assert saved == bytes_held(first_frame.text_encoder) + bytes_held(first_frame.text_encoder_2)
+    embedding = pipe.text_encoder.get_input_embeddings().weight
+    assert first_frame.text_encoder.get_input_embeddings().weight is embedding
+    kwargs = dict(mode="hybrid", super_resolution=False)
+    shared = run(pipe, **kwargs)
+    for name in ("text_encoder", "text_encoder_2"):  # copies of their own again: the same video
+        setattr(first_frame, name, copy.deepcopy(getattr(first_frame, name)))
+    assert first_frame.text_encoder.get_input_embeddings().weight is not embedding
+    np.testing.assert_array_equal(run(pipe, **kwargs), shared)
+    pipe.save_pretrained(tmp_path)  # each folder complete; loading shares again
+    loaded = NeodragonPipeline.from_pretrained(tmp_path)
+    assert (loaded.first_frame_pipeline.text_encoder_2.text_projection.weight
+            is loaded.text_encoder_2.text_projection.weight)
+    other = pipeline()  # different weights (the tiny default pipeline's) stay apart
+    assert other.first_frame_pipeline.text_encoder.get_input_embeddings().weight is not \
+        other.text_encoder.get_input_embeddings().weight
+
+
+def test_float8_weights_keep_shared_weights_shared():
+    pipe, _ = pipeline_with_release_clips()
+    encoders = [pipe.text_encoder_2, pipe.first_frame_pipeline.text_encoder_2]
+    held = bytes_held(*encoders)
+    pipe.enable_float8_weights(min_numel=0)
+    ours, theirs = (e.text_model.encoder.layers[0].mlp.fc1 for e in encoders)  # both with projection
+    assert ours.weight_float8.dtype == torch.float8_e4m3fn and theirs.weight_float8 is ours.weight_float8
+    assert bytes_held(*encoders) < 0.6 * held  # each shared weight quantised once, not once per model
 
 
 def test_float8_matmuls_multiply_the_transformer_in_float8_in_bfloat16():

@@ -9,6 +9,7 @@ from diffusers.utils import logging
 
 from ...utils.cuda_graphs import enable_module_cuda_graphs, module_cuda_graph_runner
 from ...utils.float8_weights import quantize_weights_float8
+from ...utils.shared_weights import bytes_held
 
 
 logger = logging.get_logger(__name__)
@@ -82,8 +83,12 @@ class NeodragonAccelerationMixin:
             self.enable_cuda_graphs(False)
         models = {"transformer": self.transformer, **self._graphable_models()}
         models.pop("text_encoder_3", None)
-        saved = sum(quantize_weights_float8(model, min_numel=min_numel, float8_matmul=float8_matmuls and
-                                            model is self.transformer) for model in models.values())
+        held = bytes_held(*models.values())
+        for model in models.values():
+            quantize_weights_float8(model, min_numel=min_numel, float8_matmul=float8_matmuls and
+                                    model is self.transformer)
+        self._share_first_frame_weights()  # each model quantised its own copy of a shared weight: one again
+        saved = held - bytes_held(*models.values())
         if graphed:
             self.enable_cuda_graphs()
         return saved

@@ -4,13 +4,37 @@ device exactly as Pillow would, or a nested NeodragonPipeline's latent frame; th
 import inspect
 
 import torch
+from diffusers.utils import logging
 
 from ...utils.pil_resize import pil_lanczos_resize
+from ...utils.shared_weights import share_equal_tensors
 from .mode_defaults import FIRST_FRAME_DEFAULTS
+
+
+logger = logging.get_logger(__name__)
+
+#: The prompt encoders a first-frame pipeline may have in common with ours (SSD-1B: the same frozen CLIP-L and -G;
+#: a nested NeodragonPipeline: all four).
+SHAREABLE_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "context_adapter")
 
 
 class NeodragonFirstFrameMixin:
     """The first frame of [`NeodragonPipeline`] (its ``first_frame_pipeline``, ``video_processor`` and ``vae``)."""
+
+    def _share_first_frame_weights(self) -> int:
+        """Hold once the prompt encoders' weights that the first-frame pipeline has equal to ours (the official
+        release stores SSD-1B's CLIP-L and CLIP-G beside the DiT's own copies: 1.3 GiB at full size). Each model
+        keeps its own modules; see :func:`~diffusers_neodragon.utils.shared_weights.share_equal_tensors`. Returns
+        the bytes saved."""
+        first_frame = self.first_frame_pipeline
+        saved = 0
+        for name in SHAREABLE_ENCODERS if first_frame is not None else ():
+            ours, theirs = getattr(self, name, None), getattr(first_frame, name, None)
+            if isinstance(ours, torch.nn.Module) and isinstance(theirs, torch.nn.Module) and ours is not theirs:
+                saved += share_equal_tensors(ours, theirs)
+        if saved:
+            logger.info(f"The first-frame pipeline's prompt encoders share {saved / 2**20:.0f} MiB of equal weights")
+        return saved
 
     def _first_frame_pixels(self, prompts: list[str], height, width, generator, first_frame_kwargs) -> torch.Tensor:
         """The text-to-image first frame as pixels ``[N, 3, height, width]`` in [-1, 1], made at twice the size and

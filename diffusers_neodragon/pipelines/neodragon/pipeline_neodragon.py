@@ -157,6 +157,7 @@ class NeodragonPipeline(
             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, first_frame_pipeline=first_frame_pipeline,
             super_resolution=super_resolution, safety_checker=safety_checker, feature_extractor=feature_extractor,
         )
+        self._share_first_frame_weights()
         self.register_to_config(
             mode=mode, prompt_suffix=prompt_suffix, default_negative_prompt=default_negative_prompt,
             default_height=default_height, default_width=default_width, default_num_frames=default_num_frames,
