@@ -67,7 +67,8 @@ class NeodragonPipeline(
         first_frame_pipeline (a diffusers text-to-image pipeline, optional): the ``hybrid`` first frame (SSD-1B); or a
             ``NeodragonPipeline`` sharing this one's latent space (the same VAE), e.g. the multi-step teacher of a
             step-distilled student: it makes latent frame 0 with its own defaults in ``monolithic`` mode and hands
-            it over as latents (no decode/encode round trip); the paper's hybrid evaluation setting.
+            it over as latents (no decode/encode round trip); the paper's hybrid evaluation setting. Its prompt
+            encoders' weights that equal ours (SSD-1B's CLIP-L and CLIP-G) are held once.
         super_resolution ([`QuickSRNet`], optional): 2x per-frame super-resolution of the decoded video.
         safety_checker ([`~diffusers.pipelines.stable_diffusion.StableDiffusionSafetyChecker`], optional) +
             feature_extractor (`CLIPImageProcessor`): checks every decoded frame; flagged frames are blacked out and
