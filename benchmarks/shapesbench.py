@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--first-frame-steps", type=_steps, help="DiT steps per stage for a DiT-made first frame")
     parser.add_argument("--history-noise", type=float, default=None,
                         help="noise mixed into the history the DiT conditions on (default: the pipeline's)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="first-frame CFG scale (default: the pipeline's configured one)")
+    parser.add_argument("--video-guidance-scale", type=float, default=None,
+                        help="later frames' CFG scale (default: the pipeline's configured one)")
     parser.add_argument("--mode", choices=["hybrid", "monolithic"], help="default: the pipeline's configured mode")
     parser.add_argument("--no-super-resolution", action="store_true", help="skip the 2x super-resolution stage")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -133,7 +137,8 @@ def _video_maker(args: argparse.Namespace) -> Callable[[str], np.ndarray]:
     overrides = {
         "height": args.height, "width": args.width, "num_frames": args.frames, "mode": args.mode,
         "video_num_inference_steps": args.steps, "num_inference_steps": args.first_frame_steps,
-        "history_noise": args.history_noise,
+        "history_noise": args.history_noise, "guidance_scale": args.guidance_scale,
+        "video_guidance_scale": args.video_guidance_scale,
         "super_resolution": False if args.no_super_resolution else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}

@@ -300,6 +300,28 @@ def test_benchmark_script_on_a_tiny_random_pipeline(tmp_path, capsys):
         assert [r["prompt"] for r in saved["results"][name]] == fixed_prompt_set(SPLITS[name], 1)
 
 
+def test_benchmark_script_passes_sampling_overrides_and_leaves_the_rest_to_the_pipeline(tmp_path, monkeypatch):
+    """CFG scales, steps and history noise given on the command line reach every pipeline call; options not given
+    are not passed, so the folder's configured defaults apply."""
+    from diffusers_neodragon import NeodragonPipeline
+    from tests.tiny_components import monolithic_pipeline
+
+    folder = tmp_path / "tiny"
+    monolithic_pipeline().save_pretrained(folder)
+    calls = []
+    original = NeodragonPipeline.__call__
+    monkeypatch.setattr(NeodragonPipeline, "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    script = _benchmark_script()
+    script.main([str(folder), "--num-prompts", "1", "--steps", "1", "--first-frame-steps", "1", "--device", "cpu",
+                 "--guidance-scale", "2.5", "--video-guidance-scale", "1.5", "--history-noise", "0.1"])
+    assert len(calls) == 2
+    assert all(k["guidance_scale"] == 2.5 and k["video_guidance_scale"] == 1.5 and k["history_noise"] == 0.1
+               for k in calls)
+    calls.clear()
+    script.main([str(folder), "--num-prompts", "1", "--steps", "1", "--first-frame-steps", "1", "--device", "cpu"])
+    assert calls and not {"guidance_scale", "video_guidance_scale", "history_noise"} & set(calls[0])
+
+
 def test_benchmark_script_first_frame(tmp_path, capsys):
     """--first-frame: one frame per prompt, judged on colour, shape, size and background only. Rendered first frames
     score 100 on all four; a tiny random pipeline is asked for one frame (doubled in size by its super-resolution)."""
