@@ -17,8 +17,9 @@ per-sample MSE; 10% caption dropout for CFG. ``--transformer_path`` continues a 
 Recovery of a pruned transformer (``training/prune_transformer.py``, Neodragon's two-stage curriculum): stage 1 is
 this script started from the pruned folder; stage 2 adds ``--teacher_path`` (the unpruned model): each kept block's
 output is matched to that of the teacher block it came from (``block_origin``; visual-token MSE, text-token cosine
-distance) and the prediction to the teacher's as well as to the data, weighted by ``--feature_loss_weights``. Stage 2
-refuses weights that did not go through stage 1 (``pruning_recovery.json`` beside them) unless ``--force``.
+distance) and the prediction to the teacher's as well as to the data, weighted by ``--feature_loss_weights``;
+``--guidance_loss_weight`` also matches the guidance direction (caption minus empty caption) that CFG amplifies.
+Stage 2 refuses weights that did not go through stage 1 (``pruning_recovery.json`` beside them) unless ``--force``.
 
 Defaults are the values of the embedded model's recipe (``training/recipes/shapes_default.sh``): stage mix 1:2:3,
 history corruption up to 0.5, the first frame trained 30 % of the time, cached latents, EMA 0.995, CFG 7 / 5 in the
@@ -210,6 +211,11 @@ def parse_args(input_args=None):
                         help="With --teacher_path: weights of flow matching to the data, flow matching to the "
                              "teacher's prediction, visual-token MSE and text-token cosine distance of the kept "
                              "blocks.")
+    parser.add_argument("--guidance_loss_weight", type=float, default=0.0,
+                        help="With --teacher_path: weight of an MSE between the student's and the teacher's guidance "
+                             "directions (the prediction for the caption minus the one for the empty caption, on the "
+                             "same inputs): the part of the velocity that CFG multiplies, which matching each "
+                             "prediction alone leaves far off. Costs one more forward of each model per step.")
     parser.add_argument("--force", action="store_true",
                         help="Start stage 2 from weights that did not go through stage 1 (the paper found this fails).")
     parser.add_argument("--compile", action="store_true",
@@ -286,6 +292,9 @@ def parse_args(input_args=None):
     if len(args.feature_loss_weights) != 4 or min(args.feature_loss_weights) < 0:
         raise ValueError("--feature_loss_weights takes four weights >= 0 (data, teacher, visual, text), got "
                          f"{args.feature_loss_weights}.")
+    if args.guidance_loss_weight < 0 or (args.guidance_loss_weight and args.teacher_path is None):
+        raise ValueError("--guidance_loss_weight is a weight >= 0 of stage 2 (it needs --teacher_path), got "
+                         f"{args.guidance_loss_weight}.")
     args.recovery_record = read_recovery_record(start_transformer_folder(args))
     args.recovery_warning = None
     if args.teacher_path is not None:
@@ -577,6 +586,7 @@ def record_recovery_stage(args, transformer_folder: Path, steps: int, loss: floa
     details = dict(steps=steps, loss=loss, command=training_command(SCRIPT, args.command_args))
     if stage == 2:
         details.update(teacher=args.teacher_path, feature_loss_weights=args.feature_loss_weights,
+                       guidance_loss_weight=args.guidance_loss_weight,
                        loss_terms=loss_terms, forced=1 not in completed_stages(record))
     record = with_stage(record, stage, **details)
     write_recovery_record(transformer_folder, record)
@@ -584,7 +594,9 @@ def record_recovery_stage(args, transformer_folder: Path, steps: int, loss: floa
     what = ("stage 1 (flow matching on data)" if stage == 1 else
             f"stage 2 (teacher `{args.teacher_path}`: {w[0]:g} x flow matching to the data + {w[1]:g} x to the "
             f"teacher's prediction + {w[2]:g} x visual-token MSE + {w[3]:g} x text-token cosine distance of each kept "
-            "block to the teacher block of its `block_origin`)")
+            "block to the teacher block of its `block_origin`"
+            + (f" + {args.guidance_loss_weight:g} x MSE of the guidance direction (caption minus empty caption) to "
+               "the teacher's" if args.guidance_loss_weight else "") + ")")
     return (f"\n\nThis run is {what} of the recovery of a pruned transformer (`block_origin` "
             f"{list(record['block_origin'])}); recovery stages so far: {completed_stages(record)} "
             f"(`transformer/pruning_recovery.json`).")
@@ -693,9 +705,12 @@ def main(args):
         model = full_model(accelerator, transformer, ema=ema, device=accelerator.device)
         return None if model is None else make_pipeline(model.eval(), vae, text_components, scheduler, args)
 
-    def text_inputs(batch, generator):
-        """(embeds, mask or None, pooled) of the batch, captions dropped to "" with --caption_dropout."""
-        dropped = caption_dropout_mask(len(batch["index"]), args.caption_dropout, generator)
+    def text_inputs(batch, generator, empty=False):
+        """(embeds, mask or None, pooled) of the batch, captions dropped to "" with --caption_dropout (every caption
+        with ``empty``: CFG's unconditional branch)."""
+        size = len(batch["index"])
+        dropped = (torch.ones(size, dtype=torch.bool) if empty
+                   else caption_dropout_mask(size, args.caption_dropout, generator))
         if cache is not None:
             ids = cache.caption_ids[batch["index"].to(cache.caption_ids.device)]
             ids = torch.where(dropped.to(ids.device), torch.zeros_like(ids), ids)
@@ -721,7 +736,10 @@ def main(args):
     recent_losses = collections.deque(maxlen=50)
     window_losses = []
     # stage 2's four terms (unweighted), logged apart: their scales differ by orders of magnitude
-    term_names = ("flow_data", "flow_teacher", "visual_mse", "text_cosine")
+    term_names = ("flow_data", "flow_teacher", "visual_mse", "text_cosine") + (
+        ("guidance",) if args.guidance_loss_weight else ())
+    term_weights = [w_data, w_teacher, w_visual, w_text] + ([args.guidance_loss_weight] if args.guidance_loss_weight
+                                                            else [])
     recent_terms, window_terms = collections.deque(maxlen=50), []
     for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
                                               args.gradient_accumulation_steps):
@@ -746,24 +764,32 @@ def main(args):
                 corrupt_ratio=args.corrupt_ratio, first_frame_prob=args.first_frame_prob, foreground=foreground,
                 history_latents=history_latents,
             )
-            with accelerator.autocast():
-                pred = transformer(
-                    hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
-                    timestep=example.timestep, history=example.history, encoder_attention_mask=mask,
-                ).sample
+
+            def predict(model, text):
+                embeds, mask, pooled = text
+                with accelerator.autocast():
+                    return model(
+                        hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
+                        timestep=example.timestep, history=example.history, encoder_attention_mask=mask,
+                    ).sample
+
+            pred = predict(transformer, (embeds, mask, pooled))
             loss = flow_matching_loss(pred, example.target, example.foreground, args.foreground_weight)
             if teacher is not None:
-                with torch.no_grad(), accelerator.autocast():
-                    teacher_pred = teacher(
-                        hidden_states=example.hidden_states, encoder_hidden_states=embeds,
-                        pooled_projections=pooled, timestep=example.timestep, history=example.history,
-                        encoder_attention_mask=mask,
-                    ).sample
+                with torch.no_grad():
+                    teacher_pred = predict(teacher, (embeds, mask, pooled))
+                # the features of this call: the guidance term's calls below overwrite the hooks' outputs
                 visual, text = feature_matching_losses(student_blocks.outputs, teacher_blocks.outputs,
                                                        unwrapped.config.block_origin, mask)
-                terms = torch.stack([t.float() for t in (loss, flow_matching_loss(pred, teacher_pred), visual, text)])
+                terms = [loss, flow_matching_loss(pred, teacher_pred), visual, text]
+                if args.guidance_loss_weight:
+                    empty = text_inputs(batch, generator, empty=True)
+                    with torch.no_grad():
+                        teacher_direction = teacher_pred - predict(teacher, empty)
+                    terms.append(flow_matching_loss(pred - predict(transformer, empty), teacher_direction))
+                terms = torch.stack([t.float() for t in terms])
                 window_terms.append(terms.detach().float())
-                loss = (terms * terms.new_tensor([w_data, w_teacher, w_visual, w_text])).sum()
+                loss = (terms * terms.new_tensor(term_weights)).sum()
             window_losses.append(loss.detach())
             backward_and_step(accelerator, loss, transformer, optimizer, lr_scheduler, args.max_grad_norm)
 

@@ -167,6 +167,39 @@ def test_feature_weights_change_what_stage_2_learns(teacher, pruned, tmp_path):
         train.parse_args([*TINY, "--vae_path", "x", "--feature_loss_weights", "1,1"])
 
 
+def test_guidance_term_matches_the_teachers_caption_minus_empty_caption_direction(pruned, tmp_path):
+    """--guidance_loss_weight adds the MSE of (prediction for the caption - prediction for "") to the teacher's. With
+    the student's own weights as the teacher every teacher term of the first step is exactly 0, the guidance term
+    too (both directions are computed from the same inputs); against a different teacher it is positive, enters the
+    loss with its weight and changes what is learnt."""
+    common = ("--max_train_steps", "1", "--no-use_ema", "--force", "--caption_dropout", "0.5")
+    same = stage(pruned, tmp_path / "same", "--teacher_path", str(pruned), "--guidance_loss_weight", "1", *common)
+    assert same["loss_terms"]["guidance"] == 0.0 and same["loss_terms"]["flow_teacher"] == 0.0
+    assert same["loss"] == pytest.approx(same["loss_terms"]["flow_data"])
+
+    model = NeodragonTransformer3DModel.from_pretrained(pruned, subfolder="transformer")
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    model.save_pretrained(tmp_path / "other")
+    # two steps: Adam's first step is sign-only and may move both runs alike
+    other = ("--teacher_path", str(tmp_path / "other"), *common, "--max_train_steps", "2")
+    plain = stage(pruned, tmp_path / "plain", *other)
+    guided = stage(pruned, tmp_path / "guided", *other, "--guidance_loss_weight", "3")
+    terms = guided["loss_terms"]
+    assert "guidance" not in plain["loss_terms"] and terms["guidance"] > 0
+    assert guided["loss"] == pytest.approx(sum(terms.values()) + 2 * terms["guidance"], rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(weights(tmp_path / "plain").values(),
+                                                     weights(tmp_path / "guided").values()))
+    record = read_recovery_record(tmp_path / "guided" / "transformer")
+    assert record["stages"][-1]["guidance_loss_weight"] == 3.0
+    assert "3 x MSE of the guidance direction" in (tmp_path / "guided" / "README.md").read_text()
+    for bad in (["--guidance_loss_weight", "1"], ["--teacher_path", "t", "--guidance_loss_weight", "-1"]):
+        with pytest.raises(ValueError, match="guidance_loss_weight"):
+            train.parse_args([*TINY, "--vae_path", "x", *bad])
+
+
 def test_record_guard_and_feature_losses():
     record = new_recovery_record("t", 4, [0, 2])
     with pytest.raises(ValueError, match="without stage 1"):
