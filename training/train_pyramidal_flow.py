@@ -212,10 +212,11 @@ def parse_args(input_args=None):
                              "teacher's prediction, visual-token MSE and text-token cosine distance of the kept "
                              "blocks.")
     parser.add_argument("--guidance_loss_weight", type=float, default=0.0,
-                        help="With --teacher_path: weight of an MSE between the student's and the teacher's guidance "
-                             "directions (the prediction for the caption minus the one for the empty caption, on the "
-                             "same inputs): the part of the velocity that CFG multiplies, which matching each "
-                             "prediction alone leaves far off. Costs one more forward of each model per step.")
+                        help="With --teacher_path: weight of the relative squared error between the student's and "
+                             "the teacher's guidance directions (the prediction for the caption minus the one for the "
+                             "empty caption, on the same inputs): the part of the velocity that CFG multiplies, which "
+                             "matching each prediction alone leaves far off. Costs one more forward of each model per "
+                             "step.")
     parser.add_argument("--force", action="store_true",
                         help="Start stage 2 from weights that did not go through stage 1 (the paper found this fails).")
     parser.add_argument("--compile", action="store_true",
@@ -595,8 +596,8 @@ def record_recovery_stage(args, transformer_folder: Path, steps: int, loss: floa
             f"stage 2 (teacher `{args.teacher_path}`: {w[0]:g} x flow matching to the data + {w[1]:g} x to the "
             f"teacher's prediction + {w[2]:g} x visual-token MSE + {w[3]:g} x text-token cosine distance of each kept "
             "block to the teacher block of its `block_origin`"
-            + (f" + {args.guidance_loss_weight:g} x MSE of the guidance direction (caption minus empty caption) to "
-               "the teacher's" if args.guidance_loss_weight else "") + ")")
+            + (f" + {args.guidance_loss_weight:g} x relative squared error of the guidance direction (caption minus "
+               "empty caption) to the teacher's" if args.guidance_loss_weight else "") + ")")
     return (f"\n\nThis run is {what} of the recovery of a pruned transformer (`block_origin` "
             f"{list(record['block_origin'])}); recovery stages so far: {completed_stages(record)} "
             f"(`transformer/pruning_recovery.json`).")
@@ -786,7 +787,9 @@ def main(args):
                     empty = text_inputs(batch, generator, empty=True)
                     with torch.no_grad():
                         teacher_direction = teacher_pred - predict(teacher, empty)
-                    terms.append(flow_matching_loss(pred - predict(transformer, empty), teacher_direction))
+                    # relative to the direction's size (a few thousandths in Shapes), so that weights near 1 count
+                    terms.append(flow_matching_loss(pred - predict(transformer, empty), teacher_direction)
+                                 / teacher_direction.float().pow(2).mean().clamp_min(1e-12))
                 terms = torch.stack([t.float() for t in terms])
                 window_terms.append(terms.detach().float())
                 loss = (terms * terms.new_tensor(term_weights)).sum()

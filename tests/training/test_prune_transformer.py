@@ -168,7 +168,8 @@ def test_feature_weights_change_what_stage_2_learns(teacher, pruned, tmp_path):
 
 
 def test_guidance_term_matches_the_teachers_caption_minus_empty_caption_direction(pruned, tmp_path):
-    """--guidance_loss_weight adds the MSE of (prediction for the caption - prediction for "") to the teacher's. With
+    """--guidance_loss_weight adds the relative squared error of (prediction for the caption - prediction for "") to
+    the teacher's. With
     the student's own weights as the teacher every teacher term of the first step is exactly 0, the guidance term
     too (both directions are computed from the same inputs); against a different teacher it is positive, enters the
     loss with its weight and changes what is learnt."""
@@ -194,7 +195,7 @@ def test_guidance_term_matches_the_teachers_caption_minus_empty_caption_directio
                                                      weights(tmp_path / "guided").values()))
     record = read_recovery_record(tmp_path / "guided" / "transformer")
     assert record["stages"][-1]["guidance_loss_weight"] == 3.0
-    assert "3 x MSE of the guidance direction" in (tmp_path / "guided" / "README.md").read_text()
+    assert "3 x relative squared error of the guidance direction" in (tmp_path / "guided" / "README.md").read_text()
     for bad in (["--guidance_loss_weight", "1"], ["--teacher_path", "t", "--guidance_loss_weight", "-1"]):
         with pytest.raises(ValueError, match="guidance_loss_weight"):
             train.parse_args([*TINY, "--vae_path", "x", *bad])
