@@ -110,6 +110,17 @@ def weights(folder):
     return load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
 
 
+def perturbed_transformer(pipeline_folder, output_dir, seed):
+    """A transformer folder: the pipeline's transformer with N(0, 0.05) added to every weight."""
+    model = NeodragonTransformer3DModel.from_pretrained(pipeline_folder, subfolder="transformer")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    model.save_pretrained(output_dir)
+    return output_dir
+
+
 def test_two_stages_guard_and_exact_stage_2_resume(teacher, pruned, tmp_path):
     # stage 2 straight from the pruned weights is refused, saying why
     with pytest.raises(ValueError, match="must follow stage 1"):
@@ -141,13 +152,7 @@ def test_feature_weights_change_what_stage_2_learns(teacher, pruned, tmp_path):
     """With only the data term, stage 2 trains exactly like stage 1; the teacher terms change the loss and (after
     Adam's first, sign-only step) the weights. The teacher is a transformer folder here, perturbed so that its
     features differ from the pruned copy's (a one-step model's gates are still almost zero)."""
-    model = NeodragonTransformer3DModel.from_pretrained(teacher, subfolder="transformer")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    model.save_pretrained(tmp_path / "noisy_teacher")
-    teacher = tmp_path / "noisy_teacher"
+    teacher = perturbed_transformer(teacher, tmp_path / "noisy_teacher", seed=0)
     common = ("--max_train_steps", "2", "--no-use_ema")
     a = stage(pruned, tmp_path / "a", "--teacher_path", str(teacher), "--force", *common,
               "--feature_loss_weights", "1,0,0,0")
@@ -178,14 +183,9 @@ def test_guidance_term_matches_the_teachers_caption_minus_empty_caption_directio
     assert same["loss_terms"]["guidance"] == 0.0 and same["loss_terms"]["flow_teacher"] == 0.0
     assert same["loss"] == pytest.approx(same["loss_terms"]["flow_data"])
 
-    model = NeodragonTransformer3DModel.from_pretrained(pruned, subfolder="transformer")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    model.save_pretrained(tmp_path / "other")
+    other = perturbed_transformer(pruned, tmp_path / "other", seed=1)
     # two steps: Adam's first step is sign-only and may move both runs alike
-    other = ("--teacher_path", str(tmp_path / "other"), *common, "--max_train_steps", "2")
+    other = ("--teacher_path", str(other), *common, "--max_train_steps", "2")
     plain = stage(pruned, tmp_path / "plain", *other)
     guided = stage(pruned, tmp_path / "guided", *other, "--guidance_loss_weight", "3")
     terms = guided["loss_terms"]
