@@ -736,11 +736,20 @@ def main(args):
                     disable=not accelerator.is_local_main_process)
     recent_losses = collections.deque(maxlen=50)
     window_losses = []
-    # stage 2's four terms (unweighted), logged apart: their scales differ by orders of magnitude
-    term_names = ("flow_data", "flow_teacher", "visual_mse", "text_cosine") + (
-        ("guidance",) if args.guidance_loss_weight else ())
-    term_weights = [w_data, w_teacher, w_visual, w_text] + ([args.guidance_loss_weight] if args.guidance_loss_weight
-                                                            else [])
+    # stage 2's terms (unweighted), logged apart: their scales differ by orders of magnitude
+    term_names = ("flow_data", "flow_teacher", "visual_mse", "text_cosine")
+    term_weights = [w_data, w_teacher, w_visual, w_text]
+    if args.guidance_loss_weight:
+        term_names, term_weights = (*term_names, "guidance"), [*term_weights, args.guidance_loss_weight]
+
+    def predict(model, example, text):
+        embeds, mask, pooled = text
+        with accelerator.autocast():
+            return model(
+                hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
+                timestep=example.timestep, history=example.history, encoder_attention_mask=mask,
+            ).sample
+
     recent_terms, window_terms = collections.deque(maxlen=50), []
     for micro_step, batch in training_batches(dataloader, accelerator, global_step, args.max_train_steps,
                                               args.gradient_accumulation_steps):
@@ -765,20 +774,11 @@ def main(args):
                 corrupt_ratio=args.corrupt_ratio, first_frame_prob=args.first_frame_prob, foreground=foreground,
                 history_latents=history_latents,
             )
-
-            def predict(model, text):
-                embeds, mask, pooled = text
-                with accelerator.autocast():
-                    return model(
-                        hidden_states=example.hidden_states, encoder_hidden_states=embeds, pooled_projections=pooled,
-                        timestep=example.timestep, history=example.history, encoder_attention_mask=mask,
-                    ).sample
-
-            pred = predict(transformer, (embeds, mask, pooled))
+            pred = predict(transformer, example, (embeds, mask, pooled))
             loss = flow_matching_loss(pred, example.target, example.foreground, args.foreground_weight)
             if teacher is not None:
                 with torch.no_grad():
-                    teacher_pred = predict(teacher, (embeds, mask, pooled))
+                    teacher_pred = predict(teacher, example, (embeds, mask, pooled))
                 # the features of this call: the guidance term's calls below overwrite the hooks' outputs
                 visual, text = feature_matching_losses(student_blocks.outputs, teacher_blocks.outputs,
                                                        unwrapped.config.block_origin, mask)
@@ -786,9 +786,9 @@ def main(args):
                 if args.guidance_loss_weight:
                     empty = text_inputs(batch, generator, empty=True)
                     with torch.no_grad():
-                        teacher_direction = teacher_pred - predict(teacher, empty)
+                        teacher_direction = teacher_pred - predict(teacher, example, empty)
                     # relative to the direction's size (a few thousandths in Shapes), so that weights near 1 count
-                    terms.append(flow_matching_loss(pred - predict(transformer, empty), teacher_direction)
+                    terms.append(flow_matching_loss(pred - predict(transformer, example, empty), teacher_direction)
                                  / teacher_direction.float().pow(2).mean().clamp_min(1e-12))
                 terms = torch.stack([t.float() for t in terms])
                 window_terms.append(terms.detach().float())
