@@ -38,12 +38,26 @@ def test_chain_smoke_run_ends_in_a_mobile_hybrid_pipeline(tmp_path):
     env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "TEACHER": str(teacher), "NUM_DROP": "1",
            "SHAPESBENCH_PROMPTS": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(["bash", str(RECIPE), str(out)], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+
+    def run_chain():
+        done = subprocess.run(["bash", str(RECIPE), str(out)], env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done.stdout
+
+    assert "done already" not in run_chain()
     steps = ("1-text", "2-decoder/run1", "2-decoder/run2", "2-decoder", "4-stage1", "5-stage2", "6-dmd444",
              "7-dmd111", "8-sr", "pipeline")
     for step in steps:
         assert (out / step / "README.md").is_file(), step
+
+    # run again (after a crash, say): finished steps are skipped; a step whose output is gone runs again
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    (out / "pipeline" / "README.md").unlink()
+    skipped = [line for line in run_chain().splitlines() if "done already" in line]
+    assert len(skipped) == 10 and not any(line.endswith(f"{out}/pipeline/README.md") for line in skipped)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    changed = {p.relative_to(out).parts[0] for p in before if after.get(p) != before[p]}
+    assert changed == {"8-sr", "pipeline"} and (out / "pipeline" / "README.md").is_file()
 
     original = NeodragonPipeline.from_pretrained(teacher)
     pipe = NeodragonPipeline.from_pretrained(out / "pipeline")

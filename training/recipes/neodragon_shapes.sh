@@ -15,6 +15,8 @@
 # NUM_DROP the blocks to drop (default 2 of 10); SHAPESBENCH_PROMPTS the prompts per split of the final comparison of
 # every step against the teacher (default 16, seeds 0 and 1; 0 skips it). LAUNCH runs each training script under a
 # launcher (e.g. "accelerate launch"). SMOKE=1 shrinks every size so that the chain runs on a CPU in minutes.
+# Run it again after a crash or a time limit: steps whose output is complete are skipped, and the step that was cut
+# resumes from its latest checkpoint.
 set -euo pipefail
 OUT=${1:?usage: neodragon_shapes.sh OUTPUT_DIR}
 HERE="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -40,7 +42,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
   DMD=("${SIZE[@]}" --train_samples 4 --train_batch_size 2 --max_train_steps 2 --num_validation_prompts 0
        --max_sequence_length 24)
   SR=(--train_samples 2 --train_batch_size 1 --crop_size 32 --max_train_steps 2 --num_validation_clips 1)
-  COMMON=(--report_to none --checkpointing_steps 0 --mixed_precision no)
+  COMMON=(--report_to none --checkpointing_steps 0 --mixed_precision no --resume_from_checkpoint latest)
 else
   # the values of model_cards/shapes_compression_results.md's runs (one H200, bf16)
   TEXT=(--student_d_model 128 --student_num_layers 2 --adapter_hidden_features 256,256 --train_batch_size 64
@@ -59,32 +61,39 @@ else
         --dataloader_num_workers 4)
   DMD=(--train_samples 4096 --train_batch_size 256 --learning_rate 1e-4 --latent_cache_path "$CACHE")
   SR=(--max_train_seconds "${SR_SECONDS:-300}")
-  COMMON=(--mixed_precision bf16 --save_dtype fp16)
+  COMMON=(--mixed_precision bf16 --save_dtype fp16 --resume_from_checkpoint latest)
 fi
 run() { "${LAUNCH[@]}" "$HERE/training/$1" "${@:2}"; }
+# `once FILE COMMAND...`: COMMAND unless FILE, the last thing the step writes, shows that it finished before
+once() {
+  if [[ -e "$1" ]]; then echo "[neodragon_shapes] done already: $1"; else "${@:2}"; fi
+}
 
-run distill_text_encoder.py --pretrained_model_name_or_path "$TEACHER" --mode RM --output_dir "$OUT/1-text" \
-  "${TEXT[@]}" "${COMMON[@]}"
-run distill_decoder.py --teacher "$OUT/1-text" --output_dir "$OUT/2-decoder/run1" \
+once "$OUT/1-text/README.md" run distill_text_encoder.py --pretrained_model_name_or_path "$TEACHER" --mode RM \
+  --output_dir "$OUT/1-text" "${TEXT[@]}" "${COMMON[@]}"
+once "$OUT/2-decoder/run1/README.md" run distill_decoder.py --teacher "$OUT/1-text" --output_dir "$OUT/2-decoder/run1" \
   "${DECODER[@]}" "${DECODER_RUN1[@]}" "${COMMON[@]}" --save_dtype fp32
-run distill_decoder.py --teacher "$OUT/1-text" --student_init "$OUT/2-decoder/run1" --output_dir "$OUT/2-decoder/run2" \
-  "${DECODER[@]}" "${DECODER_RUN2[@]}" "${COMMON[@]}" --save_dtype fp32
-run distill_decoder.py --teacher "$OUT/1-text" --student_init "$OUT/2-decoder/run2" --output_dir "$OUT/2-decoder" \
-  --pipeline_output "$OUT/2-decoder/pipeline" "${DECODER[@]}" "${DECODER_RUN3[@]}" "${COMMON[@]}"
-"$PY" "$HERE/training/prune_transformer.py" score --teacher "$OUT/2-decoder/pipeline" --output_dir "$OUT/3-score" \
-  "${SCORE[@]}"
-"$PY" "$HERE/training/prune_transformer.py" prune --teacher "$OUT/2-decoder/pipeline" --num_drop "$NUM_DROP" \
-  --scores "$OUT/3-score/importance.json" --output_dir "$OUT/3-pruned"
-run train_pyramidal_flow.py --pretrained_model_name_or_path "$OUT/3-pruned" --output_dir "$OUT/4-stage1" \
-  --max_train_seconds "${STAGE1_SECONDS:-600}" "${FLOW[@]}" "${COMMON[@]}"
-run train_pyramidal_flow.py --pretrained_model_name_or_path "$OUT/4-stage1" --teacher_path "$OUT/2-decoder/pipeline" \
-  --output_dir "$OUT/5-stage2" --max_train_seconds "${STAGE2_SECONDS:-600}" "${FLOW[@]}" "${COMMON[@]}"
-run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 4 --output_dir "$OUT/6-dmd444" \
-  --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" "${COMMON[@]}"
-run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 1 --student_path "$OUT/6-dmd444" \
-  --output_dir "$OUT/7-dmd111" --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" "${COMMON[@]}"
-run train_quicksrnet.py --teacher "$OUT/7-dmd111" --output_dir "$OUT/8-sr" --pipeline_output "$OUT/pipeline" \
-  "${SR[@]}" "${COMMON[@]}"
+once "$OUT/2-decoder/run2/README.md" run distill_decoder.py --teacher "$OUT/1-text" \
+  --student_init "$OUT/2-decoder/run1" --output_dir "$OUT/2-decoder/run2" "${DECODER[@]}" "${DECODER_RUN2[@]}" "${COMMON[@]}" --save_dtype fp32
+once "$OUT/2-decoder/pipeline/README.md" run distill_decoder.py --teacher "$OUT/1-text" \
+  --student_init "$OUT/2-decoder/run2" --output_dir "$OUT/2-decoder" --pipeline_output "$OUT/2-decoder/pipeline" \
+  "${DECODER[@]}" "${DECODER_RUN3[@]}" "${COMMON[@]}"
+once "$OUT/3-score/importance.json" "$PY" "$HERE/training/prune_transformer.py" score \
+  --teacher "$OUT/2-decoder/pipeline" --output_dir "$OUT/3-score" "${SCORE[@]}"
+once "$OUT/3-pruned/README.md" "$PY" "$HERE/training/prune_transformer.py" prune --teacher "$OUT/2-decoder/pipeline" \
+  --num_drop "$NUM_DROP" --scores "$OUT/3-score/importance.json" --output_dir "$OUT/3-pruned"
+once "$OUT/4-stage1/README.md" run train_pyramidal_flow.py --pretrained_model_name_or_path "$OUT/3-pruned" \
+  --output_dir "$OUT/4-stage1" --max_train_seconds "${STAGE1_SECONDS:-600}" "${FLOW[@]}" "${COMMON[@]}"
+once "$OUT/5-stage2/README.md" run train_pyramidal_flow.py --pretrained_model_name_or_path "$OUT/4-stage1" \
+  --teacher_path "$OUT/2-decoder/pipeline" --output_dir "$OUT/5-stage2" --max_train_seconds "${STAGE2_SECONDS:-600}" \
+  "${FLOW[@]}" "${COMMON[@]}"
+once "$OUT/6-dmd444/README.md" run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 4 \
+  --output_dir "$OUT/6-dmd444" --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" "${COMMON[@]}"
+once "$OUT/7-dmd111/README.md" run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 1 \
+  --student_path "$OUT/6-dmd444" --output_dir "$OUT/7-dmd111" --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" \
+  "${COMMON[@]}"
+once "$OUT/pipeline/README.md" run train_quicksrnet.py --teacher "$OUT/7-dmd111" --output_dir "$OUT/8-sr" \
+  --pipeline_output "$OUT/pipeline" "${SR[@]}" "${COMMON[@]}"
 
 if [[ "$SHAPESBENCH_PROMPTS" != 0 ]]; then
   "$PY" "$HERE/benchmarks/shapesbench_compare.py" "teacher=$TEACHER" "text=$OUT/1-text" \
