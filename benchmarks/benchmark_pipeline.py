@@ -7,8 +7,9 @@ QuickSRNet. Times each component with CUDA events after warm-up, for hybrid 1-1-
 
 CUDA graphs (``pipe.enable_cuda_graphs()``: the DiT, the text encoders, the first-frame UNet, the video VAE's
 encoder and the first-frame VAE's decoder, all launch-bound at batch 1) are on unless ``--no-cuda-graphs``; the
-max |graphed - eager| of each on one real call shape goes into ``info``. ``--compile [PARTS]`` calls
-``pipe.enable_torch_compile`` first (all parts by default) and records each compiled part's output against its eager
+max |graphed - eager| of each on one real call shape goes into ``info``. ``--fuse-qkv`` calls
+``pipe.fuse_qkv_projections()`` first and records the fused against the separate outputs. ``--compile [PARTS]`` calls
+``pipe.enable_torch_compile`` (all parts by default) and records each compiled part's output against its eager
 output on one real call.
 
 With ``--reference PATH`` (a local checkout of Qualcomm-AI-research/neodragon, never part of this repository) it
@@ -567,6 +568,8 @@ def main(argv=None):
     parser.add_argument("--skip-monolithic", action="store_true")
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--json", default="benchmark_pipeline.json")
+    parser.add_argument("--fuse-qkv", action="store_true",
+                        help="pipe.fuse_qkv_projections() first: one multiply for q, k and v (DiT, first-frame UNet)")
     parser.add_argument("--profile", metavar="DIR",
                         help="torch.profiler over one hybrid batch-1 +SR run; writes DIR/profile.txt")
     parser.add_argument("--offload", action="store_true",
@@ -596,8 +599,19 @@ def main(argv=None):
     info = {"gpu": gpu, "torch": torch.__version__, "dtype": args.dtype, "peak_bf16_tflops": peak,
             "params": {k: count_params(v) for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)},
             "build_s": time.perf_counter() - t0, "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile,
-            "compile_mode": args.compile_mode}
+            "compile_mode": args.compile_mode, "fuse_qkv": args.fuse_qkv}
     info["params"]["first_frame_unet"] = count_params(pipe.first_frame_pipeline.unet)
+    if args.fuse_qkv:
+        # Fused against separate projections on one real call of the DiT and of the first-frame UNet (eager).
+        probes = compile_probes(pipe, device, dtype, ("transformer", "first_frame_denoiser"))
+        with torch.no_grad():
+            separate = {name: first_tensor(fn()).float() for name, fn in probes.items()}
+            pipe.fuse_qkv_projections()
+            fused = {name: first_tensor(fn()).float() for name, fn in probes.items()}
+        info["fused_vs_separate"] = {name: float((fused[name] - separate[name]).norm() / separate[name].norm())
+                                     for name in probes}
+        print(json.dumps({"fused_vs_separate_relative_l2": info["fused_vs_separate"]}), flush=True)
+        del probes, separate, fused
     if args.compile:
         # Compiled vs eager on one real call shape of each compiled part (all eager, before any graph).
         parts = args.compile.split(",")

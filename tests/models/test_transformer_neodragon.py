@@ -264,3 +264,40 @@ def test_unpatchify_equals_the_rank_7_form_bitwise():
     tokens = torch.randn(b, t * (h // p) * (w // p), p * p * c)
     want = tokens.reshape(b, t, h // p, w // p, p, p, c).permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, t, h, w)
     torch.testing.assert_close(model.unpatchify(tokens, (b, c, t, h, w)), want, rtol=0, atol=0)
+
+
+def test_fused_qkv_projections_equal_the_separate_ones_and_unfuse_restores_the_checkpoint(tmp_path):
+    model = tiny_model()
+    kw = inputs()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        expected = [model(**kw).sample, model(**kw, encoder_attention_mask=mask).sample]
+        assert model.fuse_qkv_projections() is model
+        model.fuse_qkv_projections()  # a second call changes nothing
+        fused = model.state_dict()
+        assert "transformer_blocks.0.attn.to_qkv.weight" in fused
+        assert "transformer_blocks.0.attn.to_q.weight" not in fused
+        assert "transformer_blocks.2.attn.to_kv.weight" in fused and "transformer_blocks.2.attn.to_q.weight" in fused
+        assert sum(t.numel() for t in fused.values()) == sum(t.numel() for t in state.values())  # nothing held twice
+        # one multiply instead of three: equal up to float32 rounding of a different summation order
+        got = [model(**kw).sample, model(**kw, encoder_attention_mask=mask).sample]
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="unfuse_qkv_projections"):
+            model.save_pretrained(tmp_path)
+        model.unfuse_qkv_projections()
+    assert list(model.state_dict()) == list(state)  # the checkpoint layout, in its order, bit for bit
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    model.save_pretrained(tmp_path)
+    assert NeodragonTransformer3DModel.from_pretrained(tmp_path) is not None
+
+
+def test_fusing_refuses_layers_that_are_not_plain_linears():
+    from diffusers_neodragon.utils.float8_weights import quantize_weights_float8
+
+    model = tiny_model()
+    quantize_weights_float8(model, min_numel=1)
+    with pytest.raises(ValueError, match="plain nn.Linear"):
+        model.fuse_qkv_projections()

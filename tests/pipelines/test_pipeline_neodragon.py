@@ -131,6 +131,24 @@ def test_float8_weights_halve_the_models_and_stay_close(pipe):
     assert (after - before).abs().mean() < 0.05 * before.std()
 
 
+def test_fused_qkv_projections_give_the_same_video_and_unfuse_restores_the_weights():
+    pipe = pipeline()
+    kwargs = dict(mode="hybrid", output_type="pt", super_resolution=False)
+    before = run(pipe, **kwargs)
+    state = {name: t.clone() for name, t in pipe.transformer.state_dict().items()}
+    pipe.enable_cuda_graphs()
+    assert pipe.fuse_qkv_projections() is pipe
+    assert isinstance(pipe.transformer._cuda_graphs, CUDAGraphRunner)  # graphs stay on (captured anew)
+    assert any(name.endswith("to_qkv.weight") for name in pipe.transformer.state_dict())
+    assert pipe.first_frame_pipeline.fusing_unet  # the first-frame UNet through diffusers
+    assert any("to_qkv" in name for name, _ in pipe.first_frame_pipeline.unet.named_modules())
+    torch.testing.assert_close(run(pipe, **kwargs), before, atol=1e-5, rtol=0)
+    pipe.unfuse_qkv_projections()
+    assert not pipe.first_frame_pipeline.fusing_unet
+    assert all(torch.equal(t, state[name]) for name, t in pipe.transformer.state_dict().items())
+    assert list(pipe.transformer.state_dict()) == list(state)
+
+
 def pipeline_with_release_clips():
     """A hybrid pipeline whose first-frame CLIPs hold our CLIPs' weights, as the official release's do; and the
     bytes its construction saved."""

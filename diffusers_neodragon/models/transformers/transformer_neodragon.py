@@ -139,22 +139,91 @@ class NeodragonJointAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, self.head_dim))
 
+    def _fusable(self) -> dict[str, tuple[str, ...]]:
+        """Fused layer name -> the projections it replaces: q, k and v of each stream, except the queries of the
+        context-pre-only block (its image queries may cover fewer tokens than its keys; its text queries are
+        unused when it runs ``last_only``)."""
+        if self.context_pre_only:
+            return {"to_kv": ("to_k", "to_v"), "to_added_kv": ("add_k_proj", "add_v_proj")}
+        return {"to_qkv": ("to_q", "to_k", "to_v"), "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+
+    @property
+    def fused_projections(self) -> bool:
+        return any(name in self._modules for name in self._fusable())
+
+    def fuse_projections(self):
+        """Replace the separate projections of each stream by one linear layer (their weights stacked): one
+        matrix multiply of N x 3D instead of three of N x D, which runs closer to the GPU's peak. The originals are
+        removed (no weight is held twice); [`unfuse_projections`] restores them."""
+        if self.fused_projections:
+            return
+        kinds = {name: type(getattr(self, name)) for names in self._fusable().values() for name in names}
+        if any(kind is not nn.Linear for kind in kinds.values()):
+            raise ValueError(f"Only plain nn.Linear projections can be fused, not {sorted(map(str, kinds.values()))} "
+                             "(fuse before float8 weights; unload LoRA adapters first)")
+        for fused, names in self._fusable().items():
+            parts = [getattr(self, name) for name in names]
+            layer = nn.Linear(parts[0].in_features, sum(part.out_features for part in parts),
+                              device=parts[0].weight.device, dtype=parts[0].weight.dtype)
+            with torch.no_grad():
+                layer.weight.copy_(torch.cat([part.weight for part in parts]))
+                layer.bias.copy_(torch.cat([part.bias for part in parts]))
+            layer.requires_grad_(parts[0].weight.requires_grad)
+            self._swap_modules(names, {fused: layer})
+
+    def unfuse_projections(self):
+        """Undo [`fuse_projections`]: the separate projections again, with the same weights."""
+        if not self.fused_projections:
+            return
+        for fused, names in self._fusable().items():
+            layer = self._modules[fused]
+            width = layer.out_features // len(names)
+            parts = {}
+            for index, name in enumerate(names):
+                part = nn.Linear(layer.in_features, width, device=layer.weight.device, dtype=layer.weight.dtype)
+                with torch.no_grad():
+                    part.weight.copy_(layer.weight[index * width : (index + 1) * width])
+                    part.bias.copy_(layer.bias[index * width : (index + 1) * width])
+                parts[name] = part.requires_grad_(layer.weight.requires_grad)
+            self._swap_modules((fused,), parts)
+
+    def _swap_modules(self, old: tuple[str, ...], new: dict[str, nn.Module]):
+        """Replace the submodules ``old`` by ``new`` where the first of ``old`` stood (state-dict order kept)."""
+        modules = {}
+        for name, module in self._modules.items():
+            if name == old[0]:
+                modules.update(new)
+            elif name not in old:
+                modules[name] = module
+        self._modules.clear()
+        self._modules.update(modules)
+
+    def _project(self, x: torch.Tensor, fused: str, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+        """The projections ``names`` of ``x``, through their fused layer when there is one."""
+        if fused in self._modules:
+            return self._modules[fused](x).chunk(len(names), dim=-1)
+        return tuple(getattr(self, name)(x) for name in names)
+
     def forward(self, img: torch.Tensor, txt: torch.Tensor, layout: JointAttentionLayout, last_only: bool = False):
         """img [B, N, D], txt [B, L, D] -> (img_out, txt_out).
 
         ``last_only`` (final block): queries only for the noisy clip's tokens, whose outputs are all that the
         model returns; keys and values still cover the whole sequence.
         """
-        q_img = img[:, -layout.num_last :] if last_only else img
-        q = self.norm_q(self._heads(self.to_q(q_img)))
-        k = self.norm_k(self._heads(self.to_k(img)))
-        v = self._heads(self.to_v(img))
+        if self.context_pre_only:
+            k, v = self._project(img, "to_kv", ("to_k", "to_v"))
+            q = self.to_q(img[:, -layout.num_last :] if last_only else img)
+            ck, cv = self._project(txt, "to_added_kv", ("add_k_proj", "add_v_proj"))
+            cq = None if last_only else self.add_q_proj(txt)
+        else:
+            q, k, v = self._project(img, "to_qkv", ("to_q", "to_k", "to_v"))
+            cq, ck, cv = self._project(txt, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"))
+        q, k, v = self.norm_q(self._heads(q)), self.norm_k(self._heads(k)), self._heads(v)
         if layout.rope is not None:
             cos, sin = layout.rope
             k = apply_temporal_rope(k, cos, sin)
             q = apply_temporal_rope(q, cos[-q.shape[1] :], sin[-q.shape[1] :])
-        ck = self.norm_add_k(self._heads(self.add_k_proj(txt)))
-        cv = self._heads(self.add_v_proj(txt))
+        ck, cv = self.norm_add_k(self._heads(ck)), self._heads(cv)
         keys = torch.cat([ck, k], dim=1).transpose(1, 2)
         values = torch.cat([cv, v], dim=1).transpose(1, 2)
         num_text = txt.shape[1]
@@ -163,7 +232,7 @@ class NeodragonJointAttention(nn.Module):
             out = self._attend(q, keys, values, layout, first_query=keys.shape[2] - q.shape[1])
             return self.to_out[0](out), None
 
-        cq = self.norm_add_q(self._heads(self.add_q_proj(txt)))
+        cq = self.norm_add_q(self._heads(cq))
         out = self._attend(torch.cat([cq, q], dim=1), keys, values, layout, first_query=0)
         img_out = self.to_out[0](out[:, num_text:])
         txt_out = None if self.context_pre_only else self.to_add_out(out[:, :num_text])
@@ -350,6 +419,33 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """
         self._cuda_graphs = CUDAGraphRunner(self._forward_impl, clone_outputs=True, weights=self) if enabled else None
         return self
+
+    def fuse_qkv_projections(self):
+        """Compute each block's query, key and value projections of a stream with one matrix multiply (diffusers'
+        name for it): on a GPU the larger multiply runs closer to the peak. Inference only: the separate layers are
+        replaced (no weight is held twice), so fuse plain weights before float8 weights, not with LoRA adapters
+        loaded, and call [`unfuse_qkv_projections`] before ``save_pretrained``. Outputs change only by rounding."""
+        for block in self.transformer_blocks:
+            block.attn.fuse_projections()
+        if self._cuda_graphs is not None:
+            self._cuda_graphs.reset()  # the captured graphs read the separate weights
+        return self
+
+    def unfuse_qkv_projections(self):
+        """Undo [`fuse_qkv_projections`]."""
+        for block in self.transformer_blocks:
+            block.attn.unfuse_projections()
+        if self._cuda_graphs is not None:
+            self._cuda_graphs.reset()
+        return self
+
+    def save_pretrained(self, *args, **kwargs):
+        """``ModelMixin.save_pretrained``, refused while the projections are fused: the folder must keep the
+        checkpoint layout that every loader (and the official code) reads."""
+        if any(block.attn.fused_projections for block in self.transformer_blocks):
+            raise ValueError("The transformer's q/k/v projections are fused: call unfuse_qkv_projections() before "
+                             "save_pretrained (fused layers are an inference-time layout, not a checkpoint format).")
+        return super().save_pretrained(*args, **kwargs)
 
     def forward(
         self,

@@ -93,6 +93,38 @@ class NeodragonAccelerationMixin:
             self.enable_cuda_graphs()
         return saved
 
+    def fuse_qkv_projections(self, transformer: bool = True, first_frame: bool = True):
+        """One matrix multiply for the query, key and value projections of each attention (diffusers' name): of the
+        transformer ([`NeodragonTransformer3DModel.fuse_qkv_projections`]) and, with ``first_frame``, of the
+        first-frame pipeline's denoiser (its UNet through diffusers, or a nested pipeline's transformer). Call it
+        before float8 weights or LoRA adapters; CUDA graphs, when on, are captured again. Outputs change only by
+        rounding; [`unfuse_qkv_projections`] undoes it."""
+        self._fuse_or_unfuse(True, transformer, first_frame)
+        return self
+
+    def unfuse_qkv_projections(self, transformer: bool = True, first_frame: bool = True):
+        """Undo [`fuse_qkv_projections`]."""
+        self._fuse_or_unfuse(False, transformer, first_frame)
+        return self
+
+    def _fuse_or_unfuse(self, fuse: bool, transformer: bool, first_frame: bool):
+        graphed = self.transformer._cuda_graphs is not None
+        if graphed:  # the graphs read the weights where they were captured
+            self.enable_cuda_graphs(False)
+        models = [self.transformer] if transformer else []
+        nested = self.first_frame_pipeline
+        if first_frame and nested is not None:
+            if hasattr(nested, "transformer"):
+                models.append(nested.transformer)
+            elif fuse:
+                nested.fuse_qkv_projections(unet=True, vae=False)
+            else:
+                nested.unfuse_qkv_projections(unet=True, vae=False)
+        for model in dict.fromkeys(models):  # a nested pipeline may share the transformer
+            (model.fuse_qkv_projections if fuse else model.unfuse_qkv_projections)()
+        if graphed:
+            self.enable_cuda_graphs()
+
     def enable_torch_compile(self, parts: Iterable[str] = COMPILABLE_PARTS, **compile_kwargs):
         """``torch.compile`` the models that gain from it on a GPU; CUDA graphs, when on, are captured again around
         the compiled code. Call it once, before the first generation (compiling takes a minute or two per part).
