@@ -59,6 +59,16 @@ def test_chain_smoke_run_ends_in_a_mobile_hybrid_pipeline(tmp_path):
     changed = {p.relative_to(out).parts[0] for p in before if after.get(p) != before[p]}
     assert changed == {"8-sr", "pipeline"} and (out / "pipeline" / "README.md").is_file()
 
+    # DECODER_FROM: a decoder distilled before is validated and published as it is, without the three runs
+    (out / "2-decoder" / "pipeline" / "README.md").unlink()
+    env["DECODER_FROM"] = str(out / "2-decoder" / "run2")
+    skipped = [line for line in run_chain().splitlines() if "done already" in line]
+    del env["DECODER_FROM"]
+    assert len(skipped) == 8 and not any("2-decoder/run" in line for line in skipped)  # run1, run2: not asked
+    given = AsymmetricVAE.from_pretrained(out / "2-decoder" / "run2" / "vae").state_dict()
+    published = AsymmetricVAE.from_pretrained(out / "2-decoder" / "pipeline" / "vae").state_dict()
+    assert all(torch.equal(published[k], given[k]) for k in given)
+
     original = NeodragonPipeline.from_pretrained(teacher)
     pipe = NeodragonPipeline.from_pretrained(out / "pipeline")
     pipe.set_progress_bar_config(disable=True)

@@ -16,7 +16,8 @@
 # every step against the teacher (default 16, seeds 0 and 1; 0 skips it). LAUNCH runs each training script under a
 # launcher (e.g. "accelerate launch"). SMOKE=1 shrinks every size so that the chain runs on a CPU in minutes.
 # Run it again after a crash or a time limit: steps whose output is complete are skipped, and the step that was cut
-# resumes from its latest checkpoint.
+# resumes from its latest checkpoint. DECODER_FROM (e.g. checkpoints/shapes-distilled-decoder, made from the embedded
+# teacher's encoder) skips the decoder's three runs: that decoder is validated against the teacher and used as it is.
 set -euo pipefail
 OUT=${1:?usage: neodragon_shapes.sh OUTPUT_DIR}
 HERE="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -36,6 +37,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
   DECODER=("${SIZE[@]}" --decoder_num_features 8,8,8,8 --decoder_blocks_per_stage 1 --train_batch_size 1
            --max_train_steps 2 --num_validation_clips 1)
   DECODER_RUN1=(--train_samples 2) DECODER_RUN2=(--train_samples 2) DECODER_RUN3=(--train_samples 2)
+  DECODER_CHECK=(--train_samples 2)
   SCORE=(--num_prompts 1 --num_samples 1 --num_frames 9)
   FLOW=("${SIZE[@]}" --train_samples 4 --train_batch_size 2 --max_train_steps 2 --num_validation_prompts 0
         --max_sequence_length 24)
@@ -56,6 +58,7 @@ else
                 --latent_cache_dir "$OUT/2-decoder/latents-8192")
   DECODER_RUN3=(--train_samples 8192 --learning_rate 2e-4 --max_train_steps 3000 --perceptual_weight 0
                 --latent_cache_dir "$OUT/2-decoder/latents-8192")
+  DECODER_CHECK=(--train_samples 16)  # with DECODER_FROM: no training, so no training set
   SCORE=(--num_frames 17)
   FLOW=(--train_samples 4096 --learning_rate 3e-4 --lr_warmup_steps 50 --latent_cache_path "$CACHE"
         --dataloader_num_workers 4)
@@ -71,13 +74,20 @@ once() {
 
 once "$OUT/1-text/README.md" run distill_text_encoder.py --pretrained_model_name_or_path "$TEACHER" --mode RM \
   --output_dir "$OUT/1-text" "${TEXT[@]}" "${COMMON[@]}"
-once "$OUT/2-decoder/run1/README.md" run distill_decoder.py --teacher "$OUT/1-text" --output_dir "$OUT/2-decoder/run1" \
-  "${DECODER[@]}" "${DECODER_RUN1[@]}" "${COMMON[@]}" --save_dtype fp32
-once "$OUT/2-decoder/run2/README.md" run distill_decoder.py --teacher "$OUT/1-text" \
-  --student_init "$OUT/2-decoder/run1" --output_dir "$OUT/2-decoder/run2" "${DECODER[@]}" "${DECODER_RUN2[@]}" "${COMMON[@]}" --save_dtype fp32
-once "$OUT/2-decoder/pipeline/README.md" run distill_decoder.py --teacher "$OUT/1-text" \
-  --student_init "$OUT/2-decoder/run2" --output_dir "$OUT/2-decoder" --pipeline_output "$OUT/2-decoder/pipeline" \
-  "${DECODER[@]}" "${DECODER_RUN3[@]}" "${COMMON[@]}"
+if [[ -n "${DECODER_FROM:-}" ]]; then  # a decoder distilled before (same teacher encoder): validated, not trained
+  once "$OUT/2-decoder/pipeline/README.md" run distill_decoder.py --teacher "$OUT/1-text" --student_init "$DECODER_FROM" \
+    --output_dir "$OUT/2-decoder" --pipeline_output "$OUT/2-decoder/pipeline" "${DECODER[@]}" "${DECODER_CHECK[@]}" \
+    --max_train_steps 0 "${COMMON[@]}"
+else
+  once "$OUT/2-decoder/run1/README.md" run distill_decoder.py --teacher "$OUT/1-text" --output_dir "$OUT/2-decoder/run1" \
+    "${DECODER[@]}" "${DECODER_RUN1[@]}" "${COMMON[@]}" --save_dtype fp32
+  once "$OUT/2-decoder/run2/README.md" run distill_decoder.py --teacher "$OUT/1-text" \
+    --student_init "$OUT/2-decoder/run1" --output_dir "$OUT/2-decoder/run2" "${DECODER[@]}" "${DECODER_RUN2[@]}" \
+    "${COMMON[@]}" --save_dtype fp32
+  once "$OUT/2-decoder/pipeline/README.md" run distill_decoder.py --teacher "$OUT/1-text" \
+    --student_init "$OUT/2-decoder/run2" --output_dir "$OUT/2-decoder" --pipeline_output "$OUT/2-decoder/pipeline" \
+    "${DECODER[@]}" "${DECODER_RUN3[@]}" "${COMMON[@]}"
+fi
 once "$OUT/3-score/importance.json" "$PY" "$HERE/training/prune_transformer.py" score \
   --teacher "$OUT/2-decoder/pipeline" --output_dir "$OUT/3-score" "${SCORE[@]}"
 once "$OUT/3-pruned/README.md" "$PY" "$HERE/training/prune_transformer.py" prune --teacher "$OUT/2-decoder/pipeline" \
