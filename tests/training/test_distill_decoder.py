@@ -120,6 +120,7 @@ def test_student_init_continues_an_earlier_student_of_the_same_teacher_only(teac
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     for key in encoder_state(student):
         assert torch.equal(before[key], after[key]), key
+    assert f"steps: 2, from the student in {first}" in (tmp_path / "second" / "README.md").read_text()
 
     other = tmp_path / "other_teacher"
     pipe = NeodragonPipeline.from_pretrained(teacher_pipeline, dtype=torch.float32)
