@@ -4,7 +4,7 @@
 # folder that the next step starts from:
 #   1-text      DT5 + ContextAdapter learn the T5 + context-embedder tokens (distill_text_encoder.py, mode RM)
 #   2-decoder   a tiny streaming decoder learns to decode the same latents (distill_decoder.py; encoder kept)
-#   3-pruned    the least important blocks dropped, the last one kept (prune_transformer.py score, prune)
+#   3-pruned    the blocks whose removal alone costs least on ShapesBench dropped, the last one kept (prune_transformer.py)
 #   4-stage1    recovery stage 1: flow matching on data (train_pyramidal_flow.py)
 #   5-stage2    recovery stage 2: teacher features + flow matching (train_pyramidal_flow.py --teacher_path)
 #   6-dmd444    Pyramidal DMD 4-4-4 from the recovered model (distill_pyramidal_dmd.py)
@@ -38,9 +38,10 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
            --max_train_steps 2 --num_validation_clips 1)
   DECODER_RUN1=(--train_samples 2) DECODER_RUN2=(--train_samples 2) DECODER_RUN3=(--train_samples 2)
   DECODER_CHECK=(--train_samples 2)
-  SCORE=(--num_prompts 1 --num_samples 1 --num_frames 9)
+  SCORE=(--num_prompts 1 --num_samples 1 --num_frames 9) PRUNE=()
   FLOW=("${SIZE[@]}" --train_samples 4 --train_batch_size 2 --max_train_steps 2 --num_validation_prompts 0
         --max_sequence_length 24)
+  STAGE1=() STAGE2=()
   DMD=("${SIZE[@]}" --train_samples 4 --train_batch_size 2 --max_train_steps 2 --num_validation_prompts 0
        --max_sequence_length 24)
   SR=(--train_samples 2 --train_batch_size 1 --crop_size 32 --max_train_steps 2 --num_validation_clips 1)
@@ -59,9 +60,14 @@ else
   DECODER_RUN3=(--train_samples 8192 --learning_rate 2e-4 --max_train_steps 3000 --perceptual_weight 0
                 --latent_cache_dir "$OUT/2-decoder/latents-8192")
   DECODER_CHECK=(--train_samples 16)  # with DECODER_FROM: no training, so no training set
-  SCORE=(--num_frames 17)
-  FLOW=(--train_samples 4096 --learning_rate 3e-4 --lr_warmup_steps 50 --latent_cache_path "$CACHE"
-        --dataloader_num_workers 4)
+  # blocks ranked by what dropping each alone costs on ShapesBench (the mean-cosine ranking dropped a block the
+  # model could not recover from; see model_cards/shapes_compression_results.md)
+  SCORE=(--num_frames 17 --drop_cost --drop_cost_num_prompts 8) PRUNE=(--criterion drop_cost)
+  # the pruning recovery of model_cards/shapes_compression_results.md's latest 32-prompt rows: each stage to the end
+  # of a cosine schedule (1300 and 1400 steps: about 100 and 155 s of training on an H100)
+  FLOW=(--train_samples 4096 --train_batch_size 512 --learning_rate 2e-4 --lr_warmup_steps 20 --lr_scheduler cosine
+        --ema_decay 0.995 --latent_cache_path "$CACHE" --dataloader_num_workers 4)
+  STAGE1=(--max_train_steps 1300) STAGE2=(--max_train_steps 1400)
   DMD=(--train_samples 4096 --train_batch_size 256 --learning_rate 1e-4 --latent_cache_path "$CACHE")
   SR=(--max_train_seconds "${SR_SECONDS:-300}")
   COMMON=(--mixed_precision bf16 --save_dtype fp16 --resume_from_checkpoint latest)
@@ -91,12 +97,12 @@ fi
 once "$OUT/3-score/importance.json" "$PY" "$HERE/training/prune_transformer.py" score \
   --teacher "$OUT/2-decoder/pipeline" --output_dir "$OUT/3-score" "${SCORE[@]}"
 once "$OUT/3-pruned/README.md" "$PY" "$HERE/training/prune_transformer.py" prune --teacher "$OUT/2-decoder/pipeline" \
-  --num_drop "$NUM_DROP" --scores "$OUT/3-score/importance.json" --output_dir "$OUT/3-pruned"
+  --num_drop "$NUM_DROP" --scores "$OUT/3-score/importance.json" "${PRUNE[@]}" --output_dir "$OUT/3-pruned"
 once "$OUT/4-stage1/README.md" run train_pyramidal_flow.py --pretrained_model_name_or_path "$OUT/3-pruned" \
-  --output_dir "$OUT/4-stage1" --max_train_seconds "${STAGE1_SECONDS:-600}" "${FLOW[@]}" "${COMMON[@]}"
+  --output_dir "$OUT/4-stage1" --max_train_seconds "${STAGE1_SECONDS:-600}" "${STAGE1[@]}" "${FLOW[@]}" "${COMMON[@]}"
 once "$OUT/5-stage2/README.md" run train_pyramidal_flow.py --pretrained_model_name_or_path "$OUT/4-stage1" \
   --teacher_path "$OUT/2-decoder/pipeline" --output_dir "$OUT/5-stage2" --max_train_seconds "${STAGE2_SECONDS:-600}" \
-  "${FLOW[@]}" "${COMMON[@]}"
+  "${STAGE2[@]}" "${FLOW[@]}" "${COMMON[@]}"
 once "$OUT/6-dmd444/README.md" run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 4 \
   --output_dir "$OUT/6-dmd444" --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" "${COMMON[@]}"
 once "$OUT/7-dmd111/README.md" run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 1 \
