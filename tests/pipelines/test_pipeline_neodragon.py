@@ -148,6 +148,17 @@ def test_fused_qkv_projections_give_the_same_video_and_unfuse_restores_the_weigh
     assert all(torch.equal(t, state[name]) for name, t in pipe.transformer.state_dict().items())
     assert list(pipe.transformer.state_dict()) == list(state)
 
+    pipe.fuse_qkv_projections().enable_float8_weights(min_numel=0)  # float8 after fusing quantises the fused layers
+    assert type(pipe.transformer.transformer_blocks[0].attn.to_qkv).__name__ == "Float8WeightLinear"
+    assert (run(pipe, **kwargs) - before).abs().mean() < 0.05 * before.std()
+    quantised = pipeline()  # not the other way round: refused before anything is fused
+    quantised.enable_float8_weights(min_numel=0)
+    quantised.enable_cuda_graphs()
+    with pytest.raises(ValueError, match="plain nn.Linear"):
+        quantised.fuse_qkv_projections()
+    assert not getattr(quantised.first_frame_pipeline, "fusing_unet", False)
+    assert isinstance(quantised.transformer._cuda_graphs, CUDAGraphRunner)  # left as it was
+
 
 def pipeline_with_release_clips():
     """A hybrid pipeline whose first-frame CLIPs hold our CLIPs' weights, as the official release's do; and the

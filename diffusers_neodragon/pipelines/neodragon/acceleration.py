@@ -111,19 +111,21 @@ class NeodragonAccelerationMixin:
         graphed = self.transformer._cuda_graphs is not None
         if graphed:  # the graphs read the weights where they were captured
             self.enable_cuda_graphs(False)
-        models = [self.transformer] if transformer else []
-        nested = self.first_frame_pipeline
-        if first_frame and nested is not None:
+        try:
+            models = [self.transformer] if transformer else []
+            nested = self.first_frame_pipeline if first_frame else None
             if hasattr(nested, "transformer"):
                 models.append(nested.transformer)
-            elif fuse:
-                nested.fuse_qkv_projections(unet=True, vae=False)
-            else:
-                nested.unfuse_qkv_projections(unet=True, vae=False)
-        for model in dict.fromkeys(models):  # a nested pipeline may share the transformer
-            (model.fuse_qkv_projections if fuse else model.unfuse_qkv_projections)()
-        if graphed:
-            self.enable_cuda_graphs()
+            for model in dict.fromkeys(models):  # a nested pipeline may share the transformer
+                (model.fuse_qkv_projections if fuse else model.unfuse_qkv_projections)()
+            if nested is not None and not hasattr(nested, "transformer"):  # after ours, which refuse float8 weights
+                if fuse:
+                    nested.fuse_qkv_projections(unet=True, vae=False)
+                else:
+                    nested.unfuse_qkv_projections(unet=True, vae=False)
+        finally:
+            if graphed:
+                self.enable_cuda_graphs()
 
     def enable_torch_compile(self, parts: Iterable[str] = COMPILABLE_PARTS, **compile_kwargs):
         """``torch.compile`` the models that gain from it on a GPU; CUDA graphs, when on, are captured again around
