@@ -569,7 +569,7 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--json", default="benchmark_pipeline.json")
     parser.add_argument("--fuse-qkv", action="store_true",
-                        help="pipe.fuse_qkv_projections() first: one multiply for q, k and v (DiT, first-frame UNet)")
+                        help="pipe.fuse_qkv_projections() first: one multiply for the DiT's q, k and v")
     parser.add_argument("--profile", metavar="DIR",
                         help="torch.profiler over one hybrid batch-1 +SR run; writes DIR/profile.txt")
     parser.add_argument("--offload", action="store_true",
@@ -602,8 +602,8 @@ def main(argv=None):
             "compile_mode": args.compile_mode, "fuse_qkv": args.fuse_qkv}
     info["params"]["first_frame_unet"] = count_params(pipe.first_frame_pipeline.unet)
     if args.fuse_qkv:
-        # Fused against separate projections on one real call of the DiT and of the first-frame UNet (eager).
-        probes = compile_probes(pipe, device, dtype, ("transformer", "first_frame_denoiser"))
+        # Fused against separate projections on one real call of the DiT (eager).
+        probes = compile_probes(pipe, device, dtype, ("transformer",))
         with torch.no_grad():
             separate = {name: first_tensor(fn()).float() for name, fn in probes.items()}
             pipe.fuse_qkv_projections()

@@ -137,7 +137,7 @@ def test_fused_qkv_projections_give_the_same_video_and_unfuse_restores_the_weigh
     before = run(pipe, **kwargs)
     state = {name: t.clone() for name, t in pipe.transformer.state_dict().items()}
     pipe.enable_cuda_graphs()
-    assert pipe.fuse_qkv_projections() is pipe
+    assert pipe.fuse_qkv_projections(first_frame=True) is pipe
     assert isinstance(pipe.transformer._cuda_graphs, CUDAGraphRunner)  # graphs stay on (captured anew)
     assert any(name.endswith("to_qkv.weight") for name in pipe.transformer.state_dict())
     assert pipe.first_frame_pipeline.fusing_unet  # the first-frame UNet through diffusers
@@ -155,7 +155,7 @@ def test_fused_qkv_projections_give_the_same_video_and_unfuse_restores_the_weigh
     quantised.enable_float8_weights(min_numel=0)
     quantised.enable_cuda_graphs()
     with pytest.raises(ValueError, match="plain nn.Linear"):
-        quantised.fuse_qkv_projections()
+        quantised.fuse_qkv_projections(first_frame=True)
     assert not getattr(quantised.first_frame_pipeline, "fusing_unet", False)
     assert isinstance(quantised.transformer._cuda_graphs, CUDAGraphRunner)  # left as it was
 
