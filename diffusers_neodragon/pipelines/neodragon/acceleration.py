@@ -122,7 +122,7 @@ class NeodragonAccelerationMixin:
             if nested is not None and not hasattr(nested, "transformer"):  # after ours, which refuse float8 weights
                 if fuse:
                     nested.fuse_qkv_projections(unet=True, vae=False)
-                else:
+                elif getattr(nested, "fusing_unet", False):  # diffusers warns when there is nothing to undo
                     nested.unfuse_qkv_projections(unet=True, vae=False)
         finally:
             if graphed:
