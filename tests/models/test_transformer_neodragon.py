@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
@@ -292,6 +294,8 @@ def test_fused_qkv_projections_equal_the_separate_ones_and_unfuse_restores_the_c
         assert torch.equal(tensor, state[name]), name
     model.save_pretrained(tmp_path)
     assert NeodragonTransformer3DModel.from_pretrained(tmp_path) is not None
+    # pipelines hand `variant` only to a save_pretrained whose signature names it
+    assert "variant" in inspect.signature(model.save_pretrained).parameters
 
 
 def test_fusing_refuses_layers_that_are_not_plain_linears():

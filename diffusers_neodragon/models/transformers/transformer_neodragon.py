@@ -11,6 +11,7 @@ padded text tokens may be dropped, queries of the last frame attend without a ma
 final block computes only the noisy clip's tokens (the rest is discarded by the reference anyway).
 """
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -439,6 +440,8 @@ class NeodragonTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             self._cuda_graphs.reset()
         return self
 
+    # The signature stays ModelMixin's (through __wrapped__): pipelines pass `variant` only to methods that name it.
+    @functools.wraps(ModelMixin.save_pretrained, assigned=("__module__", "__name__", "__qualname__"))
     def save_pretrained(self, *args, **kwargs):
         """``ModelMixin.save_pretrained``, refused while the projections are fused: the folder must keep the
         checkpoint layout that every loader (and the official code) reads."""
