@@ -830,6 +830,9 @@ def main(args):
     result = {"global_step": global_step, "loss": float(np.mean(recent_losses)) if recent_losses else None}
     if recent_terms:
         result["loss_terms"] = {k: float(np.mean([t[k] for t in recent_terms])) for k in term_names}
+        if accelerator.is_main_process:  # also in the log, where a run's files may not survive
+            print("[train_pyramidal_flow] loss terms, unweighted means of the last steps: "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in result["loss_terms"].items()), flush=True)
     pipe = validation_pipeline()
     if accelerator.is_main_process:
         save_dtype = SAVE_DTYPES[args.save_dtype]

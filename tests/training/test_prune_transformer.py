@@ -172,7 +172,7 @@ def test_feature_weights_change_what_stage_2_learns(teacher, pruned, tmp_path):
         train.parse_args([*TINY, "--vae_path", "x", "--feature_loss_weights", "1,1"])
 
 
-def test_guidance_term_matches_the_teachers_caption_minus_empty_caption_direction(pruned, tmp_path):
+def test_guidance_term_matches_the_teachers_caption_minus_empty_caption_direction(pruned, tmp_path, capsys):
     """--guidance_loss_weight adds the relative squared error of (prediction for the caption - prediction for "") to
     the teacher's. With
     the student's own weights as the teacher every teacher term of the first step is exactly 0, the guidance term
@@ -187,8 +187,10 @@ def test_guidance_term_matches_the_teachers_caption_minus_empty_caption_directio
     # two steps: Adam's first step is sign-only and may move both runs alike
     other = ("--teacher_path", str(other), *common, "--max_train_steps", "2")
     plain = stage(pruned, tmp_path / "plain", *other)
+    capsys.readouterr()
     guided = stage(pruned, tmp_path / "guided", *other, "--guidance_loss_weight", "3")
     terms = guided["loss_terms"]
+    assert f"guidance {terms['guidance']:.4g}" in capsys.readouterr().out  # the terms in the log, too
     assert "guidance" not in plain["loss_terms"] and terms["guidance"] > 0
     assert guided["loss"] == pytest.approx(sum(terms.values()) + 2 * terms["guidance"], rel=1e-5)
     assert any(not torch.equal(a, b) for a, b in zip(weights(tmp_path / "plain").values(),
