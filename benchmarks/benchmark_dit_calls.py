@@ -59,6 +59,11 @@ def median_ms(fn, repeats: int, device) -> float:
             fn()
             times.append((time.perf_counter() - start) * 1e3)
         return statistics.median(times)
+    side = torch.cuda.Stream()  # one more warm-up on a side stream, as capture wants
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

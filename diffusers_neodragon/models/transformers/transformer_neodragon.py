@@ -136,21 +136,21 @@ class NeodragonJointAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
         if not context_pre_only:
             self.to_add_out = nn.Linear(dim, dim)
+        # fused layer -> the projections it replaces (fuse_projections): q, k and v of each stream, but only k and v
+        # in the context-pre-only block (its image queries may cover fewer tokens than its keys, and its text
+        # queries are unused when it runs ``last_only``)
+        if context_pre_only:
+            self.fusions = {"to_kv": ("to_k", "to_v"), "to_added_kv": ("add_k_proj", "add_v_proj")}
+        else:
+            self.fusions = {"to_qkv": ("to_q", "to_k", "to_v"),
+                            "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, self.head_dim))
 
-    def _fusable(self) -> dict[str, tuple[str, ...]]:
-        """Fused layer name -> the projections it replaces: q, k and v of each stream, except the queries of the
-        context-pre-only block (its image queries may cover fewer tokens than its keys; its text queries are
-        unused when it runs ``last_only``)."""
-        if self.context_pre_only:
-            return {"to_kv": ("to_k", "to_v"), "to_added_kv": ("add_k_proj", "add_v_proj")}
-        return {"to_qkv": ("to_q", "to_k", "to_v"), "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
-
     @property
     def fused_projections(self) -> bool:
-        return any(name in self._modules for name in self._fusable())
+        return any(name in self._modules for name in self.fusions)
 
     def fuse_projections(self):
         """Replace the separate projections of each stream by one linear layer (their weights stacked): one
@@ -158,11 +158,11 @@ class NeodragonJointAttention(nn.Module):
         removed (no weight is held twice); [`unfuse_projections`] restores them."""
         if self.fused_projections:
             return
-        kinds = {name: type(getattr(self, name)) for names in self._fusable().values() for name in names}
+        kinds = {name: type(getattr(self, name)) for names in self.fusions.values() for name in names}
         if any(kind is not nn.Linear for kind in kinds.values()):
             raise ValueError(f"Only plain nn.Linear projections can be fused, not {sorted(map(str, kinds.values()))} "
                              "(fuse before float8 weights; unload LoRA adapters first)")
-        for fused, names in self._fusable().items():
+        for fused, names in self.fusions.items():
             parts = [getattr(self, name) for name in names]
             layer = nn.Linear(parts[0].in_features, sum(part.out_features for part in parts),
                               device=parts[0].weight.device, dtype=parts[0].weight.dtype)
@@ -176,15 +176,15 @@ class NeodragonJointAttention(nn.Module):
         """Undo [`fuse_projections`]: the separate projections again, with the same weights."""
         if not self.fused_projections:
             return
-        for fused, names in self._fusable().items():
+        for fused, names in self.fusions.items():
             layer = self._modules[fused]
             width = layer.out_features // len(names)
             parts = {}
-            for index, name in enumerate(names):
-                part = nn.Linear(layer.in_features, width, device=layer.weight.device, dtype=layer.weight.dtype)
+            for name, weight, bias in zip(names, layer.weight.split(width), layer.bias.split(width)):
+                part = nn.Linear(layer.in_features, width, device=weight.device, dtype=weight.dtype)
                 with torch.no_grad():
-                    part.weight.copy_(layer.weight[index * width : (index + 1) * width])
-                    part.bias.copy_(layer.bias[index * width : (index + 1) * width])
+                    part.weight.copy_(weight)
+                    part.bias.copy_(bias)
                 parts[name] = part.requires_grad_(layer.weight.requires_grad)
             self._swap_modules((fused,), parts)
 
@@ -199,8 +199,9 @@ class NeodragonJointAttention(nn.Module):
         self._modules.clear()
         self._modules.update(modules)
 
-    def _project(self, x: torch.Tensor, fused: str, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
-        """The projections ``names`` of ``x``, through their fused layer when there is one."""
+    def _project(self, x: torch.Tensor, fused: str) -> tuple[torch.Tensor, ...]:
+        """The projections that ``fused`` stands for, of ``x``: through that layer when the block is fused."""
+        names = self.fusions[fused]
         if fused in self._modules:
             return self._modules[fused](x).chunk(len(names), dim=-1)
         return tuple(getattr(self, name)(x) for name in names)
@@ -212,13 +213,13 @@ class NeodragonJointAttention(nn.Module):
         model returns; keys and values still cover the whole sequence.
         """
         if self.context_pre_only:
-            k, v = self._project(img, "to_kv", ("to_k", "to_v"))
+            k, v = self._project(img, "to_kv")
             q = self.to_q(img[:, -layout.num_last :] if last_only else img)
-            ck, cv = self._project(txt, "to_added_kv", ("add_k_proj", "add_v_proj"))
+            ck, cv = self._project(txt, "to_added_kv")
             cq = None if last_only else self.add_q_proj(txt)
         else:
-            q, k, v = self._project(img, "to_qkv", ("to_q", "to_k", "to_v"))
-            cq, ck, cv = self._project(txt, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"))
+            q, k, v = self._project(img, "to_qkv")
+            cq, ck, cv = self._project(txt, "to_added_qkv")
         q, k, v = self.norm_q(self._heads(q)), self.norm_k(self._heads(k)), self._heads(v)
         if layout.rope is not None:
             cos, sin = layout.rope
