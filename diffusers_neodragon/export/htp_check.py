@@ -370,9 +370,11 @@ def format_report(reports: list[HTPReport]) -> str:
         )
         if r.error:
             lines.append(f"    error: {r.error}")
-    lines.append(format_memory({r.component: {"weights_mib": r.memory.get("weights_mib", 0.0),
-                                              "peak_activations_mib": r.memory.get("peak_activations_mib", 0.0)}
-                                for r in reports if r.memory}))  # a shared context's graphs have rows of their own
+    memories = {r.component: {"weights_mib": r.memory.get("weights_mib", 0.0),
+                              "peak_activations_mib": r.memory.get("peak_activations_mib", 0.0)}
+                for r in reports if r.memory}  # a shared context's graphs have rows of their own
+    if memories:
+        lines.append(format_memory(memories))
     return "\n".join(lines)
 
 

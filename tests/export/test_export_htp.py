@@ -143,3 +143,13 @@ def test_transformer_stages_compile_into_one_context_binary_with_shared_weights(
     assert report.context_binary_bytes == binaries[0].stat().st_size
     # weights once: far below the three binaries together, near the largest alone
     assert 0.5 * largest < report.context_binary_bytes < 0.6 * sum(r.context_binary_bytes for r in separate)
+
+
+def test_a_report_without_memory_figures_prints_no_budget_lines():
+    from diffusers_neodragon.export.htp_check import HTPReport, format_report
+
+    shared = HTPReport(component="transformer_stages", precision="fp16", on_htp=True, num_nodes=3)
+    assert "budget" not in format_report([shared])
+    measured = HTPReport(component="decoder_step", precision="fp16", on_htp=True,
+                         memory={"weights_mib": 2.0, "peak_activations_mib": 1.0})
+    assert "3.0 MiB" in format_report([shared, measured])
