@@ -49,7 +49,9 @@ def calls(device, dtype, channels: int = 16) -> dict[str, dict]:
 
 
 def median_ms(fn, repeats: int, device) -> float:
-    """Median time of ``fn``: replayed from a CUDA graph with CUDA events on a GPU, wall clock on the CPU."""
+    """Median time of ``fn``: replayed from a CUDA graph with CUDA events on a GPU, wall clock on the CPU. A bare
+    graph rather than the pipeline's ``CUDAGraphRunner``, so that the figure is the replay alone (no input copies or
+    key lookup; the end-to-end figures of ``benchmark_pipeline.py`` include those)."""
     for _ in range(3 if device.type == "cuda" else 1):
         fn()
     if device.type != "cuda":
