@@ -23,7 +23,9 @@ The noisy points the student learns from are the data's at its sampler's noise l
 The output folder is a ``NeodragonPipeline`` whose config samples with the distilled steps and no CFG by default;
 with ``--save_mode hybrid`` (default) the teacher is nested as ``first_frame_pipeline`` and makes latent frame 0
 with its multi-step sampler (the paper's hybrid setting); ``mode="monolithic"`` on the same folder lets the student
-make its own first frame (1-1-1, no CFG).
+make its own first frame, no CFG, with ``--first_frame_steps_per_stage`` steps (``--save_mode monolithic`` makes that
+the folder's default: e.g. a 4-4-4 first frame and 1-1-1 later frames from one transformer, far cheaper than the
+teacher's first frame).
 
 Example (one GPU, a few minutes; the second run starts from the first's student):
 
@@ -131,6 +133,11 @@ def parse_args(input_args=None):
                              "the progressive schedule (e.g. the 4-4-4 student for 1-1-1); default: the teacher.")
     parser.add_argument("--steps_per_stage", type=str, default="1",
                         help="The student's sampler: an int for every stage or one per stage (4 / 2,2,2 / 1).")
+    parser.add_argument("--first_frame_steps_per_stage", type=str, default=None,
+                        help="The student's sampler for its own first frame (u = 0), where a one-step student loses "
+                             "most: e.g. 4 with --steps_per_stage 1 keeps a multi-step first frame in the same "
+                             "transformer, a cheap stand-in for the hybrid's nested teacher; default: "
+                             "--steps_per_stage.")
     parser.add_argument("--fake_updates_per_student", type=int, default=2, help="Fake-model updates per student one.")
     parser.add_argument("--fake_learning_rate", type=float, default=None, help="Default: --learning_rate.")
     parser.add_argument("--dmd_weight", type=float, default=1.0)
@@ -168,10 +175,11 @@ def parse_args(input_args=None):
         adam_beta2=0.999, adam_weight_decay=0.0,
     )
     args = parse_with_command(parser, input_args)
-    steps = parse_int_list(args.steps_per_stage)
-    args.steps_per_stage = list(steps)
-    if any(s < 1 for s in steps):
-        raise ValueError(f"--steps_per_stage must be ints >= 1, got {steps}.")
+    for name in ("steps_per_stage", "first_frame_steps_per_stage"):
+        steps = list(parse_int_list(getattr(args, name) or args.steps_per_stage))
+        if any(s < 1 for s in steps):
+            raise ValueError(f"--{name} must be ints >= 1, got {steps}.")
+        setattr(args, name, steps)
     args.sample_ratios = parse_int_list(args.sample_ratios)
     if args.fake_updates_per_student < 0:
         raise ValueError("--fake_updates_per_student must be >= 0.")
@@ -214,14 +222,15 @@ def make_pipeline(student, teacher, args, mode=None) -> NeodragonPipeline:
     the teacher (its own monolithic defaults) makes latent frame 0."""
     mode = mode or args.save_mode
     config = teacher.config
-    steps = per_stage(args.steps_per_stage, teacher.scheduler.config.stages)
+    stages = teacher.scheduler.config.stages
+    steps, first_steps = (per_stage(s, stages) for s in (args.steps_per_stage, args.first_frame_steps_per_stage))
     pipe = NeodragonPipeline(
         transformer=student, scheduler=teacher.scheduler, vae=teacher.vae, context_adapter=teacher.context_adapter,
         first_frame_pipeline=teacher if mode == "hybrid" else None, mode=mode,
         prompt_suffix=config.prompt_suffix, default_negative_prompt=config.default_negative_prompt,
         default_height=args.height, default_width=args.width, default_num_frames=args.num_frames,
         default_guidance_scale=0.0, default_video_guidance_scale=0.0,
-        default_num_inference_steps=steps, default_video_num_inference_steps=steps,
+        default_num_inference_steps=first_steps, default_video_num_inference_steps=steps,
         default_history_noise=config.default_history_noise,
         **{k: getattr(teacher, k, None)
            for k in (*TEXT_COMPONENT_NAMES, "super_resolution", "safety_checker", "feature_extractor")},
@@ -320,9 +329,10 @@ def main(args):
     args.num_frames = args.num_frames or teacher.config.default_num_frames
     scheduler = teacher.scheduler
     stages = scheduler.config.stages
-    steps = per_stage(args.steps_per_stage, stages)
-    if len(steps) != stages or len(args.sample_ratios) != stages:
-        raise ValueError(f"--steps_per_stage and --sample_ratios need 1 or {stages} entries.")
+    steps, first_steps = (per_stage(s, stages) for s in (args.steps_per_stage, args.first_frame_steps_per_stage))
+    if len(steps) != stages or len(first_steps) != stages or len(args.sample_ratios) != stages:
+        raise ValueError(f"--steps_per_stage, --first_frame_steps_per_stage and --sample_ratios need 1 or {stages} "
+                         "entries.")
     device = accelerator.device
     for name in ("transformer", "vae", *TEXT_COMPONENT_NAMES, "context_adapter"):
         module = getattr(teacher, name, None)
@@ -415,7 +425,8 @@ def main(args):
                         cache.pooled[neg])
             stage = sample_stage(args.sample_ratios, generator)
             unit = sample_num_history(latents.shape[2], generator, args.first_frame_prob)
-            timesteps = scheduler.sample_inference_timesteps(stage, steps[stage], batch, generator, device)
+            stage_steps = (first_steps if unit == 0 else steps)[stage]
+            timesteps = scheduler.sample_inference_timesteps(stage, stage_steps, batch, generator, device)
             example = pyramid_training_batch(scheduler, latents, stage, num_history=unit, generator=generator,
                                              corrupt_ratio=args.corrupt_ratio, timesteps=timesteps)
             scale = first_scale if unit == 0 else video_scale
@@ -494,7 +505,7 @@ def main(args):
             saved.save_pretrained(str(output_dir), safe_serialization=True)
         with idle_text.in_use():
             log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
-        steps_text = "-".join(map(str, steps))
+        steps_text, first_steps_text = ("-".join(map(str, s)) for s in (steps, first_steps))
         teacher_steps = (first_given(teacher.config.get("default_num_inference_steps"),
                                      MODE_DEFAULTS["monolithic"]["num_inference_steps"]),
                          first_given(teacher.config.get("default_video_num_inference_steps"),
@@ -504,6 +515,7 @@ def main(args):
             command=training_command(SCRIPT, args.command_args), steps=global_step,
             loss_dmd=format_float(window.get("loss_dmd")), loss_cauchy=format_float(window.get("loss_cauchy")),
             loss_fake=format_float(window.get("loss_fake")), steps_per_stage=steps_text,
+            first_frame_steps_per_stage=first_steps_text, nfe_first_frame=sum(first_steps),
             nfe_per_frame=sum(steps), teacher_path=args.teacher_path, student_path=args.student_path or "the teacher",
             teacher_first_steps=list(teacher_steps[0]) if not isinstance(teacher_steps[0], int) else teacher_steps[0],
             teacher_video_steps=list(teacher_steps[1]) if not isinstance(teacher_steps[1], int) else teacher_steps[1],

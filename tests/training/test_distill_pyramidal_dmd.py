@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_neodragon import AsymmetricVAE, NeodragonPipeline
+from diffusers_neodragon import AsymmetricVAE, NeodragonPipeline, PyramidalDMDScheduler
 from tests.script_loading import load_script
 from tests.tiny_components import monolithic_pipeline, tiny_causal_vae
 
@@ -67,6 +67,7 @@ def test_alternating_steps_save_a_distilled_hybrid_pipeline(teacher_dir, tmp_pat
     assert index["default_num_inference_steps"] == index["default_video_num_inference_steps"] == [2, 2, 2]
     card = (out / "README.md").read_text()
     assert "2-2-2 steps per stage and no classifier-free guidance" in card and "{{" not in card
+    assert "(2-2-2 steps per stage, 6 transformer calls, no CFG)" in card  # its own first frame, by default alike
     assert (out / "validation" / "final-step-000003.png").is_file()
 
     pipe = NeodragonPipeline.from_pretrained(out)
@@ -83,6 +84,40 @@ def test_alternating_steps_save_a_distilled_hybrid_pipeline(teacher_dir, tmp_pat
     pipe("a small red circle", output_type="latent", num_frames=9, mode="monolithic",
          generator=torch.Generator().manual_seed(0))
     assert pipe.num_timesteps == 12  # the student's own first frame, 2-2-2 too
+
+
+@pytest.mark.parametrize("first_frame_prob", [1.0, 0.0])
+def test_first_frame_steps_train_and_sample_the_first_frame_alone(teacher_dir, tmp_path, monkeypatch,
+                                                                  first_frame_prob):
+    """--first_frame_steps_per_stage: batches of the first frame (u = 0) draw their noisy points from that sampler,
+    the others from --steps_per_stage; the monolithic folder samples frame 0 with it by default."""
+    drawn = []
+    original = PyramidalDMDScheduler.sample_inference_timesteps
+
+    def spy(self, stage, num_steps, *args, **kwargs):
+        drawn.append(num_steps)
+        return original(self, stage, num_steps, *args, **kwargs)
+
+    monkeypatch.setattr(PyramidalDMDScheduler, "sample_inference_timesteps", spy)
+    out = tmp_path / "student"
+    run(teacher_dir, out, "--max_train_steps", "2", "--steps_per_stage", "1", "--first_frame_steps_per_stage", "2",
+        "--save_mode", "monolithic", "--first_frame_prob", str(first_frame_prob), "--checkpointing_steps", "0")
+    assert drawn == ([2, 2] if first_frame_prob == 1.0 else [1, 1])
+    index = json.loads((out / "model_index.json").read_text())
+    assert (index["default_num_inference_steps"], index["default_video_num_inference_steps"]) == ([2] * 3, [1] * 3)
+    assert "(2-2-2 steps per stage, 6 transformer calls, no CFG)" in (out / "README.md").read_text()
+    if first_frame_prob == 1.0:
+        pipe = NeodragonPipeline.from_pretrained(out)
+        pipe.set_progress_bar_config(disable=True)
+        pipe("a small red circle", output_type="latent", num_frames=9, generator=torch.Generator().manual_seed(0))
+        assert pipe.num_timesteps == 6 + 3  # frame 0 at 2-2-2, frame 1 at 1-1-1
+
+
+def test_bad_first_frame_steps_are_refused(teacher_dir, tmp_path):
+    with pytest.raises(ValueError, match="--first_frame_steps_per_stage must be ints >= 1"):
+        run(teacher_dir, tmp_path / "s", "--first_frame_steps_per_stage", "0")
+    with pytest.raises(ValueError, match="need 1 or 3 entries"):
+        run(teacher_dir, tmp_path / "s", "--first_frame_steps_per_stage", "2,2", "--max_train_steps", "1")
 
 
 def test_resume_equals_uninterrupted_and_progressive_start(teacher_dir, tmp_path):

@@ -31,7 +31,7 @@ def tiny_teacher(folder: Path) -> Path:
     return folder / "teacher"
 
 
-def test_chain_smoke_run_ends_in_a_mobile_hybrid_pipeline(tmp_path):
+def test_chain_smoke_run_ends_in_a_mobile_pipeline(tmp_path):
     teacher = tiny_teacher(tmp_path)
     out = tmp_path / "chain"
     repo = str(RECIPE.parents[2])  # the scripts import this checkout's package, not an installed copy
@@ -72,17 +72,14 @@ def test_chain_smoke_run_ends_in_a_mobile_hybrid_pipeline(tmp_path):
     original = NeodragonPipeline.from_pretrained(teacher)
     pipe = NeodragonPipeline.from_pretrained(out / "pipeline")
     pipe.set_progress_bar_config(disable=True)
-    pipe.first_frame_pipeline.set_progress_bar_config(disable=True)
     # each operation's trace: the distilled text path and decoder, the pruned transformer (last block kept), the
-    # 1-1-1 student without CFG, the recovered model as its first-frame generator, and super-resolution
+    # 1-1-1 student without CFG making its own first frame at 4-4-4, and super-resolution
     assert isinstance(pipe.text_encoder_3, DT5EncoderModel) and pipe.context_adapter is not None
     assert isinstance(pipe.vae, AsymmetricVAE) and pipe.super_resolution is not None
     assert pipe.transformer.config.num_layers == 2 and list(pipe.transformer.config.block_origin)[-1] == 2
-    assert pipe.config.mode == "hybrid" and pipe.config.default_video_num_inference_steps == [1, 1, 1]
-    assert pipe.config.default_video_guidance_scale == 0.0
-    recovered = NeodragonPipeline.from_pretrained(out / "5-stage2").transformer.state_dict()
-    nested = pipe.first_frame_pipeline.transformer.state_dict()
-    assert all(torch.equal(nested[k], recovered[k]) for k in recovered)
+    assert pipe.config.mode == "monolithic" and pipe.first_frame_pipeline is None
+    assert (pipe.config.default_num_inference_steps, pipe.config.default_video_num_inference_steps) == ([4] * 3, [1] * 3)
+    assert pipe.config.default_guidance_scale == pipe.config.default_video_guidance_scale == 0.0
     encoder = original.vae.encoder.state_dict()
     assert all(torch.equal(pipe.vae.encoder.state_dict()[k], encoder[k]) for k in encoder)  # latents unchanged
     video = pipe("a small red circle moving left", output_type="np", generator=torch.Generator().manual_seed(0)).frames

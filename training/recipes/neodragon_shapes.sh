@@ -8,7 +8,9 @@
 #   4-stage1    recovery stage 1: flow matching on data (train_pyramidal_flow.py)
 #   5-stage2    recovery stage 2: teacher features + flow matching (train_pyramidal_flow.py --teacher_path)
 #   6-dmd444    Pyramidal DMD 4-4-4 from the recovered model (distill_pyramidal_dmd.py)
-#   7-dmd111    Pyramidal DMD 1-1-1 from 4-4-4; the recovered model makes the first frame (hybrid)
+#   7-dmd111    Pyramidal DMD 1-1-1 from 4-4-4 for every later frame, 4-4-4 kept for its own first frame
+#               (--first_frame_steps_per_stage): a multi-step first frame in 12 transformer calls, where the recovered
+#               model's (6-dmd444's hybrid) takes 120 and about 7 s of the CPU budget
 #   pipeline    7-dmd111 with a trained 2x QuickSRNet (train_quicksrnet.py): the mobile pipeline
 # Usage: training/recipes/neodragon_shapes.sh OUTPUT_DIR
 # TEACHER: the starting pipeline (default: the embedded model). *_SECONDS cap each step's training time;
@@ -106,14 +108,14 @@ once "$OUT/5-stage2/README.md" run train_pyramidal_flow.py --pretrained_model_na
 once "$OUT/6-dmd444/README.md" run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 4 \
   --output_dir "$OUT/6-dmd444" --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" "${COMMON[@]}"
 once "$OUT/7-dmd111/README.md" run distill_pyramidal_dmd.py --teacher_path "$OUT/5-stage2" --steps_per_stage 1 \
-  --student_path "$OUT/6-dmd444" --output_dir "$OUT/7-dmd111" --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" \
-  "${COMMON[@]}"
+  --student_path "$OUT/6-dmd444" --first_frame_steps_per_stage 4 --save_mode monolithic --output_dir "$OUT/7-dmd111" \
+  --max_train_seconds "${DMD_SECONDS:-300}" "${DMD[@]}" "${COMMON[@]}"
 once "$OUT/pipeline/README.md" run train_quicksrnet.py --teacher "$OUT/7-dmd111" --output_dir "$OUT/8-sr" \
   --pipeline_output "$OUT/pipeline" "${SR[@]}" "${COMMON[@]}"
 
 if [[ "$SHAPESBENCH_PROMPTS" != 0 ]]; then
   "$PY" "$HERE/benchmarks/shapesbench_compare.py" "teacher=$TEACHER" "text=$OUT/1-text" \
-    "decoder=$OUT/2-decoder/pipeline" "pruned=$OUT/5-stage2" "dmd111=$OUT/7-dmd111" "final=$OUT/pipeline" \
+    "decoder=$OUT/2-decoder/pipeline" "pruned=$OUT/5-stage2" "dmd444=$OUT/6-dmd444" "dmd111=$OUT/7-dmd111" "final=$OUT/pipeline" \
     --seeds 0,1 --num-prompts "$SHAPESBENCH_PROMPTS" --results-dir "$OUT/shapesbench" --markdown \
     --json "$OUT/shapesbench/table.json"
 fi
