@@ -15,8 +15,10 @@
 # Usage: training/recipes/neodragon_shapes.sh OUTPUT_DIR
 # TEACHER: the starting pipeline (default: the embedded model). *_SECONDS cap each step's training time;
 # NUM_DROP the blocks to drop (default 2 of 10); SHAPESBENCH_PROMPTS the prompts per split of the final comparison of
-# every step against the teacher (default 16, seeds 0 and 1; 0 skips it). LAUNCH runs each training script under a
-# launcher (e.g. "accelerate launch"). SMOKE=1 shrinks every size so that the chain runs on a CPU in minutes.
+# every step against the teacher (default 16, seeds 0 and 1; 0 skips it), which with each step's CPU (two threads) and
+# GPU latency makes the ablation table, $OUT/ablation.md (benchmarks/ablation_table.py). LAUNCH runs each training
+# script under a launcher (e.g. "accelerate launch"). SMOKE=1 shrinks every size so that the chain runs on a CPU in
+# minutes.
 # Run it again after a crash or a time limit: steps whose output is complete are skipped, and the step that was cut
 # resumes from its latest checkpoint. DECODER_FROM (e.g. checkpoints/shapes-distilled-decoder, made from the embedded
 # teacher's encoder) skips the decoder's three runs: that decoder is validated against the teacher and used as it is.
@@ -113,9 +115,17 @@ once "$OUT/7-dmd111/README.md" run distill_pyramidal_dmd.py --teacher_path "$OUT
 once "$OUT/pipeline/README.md" run train_quicksrnet.py --teacher "$OUT/7-dmd111" --output_dir "$OUT/8-sr" \
   --pipeline_output "$OUT/pipeline" "${SR[@]}" "${COMMON[@]}"
 
-if [[ "$SHAPESBENCH_PROMPTS" != 0 ]]; then
-  "$PY" "$HERE/benchmarks/shapesbench_compare.py" "teacher=$TEACHER" "text=$OUT/1-text" \
-    "decoder=$OUT/2-decoder/pipeline" "pruned=$OUT/5-stage2" "dmd444=$OUT/6-dmd444" "dmd111=$OUT/7-dmd111" "final=$OUT/pipeline" \
-    --seeds 0,1 --num-prompts "$SHAPESBENCH_PROMPTS" --results-dir "$OUT/shapesbench" --markdown \
-    --json "$OUT/shapesbench/table.json"
+if [[ "$SHAPESBENCH_PROMPTS" != 0 ]]; then  # the ablation table: every step's scores and costs -> $OUT/ablation.md
+  STEPS=("teacher=$TEACHER" "text=$OUT/1-text" "decoder=$OUT/2-decoder/pipeline" "pruned=$OUT/5-stage2"
+         "dmd444=$OUT/6-dmd444" "dmd111=$OUT/7-dmd111" "final=$OUT/pipeline")
+  "$PY" "$HERE/benchmarks/shapesbench_compare.py" "${STEPS[@]}" --seeds 0,1 --num-prompts "$SHAPESBENCH_PROMPTS" \
+    --results-dir "$OUT/shapesbench" --markdown --json "$OUT/shapesbench/table.json"
+  "$PY" "$HERE/benchmarks/pipeline_latency.py" "${STEPS[@]}" --device cpu --threads 2 --json "$OUT/latency-cpu.json"
+  GPU=()
+  if "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    "$PY" "$HERE/benchmarks/pipeline_latency.py" "${STEPS[@]}" --cuda-graphs --json "$OUT/latency-gpu.json"
+    GPU=(--gpu "$OUT/latency-gpu.json")
+  fi
+  "$PY" "$HERE/benchmarks/ablation_table.py" --shapesbench "$OUT/shapesbench/table.json" \
+    --cpu "$OUT/latency-cpu.json" "${GPU[@]}" --output "$OUT/ablation.md"
 fi
