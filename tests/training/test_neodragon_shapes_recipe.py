@@ -78,7 +78,8 @@ def test_chain_smoke_run_ends_in_a_mobile_pipeline(tmp_path):
     assert isinstance(pipe.vae, AsymmetricVAE) and pipe.super_resolution is not None
     assert pipe.transformer.config.num_layers == 2 and list(pipe.transformer.config.block_origin)[-1] == 2
     assert pipe.config.mode == "monolithic" and pipe.first_frame_pipeline is None
-    assert (pipe.config.default_num_inference_steps, pipe.config.default_video_num_inference_steps) == ([4] * 3, [1] * 3)
+    steps = (pipe.config.default_num_inference_steps, pipe.config.default_video_num_inference_steps)
+    assert steps == ([4, 4, 4], [1, 1, 1])
     assert pipe.config.default_guidance_scale == pipe.config.default_video_guidance_scale == 0.0
     encoder = original.vae.encoder.state_dict()
     assert all(torch.equal(pipe.vae.encoder.state_dict()[k], encoder[k]) for k in encoder)  # latents unchanged
