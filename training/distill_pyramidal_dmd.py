@@ -217,13 +217,17 @@ def per_stage(steps, stages):
     return list(steps) * stages if len(steps) == 1 else list(steps)
 
 
+def student_steps(args, stages: int) -> tuple[list[int], list[int]]:
+    """The student's steps per stage: (every later latent frame, its own first frame)."""
+    return per_stage(args.steps_per_stage, stages), per_stage(args.first_frame_steps_per_stage, stages)
+
+
 def make_pipeline(student, teacher, args, mode=None) -> NeodragonPipeline:
     """The student as a NeodragonPipeline sampling with its distilled steps and no CFG by default; in hybrid mode
     the teacher (its own monolithic defaults) makes latent frame 0."""
     mode = mode or args.save_mode
     config = teacher.config
-    stages = teacher.scheduler.config.stages
-    steps, first_steps = (per_stage(s, stages) for s in (args.steps_per_stage, args.first_frame_steps_per_stage))
+    steps, first_steps = student_steps(args, teacher.scheduler.config.stages)
     pipe = NeodragonPipeline(
         transformer=student, scheduler=teacher.scheduler, vae=teacher.vae, context_adapter=teacher.context_adapter,
         first_frame_pipeline=teacher if mode == "hybrid" else None, mode=mode,
@@ -329,7 +333,7 @@ def main(args):
     args.num_frames = args.num_frames or teacher.config.default_num_frames
     scheduler = teacher.scheduler
     stages = scheduler.config.stages
-    steps, first_steps = (per_stage(s, stages) for s in (args.steps_per_stage, args.first_frame_steps_per_stage))
+    steps, first_steps = student_steps(args, stages)
     if len(steps) != stages or len(first_steps) != stages or len(args.sample_ratios) != stages:
         raise ValueError(f"--steps_per_stage, --first_frame_steps_per_stage and --sample_ratios need 1 or {stages} "
                          "entries.")
