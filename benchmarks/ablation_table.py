@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 
-SPLITS = ("seen", "held-out")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.shapesbench_compare import SPLITS, markdown_table, total_cells  # noqa: E402
+
+
 MISSING = "–"
 
 
@@ -71,9 +75,7 @@ def build_rows(shapesbench: dict, cpu: list[dict], gpu: list[dict] | None = None
                 cells += [MISSING] * 3
                 continue
             scores = table[label][split]
-            totals = scores["score"]
-            cells.append(f"{np.mean(totals):.1f} ({'/'.join(f'{v:.1f}' for v in totals)})")
-            cells.append(f"{np.mean(totals) - np.mean(first[split]['score']):+.1f}")
+            cells += total_cells(scores, first[split])
             cells.append(" / ".join(f"{np.mean(scores[f]):.1f}" for f in ("semantic", "quality", "temporal")))
         rows.append(cells)
     return header, rows
@@ -87,9 +89,7 @@ def format_markdown(shapesbench: dict, cpu: list[dict], gpu: list[dict] | None =
             f"in brackets), Δ against the first row. Latency: one video at each folder's defaults, median; CPU with "
             f"{'/'.join(map(str, sorted(threads))) or '?'} threads"
             + (", GPU with the settings of its run." if gpu else "; no GPU run."))
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return note + "\n\n" + "\n".join(lines) + "\n"
+    return note + "\n\n" + markdown_table(header, rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> str:

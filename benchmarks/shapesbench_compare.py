@@ -114,6 +114,19 @@ def compare(entries, seeds: list[int], num_prompts: int, jobs: int, results_dir:
     return table
 
 
+def total_cells(scores: dict, first: dict) -> list[str]:
+    """One split's total of one row, as the mean over seeds with each seed's in brackets, and its difference to the
+    first row's mean."""
+    totals = scores["score"]
+    per_seed = "/".join(f"{v:.1f}" for v in totals)
+    return [f"{np.mean(totals):.1f} ({per_seed})", f"{np.mean(totals) - np.mean(first['score']):+.1f}"]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
 def format_comparison(table: dict, seeds: list[int], markdown: bool = False) -> str:
     """One row per pipeline: total (mean over seeds, and each seed's), semantic, quality, temporal per split, and the
     total's difference to the first row."""
@@ -126,18 +139,13 @@ def format_comparison(table: dict, seeds: list[int], markdown: bool = False) -> 
     for label, row in table.items():
         cells = [label]
         for split in SPLITS:
-            totals = row[split]["score"]
-            per_seed = "/".join(f"{v:.1f}" for v in totals)
-            cells.append(f"{np.mean(totals):.1f} ({per_seed})")
-            cells.append(f"{np.mean(totals) - np.mean(first[split]['score']):+.1f}")
+            cells += total_cells(row[split], first[split])
             cells += [f"{np.mean(row[split][f]):.1f}" for f in ("semantic", "quality", "temporal")]
         cells.append(f"{row['seconds_per_video']:.2f}")
         rows.append(cells)
     note = f"ShapesBench, means over seeds {','.join(map(str, seeds))} (per seed in brackets); Δ: against the first row"
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-        return note + "\n\n" + "\n".join(lines)
+        return note + "\n\n" + markdown_table(header, rows)
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in rows]
