@@ -45,6 +45,7 @@ from diffusers_neodragon.training_utils import (
     parse_int_list,
     parse_with_command,
     push_folder_to_hub,
+    save_pipeline_with,
     training_command,
 )
 from diffusers_neodragon.training_utils.block_pruning import (
@@ -106,7 +107,8 @@ def parse_args(input_args=None):
     prune.add_argument("--save_pipeline", action=argparse.BooleanOptionalAction, default=None,
                        help="Write the whole pipeline with the transformer replaced (default: when --teacher is a "
                             "pipeline folder).")
-    prune.add_argument("--save_dtype", default="fp32", choices=list(SAVE_DTYPES))
+    prune.add_argument("--save_dtype", default="fp32", choices=list(SAVE_DTYPES),
+                       help="Of the pruned transformer; the pipeline's other components are copied as stored.")
     prune.add_argument("--push_to_hub", action="store_true")
     prune.add_argument("--hub_model_id", type=str, default=None)
     prune.add_argument("--hub_token", type=str, default=None)
@@ -329,9 +331,7 @@ def run_prune(args) -> dict:
     repo_id = create_hub_repo(args)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.save_pipeline:
-        pipe = NeodragonPipeline.from_pretrained(args.teacher, dtype=SAVE_DTYPES[args.save_dtype])
-        pipe.register_modules(transformer=pruned)
-        pipe.save_pretrained(str(output_dir), safe_serialization=True)
+        save_pipeline_with(args.teacher, output_dir, transformer=pruned)  # the other components as stored
     else:
         pruned.save_pretrained(str(output_dir / "transformer"), safe_serialization=True)
     write_recovery_record(output_dir / "transformer", new_recovery_record(args.teacher, num_layers, keep))

@@ -4,10 +4,10 @@ writing it back out with the trained component(s) in place (``--pipeline_output`
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
-
-import torch
 
 
 def teacher_pipeline_path(teacher: str | os.PathLike | None) -> str:
@@ -20,16 +20,42 @@ def teacher_pipeline_path(teacher: str | os.PathLike | None) -> str:
 
 
 def save_pipeline_with(source: str | os.PathLike, output_dir: str | os.PathLike, **components) -> Path:
-    """The pipeline of folder ``source`` with ``components`` (name=module) replaced, saved to ``output_dir``."""
-    from diffusers import DiffusionPipeline  # noqa: PLC0415
+    """The pipeline of folder ``source`` with ``components`` (name=module) replaced, saved to ``output_dir``.
 
-    source = Path(source)
+    Every other component's folder is copied as it is stored, so a fp16 teacher stays fp16 (loading the pipeline and
+    saving it again would write each component in the dtype it was loaded in) and nothing is loaded that is not
+    replaced. A folder ``source`` lists that is missing is an error, not a component silently dropped."""
+    source, output_dir = Path(source), Path(output_dir)
     if not (source / "model_index.json").is_file():
         raise ValueError(f"--pipeline_output needs a pipeline folder as --teacher; {source} has no model_index.json.")
-    pipe = DiffusionPipeline.from_pretrained(str(source), dtype=torch.float32)
-    pipe.register_modules(**components)
-    pipe.save_pretrained(str(output_dir))
-    return Path(output_dir)
+    index = json.loads((source / "model_index.json").read_text())
+    kept = [name for name, entry in index.items() if name not in components and _is_stored_component(entry)]
+    missing = [name for name in kept if not (source / name).is_dir()]
+    if missing:
+        raise ValueError(f"{source} lists {missing} in model_index.json but has no such folders.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in kept:
+        shutil.copytree(source / name, output_dir / name, dirs_exist_ok=True)
+    for name, module in components.items():
+        shutil.rmtree(output_dir / name, ignore_errors=True)  # no file of an earlier write left beside the new one
+        module.save_pretrained(str(output_dir / name))
+        index[name] = [_library_of(module), type(module).__name__]
+    (output_dir / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return output_dir
+
+
+def _is_stored_component(entry) -> bool:
+    """A ``model_index.json`` entry naming a component folder, ``[library, class]``; not ``[None, None]`` (absent)
+    nor a config value that happens to be a list (``default_num_inference_steps``)."""
+    return isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)
+
+
+def _library_of(module) -> str:
+    """The library entry of ``model_index.json``: diffusers' rule, the package for diffusers and transformers
+    classes and the defining module for any other (ours)."""
+    path = type(module).__module__
+    top = path.split(".")[0]
+    return top if top in ("diffusers", "transformers") else path
 
 
 __all__ = ["save_pipeline_with", "teacher_pipeline_path"]
