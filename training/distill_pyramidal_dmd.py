@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import shutil
 import time
 from pathlib import Path
 
@@ -84,6 +85,7 @@ from diffusers_neodragon.training_utils import (
     format_float,
     freeze_unused_parameters,
     init_trackers,
+    keep_stored_components,
     parse_int_list,
     parse_with_command,
     push_folder_to_hub,
@@ -93,6 +95,7 @@ from diffusers_neodragon.training_utils import (
     sample_num_history,
     sample_stage,
     save_checkpoint,
+    save_pipeline_with,
     setup_accelerator,
     should_stop,
     step_generator,
@@ -504,9 +507,14 @@ def main(args):
         save_dtype = SAVE_DTYPES[args.save_dtype]
         if save_dtype == torch.float32:
             pipe.save_pretrained(str(output_dir), safe_serialization=True)
-        else:  # the student alone is cast; the teacher's components are saved as they were loaded
+        else:  # the student alone is cast
             saved = make_pipeline(copy.deepcopy(pipe.transformer).to(save_dtype), teacher, args)
             saved.save_pretrained(str(output_dir), safe_serialization=True)
+        if Path(args.teacher_path).is_dir():  # the teacher's parts as it stores them, not at the fp32 they ran in
+            keep_stored_components(args.teacher_path, output_dir, exclude=("transformer", "first_frame_pipeline"))
+            if args.save_mode == "hybrid":  # the first-frame pipeline is the whole teacher
+                shutil.rmtree(output_dir / "first_frame_pipeline")
+                save_pipeline_with(args.teacher_path, output_dir / "first_frame_pipeline")
         with idle_text.in_use():
             log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")
         steps_text, first_steps_text = ("-".join(map(str, s)) for s in (steps, first_steps))

@@ -59,7 +59,7 @@ from .losses import (
     psnr,
     vae_reconstruction_loss,
 )
-from .pipeline_folders import save_pipeline_with, teacher_pipeline_path
+from .pipeline_folders import keep_stored_components, save_pipeline_with, teacher_pipeline_path
 from .prompts import TEXT_COMPONENT_NAMES, TEXT_ENCODER_NAMES, encode_prompts, pooled_projection_dim
 from .pyramid_batch import (
     CAPTION_DROPOUT_PROBABILITY,
@@ -130,6 +130,7 @@ __all__ = [
     "gaussian_kl",
     "init_trackers",
     "initialize_transformer_weights",
+    "keep_stored_components",
     "latent_foreground_mask",
     "list_checkpoints",
     "load_vae_folder",

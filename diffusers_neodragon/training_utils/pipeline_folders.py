@@ -44,6 +44,22 @@ def save_pipeline_with(source: str | os.PathLike, output_dir: str | os.PathLike,
     return output_dir
 
 
+def keep_stored_components(source: str | os.PathLike, output_dir: str | os.PathLike, exclude=()) -> list[str]:
+    """Put ``source``'s own files back for every component that a pipeline saved to ``output_dir`` took unchanged
+    from it (same name and class in both ``model_index.json`` files, not in ``exclude``): a student pipeline built
+    around its teacher's frozen parts, loaded at fp32 for training, would otherwise store them at fp32. Returns the
+    names restored."""
+    source, output_dir = Path(source), Path(output_dir)
+    index = json.loads((source / "model_index.json").read_text())
+    saved = json.loads((output_dir / "model_index.json").read_text())
+    names = [name for name, entry in saved.items() if name not in exclude and _is_stored_component(entry)
+             and index.get(name) == entry and (source / name).is_dir()]
+    for name in names:
+        shutil.rmtree(output_dir / name)
+        shutil.copytree(source / name, output_dir / name)
+    return names
+
+
 def _is_stored_component(entry) -> bool:
     """A ``model_index.json`` entry naming a component folder, ``[library, class]``; not ``[None, None]`` (absent)
     nor a config value that happens to be a list (``default_num_inference_steps``)."""
@@ -58,4 +74,4 @@ def _library_of(module) -> str:
     return top if top in ("diffusers", "transformers") else path
 
 
-__all__ = ["save_pipeline_with", "teacher_pipeline_path"]
+__all__ = ["keep_stored_components", "save_pipeline_with", "teacher_pipeline_path"]

@@ -86,6 +86,26 @@ def test_alternating_steps_save_a_distilled_hybrid_pipeline(teacher_dir, tmp_pat
     assert pipe.num_timesteps == 12  # the student's own first frame, 2-2-2 too
 
 
+def test_the_teachers_parts_are_saved_as_it_stores_them(teacher_dir, tmp_path):
+    """An fp16 teacher runs at fp32 during training; its vae, text path and (hybrid) first-frame pipeline are
+    written back as the teacher's own files, not upcast."""
+    fp16_teacher = tmp_path / "teacher16"
+    NeodragonPipeline.from_pretrained(teacher_dir).to(torch.float16).save_pretrained(fp16_teacher)
+    out = tmp_path / "student"
+    run(fp16_teacher, out, "--max_train_steps", "1", "--checkpointing_steps", "0", "--save_dtype", "fp16")
+
+    def files(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+    teacher = files(fp16_teacher)
+    for name in ("vae", "text_encoder_3", "scheduler"):
+        assert {k: v for k, v in files(out).items() if k.parts[0] == name} == \
+               {k: v for k, v in teacher.items() if k.parts[0] == name}, name
+    assert files(out / "first_frame_pipeline") == teacher
+    assert {t.dtype for t in weights(out, "vae").values()} == {torch.float16}
+    assert NeodragonPipeline.from_pretrained(out).first_frame_pipeline.config.mode == "monolithic"
+
+
 @pytest.mark.parametrize("first_frame_prob", [1.0, 0.0])
 def test_first_frame_steps_train_and_sample_the_first_frame_alone(teacher_dir, tmp_path, monkeypatch,
                                                                   first_frame_prob):
