@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import shutil
 import time
 from pathlib import Path
 
@@ -513,7 +512,6 @@ def main(args):
         if Path(args.teacher_path).is_dir():  # the teacher's parts as it stores them, not at the fp32 they ran in
             keep_stored_components(args.teacher_path, output_dir, exclude=("transformer", "first_frame_pipeline"))
             if args.save_mode == "hybrid":  # the first-frame pipeline is the whole teacher
-                shutil.rmtree(output_dir / "first_frame_pipeline")
                 save_pipeline_with(args.teacher_path, output_dir / "first_frame_pipeline")
         with idle_text.in_use():
             log_validation(pipe, validation_prompts, accelerator, args, global_step, tag="final")

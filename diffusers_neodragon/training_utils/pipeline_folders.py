@@ -35,7 +35,7 @@ def save_pipeline_with(source: str | os.PathLike, output_dir: str | os.PathLike,
         raise ValueError(f"{source} lists {missing} in model_index.json but has no such folders.")
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in kept:
-        shutil.copytree(source / name, output_dir / name, dirs_exist_ok=True)
+        _copy_component(source, output_dir, name)
     for name, module in components.items():
         shutil.rmtree(output_dir / name, ignore_errors=True)  # no file of an earlier write left beside the new one
         module.save_pretrained(str(output_dir / name))
@@ -55,9 +55,13 @@ def keep_stored_components(source: str | os.PathLike, output_dir: str | os.PathL
     names = [name for name, entry in saved.items() if name not in exclude and _is_stored_component(entry)
              and index.get(name) == entry and (source / name).is_dir()]
     for name in names:
-        shutil.rmtree(output_dir / name)
-        shutil.copytree(source / name, output_dir / name)
+        _copy_component(source, output_dir, name)
     return names
+
+
+def _copy_component(source: Path, output_dir: Path, name: str) -> None:
+    shutil.rmtree(output_dir / name, ignore_errors=True)  # no file of an earlier write left beside the copy
+    shutil.copytree(source / name, output_dir / name)
 
 
 def _is_stored_component(entry) -> bool:

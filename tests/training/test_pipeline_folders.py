@@ -1,5 +1,6 @@
-"""CPU tests of ``save_pipeline_with``: the replaced component is written and listed, every other component's files
-are copied byte for byte (a fp16 folder stays fp16), and a broken source folder is refused."""
+"""CPU tests of ``save_pipeline_with`` and ``keep_stored_components``: the replaced component is written and listed,
+every other component's files are copied byte for byte (a fp16 folder stays fp16), and a broken source folder is
+refused."""
 
 import json
 import shutil
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusers_neodragon import NeodragonPipeline, QuickSRNet
-from diffusers_neodragon.training_utils.pipeline_folders import save_pipeline_with
+from diffusers_neodragon.training_utils.pipeline_folders import keep_stored_components, save_pipeline_with
 from tests.tiny_components import pipeline, tiny_quicksrnet
 
 
@@ -75,3 +76,19 @@ def test_list_valued_settings_are_not_taken_for_components(fp16_folder, tmp_path
     out = save_pipeline_with(source, tmp_path / "out", super_resolution=tiny_quicksrnet())
     saved = json.loads((out / "model_index.json").read_text())
     assert saved["default_num_inference_steps"] == [4, 4, 4] and saved["default_video_num_inference_steps"] == [1, 1]
+
+
+def test_keep_stored_components_puts_back_the_sources_files(fp16_folder, tmp_path):
+    """A student pipeline saved from fp32 copies of the source's parts gets the source's own (fp16) files back for
+    the parts it took unchanged; its replaced and excluded components stay as written."""
+    out = tmp_path / "student"
+    pipe = NeodragonPipeline.from_pretrained(fp16_folder, dtype=torch.float32)
+    pipe.save_pretrained(out)
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() != \
+           (fp16_folder / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    names = keep_stored_components(fp16_folder, out, exclude=("transformer",))
+    assert "vae" in names and "transformer" not in names and "super_resolution" not in names
+    before, after = _files(fp16_folder), _files(out)
+    assert all(after[k] == v for k, v in before.items() if k.parts[0] in names)
+    assert {t.dtype for t in load_file(out / "transformer" / "diffusion_pytorch_model.safetensors").values()} == \
+           {torch.float32}
