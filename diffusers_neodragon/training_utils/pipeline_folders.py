@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """The teacher pipeline folder of a compression operation: which one (the embedded Shapes model by default) and
-writing it back out with the trained component(s) in place (``--pipeline_output``)."""
+writing it back out with the trained component(s) in place (``--pipeline_output``), the other parts as stored."""
 
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ def save_pipeline_with(source: str | os.PathLike, output_dir: str | os.PathLike,
 
 
 def keep_stored_components(source: str | os.PathLike, output_dir: str | os.PathLike, exclude=()) -> list[str]:
-    """Put ``source``'s own files back for every component that a pipeline saved to ``output_dir`` took unchanged
-    from it (same name and class in both ``model_index.json`` files, not in ``exclude``): a student pipeline built
-    around its teacher's frozen parts, loaded at fp32 for training, would otherwise store them at fp32. Returns the
-    names restored."""
+    """Put ``source``'s own files back for every component listed with the same class in both ``model_index.json``
+    files, except ``exclude``, which must name every part the pipeline in ``output_dir`` trained or replaced. A
+    student pipeline built around its teacher's frozen parts, loaded at fp32 for training, would otherwise store
+    them at fp32. Returns the names restored."""
     source, output_dir = Path(source), Path(output_dir)
     index = json.loads((source / "model_index.json").read_text())
     saved = json.loads((output_dir / "model_index.json").read_text())
