@@ -71,8 +71,8 @@ def _is_stored_component(entry) -> bool:
 
 
 def _library_of(module) -> str:
-    """The library entry of ``model_index.json``: diffusers' rule, the package for diffusers and transformers
-    classes and the defining module for any other (ours)."""
+    """The library entry of ``model_index.json`` for a model (not a nested pipeline nor a compiled wrapper): as
+    diffusers writes it, the package for diffusers and transformers classes, the defining module for ours."""
     path = type(module).__module__
     top = path.split(".")[0]
     return top if top in ("diffusers", "transformers") else path
