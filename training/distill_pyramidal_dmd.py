@@ -71,7 +71,7 @@ from diffusers_neodragon.pipelines.neodragon.mode_defaults import MODE_DEFAULTS,
 from diffusers_neodragon.training_utils import (
     SAVE_DTYPES,
     TEXT_COMPONENT_NAMES,
-    TEXT_ENCODER_NAMES,
+    TEXT_MODULE_NAMES,
     EpochShuffleSampler,
     IdleOnCpu,
     add_common_arguments,
@@ -374,7 +374,7 @@ def main(args):
 
     cache = load_training_latents(args, teacher.vae, text_components, accelerator)
     # The captions are cached: the text encoders serve only the main process's validation from here on.
-    idle_text = IdleOnCpu((text_components.get(n) for n in TEXT_ENCODER_NAMES), device).park()
+    idle_text = IdleOnCpu((text_components.get(n) for n in TEXT_MODULE_NAMES), device).park()
     num_samples = cache.latents.shape[0]
     if num_samples < args.train_batch_size:
         raise ValueError(f"{num_samples} training clips are fewer than --train_batch_size {args.train_batch_size}.")

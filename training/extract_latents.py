@@ -29,7 +29,7 @@ from accelerate import Accelerator
 
 from diffusers_neodragon.training_utils import load_vae_folder, parse_resolution
 from diffusers_neodragon.training_utils.latent_extraction import LATENT_DTYPES, extract_latent_shards
-from diffusers_neodragon.training_utils.prompts import load_text_components
+from diffusers_neodragon.training_utils.prompts import TEXT_MODULE_NAMES, load_text_components
 from diffusers_neodragon.training_utils.video_data import (
     add_video_data_arguments,
     real_data_source,
@@ -76,7 +76,7 @@ def main(args) -> dict:
     text_components = None
     if args.text_features:
         text_components = load_text_components(args.text_encoders_path or args.pretrained_model_name_or_path)
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        for name in TEXT_MODULE_NAMES:
             if text_components.get(name) is not None:
                 text_components[name].to(accelerator.device)
     dataset = video_dataset_from_args(args, verbose=accelerator.is_main_process,

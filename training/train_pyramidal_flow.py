@@ -63,7 +63,7 @@ from diffusers_neodragon.training_utils import (
     HISTORY_CORRUPTION_RATIO,
     SAVE_DTYPES,
     TEXT_COMPONENT_NAMES,
-    TEXT_ENCODER_NAMES,
+    TEXT_MODULE_NAMES,
     EpochShuffleSampler,
     IdleOnCpu,
     add_common_arguments,
@@ -623,7 +623,7 @@ def main(args):
     # Frozen components.
     vae = load_vae(args).to(accelerator.device).eval().requires_grad_(False)
     text_components = build_text_encoders(args)
-    for name in TEXT_ENCODER_NAMES:
+    for name in TEXT_MODULE_NAMES:
         if text_components.get(name) is not None:
             text_components[name].to(accelerator.device)
     scheduler = build_scheduler(args)
@@ -674,7 +674,7 @@ def main(args):
     if args.generated_history_prob:
         generated_history = generate_history(args, transformer, vae, text_components, scheduler, cache, accelerator)
     # With the captions cached, the text encoders serve only the main process's validation and the saved pipeline.
-    idle_text = IdleOnCpu((text_components.get(n) for n in TEXT_ENCODER_NAMES), accelerator.device)
+    idle_text = IdleOnCpu((text_components.get(n) for n in TEXT_MODULE_NAMES), accelerator.device)
     if cache is not None:
         idle_text.park()
     dataset = IndexedShapes(args, cached=cache is not None, clips=clips, num_samples=num_samples)

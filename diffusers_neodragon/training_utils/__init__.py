@@ -60,7 +60,7 @@ from .losses import (
     vae_reconstruction_loss,
 )
 from .pipeline_folders import keep_stored_components, save_pipeline_with, teacher_pipeline_path
-from .prompts import TEXT_COMPONENT_NAMES, TEXT_ENCODER_NAMES, encode_prompts, pooled_projection_dim
+from .prompts import TEXT_COMPONENT_NAMES, TEXT_ENCODER_NAMES, TEXT_MODULE_NAMES, encode_prompts, pooled_projection_dim
 from .pyramid_batch import (
     CAPTION_DROPOUT_PROBABILITY,
     DEFAULT_SAMPLE_RATIOS,
@@ -105,6 +105,7 @@ __all__ = [
     "SAVE_DTYPES",
     "TEXT_COMPONENT_NAMES",
     "TEXT_ENCODER_NAMES",
+    "TEXT_MODULE_NAMES",
     "EpochShuffleSampler",
     "IdleOnCpu",
     "PyramidTrainingBatch",

@@ -11,6 +11,9 @@ import torch
 
 TEXT_COMPONENT_NAMES = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2", "text_encoder_3")
+# the modules of load_text_components' dict: what a script moves to its device (the adapter too, or a text-distilled
+# pipeline's prompts meet a CPU adapter on the GPU)
+TEXT_MODULE_NAMES = (*TEXT_ENCODER_NAMES, "context_adapter")
 
 
 def pooled_projection_dim(text_components: dict) -> int:

@@ -179,3 +179,19 @@ def test_extraction_from_webdataset_shards(setup, tmp_path):
     videos = dataset.collate_fn([dataset[0], dataset[1]])
     cache = latents_from_shards(out, load_text_components(str(root / "text")), "cpu", 24, vae)
     torch.testing.assert_close(cache.latents, encode_videos(vae, videos["video"]), rtol=1e-5, atol=1e-5)
+
+
+def test_every_text_module_is_one_the_scripts_move_to_their_device(setup, tmp_path):
+    """A text-distilled folder's ContextAdapter is a module too: the scripts move TEXT_MODULE_NAMES to the GPU, and
+    an adapter left on the CPU failed the first GPU run of the chain (mat1 on cuda:0, weights on cpu)."""
+    import shutil
+
+    from diffusers_neodragon.training_utils.prompts import TEXT_MODULE_NAMES, load_text_components
+    from tests.tiny_components import tiny_context_adapter
+
+    root, _ = setup
+    shutil.copytree(root / "text", tmp_path / "text")
+    tiny_context_adapter().save_pretrained(tmp_path / "text" / "context_adapter")
+    text = load_text_components(str(tmp_path / "text"))
+    modules = {name for name, value in text.items() if isinstance(value, torch.nn.Module)}
+    assert "context_adapter" in modules and modules <= set(TEXT_MODULE_NAMES)
