@@ -99,7 +99,7 @@ def run_export(args) -> int:
         write_manifest(work, manifest)
 
         from .ort_pipeline import torch_vae_decoder
-        from .quantize import collect_calibration_data
+        from .quantize import collect_calibration_data, collect_heldout_states
 
         decoder = torch_vae_decoder(torch_vae) if torch_vae is not None else None
         del torch_vae
@@ -119,8 +119,7 @@ def run_export(args) -> int:
                 say(f"checking on random inputs: a generation to draw real states from also needs {' '.join(needed)}")
             else:
                 say("collecting held-out states to check on (prompts and a seed not calibrated on) ...")
-                feeds = collect_calibration_data(work, split="heldout", seeds=(1,), max_per_component=4,
-                                                 decoder=decoder)
+                feeds = collect_heldout_states(work, decoder=decoder)
             reports = check_export(work, args.precision, feeds_by_component=feeds, progress=say)
             say(format_report(reports))
             report_name = f"htp_report_{args.precision}.json"

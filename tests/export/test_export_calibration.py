@@ -207,3 +207,24 @@ def test_the_margin_reaches_every_activation_scale_converted_ones_included(tmp_p
             continue
         np.testing.assert_allclose(wide[name], 2 * plain[name], rtol=1e-4, err_msg=name)
     np.testing.assert_allclose(wide_weight, plain_weight)
+
+
+def test_heldout_states_are_more_for_the_transformer_stages(tiny_export):
+    """The check's held-out states: up to 16 per transformer stage (the worst of 4 understated their error), 4 for
+    the other graphs, drawn from the held-out prompts and both held-out seeds."""
+    from diffusers_neodragon.export.quantize import (
+        DEFAULT_HELDOUT_STATES,
+        HELDOUT_STATES,
+        collect_calibration_data,
+        collect_heldout_states,
+    )
+
+    folder, _ = tiny_export
+    states = collect_heldout_states(folder, modes=("monolithic",))
+    everything = collect_calibration_data(folder, split="heldout", seeds=(1, 2), max_per_component=10_000,
+                                          modes=("monolithic",))
+    stage, decoder = states["transformer_stage_0"], states["decoder_step"]
+    assert len(stage) == min(HELDOUT_STATES["transformer_stage"], len(everything["transformer_stage_0"])) > 4
+    assert len(decoder) == min(DEFAULT_HELDOUT_STATES, len(everything["decoder_step"]))
+    for state in decoder:  # real held-out states, each one a call of the held-out generations
+        assert any(all(np.array_equal(f[k], state[k]) for k in state) for f in everything["decoder_step"])
