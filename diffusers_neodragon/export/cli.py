@@ -113,12 +113,12 @@ def run_export(args) -> int:
         if args.check_htp:
             from .htp_check import check_export, env_info, format_report
 
-            # Checked on states of prompts and a seed that calibration never saw: the figure a user meets.
+            # Checked on states of prompts and seeds that calibration never saw: the figure a user meets.
             feeds = None
             if needed:
                 say(f"checking on random inputs: a generation to draw real states from also needs {' '.join(needed)}")
             else:
-                say("collecting held-out states to check on (prompts and a seed not calibrated on) ...")
+                say("collecting held-out states to check on (prompts and seeds not calibrated on) ...")
                 feeds = collect_heldout_states(work, decoder=decoder)
             reports = check_export(work, args.precision, feeds_by_component=feeds, progress=say)
             say(format_report(reports))
